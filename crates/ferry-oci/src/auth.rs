@@ -6,7 +6,15 @@
 //! It must never print a secret: [`Secret`] redacts itself in `Debug` and `Display`, and no
 //! error built here contains a password, a token or an Authorization header.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::error::{Error, Result, Step};
 
 /// A secret string that never shows itself in logs or errors.
 #[derive(Clone, PartialEq, Eq)]
@@ -60,9 +68,13 @@ impl CredentialStore {
     /// Adds a credential for `registry` (`host[:port]`), for every repository or only for
     /// repositories equal to or below `repo_prefix`.
     pub fn insert(&mut self, registry: &str, repo_prefix: Option<&str>, credential: Credential) {
-        self.entries.retain(|(r, p, _)| !(r == registry && p.as_deref() == repo_prefix));
         self.entries
-            .push((registry.to_string(), repo_prefix.map(str::to_string), credential));
+            .retain(|(r, p, _)| !(r == registry && p.as_deref() == repo_prefix));
+        self.entries.push((
+            registry.to_string(),
+            repo_prefix.map(str::to_string),
+            credential,
+        ));
     }
 
     /// The credential for a repository: the longest matching prefix, else the registry-wide
@@ -75,7 +87,9 @@ impl CredentialStore {
             }
             let score = match prefix {
                 None => 0,
-                Some(p) if repository == p || repository.starts_with(&format!("{p}/")) => p.len() + 1,
+                Some(p) if repository == p || repository.starts_with(&format!("{p}/")) => {
+                    p.len() + 1
+                }
                 Some(_) => continue,
             };
             if best.map(|(s, _)| score > s).unwrap_or(true) {
@@ -83,5 +97,510 @@ impl CredentialStore {
             }
         }
         best.map(|(_, c)| c.clone()).unwrap_or_default()
+    }
+}
+
+impl CredentialStore {
+    /// Reads the `auths` of a docker `config.json`: each entry's base64 `auth`
+    /// (`user:password`) or its `username`/`password`. Keys may be `https://host/...` or
+    /// `host`; Docker Hub's keys map to `registry-1.docker.io`. Credential helpers
+    /// (`credsStore`, `credHelpers`) are not run; such entries are skipped.
+    pub fn from_docker_config(path: &Path) -> Result<CredentialStore> {
+        let io = |source| Error::Io {
+            step: Step::Auth,
+            path: path.display().to_string(),
+            source,
+        };
+        let text = std::fs::read(path).map_err(io)?;
+        Self::from_docker_config_bytes(&text, &path.display().to_string())
+    }
+
+    /// Parses docker `config.json` bytes; `origin` names them in errors. Errors never quote
+    /// the file's content, since it holds passwords.
+    pub fn from_docker_config_bytes(bytes: &[u8], origin: &str) -> Result<CredentialStore> {
+        let bad = |reason: String| {
+            Error::Config(format!(
+                "{origin}: {reason}; fix the docker config file or pass credentials explicitly"
+            ))
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            bad(format!(
+                "not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let mut store = CredentialStore::new();
+        let Some(auths) = value.get("auths") else {
+            return Ok(store);
+        };
+        let auths = auths
+            .as_object()
+            .ok_or_else(|| bad("\"auths\" must be an object".into()))?;
+        for (key, entry) in auths {
+            let registry = normalise_config_key(key);
+            let field = |name: &str| {
+                entry
+                    .get(name)
+                    .and_then(|v| v.as_str())
+                    .filter(|s| !s.is_empty())
+            };
+            let credential = if let Some(encoded) = field("auth") {
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .ok()
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "the \"auth\" of {key:?} is not base64 of user:password"
+                        ))
+                    })?;
+                let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+                    bad(format!(
+                        "the \"auth\" of {key:?} is not base64 of user:password"
+                    ))
+                })?;
+                Credential::Basic {
+                    username: user.to_string(),
+                    password: Secret::new(pass),
+                }
+            } else if let (Some(user), Some(pass)) = (field("username"), field("password")) {
+                Credential::Basic {
+                    username: user.to_string(),
+                    password: Secret::new(pass),
+                }
+            } else if let Some(token) = field("registrytoken") {
+                Credential::Bearer(Secret::new(token))
+            } else {
+                tracing::debug!(registry = %registry, "docker config entry without usable credentials skipped");
+                continue;
+            };
+            store.insert(&registry, None, credential);
+        }
+        Ok(store)
+    }
+
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`; an empty store when
+    /// neither exists.
+    pub fn load_default() -> Result<CredentialStore> {
+        let path = match std::env::var_os("DOCKER_CONFIG") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("config.json"),
+            _ => match std::env::var_os("HOME") {
+                Some(home) if !home.is_empty() => {
+                    PathBuf::from(home).join(".docker").join("config.json")
+                }
+                _ => return Ok(CredentialStore::new()),
+            },
+        };
+        if !path.is_file() {
+            return Ok(CredentialStore::new());
+        }
+        Self::from_docker_config(&path)
+    }
+
+    /// Every secret this store holds, so error text from a hostile server can be scrubbed.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (_, _, cred) in &self.entries {
+            match cred {
+                Credential::Anonymous => {}
+                Credential::Basic { username, password } => {
+                    out.push(password.expose().to_string());
+                    out.push(basic_token(username, password));
+                }
+                Credential::Bearer(s) => out.push(s.expose().to_string()),
+            }
+        }
+        out
+    }
+}
+
+/// `https://index.docker.io/v1/` → `registry-1.docker.io`; `https://host:5000/x` → `host:5000`.
+fn normalise_config_key(key: &str) -> String {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let host = rest.split('/').next().unwrap_or(rest);
+    match host {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+            "registry-1.docker.io".to_string()
+        }
+        h => h.to_string(),
+    }
+}
+
+/// The base64 part of a Basic Authorization header.
+pub(crate) fn basic_token(username: &str, password: &Secret) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{username}:{}", password.expose()))
+}
+
+/// One challenge of a `WWW-Authenticate` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// Lower-cased scheme: `basic`, `bearer`, …
+    pub scheme: String,
+    /// Parameters with lower-cased names.
+    pub params: BTreeMap<String, String>,
+}
+
+impl Challenge {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Parses a `WWW-Authenticate` value into its challenges (RFC 7235): a scheme, then
+/// comma-separated `name=token` or `name="quoted, \"escaped\""` parameters. It never panics;
+/// garbage is skipped.
+pub fn parse_www_authenticate(value: &str) -> Vec<Challenge> {
+    let b = value.as_bytes();
+    let mut i = 0;
+    let mut out = Vec::new();
+    let skip_ws = |i: &mut usize| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| -> String {
+        let start = *i;
+        while *i < b.len() && is_tchar(b[*i]) {
+            *i += 1;
+        }
+        String::from_utf8_lossy(&b[start..*i]).into_owned()
+    };
+    while i < b.len() {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b',') {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let scheme = token(&mut i);
+        if scheme.is_empty() {
+            i += 1; // not a token character: skip it and resynchronise
+            continue;
+        }
+        let mut challenge = Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params: BTreeMap::new(),
+        };
+        loop {
+            skip_ws(&mut i);
+            let save = i;
+            let name = token(&mut i);
+            skip_ws(&mut i);
+            if name.is_empty() || i >= b.len() || b[i] != b'=' {
+                // Not a parameter: the start of the next challenge (or a token68).
+                i = save;
+                break;
+            }
+            i += 1;
+            skip_ws(&mut i);
+            let val = if i < b.len() && b[i] == b'"' {
+                i += 1;
+                let mut buf = Vec::new();
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' && i + 1 < b.len() {
+                        i += 1;
+                    }
+                    buf.push(b[i]);
+                    i += 1;
+                }
+                i = (i + 1).min(b.len()); // closing quote, if any
+                String::from_utf8_lossy(&buf).into_owned()
+            } else {
+                // Lenient: servers send unquoted URLs, which are not RFC tokens.
+                let start = i;
+                while i < b.len() && !matches!(b[i], b',' | b' ' | b'\t') {
+                    i += 1;
+                }
+                String::from_utf8_lossy(&b[start..i]).into_owned()
+            };
+            challenge.params.insert(name.to_ascii_lowercase(), val);
+            skip_ws(&mut i);
+            if i < b.len() && b[i] == b',' {
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        out.push(challenge);
+        if i < b.len() && !is_tchar(b[i]) && !matches!(b[i], b' ' | b'\t' | b',') {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// How a registry asked to be authenticated, remembered so later requests (other
+/// repositories, other scopes) authenticate up front instead of paying a 401 each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AuthScheme {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+impl AuthScheme {
+    /// The scheme to use from a 401's challenges: Bearer preferred over Basic.
+    pub(crate) fn from_challenges(challenges: &[Challenge]) -> Option<AuthScheme> {
+        if let Some(c) = challenges.iter().find(|c| c.scheme == "bearer") {
+            if let Some(realm) = c.param("realm").filter(|r| !r.is_empty()) {
+                return Some(AuthScheme::Bearer {
+                    realm: realm.to_string(),
+                    service: c.param("service").map(str::to_string),
+                });
+            }
+        }
+        challenges
+            .iter()
+            .any(|c| c.scheme == "basic")
+            .then_some(AuthScheme::Basic)
+    }
+}
+
+/// Tokens by (registry, scope) with their expiry, and the auth scheme of each registry.
+#[derive(Default)]
+pub(crate) struct AuthState {
+    schemes: Mutex<HashMap<String, AuthScheme>>,
+    tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
+}
+
+impl AuthState {
+    pub(crate) fn scheme(&self, registry: &str) -> Option<AuthScheme> {
+        self.schemes.lock().ok()?.get(registry).cloned()
+    }
+
+    pub(crate) fn set_scheme(&self, registry: &str, scheme: AuthScheme) {
+        if let Ok(mut m) = self.schemes.lock() {
+            m.insert(registry.to_string(), scheme);
+        }
+    }
+
+    pub(crate) fn token(&self, registry: &str, scope: &str) -> Option<Secret> {
+        let mut m = self.tokens.lock().ok()?;
+        let key = (registry.to_string(), scope.to_string());
+        match m.get(&key) {
+            Some((t, until)) if Instant::now() < *until => Some(t.clone()),
+            Some(_) => {
+                m.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Caches a token until shortly before it expires, so it is never sent stale.
+    pub(crate) fn store_token(
+        &self,
+        registry: &str,
+        scope: &str,
+        token: Secret,
+        expires_in: Duration,
+    ) {
+        let margin = (expires_in / 10).min(Duration::from_secs(30));
+        let until = Instant::now() + expires_in.saturating_sub(margin);
+        if let Ok(mut m) = self.tokens.lock() {
+            m.insert((registry.to_string(), scope.to_string()), (token, until));
+        }
+    }
+
+    pub(crate) fn forget_token(&self, registry: &str, scope: &str) {
+        if let Ok(mut m) = self.tokens.lock() {
+            m.remove(&(registry.to_string(), scope.to_string()));
+        }
+    }
+
+    /// Every token currently cached, for scrubbing error text.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        self.tokens
+            .lock()
+            .map(|m| m.values().map(|(t, _)| t.expose().to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What a token endpoint answers. Unknown fields are ignored.
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// A parsed token answer: the token and how long it lives (60 s when unsaid).
+pub(crate) fn parse_token_response(body: &[u8]) -> Option<(Secret, Duration)> {
+    let r: TokenResponse = serde_json::from_slice(body).ok()?;
+    let token = r
+        .token
+        .filter(|t| !t.is_empty())
+        .or(r.access_token.filter(|t| !t.is_empty()))?;
+    let ttl = Duration::from_secs(r.expires_in.filter(|s| *s > 0).unwrap_or(60));
+    Some((Secret::new(token), ttl))
+}
+
+/// The advice every auth failure ends with.
+pub(crate) fn advice(registry: &str) -> String {
+    format!(
+        "check the credentials for {registry} in docker config.json ($DOCKER_CONFIG or ~/.docker) \
+         or pass them with --src-creds/--dest-creds"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges_with_quoted_commas() {
+        let c = parse_www_authenticate(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert_eq!(c[0].param("realm"), Some("https://auth.example/token"));
+        assert_eq!(c[0].param("service"), Some("registry.example"));
+        assert_eq!(c[0].param("scope"), Some("repository:a/b:pull,push"));
+    }
+
+    #[test]
+    fn parses_basic_and_multiple_challenges_and_escapes() {
+        let c = parse_www_authenticate(
+            r#"Basic realm="Registry \"Realm\"", Bearer realm=https://t/x , service = svc"#,
+        );
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c[0].scheme, "basic");
+        assert_eq!(c[0].param("realm"), Some(r#"Registry "Realm""#));
+        assert_eq!(c[1].scheme, "bearer");
+        assert_eq!(c[1].param("realm"), Some("https://t/x"));
+        assert_eq!(c[1].param("service"), Some("svc"));
+        assert_eq!(
+            AuthScheme::from_challenges(&c),
+            Some(AuthScheme::Bearer {
+                realm: "https://t/x".into(),
+                service: Some("svc".into())
+            })
+        );
+        assert_eq!(
+            AuthScheme::from_challenges(&parse_www_authenticate("basic realm=x")),
+            Some(AuthScheme::Basic)
+        );
+        assert_eq!(
+            AuthScheme::from_challenges(&parse_www_authenticate("Bearer")),
+            None
+        );
+        assert!(parse_www_authenticate("").is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn challenge_parser_never_panics(s in "\\PC{0,80}") {
+            let _ = parse_www_authenticate(&s);
+        }
+
+        #[test]
+        fn challenge_parser_never_panics_on_header_like_input(
+            s in "(Bearer|Basic|,| |=|\"|\\\\|realm|scope|[a-z:/,]){0,40}"
+        ) {
+            for c in parse_www_authenticate(&s) {
+                proptest::prop_assert!(!c.scheme.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn reads_docker_config_json() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:pa:ss");
+        let json = format!(
+            r#"{{"auths":{{"https://index.docker.io/v1/":{{"auth":"{auth}"}},
+               "localhost:5000":{{"username":"bob","password":"hunter2"}},
+               "https://ecr.example:443/v2/":{{"auth":"{auth}"}},
+               "helper.example":{{}}}},"credsStore":"desktop"}}"#
+        );
+        let store =
+            CredentialStore::from_docker_config_bytes(json.as_bytes(), "test").expect("parses");
+        assert_eq!(
+            store.lookup("registry-1.docker.io", "library/x"),
+            Credential::Basic {
+                username: "alice".into(),
+                password: Secret::new("pa:ss")
+            }
+        );
+        assert!(matches!(
+            store.lookup("localhost:5000", "r"),
+            Credential::Basic { ref username, .. } if username == "bob"
+        ));
+        assert!(matches!(
+            store.lookup("ecr.example:443", "r"),
+            Credential::Basic { .. }
+        ));
+        assert_eq!(store.lookup("helper.example", "r"), Credential::Anonymous);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, &json).expect("write");
+        let from_file = CredentialStore::from_docker_config(&path).expect("reads");
+        assert!(matches!(
+            from_file.lookup("localhost:5000", "r"),
+            Credential::Basic { .. }
+        ));
+    }
+
+    #[test]
+    fn docker_config_errors_never_quote_secrets() {
+        let bad = br#"{"auths":{"r.example":{"auth":"hunter2-not-base64!"}}}"#;
+        let err = CredentialStore::from_docker_config_bytes(bad, "cfg").expect_err("bad auth");
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("r.example"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let broken = br#"{"auths":{"r.example":{"password":"hunter2" "#;
+        let err = CredentialStore::from_docker_config_bytes(broken, "cfg").expect_err("bad json");
+        assert!(!format!("{err} {err:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn token_answers_and_cache_expiry() {
+        let (t, ttl) =
+            parse_token_response(br#"{"access_token":"abc","expires_in":300}"#).expect("token");
+        assert_eq!(t.expose(), "abc");
+        assert_eq!(ttl, Duration::from_secs(300));
+        let (t, ttl) = parse_token_response(br#"{"token":"xyz"}"#).expect("token");
+        assert_eq!((t.expose(), ttl), ("xyz", Duration::from_secs(60)));
+        assert!(parse_token_response(br#"{"token":""}"#).is_none());
+        assert!(parse_token_response(b"<html>").is_none());
+
+        let state = AuthState::default();
+        state.store_token("r", "s", Secret::new("t"), Duration::from_secs(60));
+        assert_eq!(
+            state.token("r", "s").map(|s| s.expose().to_string()),
+            Some("t".into())
+        );
+        assert!(state.token("r", "other").is_none());
+        state.store_token("r", "s", Secret::new("t"), Duration::ZERO);
+        assert!(
+            state.token("r", "s").is_none(),
+            "an expired token is never reused"
+        );
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Credential::Basic {
+            username: "u".into(),
+            password: Secret::new("hunter2"),
+        };
+        let mut store = CredentialStore::new();
+        store.insert("r", None, c.clone());
+        assert!(!format!("{c:?} {store:?}").contains("hunter2"));
     }
 }

@@ -69,9 +69,15 @@ impl FromStr for Digest {
             _ => return Err(bad("unknown algorithm; only sha256 is supported")),
         };
         if hex.len() != want {
-            return Err(bad(&format!("sha256 needs {want} hex characters, got {}", hex.len())));
+            return Err(bad(&format!(
+                "sha256 needs {want} hex characters, got {}",
+                hex.len()
+            )));
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad("the hex part must be lowercase 0-9a-f"));
         }
         Ok(Digest(input.to_string()))
@@ -221,7 +227,12 @@ mod tests {
     use futures::StreamExt;
 
     fn chunks(parts: &[&'static [u8]]) -> impl Stream<Item = Result<Bytes>> + Unpin {
-        futures::stream::iter(parts.iter().map(|p| Ok(Bytes::from_static(p))).collect::<Vec<_>>())
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[tokio::test]
@@ -229,7 +240,10 @@ mod tests {
         let d = Digest::of(b"hello world");
         let s = VerifyingStream::new(chunks(&[b"hello", b" ", b"world"]), d, Some(11));
         let out: Vec<_> = s.collect().await;
-        let bytes: Vec<u8> = out.into_iter().flat_map(|c| c.expect("ok").to_vec()).collect();
+        let bytes: Vec<u8> = out
+            .into_iter()
+            .flat_map(|c| c.expect("ok").to_vec())
+            .collect();
         assert_eq!(bytes, b"hello world");
     }
 
@@ -238,7 +252,11 @@ mod tests {
         let d = Digest::of(b"something else");
         let s = VerifyingStream::new(chunks(&[b"hello", b" ", b"world"]), d.clone(), None);
         let out: Vec<_> = s.collect().await;
-        let released: usize = out.iter().filter_map(|c| c.as_ref().ok()).map(|b| b.len()).sum();
+        let released: usize = out
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .map(|b| b.len())
+            .sum();
         assert!(released < 11, "the final chunk must never be released");
         match out.last() {
             Some(Err(Error::DigestMismatch { expected, .. })) => assert_eq!(expected, &d),
@@ -258,7 +276,12 @@ mod tests {
     fn parses_and_rejects_digests() {
         let good = format!("sha256:{}", "a".repeat(64));
         assert!(good.parse::<Digest>().is_ok());
-        for bad in ["sha256:abc", "md5:00", "nocolon", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "sha256:abc",
+            "md5:00",
+            "nocolon",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             let err = bad.parse::<Digest>().expect_err(bad).to_string();
             assert!(err.contains(bad), "error must name the input: {err}");
         }

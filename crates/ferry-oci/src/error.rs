@@ -83,7 +83,9 @@ pub enum Error {
     },
 
     /// Content did not hash to the digest it was addressed by. Nothing was committed.
-    #[error("digest mismatch for {expected}: the content hashed to {actual}; nothing was committed")]
+    #[error(
+        "digest mismatch for {expected}: the content hashed to {actual}; nothing was committed"
+    )]
     DigestMismatch { expected: Digest, actual: Digest },
 
     #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}; nothing was committed")]
@@ -117,7 +119,10 @@ impl Error {
         match self {
             Error::Registry { status, .. } => *status == 429 || (500..600).contains(status),
             Error::Transport { source, .. } => {
-                source.is_connect() || source.is_timeout() || source.is_body() || source.is_request()
+                source.is_connect()
+                    || source.is_timeout()
+                    || source.is_body()
+                    || source.is_request()
             }
             _ => false,
         }

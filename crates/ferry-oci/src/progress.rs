@@ -28,9 +28,15 @@ pub enum ProgressEvent {
         blobs: usize,
         total_bytes: u64,
     },
-    BlobStarted { digest: Digest, size: u64 },
+    BlobStarted {
+        digest: Digest,
+        size: u64,
+    },
     /// `bytes` more bytes of `digest` have moved (a delta, not a total).
-    BlobProgress { digest: Digest, bytes: u64 },
+    BlobProgress {
+        digest: Digest,
+        bytes: u64,
+    },
     BlobFinished {
         digest: Digest,
         size: u64,

@@ -130,7 +130,8 @@ fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 /// Repository path components: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`.
@@ -190,7 +191,9 @@ impl FromStr for Reference {
         };
         let input_trimmed = input.trim();
         if input_trimmed.is_empty() {
-            return Err(bad("empty reference; expected host/repo:tag, host/repo@sha256:… or oci:DIR[:tag]"));
+            return Err(bad(
+                "empty reference; expected host/repo:tag, host/repo@sha256:… or oci:DIR[:tag]",
+            ));
         }
         if let Some(rest) = input_trimmed.strip_prefix("oci:") {
             let (rest, digest) = split_digest(input, rest)?;
@@ -304,9 +307,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_references_clearly() {
-        for bad in ["", "host.io/UPPER:tag", "host.io/app:bad tag", "host.io/app@sha256:zz", "oci:"] {
+        for bad in [
+            "",
+            "host.io/UPPER:tag",
+            "host.io/app:bad tag",
+            "host.io/app@sha256:zz",
+            "oci:",
+        ] {
             let e = bad.parse::<Reference>().expect_err(bad).to_string();
-            assert!(e.contains("invalid reference") || e.contains("empty"), "{bad}: {e}");
+            assert!(
+                e.contains("invalid reference") || e.contains("empty"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 //! missing, and never log or echo a token.
 
 pub mod access;
+pub mod errors;
 pub mod server;
 pub mod storage;
 pub mod token;
