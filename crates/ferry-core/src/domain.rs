@@ -1,0 +1,384 @@
+//! Domain records: apps, components, builds, artifacts, installs, sync jobs, lineage and grants.
+//!
+//! These are the items the [`crate::ports::JobStore`] keeps, so they are plain serde data.
+//! Changes to builds and syncs go only through the transition methods here (which wrap
+//! [`crate::state::JobState`]), never by editing `state` by hand. This module must never hold a
+//! clear grant: [`SealedGrant`] is ciphertext for the install agent, and its `Debug` is redacted.
+
+use std::fmt;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{
+    AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository, SyncId,
+};
+use crate::state::{JobError, JobState, JobStatus, TransitionError};
+
+/// The media type recorded when a builder does not report one.
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    pub name: AppName,
+    pub components: Vec<ComponentName>,
+}
+
+/// Where a helm chart comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum ChartSource {
+    /// A chart directory in the source tree.
+    Dir { path: String },
+    /// A chart in a chart repository.
+    Repo {
+        url: String,
+        chart: String,
+        version: Option<String>,
+    },
+}
+
+/// What a component is built from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ComponentKind {
+    /// An external image, copied as is (the build's source ref picks the tag or digest).
+    Image {
+        source: String,
+    },
+    /// A Dockerfile built from source.
+    DockerBuild {
+        context: String,
+        dockerfile: String,
+    },
+    HelmChart {
+        chart: ChartSource,
+    },
+    /// An OpenTofu/Terraform module directory.
+    OpentofuModule {
+        dir: String,
+    },
+}
+
+impl ComponentKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ComponentKind::Image { .. } => "image",
+            ComponentKind::DockerBuild { .. } => "docker-build",
+            ComponentKind::HelmChart { .. } => "helm-chart",
+            ComponentKind::OpentofuModule { .. } => "opentofu-module",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    pub app: AppName,
+    pub name: ComponentName,
+    #[serde(flatten)]
+    pub kind: ComponentKind,
+    /// The repository in the vendor registry that builds of this component push to.
+    pub repository: Repository,
+}
+
+/// A build's result in the vendor registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub repository: Repository,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    pub id: BuildId,
+    pub app: AppName,
+    pub component: ComponentName,
+    pub source_ref: String,
+    pub requested_by: String,
+    /// The builder's own id (a CodeBuild build id), once started.
+    pub external_id: Option<String>,
+    pub artifact: Option<Artifact>,
+    pub state: JobState,
+}
+
+impl Build {
+    pub fn new(
+        id: BuildId,
+        app: AppName,
+        component: ComponentName,
+        source_ref: String,
+        requested_by: String,
+        now: u64,
+    ) -> Build {
+        Build {
+            id,
+            app,
+            component,
+            source_ref,
+            requested_by,
+            external_id: None,
+            artifact: None,
+            state: JobState::new(now),
+        }
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.state.status
+    }
+
+    fn with_state(&self, state: JobState) -> Build {
+        Build {
+            state,
+            ..self.clone()
+        }
+    }
+
+    pub fn start(&self, now: u64, external_id: String) -> Result<Build, TransitionError> {
+        let mut next = self.with_state(self.state.start(now)?);
+        next.external_id = Some(external_id);
+        Ok(next)
+    }
+
+    pub fn succeed(&self, now: u64, artifact: Artifact) -> Result<Build, TransitionError> {
+        let mut next = self.with_state(self.state.succeed(now)?);
+        next.artifact = Some(artifact);
+        Ok(next)
+    }
+
+    pub fn fail(&self, now: u64, error: JobError) -> Result<Build, TransitionError> {
+        Ok(self.with_state(self.state.fail(now, error)?))
+    }
+
+    pub fn cancel(&self, now: u64) -> Result<Build, TransitionError> {
+        Ok(self.with_state(self.state.cancel(now)?))
+    }
+}
+
+/// The install's own registry, which only its agent writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryTarget {
+    pub endpoint: String,
+    /// Repository prefix inside the install registry.
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Install {
+    pub id: InstallId,
+    pub app: AppName,
+    pub registry: RegistryTarget,
+    /// The agent's public key; grants are sealed to it. Public, so safe to show.
+    pub agent_public_key: String,
+    /// The install's agent queue.
+    pub queue: QueueName,
+    /// Components this install receives.
+    pub components: Vec<ComponentName>,
+}
+
+impl Install {
+    pub fn subscribes_to(&self, app: &AppName, component: &ComponentName) -> bool {
+        &self.app == app && self.components.contains(component)
+    }
+}
+
+/// What the agent reported about a finished copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SyncStats {
+    pub bytes_copied: u64,
+    pub bytes_skipped: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncJob {
+    pub id: SyncId,
+    pub build_id: BuildId,
+    pub install_id: InstallId,
+    pub repository: Repository,
+    pub digest: Digest,
+    /// Expiry of the grant of the current attempt; the grant itself is never stored.
+    pub grant_expires_at: Option<u64>,
+    pub stats: Option<SyncStats>,
+    pub state: JobState,
+}
+
+impl SyncJob {
+    pub fn new(
+        id: SyncId,
+        build_id: BuildId,
+        install_id: InstallId,
+        repository: Repository,
+        digest: Digest,
+        now: u64,
+    ) -> SyncJob {
+        SyncJob {
+            id,
+            build_id,
+            install_id,
+            repository,
+            digest,
+            grant_expires_at: None,
+            stats: None,
+            state: JobState::new(now),
+        }
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.state.status
+    }
+
+    fn with_state(&self, state: JobState) -> SyncJob {
+        SyncJob {
+            state,
+            ..self.clone()
+        }
+    }
+
+    /// Queued → Running: the job message, with its grant, is on the install's queue.
+    pub fn dispatch(&self, now: u64, grant_expires_at: u64) -> Result<SyncJob, TransitionError> {
+        let mut next = self.with_state(self.state.start(now)?);
+        next.grant_expires_at = Some(grant_expires_at);
+        Ok(next)
+    }
+
+    pub fn succeed(&self, now: u64, stats: SyncStats) -> Result<SyncJob, TransitionError> {
+        let mut next = self.with_state(self.state.succeed(now)?);
+        next.stats = Some(stats);
+        Ok(next)
+    }
+
+    pub fn fail(
+        &self,
+        now: u64,
+        error: JobError,
+        stats: Option<SyncStats>,
+    ) -> Result<SyncJob, TransitionError> {
+        let mut next = self.with_state(self.state.fail(now, error)?);
+        next.stats = stats;
+        Ok(next)
+    }
+
+    /// Back to Queued with attempts + 1, for a fresh grant.
+    pub fn requeue(&self, now: u64) -> Result<SyncJob, TransitionError> {
+        let mut next = self.with_state(self.state.requeue(now)?);
+        next.grant_expires_at = None;
+        Ok(next)
+    }
+}
+
+/// "This install holds this digest, since then": written once per (digest, install).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineageRecord {
+    pub digest: Digest,
+    pub install_id: InstallId,
+    pub repository: Repository,
+    pub build_id: BuildId,
+    pub sync_id: SyncId,
+    pub since: u64,
+}
+
+/// A pull credential encrypted to one install agent's key. The core only carries it.
+///
+/// Serialized as `{"ciphertext": "<base64>", "expires_at": <ms>}` so it can travel in a queue
+/// message; it is ciphertext, so that is not a leak. `Debug` never prints the bytes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedGrant {
+    #[serde(with = "b64")]
+    ciphertext: Vec<u8>,
+    pub expires_at: u64,
+}
+
+impl SealedGrant {
+    pub fn new(ciphertext: Vec<u8>, expires_at: u64) -> SealedGrant {
+        SealedGrant {
+            ciphertext,
+            expires_at,
+        }
+    }
+
+    /// The sealed bytes, for the agent to open.
+    pub fn ciphertext(&self) -> &[u8] {
+        &self.ciphertext
+    }
+}
+
+impl fmt::Debug for SealedGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedGrant")
+            .field(
+                "ciphertext",
+                &format_args!("<redacted {} bytes>", self.ciphertext.len()),
+            )
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+mod b64 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(|_| serde::de::Error::custom("grant ciphertext is not valid base64"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_grant_debug_is_redacted() {
+        let g = SealedGrant::new(b"secret-token-bytes".to_vec(), 99);
+        let dbg = format!("{g:?}");
+        assert!(!dbg.contains("secret"), "{dbg}");
+        assert!(dbg.contains("redacted 18 bytes"), "{dbg}");
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(!json.contains("secret"), "{json}");
+        let back: SealedGrant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, g);
+    }
+
+    #[test]
+    fn component_kinds_serialize_with_kind_tag() {
+        let c = Component {
+            app: AppName::new("shop").unwrap(),
+            name: ComponentName::new("chart").unwrap(),
+            kind: ComponentKind::HelmChart {
+                chart: ChartSource::Dir {
+                    path: "deploy/chart".into(),
+                },
+            },
+            repository: Repository::new("shop/chart").unwrap(),
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["kind"], "helm-chart");
+        let back: Component = serde_json::from_value(v).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.kind.name(), "helm-chart");
+    }
+
+    #[test]
+    fn sync_requeue_clears_grant_expiry() {
+        let s = SyncJob::new(
+            SyncId::new("s1").unwrap(),
+            BuildId::new("b1").unwrap(),
+            InstallId::new("i1").unwrap(),
+            Repository::new("shop/web").unwrap(),
+            Digest::new(format!("sha256:{}", "a".repeat(64))).unwrap(),
+            1,
+        );
+        let d = s.dispatch(2, 100).unwrap();
+        assert_eq!(d.grant_expires_at, Some(100));
+        let q = d.requeue(3).unwrap();
+        assert_eq!((q.grant_expires_at, q.state.attempts), (None, 2));
+    }
+}

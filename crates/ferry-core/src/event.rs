@@ -1,0 +1,555 @@
+//! The wire contract: Ferry events and the agent's job message, and their strict parsers.
+//!
+//! Every event is one JSON object with `"version": 1`, a `"type"`, an optional producer `"id"`
+//! and the type's fields at the top level (samples in `events/`). An EventBridge envelope
+//! (`detail-type` + `detail`) is unwrapped first. Parsing is strict and field by field so each
+//! error names the field and says what to do. This module must never panic on input, and never
+//! accept an unknown type, an unsupported version, a missing field, an unknown field or a digest
+//! that is not sha256.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::domain::SealedGrant;
+use crate::id::{
+    AppName, BuildId, ComponentName, Digest, EventId, IdError, InstallId, Repository, SyncId,
+};
+
+/// The only schema version this build understands.
+pub const EVENT_VERSION: u64 = 1;
+/// Larger input is refused before parsing (the SQS and EventBridge entry limit).
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+const MAX_TEXT: usize = 1024;
+const MAX_ERROR_TEXT: usize = 8 * 1024;
+
+pub const BUILD_REQUESTED: &str = "build.requested";
+pub const BUILD_COMPLETED: &str = "build.completed";
+pub const SYNC_REQUESTED: &str = "sync.requested";
+pub const SYNC_REPORTED: &str = "sync.reported";
+pub const SYNC_JOB: &str = "sync.job";
+const KNOWN_TYPES: &str = "build.requested, build.completed, sync.requested, sync.reported";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event is larger than {MAX_EVENT_BYTES} bytes ({size}); events carry ids and digests, not payloads")]
+    TooLarge { size: usize },
+    #[error(
+        "event is not valid JSON ({detail}); send one JSON object like the samples in events/"
+    )]
+    NotJson { detail: String },
+    #[error("event must be a JSON object, found {found}; send one JSON object like the samples in events/")]
+    NotAnObject { found: &'static str },
+    #[error("event has no string \"type\"; set \"type\" to one of: {KNOWN_TYPES}")]
+    MissingType,
+    #[error("unknown event type {found:?}; expected one of: {KNOWN_TYPES}")]
+    UnknownType { found: String },
+    #[error("{event_type} event has no \"version\"; add \"version\": 1")]
+    MissingVersion { event_type: &'static str },
+    #[error("{event_type} event has version {found}, but this Ferry reads only version 1; send a version 1 event or upgrade Ferry")]
+    UnsupportedVersion {
+        event_type: &'static str,
+        found: String,
+    },
+    #[error("{event_type} event is missing required field \"{field}\"; add it (see events/{event_type}.json)")]
+    MissingField {
+        event_type: &'static str,
+        field: &'static str,
+    },
+    #[error("{event_type} event field \"{field}\" is invalid: {reason}")]
+    InvalidField {
+        event_type: &'static str,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("{event_type} event has unknown field {field:?}; remove it or fix its spelling (see events/{event_type}.json)")]
+    UnknownField {
+        event_type: &'static str,
+        field: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildRequested {
+    /// Set by producers that already chose an id; otherwise derived from the event identity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<BuildId>,
+    pub app: AppName,
+    pub component: ComponentName,
+    pub source_ref: String,
+    pub requested_by: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildCompleted {
+    pub build_id: BuildId,
+    pub status: BuildOutcome,
+    /// Present exactly when `status` is `succeeded` (checked by the parser).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<Repository>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncRequested {
+    pub sync_id: SyncId,
+    pub build_id: BuildId,
+    pub install_id: InstallId,
+    pub repository: Repository,
+    pub digest: Digest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncReportStatus {
+    Succeeded,
+    Failed,
+    /// The agent could not use the grant in time; the IMS re-mints and re-enqueues.
+    GrantExpired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncReported {
+    pub sync_id: SyncId,
+    pub install_id: InstallId,
+    pub status: SyncReportStatus,
+    pub digest: Digest,
+    pub bytes_copied: u64,
+    pub bytes_skipped: u64,
+    pub duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The attempt the agent worked on (from the job message). Optional; when present, a
+    /// report for an older attempt is recognised as stale and ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    BuildRequested(BuildRequested),
+    BuildCompleted(BuildCompleted),
+    SyncRequested(SyncRequested),
+    SyncReported(SyncReported),
+}
+
+impl Payload {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Payload::BuildRequested(_) => BUILD_REQUESTED,
+            Payload::BuildCompleted(_) => BUILD_COMPLETED,
+            Payload::SyncRequested(_) => SYNC_REQUESTED,
+            Payload::SyncReported(_) => SYNC_REPORTED,
+        }
+    }
+}
+
+/// One parsed event: the producer's id, if any, and the typed payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub id: Option<EventId>,
+    pub payload: Payload,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    version: u64,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a EventId>,
+    #[serde(flatten)]
+    payload: &'a Payload,
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            version: EVENT_VERSION,
+            event_type: self.payload.event_type(),
+            id: self.id.as_ref(),
+            payload: &self.payload,
+        }
+        .serialize(s)
+    }
+}
+
+impl Event {
+    pub fn new(payload: Payload) -> Event {
+        Event { id: None, payload }
+    }
+
+    pub fn with_id(id: EventId, payload: Payload) -> Event {
+        Event {
+            id: Some(id),
+            payload,
+        }
+    }
+
+    pub fn event_type(&self) -> &'static str {
+        self.payload.event_type()
+    }
+
+    /// The key under which handling this event is recorded. A producer id wins; without one,
+    /// the hash of the canonical payload, so a byte-identical or reformatted replay matches.
+    pub fn idempotency_key(&self) -> String {
+        match &self.id {
+            Some(id) => format!("{}#{}", self.event_type(), id),
+            None => {
+                // Serializing these plain structs cannot fail; fall back to Debug regardless.
+                let canonical = serde_json::to_vec(&self.payload)
+                    .unwrap_or_else(|_| format!("{:?}", self.payload).into_bytes());
+                let hash = hex::encode(Sha256::digest(&canonical));
+                format!("{}#sha256:{hash}", self.event_type())
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Takes fields out of the object one by one; whatever is left at the end is unknown.
+struct Fields {
+    ty: &'static str,
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    fn invalid(&self, field: &'static str, reason: impl Into<String>) -> EventError {
+        EventError::InvalidField {
+            event_type: self.ty,
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// A present, non-null value.
+    fn take(&mut self, field: &'static str) -> Option<Value> {
+        self.map.remove(field).filter(|v| !v.is_null())
+    }
+
+    fn opt_text(&mut self, field: &'static str, max: usize) -> Result<Option<String>, EventError> {
+        let Some(v) = self.take(field) else {
+            return Ok(None);
+        };
+        let Value::String(s) = v else {
+            return Err(self.invalid(field, format!("expected a string, found {}", json_kind(&v))));
+        };
+        if s.trim().is_empty() {
+            return Err(self.invalid(field, "it is empty; give a value or leave the field out"));
+        }
+        if s.len() > max {
+            return Err(self.invalid(field, format!("it is longer than {max} bytes")));
+        }
+        Ok(Some(s))
+    }
+
+    fn req_text(&mut self, field: &'static str, max: usize) -> Result<String, EventError> {
+        self.opt_text(field, max)?.ok_or(EventError::MissingField {
+            event_type: self.ty,
+            field,
+        })
+    }
+
+    fn opt_id<T>(
+        &mut self,
+        field: &'static str,
+        make: fn(String) -> Result<T, IdError>,
+    ) -> Result<Option<T>, EventError> {
+        match self.opt_text(field, MAX_TEXT)? {
+            None => Ok(None),
+            Some(s) => make(s)
+                .map(Some)
+                .map_err(|e| self.invalid(field, e.to_string())),
+        }
+    }
+
+    fn req_id<T>(
+        &mut self,
+        field: &'static str,
+        make: fn(String) -> Result<T, IdError>,
+    ) -> Result<T, EventError> {
+        self.opt_id(field, make)?.ok_or(EventError::MissingField {
+            event_type: self.ty,
+            field,
+        })
+    }
+
+    fn opt_u64(&mut self, field: &'static str) -> Result<Option<u64>, EventError> {
+        let Some(v) = self.take(field) else {
+            return Ok(None);
+        };
+        v.as_u64().map(Some).ok_or_else(|| {
+            self.invalid(
+                field,
+                format!("expected a whole number >= 0, found {}", json_kind(&v)),
+            )
+        })
+    }
+
+    fn req_u64(&mut self, field: &'static str) -> Result<u64, EventError> {
+        self.opt_u64(field)?.ok_or(EventError::MissingField {
+            event_type: self.ty,
+            field,
+        })
+    }
+
+    fn req_enum<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        field: &'static str,
+        allowed: &str,
+    ) -> Result<T, EventError> {
+        let v = self.take(field).ok_or(EventError::MissingField {
+            event_type: self.ty,
+            field,
+        })?;
+        let shown = match &v {
+            Value::String(s) => format!("{:?}", s.chars().take(40).collect::<String>()),
+            other => json_kind(other).to_string(),
+        };
+        serde_json::from_value(v)
+            .map_err(|_| self.invalid(field, format!("found {shown}; expected one of: {allowed}")))
+    }
+
+    fn finish(self) -> Result<(), EventError> {
+        match self.map.into_iter().next() {
+            None => Ok(()),
+            Some((field, _)) => Err(EventError::UnknownField {
+                event_type: self.ty,
+                field: field.chars().take(80).collect(),
+            }),
+        }
+    }
+}
+
+/// Parses one event (or an EventBridge envelope around one). Never panics.
+pub fn parse_event(bytes: &[u8]) -> Result<Event, EventError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge { size: bytes.len() });
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
+        detail: e.to_string(),
+    })?;
+    parse_event_value(value)
+}
+
+/// As [`parse_event`], for input that is already JSON (a Lambda payload).
+pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
+    let Value::Object(mut map) = value else {
+        return Err(EventError::NotAnObject {
+            found: json_kind(&value),
+        });
+    };
+    // EventBridge delivers {"id", "detail-type", "source", "detail": <our event>, ...}.
+    if map.contains_key("detail-type") && map.contains_key("detail") {
+        let outer_id = map.remove("id");
+        let Some(Value::Object(mut detail)) = map.remove("detail") else {
+            return Err(EventError::NotAnObject {
+                found: "an EventBridge envelope whose \"detail\" is not an object",
+            });
+        };
+        if !detail.contains_key("id") {
+            if let Some(id) = outer_id {
+                detail.insert("id".into(), id);
+            }
+        }
+        map = detail;
+    }
+
+    let ty: &'static str = match map.remove("type") {
+        Some(Value::String(t)) => match t.as_str() {
+            BUILD_REQUESTED => BUILD_REQUESTED,
+            BUILD_COMPLETED => BUILD_COMPLETED,
+            SYNC_REQUESTED => SYNC_REQUESTED,
+            SYNC_REPORTED => SYNC_REPORTED,
+            _ => {
+                return Err(EventError::UnknownType {
+                    found: t.chars().take(80).collect(),
+                })
+            }
+        },
+        _ => return Err(EventError::MissingType),
+    };
+    match map.remove("version") {
+        None | Some(Value::Null) => return Err(EventError::MissingVersion { event_type: ty }),
+        Some(v) if v.as_u64() == Some(EVENT_VERSION) => {}
+        Some(v) => {
+            let found: String = v.to_string().chars().take(40).collect();
+            return Err(EventError::UnsupportedVersion {
+                event_type: ty,
+                found,
+            });
+        }
+    }
+
+    let mut f = Fields { ty, map };
+    let id = f.opt_id("id", EventId::new)?;
+    let payload = match ty {
+        BUILD_REQUESTED => Payload::BuildRequested(BuildRequested {
+            build_id: f.opt_id("build_id", BuildId::new)?,
+            app: f.req_id("app", AppName::new)?,
+            component: f.req_id("component", ComponentName::new)?,
+            source_ref: f.req_text("source_ref", MAX_TEXT)?,
+            requested_by: f.req_text("requested_by", MAX_TEXT)?,
+        }),
+        BUILD_COMPLETED => {
+            let ev = BuildCompleted {
+                build_id: f.req_id("build_id", BuildId::new)?,
+                status: f.req_enum("status", "succeeded, failed, cancelled")?,
+                digest: f.opt_id("digest", Digest::new)?,
+                repository: f.opt_id("repository", Repository::new)?,
+                media_type: f.opt_text("media_type", 255)?,
+                error: f.opt_text("error", MAX_ERROR_TEXT)?,
+            };
+            if let Some(mt) = &ev.media_type {
+                if !mt.contains('/') {
+                    return Err(f.invalid(
+                        "media_type",
+                        format!("{mt:?} is not a media type; use e.g. application/vnd.oci.image.manifest.v1+json"),
+                    ));
+                }
+            }
+            if ev.status == BuildOutcome::Succeeded {
+                for (field, present) in [
+                    ("digest", ev.digest.is_some()),
+                    ("repository", ev.repository.is_some()),
+                ] {
+                    if !present {
+                        return Err(EventError::MissingField {
+                            event_type: ty,
+                            field,
+                        });
+                    }
+                }
+            } else if ev.digest.is_some() {
+                return Err(f.invalid(
+                    "digest",
+                    "only a succeeded build has a digest; drop it or set \"status\": \"succeeded\"",
+                ));
+            }
+            Payload::BuildCompleted(ev)
+        }
+        SYNC_REQUESTED => Payload::SyncRequested(SyncRequested {
+            sync_id: f.req_id("sync_id", SyncId::new)?,
+            build_id: f.req_id("build_id", BuildId::new)?,
+            install_id: f.req_id("install_id", InstallId::new)?,
+            repository: f.req_id("repository", Repository::new)?,
+            digest: f.req_id("digest", Digest::new)?,
+        }),
+        _ => {
+            let ev = SyncReported {
+                sync_id: f.req_id("sync_id", SyncId::new)?,
+                install_id: f.req_id("install_id", InstallId::new)?,
+                status: f.req_enum("status", "succeeded, failed, grant_expired")?,
+                digest: f.req_id("digest", Digest::new)?,
+                bytes_copied: f.req_u64("bytes_copied")?,
+                bytes_skipped: f.req_u64("bytes_skipped")?,
+                duration_ms: f.req_u64("duration_ms")?,
+                error: f.opt_text("error", MAX_ERROR_TEXT)?,
+                attempt: match f.opt_u64("attempt")? {
+                    None => None,
+                    Some(a) => Some(
+                        u32::try_from(a)
+                            .ok()
+                            .filter(|a| *a >= 1)
+                            .ok_or_else(|| f.invalid("attempt", "expected 1 to 4294967295"))?,
+                    ),
+                },
+            };
+            Payload::SyncReported(ev)
+        }
+    };
+    f.finish()?;
+    Ok(Event { id, payload })
+}
+
+/// The message the IMS puts on an install's queue for its agent. It carries the grant sealed
+/// to that agent's key, never a clear one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncJobMessage {
+    pub version: u64,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub sync_id: SyncId,
+    pub build_id: BuildId,
+    pub install_id: InstallId,
+    pub repository: Repository,
+    pub digest: Digest,
+    /// Echo this in sync.reported so a late report for an old attempt is ignored.
+    pub attempt: u32,
+    pub grant: SealedGrant,
+}
+
+impl SyncJobMessage {
+    pub fn new(
+        sync_id: SyncId,
+        build_id: BuildId,
+        install_id: InstallId,
+        repository: Repository,
+        digest: Digest,
+        attempt: u32,
+        grant: SealedGrant,
+    ) -> SyncJobMessage {
+        SyncJobMessage {
+            version: EVENT_VERSION,
+            message_type: SYNC_JOB.to_string(),
+            sync_id,
+            build_id,
+            install_id,
+            repository,
+            digest,
+            attempt,
+            grant,
+        }
+    }
+}
+
+/// Parses a job message from the install queue (the agent's side of the contract).
+pub fn parse_sync_job(bytes: &[u8]) -> Result<SyncJobMessage, EventError> {
+    if bytes.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge { size: bytes.len() });
+    }
+    let msg: SyncJobMessage = serde_json::from_slice(bytes).map_err(|e| EventError::NotJson {
+        detail: format!("not a sync.job message: {e}"),
+    })?;
+    if msg.message_type != SYNC_JOB {
+        return Err(EventError::UnknownType {
+            found: msg.message_type.chars().take(80).collect(),
+        });
+    }
+    if msg.version != EVENT_VERSION {
+        return Err(EventError::UnsupportedVersion {
+            event_type: SYNC_JOB,
+            found: msg.version.to_string(),
+        });
+    }
+    Ok(msg)
+}

@@ -1,0 +1,1084 @@
+//! The IMS handlers: build.requested, build.completed, sync.requested, sync.reported.
+//!
+//! Each is a plain async function over the ports, wrapped in an idempotency record keyed by the
+//! event's identity, and written so that a crash at any await leaves a state the same event can
+//! resume from: ids are derived (never random), creates are put-if-absent, and every state change
+//! is a conditional write on (status, version). A replayed event returns `Outcome::Replayed` and
+//! changes nothing. This module must never read a clock or do I/O except through the ports, and
+//! never put a clear grant anywhere: it only forwards [`SealedGrant`]s from the minter.
+
+use std::fmt;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+
+use crate::domain::{
+    Artifact, Build, Install, LineageRecord, SealedGrant, SyncJob, SyncStats,
+    OCI_MANIFEST_MEDIA_TYPE,
+};
+use crate::event::{
+    BuildCompleted, BuildOutcome, BuildRequested, Event, EventError, Payload, SyncJobMessage,
+    SyncReportStatus, SyncReported, SyncRequested,
+};
+use crate::id::{AppName, BuildId, ComponentName, EventId, InstallId, SyncId};
+use crate::ports::{
+    Batch, BuildSpec, Builder, BuilderError, BusError, Clock, EventBus, GrantError, GrantMinter,
+    IdGenerator, IdempotencyClaim, JobStore, PageRequest, Queue, QueueError, StoreError,
+    WriteError, MAX_PAGE,
+};
+use crate::state::{Expected, JobError, JobStatus, TransitionError};
+
+/// Tunables; the defaults suit a Lambda with a 5 minute timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// How long a completed idempotency record suppresses replays.
+    pub idempotency_ttl_ms: u64,
+    /// How long an in-progress record blocks others: at least the handler's timeout.
+    pub in_progress_ms: u64,
+    /// A sync whose grant expired this many times fails instead of being re-enqueued.
+    pub max_sync_attempts: u32,
+    /// Re-reads after a conditional-write conflict before giving up (the event is retried).
+    pub max_write_tries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            idempotency_ttl_ms: 24 * 60 * 60 * 1000,
+            in_progress_ms: 5 * 60 * 1000,
+            max_sync_attempts: 5,
+            max_write_tries: 5,
+        }
+    }
+}
+
+/// The ports a handler may use. Adapters are cheap handles (SDK clients, pools), owned here.
+#[derive(Debug, Clone)]
+pub struct Ports<S, Q, E, B, G, C> {
+    pub store: S,
+    pub queue: Q,
+    pub bus: E,
+    pub builder: B,
+    pub minter: G,
+    pub clock: C,
+    pub config: Config,
+}
+
+/// What a handler did; stored in the idempotency record and logged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    BuildStarted {
+        build_id: BuildId,
+        external_id: Option<String>,
+    },
+    /// The build was recorded as failed at once (unknown component, builder refused).
+    BuildRejected {
+        build_id: BuildId,
+        reason: String,
+    },
+    BuildRecorded {
+        build_id: BuildId,
+        status: JobStatus,
+        syncs_requested: usize,
+    },
+    SyncDispatched {
+        sync_id: SyncId,
+        attempt: u32,
+    },
+    /// The sync was recorded as failed at once (unknown install, grant refused).
+    SyncRejected {
+        sync_id: SyncId,
+        reason: String,
+    },
+    SyncRecorded {
+        sync_id: SyncId,
+        status: JobStatus,
+    },
+    /// A report about an attempt that is no longer current; nothing changed.
+    StaleReport {
+        sync_id: SyncId,
+        reported_attempt: u32,
+    },
+    /// The event was handled before; `first` is what that run did.
+    Replayed {
+        first: Option<Box<Outcome>>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("build {build_id} does not exist; check the build id, or send build.requested first")]
+    UnknownBuild { build_id: BuildId },
+    #[error("sync job {sync_id} does not exist; check the sync id (the agent reports the id from its job message)")]
+    UnknownSync { sync_id: SyncId },
+    #[error(
+        "{what} {id} already finished as {status}; the later report \"{reported}\" was ignored"
+    )]
+    AlreadyFinished {
+        what: &'static str,
+        id: String,
+        status: JobStatus,
+        reported: String,
+    },
+    #[error("{message}")]
+    Mismatch { message: String },
+    #[error(
+        "event {key} is being handled by another worker (until {until} ms); it will be retried"
+    )]
+    InProgress { key: String, until: u64 },
+    #[error("{what} {id} kept changing under concurrent writers; the event will be retried")]
+    Contention { what: &'static str, id: String },
+    #[error("{what} {id} disappeared during a conditional update; was it deleted by hand?")]
+    Vanished { what: &'static str, id: String },
+    #[error("publishing {failed} event(s) failed ({first}); the event will be retried")]
+    Publish { failed: usize, first: String },
+    #[error("could not encode a message: {message}")]
+    Encode { message: String },
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Builder(BuilderError),
+    #[error(transparent)]
+    Grant(GrantError),
+}
+
+impl HandlerError {
+    /// True when the same event may succeed later (so it should go back to the queue).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            HandlerError::InProgress { .. }
+            | HandlerError::Contention { .. }
+            | HandlerError::Publish { .. }
+            | HandlerError::Store(StoreError::Unavailable { .. })
+            | HandlerError::Queue(QueueError::Unavailable { .. })
+            | HandlerError::Bus(BusError::Unavailable { .. })
+            | HandlerError::Builder(BuilderError::Unavailable { .. })
+            | HandlerError::Grant(GrantError::Unavailable { .. }) => true,
+            // A missing build may just not be visible yet on an eventually consistent read.
+            HandlerError::UnknownBuild { .. } | HandlerError::UnknownSync { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plumbing: idempotency and conditional writes
+
+/// Runs `work` at most once per `key` (until the record's TTL), Powertools-style.
+async fn idempotent<S, C, F, Fut>(
+    store: &S,
+    clock: &C,
+    config: &Config,
+    key: &str,
+    work: F,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    C: Clock,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Outcome, HandlerError>>,
+{
+    let now = clock.now_ms();
+    let claim = store
+        .idempotency_begin(
+            key,
+            now,
+            now.saturating_add(config.in_progress_ms),
+            now.saturating_add(config.idempotency_ttl_ms),
+        )
+        .await?;
+    match claim {
+        IdempotencyClaim::Acquired => {}
+        IdempotencyClaim::InProgress { until } => {
+            return Err(HandlerError::InProgress {
+                key: key.to_string(),
+                until,
+            })
+        }
+        IdempotencyClaim::Completed { result } => {
+            tracing::info!(idempotency_key = key, "replayed event; nothing to do");
+            let first = serde_json::from_str::<Outcome>(&result).ok().map(Box::new);
+            return Ok(Outcome::Replayed { first });
+        }
+    }
+    match work().await {
+        Ok(outcome) => {
+            let result = serde_json::to_string(&outcome).map_err(|e| HandlerError::Encode {
+                message: e.to_string(),
+            })?;
+            let expires = clock.now_ms().saturating_add(config.idempotency_ttl_ms);
+            store.idempotency_complete(key, &result, expires).await?;
+            Ok(outcome)
+        }
+        Err(err) => {
+            // Let a retry run at once; if this fails the record simply expires.
+            if let Err(release) = store.idempotency_release(key).await {
+                tracing::warn!(idempotency_key = key, error = %release, "could not release idempotency record");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// A stored job that can be written conditionally.
+trait Job: Clone + fmt::Debug + Send + Sync + Sized {
+    const WHAT: &'static str;
+    fn id_string(&self) -> String;
+    fn expected(&self) -> Expected;
+    fn update<S: JobStore>(
+        store: &S,
+        next: &Self,
+        expected: Expected,
+    ) -> impl Future<Output = Result<(), WriteError<Self>>> + Send;
+}
+
+impl Job for Build {
+    const WHAT: &'static str = "build";
+    fn id_string(&self) -> String {
+        self.id.to_string()
+    }
+    fn expected(&self) -> Expected {
+        self.state.expected()
+    }
+    fn update<S: JobStore>(
+        store: &S,
+        next: &Self,
+        expected: Expected,
+    ) -> impl Future<Output = Result<(), WriteError<Self>>> + Send {
+        store.update_build(next, expected)
+    }
+}
+
+impl Job for SyncJob {
+    const WHAT: &'static str = "sync job";
+    fn id_string(&self) -> String {
+        self.id.to_string()
+    }
+    fn expected(&self) -> Expected {
+        self.state.expected()
+    }
+    fn update<S: JobStore>(
+        store: &S,
+        next: &Self,
+        expected: Expected,
+    ) -> impl Future<Output = Result<(), WriteError<Self>>> + Send {
+        store.update_sync(next, expected)
+    }
+}
+
+enum Decision<T> {
+    Write(T),
+    /// Already in the wanted state (a resumed or raced handler): nothing to write.
+    Keep,
+}
+
+/// Applies `decide` to the latest stored version until a conditional write lands or `decide`
+/// says there is nothing to do. Returns the item as stored afterwards.
+async fn apply<S: JobStore, T: Job>(
+    store: &S,
+    config: &Config,
+    mut current: T,
+    decide: impl Fn(&T) -> Result<Decision<T>, HandlerError>,
+) -> Result<T, HandlerError> {
+    for _ in 0..config.max_write_tries.max(1) {
+        let next = match decide(&current)? {
+            Decision::Keep => return Ok(current),
+            Decision::Write(next) => next,
+        };
+        match T::update(store, &next, current.expected()).await {
+            Ok(()) => return Ok(next),
+            Err(WriteError::Conflict(c)) => match c.current {
+                Some(latest) => current = latest,
+                None => {
+                    return Err(HandlerError::Vanished {
+                        what: T::WHAT,
+                        id: current.id_string(),
+                    })
+                }
+            },
+            Err(WriteError::Store(e)) => return Err(e.into()),
+        }
+    }
+    Err(HandlerError::Contention {
+        what: T::WHAT,
+        id: current.id_string(),
+    })
+}
+
+fn finished_conflict<T: Job>(item: &T, status: JobStatus, reported: &str) -> HandlerError {
+    HandlerError::AlreadyFinished {
+        what: T::WHAT,
+        id: item.id_string(),
+        status,
+        reported: reported.to_string(),
+    }
+}
+
+/// Publishes events in batches of at most 10, retrying failed entries once.
+async fn publish_all<E: EventBus>(bus: &E, events: Vec<Event>) -> Result<(), HandlerError> {
+    for batch in Batch::chunks(events) {
+        let mut pending = batch;
+        for round in 0..2 {
+            let results = bus.put_events(&pending).await?;
+            let mut failed = Vec::new();
+            let mut first = None;
+            for (i, ev) in pending.items().iter().enumerate() {
+                match results.get(i) {
+                    Some(Ok(_)) => {}
+                    Some(Err(f)) => {
+                        first.get_or_insert_with(|| f.to_string());
+                        failed.push(ev.clone());
+                    }
+                    None => {
+                        first.get_or_insert_with(|| "the bus returned no result".to_string());
+                        failed.push(ev.clone());
+                    }
+                }
+            }
+            if failed.is_empty() {
+                break;
+            }
+            let n = failed.len();
+            match Batch::new(failed) {
+                Ok(retry) if round == 0 => pending = retry,
+                _ => {
+                    return Err(HandlerError::Publish {
+                        failed: n,
+                        first: first.unwrap_or_default(),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+/// Routes one parsed event to its handler.
+pub async fn dispatch<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    event: &Event,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    E: EventBus,
+    B: Builder,
+    G: GrantMinter,
+    C: Clock,
+{
+    let key = event.idempotency_key();
+    match &event.payload {
+        Payload::BuildRequested(ev) => handle_build_requested(ports, &key, ev).await,
+        Payload::BuildCompleted(ev) => handle_build_completed(ports, &key, ev).await,
+        Payload::SyncRequested(ev) => handle_sync_requested(ports, &key, ev).await,
+        Payload::SyncReported(ev) => handle_sync_reported(ports, &key, ev).await,
+    }
+}
+
+/// The vendor side of a build request (CLI, API): picks a fresh build id and publishes
+/// build.requested. The id is also the event id, so a resent request is deduplicated.
+pub async fn request_build<E: EventBus, I: IdGenerator>(
+    bus: &E,
+    ids: &I,
+    app: AppName,
+    component: ComponentName,
+    source_ref: String,
+    requested_by: String,
+) -> Result<BuildId, HandlerError> {
+    let build_id =
+        BuildId::new(format!("b-{}", ids.new_id())).map_err(|e| HandlerError::Encode {
+            message: format!("the id generator produced an unusable id: {e}"),
+        })?;
+    let event_id = EventId::new(build_id.as_str()).map_err(|e| HandlerError::Encode {
+        message: e.to_string(),
+    })?;
+    let event = Event::with_id(
+        event_id,
+        Payload::BuildRequested(BuildRequested {
+            build_id: Some(build_id.clone()),
+            app,
+            component,
+            source_ref,
+            requested_by,
+        }),
+    );
+    publish_all(bus, vec![event]).await?;
+    Ok(build_id)
+}
+
+// ---------------------------------------------------------------------------------------------
+// build.requested
+
+/// Validates the component, creates the build (Queued), starts the builder, marks it Running.
+pub async fn handle_build_requested<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    key: &str,
+    ev: &BuildRequested,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    B: Builder,
+    C: Clock,
+{
+    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
+        build_requested(ports, key, ev)
+    })
+    .instrument(tracing::info_span!("build.requested", key))
+    .await
+}
+
+async fn build_requested<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    key: &str,
+    ev: &BuildRequested,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    B: Builder,
+    C: Clock,
+{
+    let store = &ports.store;
+    let now = ports.clock.now_ms();
+    let build_id = ev
+        .build_id
+        .clone()
+        .unwrap_or_else(|| BuildId::derived_from(key));
+    let fresh = Build::new(
+        build_id.clone(),
+        ev.app.clone(),
+        ev.component.clone(),
+        ev.source_ref.clone(),
+        ev.requested_by.clone(),
+        now,
+    );
+
+    let Some(component) = store.get_component(&ev.app, &ev.component).await? else {
+        let reason = format!(
+            "component {} of app {} is not registered; register it, or fix \"app\"/\"component\" in the request",
+            ev.component, ev.app
+        );
+        tracing::warn!(%reason, "build rejected");
+        let failed = fresh.fail(now, JobError::new("unknown_component", reason.clone()))?;
+        create_or_existing_build(store, &failed).await?;
+        return Ok(Outcome::BuildRejected { build_id, reason });
+    };
+
+    let build = create_or_existing_build(store, &fresh).await?;
+    if build.status() != JobStatus::Queued {
+        // Resumed or raced: the builder was already started (or the build already ended).
+        return Ok(Outcome::BuildStarted {
+            build_id,
+            external_id: build.external_id,
+        });
+    }
+
+    let spec = BuildSpec {
+        build_id: build_id.clone(),
+        component,
+        source_ref: ev.source_ref.clone(),
+    };
+    match ports.builder.start(&spec).await {
+        Ok(external_id) => {
+            let stored = apply(store, &ports.config, build, |b| {
+                Ok(match b.status() {
+                    JobStatus::Queued => Decision::Write(b.start(now, external_id.clone())?),
+                    // build.completed overtook us: nothing left to record.
+                    _ => Decision::Keep,
+                })
+            })
+            .await?;
+            tracing::info!(external_id = %external_id, "build started");
+            Ok(Outcome::BuildStarted {
+                build_id,
+                external_id: stored.external_id,
+            })
+        }
+        Err(BuilderError::Rejected { message }) => {
+            let reason = format!("the builder refused the build: {message}");
+            apply(store, &ports.config, build, |b| {
+                Ok(if b.status().is_terminal() {
+                    Decision::Keep
+                } else {
+                    Decision::Write(b.fail(now, JobError::new("builder_rejected", reason.clone()))?)
+                })
+            })
+            .await?;
+            Ok(Outcome::BuildRejected { build_id, reason })
+        }
+        Err(e) => Err(HandlerError::Builder(e)),
+    }
+}
+
+/// Creates `build` or returns the one already stored under its id, if it is the same request.
+async fn create_or_existing_build<S: JobStore>(
+    store: &S,
+    build: &Build,
+) -> Result<Build, HandlerError> {
+    match store.create_build(build).await {
+        Ok(()) => Ok(build.clone()),
+        Err(WriteError::Conflict(c)) => match c.current {
+            Some(existing)
+                if existing.app == build.app
+                    && existing.component == build.component
+                    && existing.source_ref == build.source_ref =>
+            {
+                Ok(existing)
+            }
+            Some(existing) => Err(HandlerError::Mismatch {
+                message: format!(
+                    "build id {} is already used by a build of {}/{} at {:?}; pick another build_id",
+                    build.id, existing.app, existing.component, existing.source_ref
+                ),
+            }),
+            None => Err(HandlerError::Vanished {
+                what: "build",
+                id: build.id.to_string(),
+            }),
+        },
+        Err(WriteError::Store(e)) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// build.completed
+
+/// Records the outcome on the build; on success fans out one sync.requested per subscribed
+/// install, in batches of at most 10, with sync ids derived from (build, install).
+pub async fn handle_build_completed<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    key: &str,
+    ev: &BuildCompleted,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    E: EventBus,
+    C: Clock,
+{
+    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
+        build_completed(ports, ev)
+    })
+    .instrument(tracing::info_span!("build.completed", build_id = %ev.build_id))
+    .await
+}
+
+fn outcome_name(o: BuildOutcome) -> &'static str {
+    match o {
+        BuildOutcome::Succeeded => "succeeded",
+        BuildOutcome::Failed => "failed",
+        BuildOutcome::Cancelled => "cancelled",
+    }
+}
+
+async fn build_completed<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    ev: &BuildCompleted,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    E: EventBus,
+    C: Clock,
+{
+    let store = &ports.store;
+    let now = ports.clock.now_ms();
+    let build = store
+        .get_build(&ev.build_id)
+        .await?
+        .ok_or_else(|| HandlerError::UnknownBuild {
+            build_id: ev.build_id.clone(),
+        })?;
+
+    let artifact = match (&ev.digest, &ev.repository) {
+        (Some(digest), Some(repository)) => Some(Artifact {
+            repository: repository.clone(),
+            digest: digest.clone(),
+            media_type: ev
+                .media_type
+                .clone()
+                .unwrap_or_else(|| OCI_MANIFEST_MEDIA_TYPE.to_string()),
+        }),
+        _ => None,
+    };
+    let wanted = match ev.status {
+        BuildOutcome::Succeeded => JobStatus::Succeeded,
+        BuildOutcome::Failed => JobStatus::Failed,
+        BuildOutcome::Cancelled => JobStatus::Cancelled,
+    };
+    let reported = outcome_name(ev.status);
+
+    let stored = apply(store, &ports.config, build, |b| {
+        if b.status().is_terminal() {
+            let same = b.status() == wanted
+                && b.artifact.as_ref().map(|a| &a.digest) == artifact.as_ref().map(|a| &a.digest);
+            return if same {
+                Ok(Decision::Keep)
+            } else {
+                Err(finished_conflict(b, b.status(), reported))
+            };
+        }
+        let next = match (ev.status, &artifact) {
+            (BuildOutcome::Succeeded, Some(a)) => b.succeed(now, a.clone())?,
+            (BuildOutcome::Succeeded, None) => {
+                // The parser guarantees both; guard anyway rather than record a digestless success.
+                return Err(HandlerError::Mismatch {
+                    message: format!(
+                        "build.completed for {} says succeeded but has no digest and repository",
+                        b.id
+                    ),
+                });
+            }
+            (BuildOutcome::Failed, _) => {
+                let message = ev.error.clone().unwrap_or_else(|| {
+                    "the builder reported a failure without detail; see the builder's logs"
+                        .to_string()
+                });
+                b.fail(now, JobError::new("build_failed", message))?
+            }
+            (BuildOutcome::Cancelled, _) => b.cancel(now)?,
+        };
+        Ok(Decision::Write(next))
+    })
+    .await?;
+
+    let mut syncs_requested = 0;
+    if let (JobStatus::Succeeded, Some(artifact)) = (stored.status(), &stored.artifact) {
+        // Runs again on a resumed event: the derived sync ids make the re-sent requests no-ops.
+        let mut events = Vec::new();
+        let mut page = PageRequest::first(MAX_PAGE);
+        loop {
+            let got = store
+                .installs_by_component(&stored.app, &stored.component, &page)
+                .await?;
+            for install in got.items {
+                events.push(sync_request_event(&stored, artifact, &install.id)?);
+            }
+            match got.next {
+                Some(cursor) => page = PageRequest::after(MAX_PAGE, cursor),
+                None => break,
+            }
+        }
+        syncs_requested = events.len();
+        publish_all(&ports.bus, events).await?;
+    }
+    tracing::info!(status = %stored.status(), syncs_requested, "build completion recorded");
+    Ok(Outcome::BuildRecorded {
+        status: stored.status(),
+        build_id: stored.id,
+        syncs_requested,
+    })
+}
+
+fn sync_request_event(
+    build: &Build,
+    artifact: &Artifact,
+    install: &InstallId,
+) -> Result<Event, HandlerError> {
+    let sync_id = SyncId::for_build_and_install(&build.id, install);
+    let event_id = EventId::new(sync_id.as_str()).map_err(|e| HandlerError::Encode {
+        message: e.to_string(),
+    })?;
+    Ok(Event::with_id(
+        event_id,
+        Payload::SyncRequested(SyncRequested {
+            sync_id,
+            build_id: build.id.clone(),
+            install_id: install.clone(),
+            repository: artifact.repository.clone(),
+            digest: artifact.digest.clone(),
+        }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// sync.requested
+
+/// Creates the sync job, mints a sealed grant and enqueues the job on the install's queue.
+pub async fn handle_sync_requested<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    key: &str,
+    ev: &SyncRequested,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    G: GrantMinter,
+    C: Clock,
+{
+    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
+        sync_requested(ports, ev)
+    })
+    .instrument(
+        tracing::info_span!("sync.requested", sync_id = %ev.sync_id, install_id = %ev.install_id),
+    )
+    .await
+}
+
+async fn sync_requested<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    ev: &SyncRequested,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    G: GrantMinter,
+    C: Clock,
+{
+    let store = &ports.store;
+    let now = ports.clock.now_ms();
+    let fresh = SyncJob::new(
+        ev.sync_id.clone(),
+        ev.build_id.clone(),
+        ev.install_id.clone(),
+        ev.repository.clone(),
+        ev.digest.clone(),
+        now,
+    );
+    let Some(install) = store.get_install(&ev.install_id).await? else {
+        let reason = format!(
+            "install {} is not registered; register it, or fix \"install_id\" in the request",
+            ev.install_id
+        );
+        tracing::warn!(%reason, "sync rejected");
+        let failed = fresh.fail(now, JobError::new("unknown_install", reason.clone()), None)?;
+        create_or_existing_sync(store, &failed).await?;
+        return Ok(Outcome::SyncRejected {
+            sync_id: ev.sync_id.clone(),
+            reason,
+        });
+    };
+    let job = create_or_existing_sync(store, &fresh).await?;
+    if job.status() != JobStatus::Queued {
+        return Ok(Outcome::SyncDispatched {
+            sync_id: job.id,
+            attempt: job.state.attempts,
+        });
+    }
+    dispatch_sync(ports, &install, job).await
+}
+
+async fn create_or_existing_sync<S: JobStore>(
+    store: &S,
+    sync: &SyncJob,
+) -> Result<SyncJob, HandlerError> {
+    match store.create_sync(sync).await {
+        Ok(()) => Ok(sync.clone()),
+        Err(WriteError::Conflict(c)) => match c.current {
+            Some(existing)
+                if existing.build_id == sync.build_id
+                    && existing.install_id == sync.install_id
+                    && existing.digest == sync.digest =>
+            {
+                Ok(existing)
+            }
+            Some(existing) => Err(HandlerError::Mismatch {
+                message: format!(
+                    "sync id {} is already used for build {} into install {}; sync ids come from \
+                     (build, install), so this request is inconsistent",
+                    sync.id, existing.build_id, existing.install_id
+                ),
+            }),
+            None => Err(HandlerError::Vanished {
+                what: "sync job",
+                id: sync.id.to_string(),
+            }),
+        },
+        Err(WriteError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Queued job → mint a sealed grant → enqueue the job message → Running.
+async fn dispatch_sync<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    install: &Install,
+    job: SyncJob,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    G: GrantMinter,
+    C: Clock,
+{
+    let now = ports.clock.now_ms();
+    let grant: SealedGrant = match ports
+        .minter
+        .mint(install, &job.repository, &job.digest, &job.id)
+        .await
+    {
+        Ok(g) => g,
+        Err(GrantError::Refused { message }) => {
+            let reason = format!(
+                "no grant could be minted for install {}: {message}",
+                install.id
+            );
+            apply(&ports.store, &ports.config, job.clone(), |j| {
+                Ok(if j.status().is_terminal() {
+                    Decision::Keep
+                } else {
+                    Decision::Write(j.fail(
+                        now,
+                        JobError::new("grant_refused", reason.clone()),
+                        None,
+                    )?)
+                })
+            })
+            .await?;
+            return Ok(Outcome::SyncRejected {
+                sync_id: job.id,
+                reason,
+            });
+        }
+        Err(e) => return Err(HandlerError::Grant(e)),
+    };
+    let attempt = job.state.attempts;
+    let expires_at = grant.expires_at;
+    let message = SyncJobMessage::new(
+        job.id.clone(),
+        job.build_id.clone(),
+        job.install_id.clone(),
+        job.repository.clone(),
+        job.digest.clone(),
+        attempt,
+        grant,
+    );
+    let body = serde_json::to_string(&message).map_err(|e| HandlerError::Encode {
+        message: e.to_string(),
+    })?;
+    ports.queue.send(&install.queue, &body).await?;
+    apply(&ports.store, &ports.config, job.clone(), |j| {
+        Ok(
+            if j.status() == JobStatus::Queued && j.state.attempts == attempt {
+                Decision::Write(j.dispatch(now, expires_at)?)
+            } else {
+                Decision::Keep
+            },
+        )
+    })
+    .await?;
+    tracing::info!(attempt, queue = %install.queue, "sync job enqueued");
+    Ok(Outcome::SyncDispatched {
+        sync_id: job.id,
+        attempt,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// sync.reported
+
+/// Records the agent's outcome and the lineage, and revokes the grant. On `grant_expired`,
+/// re-mints and re-enqueues (attempts + 1) so the sync does not fail for a slow agent.
+pub async fn handle_sync_reported<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    key: &str,
+    ev: &SyncReported,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    G: GrantMinter,
+    C: Clock,
+{
+    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
+        sync_reported(ports, ev)
+    })
+    .instrument(
+        tracing::info_span!("sync.reported", sync_id = %ev.sync_id, install_id = %ev.install_id),
+    )
+    .await
+}
+
+async fn revoke_quietly<G: GrantMinter>(minter: &G, sync_id: &SyncId) {
+    // Grants expire within 15 minutes anyway; a failed revoke must not fail the report.
+    if let Err(e) = minter.revoke(sync_id).await {
+        tracing::warn!(sync_id = %sync_id, error = %e, "could not revoke grant; it will expire");
+    }
+}
+
+async fn sync_reported<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    ev: &SyncReported,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    G: GrantMinter,
+    C: Clock,
+{
+    let store = &ports.store;
+    let config = &ports.config;
+    let now = ports.clock.now_ms();
+    let job = store
+        .get_sync(&ev.sync_id)
+        .await?
+        .ok_or_else(|| HandlerError::UnknownSync {
+            sync_id: ev.sync_id.clone(),
+        })?;
+    if job.install_id != ev.install_id {
+        return Err(HandlerError::Mismatch {
+            message: format!(
+                "sync.reported for sync {} names install {}, but the job belongs to install {}; \
+                 check the reporting agent's install id",
+                ev.sync_id, ev.install_id, job.install_id
+            ),
+        });
+    }
+    if job.digest != ev.digest {
+        return Err(HandlerError::Mismatch {
+            message: format!(
+                "sync.reported for sync {} names digest {}, but the job copies {}; \
+                 the agent must report the digest from its job message",
+                ev.sync_id, ev.digest, job.digest
+            ),
+        });
+    }
+    let stats = SyncStats {
+        bytes_copied: ev.bytes_copied,
+        bytes_skipped: ev.bytes_skipped,
+        duration_ms: ev.duration_ms,
+    };
+    let reported_attempt = ev.attempt.unwrap_or(job.state.attempts);
+    let stale = Outcome::StaleReport {
+        sync_id: job.id.clone(),
+        reported_attempt,
+    };
+
+    match ev.status {
+        // A success from any attempt is true: the install holds the digest.
+        SyncReportStatus::Succeeded => {
+            let stored = apply(store, config, job, |j| match j.status() {
+                JobStatus::Succeeded => Ok(Decision::Keep),
+                s if s.is_terminal() => Err(finished_conflict(j, s, "succeeded")),
+                _ => Ok(Decision::Write(j.succeed(now, stats)?)),
+            })
+            .await?;
+            let since = stored.state.finished_at.unwrap_or(now);
+            store
+                .record_lineage(&LineageRecord {
+                    digest: stored.digest.clone(),
+                    install_id: stored.install_id.clone(),
+                    repository: stored.repository.clone(),
+                    build_id: stored.build_id.clone(),
+                    sync_id: stored.id.clone(),
+                    since,
+                })
+                .await?;
+            revoke_quietly(&ports.minter, &stored.id).await;
+            tracing::info!(bytes_copied = ev.bytes_copied, "sync succeeded");
+            Ok(Outcome::SyncRecorded {
+                sync_id: stored.id,
+                status: JobStatus::Succeeded,
+            })
+        }
+        SyncReportStatus::Failed => {
+            if reported_attempt != job.state.attempts {
+                return Ok(stale);
+            }
+            let message = ev.error.clone().unwrap_or_else(|| {
+                "the agent reported a failure without detail; see the agent's logs".to_string()
+            });
+            let stored = apply(store, config, job, |j| match j.status() {
+                JobStatus::Failed => Ok(Decision::Keep),
+                s if s.is_terminal() => Err(finished_conflict(j, s, "failed")),
+                _ => Ok(Decision::Write(j.fail(
+                    now,
+                    JobError::new("sync_failed", message.clone()),
+                    Some(stats),
+                )?)),
+            })
+            .await?;
+            revoke_quietly(&ports.minter, &stored.id).await;
+            tracing::warn!(error = %message, "sync failed");
+            Ok(Outcome::SyncRecorded {
+                sync_id: stored.id,
+                status: JobStatus::Failed,
+            })
+        }
+        SyncReportStatus::GrantExpired => {
+            revoke_quietly(&ports.minter, &job.id).await;
+            if job.status().is_terminal() {
+                return Ok(stale);
+            }
+            // A Queued job one attempt ahead is our own requeue, cut short by a crash: resume.
+            let resuming = job.status() == JobStatus::Queued
+                && reported_attempt.checked_add(1) == Some(job.state.attempts);
+            if !resuming && reported_attempt != job.state.attempts {
+                return Ok(stale);
+            }
+            let Some(install) = store.get_install(&job.install_id).await? else {
+                let reason = format!(
+                    "install {} is no longer registered, so no new grant can be minted",
+                    job.install_id
+                );
+                apply(store, config, job.clone(), |j| {
+                    Ok(if j.status().is_terminal() {
+                        Decision::Keep
+                    } else {
+                        Decision::Write(j.fail(
+                            now,
+                            JobError::new("unknown_install", reason.clone()),
+                            None,
+                        )?)
+                    })
+                })
+                .await?;
+                return Ok(Outcome::SyncRejected {
+                    sync_id: job.id,
+                    reason,
+                });
+            };
+            if !resuming && job.state.attempts >= config.max_sync_attempts {
+                let reason = format!(
+                    "the grant expired on all {} attempts; check that the install agent is running \
+                     and polling its queue, then request the sync again",
+                    job.state.attempts
+                );
+                let stored = apply(store, config, job, |j| {
+                    Ok(if j.status().is_terminal() {
+                        Decision::Keep
+                    } else {
+                        Decision::Write(j.fail(
+                            now,
+                            JobError::new("grant_expired", reason.clone()),
+                            None,
+                        )?)
+                    })
+                })
+                .await?;
+                return Ok(Outcome::SyncRecorded {
+                    status: stored.status(),
+                    sync_id: stored.id,
+                });
+            }
+            let target = reported_attempt.saturating_add(1);
+            let requeued = apply(store, config, job, |j| {
+                if j.status().is_terminal() || j.state.attempts >= target {
+                    Ok(Decision::Keep)
+                } else {
+                    Ok(Decision::Write(j.requeue(now)?))
+                }
+            })
+            .await?;
+            if requeued.status() != JobStatus::Queued || requeued.state.attempts != target {
+                // Someone else finished or dispatched it meanwhile.
+                return Ok(stale);
+            }
+            tracing::info!(
+                attempt = target,
+                "grant expired; re-minting and re-enqueueing"
+            );
+            let outcome = dispatch_sync(ports, &install, requeued).await?;
+            Ok(outcome)
+        }
+    }
+}

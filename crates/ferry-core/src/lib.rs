@@ -1,0 +1,29 @@
+//! Ferry's core: domain types, job state machines, event schemas, port traits and the IMS
+//! handlers as plain async functions over those ports.
+//!
+//! Entry points (Lambda functions, `ferry dev`) parse input, call a handler here and answer;
+//! adapters (ferry-local, ferry-aws) implement the ports. This crate must never do I/O, read a
+//! clock or name an AWS type, so the same logic runs on both backends and in tests.
+
+// Tests may unwrap: a panic is how a test reports.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod batch;
+pub mod domain;
+pub mod event;
+pub mod handlers;
+pub mod id;
+pub mod ports;
+pub mod state;
+
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
+
+pub use batch::{process_batch, BatchResult, Record};
+pub use event::{parse_event, Event, EventError, Payload};
+pub use handlers::{dispatch, Config, HandlerError, Outcome, Ports};

@@ -1,0 +1,4 @@
+//! Crate-level tests: event parsing against events/, and the handlers over the fakes.
+
+mod events;
+mod flow;
