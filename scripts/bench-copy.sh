@@ -92,7 +92,7 @@ timed() {
     /usr/bin/time -f '%M' -o "$WORK/rss.$label" "$@" >"$WORK/out.$label" 2>&1 || { echo "FAILED: $*" >&2; cat "$WORK/out.$label" >&2; exit 1; }
   fi
   t1=$(date +%s.%N)
-  printf -v "T_$label" '%s' "$(echo "$t1 - $t0" | bc -l)"
+  printf -v "T_$label" '%.3f' "$(echo "$t1 - $t0" | bc -l)"
   printf -v "M_$label" '%s' "$(tail -1 "$WORK/rss.$label")"
 }
 
@@ -148,11 +148,12 @@ man_v1="$WORK/v1/blobs/sha256/$(python3 -c 'import json,sys; print(json.load(ope
 blobs_of "$man_v1" >"$WORK/blobs.v1"
 
 row() { printf '| %-34s | %9s | %9s | %8s | %s\n' "$@"; }
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
+ratio() { printf '%.2f' "$(echo "scale=4; $1 / $2" | bc -l)"; }
 mib() { echo $(( $1 / 1024 )); }
 
 echo
-echo "corpus: 12 layers, $(du -sm "$WORK/v1/blobs" | cut -f1) MiB; concurrency $CONC per host; $(nproc) cores"
+echo "corpus: 12 layers, $(du -sm "$WORK/v1/blobs" | cut -f1) MiB; concurrency $CONC per host; $(nproc) cores, $(free -m | awk '/^Mem:/{print $2}') MiB RAM; $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "ferry $("$FERRY" --version 2>/dev/null | cut -d' ' -f2), $(skopeo --version), docker-registry $(docker-registry --version 2>/dev/null | awk '{print $NF}')"
 row case wall_s rss_MiB requests notes
 row ---- ------ ------- -------- -----
 
@@ -186,6 +187,7 @@ for d in s1 s2 s3 s4; do
   r="REG_$d"; timed sd1 "${SKOPEO[@]}" "docker://$REG_src/bench:v1" "docker://${!r}/bench:v1"
   T_sd=$(echo "$T_sd + $T_sd1" | bc -l); [ "$M_sd1" -gt "$M_sd" ] && M_sd=$M_sd1
 done
+printf -v T_sd '%.3f' "$T_sd"
 n_sd=$(( $(requests src s1 s2 s3 s4) - n0 )); g_sd=$(( $(blob_gets src) - g0 ))
 row "(d) fan-out x4: ferry (1 run)" "$T_fd" "$(mib "$M_fd")" "$n_fd" "$(ratio "$T_fd" "$T_sd")x skopeo; source blob GETs $g_fd"
 row "(d) fan-out x4: skopeo (4 runs)" "$T_sd" "$(mib "$M_sd")" "$n_sd" "source blob GETs $g_sd"

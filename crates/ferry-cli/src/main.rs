@@ -4,7 +4,11 @@
 //! It must never print a credential, and never exit 0 after a failure.
 
 mod copy;
+mod dev;
+mod manage;
 mod progress;
+mod registry;
+mod state;
 
 use std::process::ExitCode;
 
@@ -28,6 +32,39 @@ struct Cli {
 enum Command {
     /// Copy an image, index or artifact (by digest, verified) to one or more destinations.
     Copy(copy::CopyArgs),
+    /// Run the embedded OCI registry, or collect its garbage.
+    Registry {
+        #[command(subcommand)]
+        command: registry::RegistryCommand,
+    },
+    /// Run the whole system on this machine: registry, IMS, builder and one agent per install.
+    Dev(dev::DevArgs),
+    /// Manage apps in a `ferry dev` state dir.
+    App {
+        #[command(subcommand)]
+        command: manage::AppCommand,
+    },
+    /// Manage components in a `ferry dev` state dir.
+    Component {
+        #[command(subcommand)]
+        command: manage::ComponentCommand,
+    },
+    /// Manage installs in a `ferry dev` state dir.
+    Install {
+        #[command(subcommand)]
+        command: manage::InstallCommand,
+    },
+    /// Request builds.
+    Build {
+        #[command(subcommand)]
+        command: manage::BuildCommand,
+    },
+    /// List builds.
+    Builds(manage::BuildsArgs),
+    /// List sync jobs.
+    Syncs(manage::SyncsArgs),
+    /// Which installs hold an artifact digest, and since when.
+    Lineage(manage::LineageArgs),
 }
 
 fn init_logging(verbose: bool) {
@@ -46,11 +83,17 @@ fn init_logging(verbose: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `ferry dev` logs to a file in its state dir instead.
+    if !matches!(cli.command, Command::Dev(_)) {
+        init_logging(cli.verbose);
+    }
+    // A copy is I/O-bound: one thread keeps its memory flat and small (no buffers handed
+    // between threads, one malloc arena); servers get every core.
+    let mut builder = match cli.command {
+        Command::Copy(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -60,6 +103,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Copy(args) => copy::run(args).await,
+            Command::Registry { command } => registry::run(command).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::App { command } => manage::app(command).await,
+            Command::Component { command } => manage::component(command).await,
+            Command::Install { command } => manage::install(command).await,
+            Command::Build { command } => manage::build(command).await,
+            Command::Builds(args) => manage::builds(args).await,
+            Command::Syncs(args) => manage::syncs(args).await,
+            Command::Lineage(args) => manage::lineage(args).await,
         }
     });
     match result {

@@ -14,6 +14,7 @@ pub mod event;
 pub mod handlers;
 pub mod id;
 pub mod ports;
+pub mod seal;
 pub mod state;
 
 #[cfg(any(test, feature = "contract"))]

@@ -30,7 +30,7 @@ use crate::ByteStream;
 
 /// Chunks buffered per destination in the fan-out tee: enough to absorb jitter between
 /// destinations, small enough that memory stays flat (a few hundred KiB per transfer).
-const TEE_DEPTH: usize = 8;
+const TEE_DEPTH: usize = 2;
 
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -156,6 +156,30 @@ impl CopyEngine {
             }
         }
 
+        // Each destination's tag, decided once: used by the warm check and written last.
+        let source_tag = src.tag().map(str::to_string);
+        let tags: Vec<Option<String>> = dsts
+            .iter()
+            .map(|d| {
+                self.options
+                    .tag_override
+                    .clone()
+                    .or_else(|| d.tag().map(str::to_string))
+                    .or_else(|| d.digest().is_none().then(|| source_tag.clone()).flatten())
+            })
+            .collect();
+
+        // 1b. Warm check: a destination that already holds the root holds its whole graph,
+        // so it needs no blob or manifest HEADs, at most the tag.
+        let mut held = Vec::with_capacity(dsts.len());
+        for (d, tag) in dsts.iter().zip(&tags) {
+            held.push(if self.options.referrers {
+                Held::Missing
+            } else {
+                d.holds_root(&root, tag.as_deref()).await?
+            });
+        }
+
         // 2. The graph.
         let mut graph = Graph::default();
         graph.add_tree(&src, root.clone()).await?;
@@ -179,33 +203,51 @@ impl CopyEngine {
             ..CopyReport::default()
         };
 
-        // 3. Blobs. Any failure returns here, before a single manifest is written.
-        let ctx = Arc::new(BlobCtx::new(
-            src.clone(),
-            dsts.clone(),
-            self.options.max_per_host,
-            self.retry.clone(),
-            progress.clone(),
-        ));
-        copy_blobs(ctx, &graph.blobs, &mut report).await?;
+        // 3. Blobs, to the destinations that lack the root. Any failure returns here, before
+        // a single manifest is written.
+        let missing: Vec<Endpoint> = dsts
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| matches!(h, Held::Absent | Held::Missing))
+            .map(|(d, _)| d.clone())
+            .collect();
+        if missing.is_empty() {
+            for (digest, size) in &graph.blobs {
+                progress.event(ProgressEvent::BlobStarted {
+                    digest: digest.clone(),
+                    size: *size,
+                });
+                progress.event(ProgressEvent::BlobFinished {
+                    digest: digest.clone(),
+                    size: *size,
+                    outcome: BlobOutcome::Skipped,
+                });
+                report.blobs_skipped += 1;
+                report.bytes_skipped += size;
+            }
+        } else {
+            let ctx = Arc::new(BlobCtx::new(
+                src.clone(),
+                missing,
+                self.options.max_per_host,
+                self.retry.clone(),
+                progress.clone(),
+            ));
+            copy_blobs(ctx, &graph.blobs, &mut report).await?;
+        }
 
         // 5. Manifests, children first, then the tag, per destination.
-        let source_tag = src.tag().map(str::to_string);
+        let (graph, root_ref, sink) = (&graph, &root, progress.as_ref());
         let mut jobs = Vec::new();
-        for d in &dsts {
-            let tag = self
-                .options
-                .tag_override
-                .clone()
-                .or_else(|| d.tag().map(str::to_string))
-                .or_else(|| {
-                    if d.digest().is_none() {
-                        source_tag.clone()
-                    } else {
-                        None
-                    }
-                });
-            jobs.push(write_manifests(d, &graph, &root, tag, progress.as_ref()));
+        for ((d, tag), h) in dsts.iter().zip(tags).zip(held) {
+            jobs.push(async move {
+                match h {
+                    Held::Tagged => Ok(0),
+                    Held::Present => write_tag(d, root_ref, tag, sink).await,
+                    Held::Absent => write_manifests(d, graph, root_ref, tag, true, sink).await,
+                    Held::Missing => write_manifests(d, graph, root_ref, tag, false, sink).await,
+                }
+            });
         }
         for written in futures::future::try_join_all(jobs).await? {
             report.manifests_written += written;
@@ -240,6 +282,21 @@ impl CopyEngine {
             }
         }
     }
+}
+
+/// What a destination already holds of the root, found before any blob is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// The root, under the wanted tag (or no tag is wanted): nothing to do.
+    Tagged,
+    /// The root by digest, but not the tag: only the tag is written.
+    Present,
+    /// Checked: neither the root nor the tag on it. The graph is copied, and the root and
+    /// the tag are written without asking again.
+    Absent,
+    /// Not checked (a layout, or referrers are copied too): the full graph is checked and
+    /// copied.
+    Missing,
 }
 
 /// A source or destination: both kinds go through the same code path.
@@ -357,6 +414,32 @@ impl Endpoint {
         }
     }
 
+    /// The warm check. A registry accepts a manifest only once everything it references is
+    /// present (and Ferry writes children first), so holding the root by digest means
+    /// holding its whole graph: one or two HEADs instead of one per blob and manifest.
+    /// Layouts are cheap to check file by file, so they always take the full path.
+    async fn holds_root(&self, root: &Manifest, tag: Option<&str>) -> Result<Held> {
+        let Endpoint::Registry { client, r } = self else {
+            return Ok(Held::Missing);
+        };
+        if let Some(tag) = tag {
+            if let Some(existing) = client.head_manifest(&r.repo, tag).await? {
+                if existing.digest == root.digest {
+                    return Ok(Held::Tagged);
+                }
+            }
+        }
+        let present = client
+            .head_manifest(&r.repo, root.digest.as_str())
+            .await?
+            .is_some_and(|d| d.digest == root.digest);
+        Ok(match (present, tag) {
+            (false, _) => Held::Absent,
+            (true, Some(_)) => Held::Present,
+            (true, None) => Held::Tagged,
+        })
+    }
+
     async fn put_manifest(&self, m: &Manifest) -> Result<()> {
         match self {
             Endpoint::Registry { client, r } => {
@@ -369,11 +452,17 @@ impl Endpoint {
 
     /// Points `tag` at the root. Returns whether anything was written: an existing tag that
     /// already holds the digest is left alone, which is what makes immutable tags work.
-    async fn put_tag(&self, tag: Option<&str>, root: &Manifest) -> Result<bool> {
+    /// `checked`: the warm check already found the tag not on the root.
+    async fn put_tag(&self, tag: Option<&str>, root: &Manifest, checked: bool) -> Result<bool> {
         match self {
             Endpoint::Registry { client, r } => {
                 let Some(tag) = tag else { return Ok(false) };
-                if let Some(existing) = client.head_manifest(&r.repo, tag).await? {
+                let existing = if checked {
+                    None
+                } else {
+                    client.head_manifest(&r.repo, tag).await?
+                };
+                if let Some(existing) = existing {
                     if existing.digest == root.digest {
                         return Ok(false);
                     }
@@ -875,11 +964,14 @@ async fn write_manifests(
     graph: &Graph,
     root: &Manifest,
     tag: Option<String>,
+    root_absent: bool,
     progress: &dyn ProgressSink,
 ) -> Result<usize> {
     let mut written = 0;
     for m in &graph.manifests {
-        if dst.has_manifest(&m.digest).await? {
+        // The warm check already found the root missing: no need to ask again.
+        let known_absent = root_absent && m.digest == root.digest;
+        if !known_absent && dst.has_manifest(&m.digest).await? {
             continue;
         }
         dst.put_manifest(m).await?;
@@ -892,7 +984,7 @@ async fn write_manifests(
     }
     list_referrers(dst, graph).await?;
     // Last: the tag, now that everything it references is present and verified.
-    if dst.put_tag(tag.as_deref(), root).await? {
+    if dst.put_tag(tag.as_deref(), root, root_absent).await? {
         written += 1;
         progress.event(ProgressEvent::ManifestWritten {
             destination: dst.name(),
@@ -901,6 +993,25 @@ async fn write_manifests(
         });
     }
     Ok(written)
+}
+
+/// Points `tag` at a root the destination already holds; returns how many were written.
+async fn write_tag(
+    dst: &Endpoint,
+    root: &Manifest,
+    tag: Option<String>,
+    progress: &dyn ProgressSink,
+) -> Result<usize> {
+    // Only called after the warm check found the root without this tag.
+    if !dst.put_tag(tag.as_deref(), root, true).await? {
+        return Ok(0);
+    }
+    progress.event(ProgressEvent::ManifestWritten {
+        destination: dst.name(),
+        digest: root.digest.clone(),
+        tag,
+    });
+    Ok(1)
 }
 
 /// Makes copied referrers discoverable at the destination: listed in a layout's

@@ -1,0 +1,558 @@
+//! The agent loop: receive a job, open its grant, copy, verify, report, then delete.
+//!
+//! Queue discipline (SQS semantics): a message is deleted only after its report was sent; a
+//! running job's visibility is extended by a heartbeat; a malformed message is left alone so
+//! the queue redrives it to its dead-letter queue; on shutdown the in-flight job gets a grace
+//! period and is otherwise released (visibility 0) for the next attempt. A crash leaves the
+//! message to reappear after its visibility timeout, and the copy engine then skips the blobs
+//! already present and writes the tag only at the very end.
+//!
+//! This module must never log a message body, a clear grant or the identity secret.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_core::event::{
+    parse_sync_job, Event, Payload, SyncJobMessage, SyncReportStatus, SyncReported,
+};
+use ferry_core::id::EventId;
+use ferry_core::ports::{Queue, QueueError, ReceivedMessage};
+use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
+use ferry_oci::{
+    ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
+    ProgressEvent, ProgressSink, Reference, RegistryClient, RegistryRef, RepoRef, Secret,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::access::{InstallAccess, StaticIdentity};
+use crate::config::AgentConfig;
+use crate::report::Reporter;
+
+type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the job queue failed: {0}")]
+    Queue(#[from] QueueError),
+}
+
+/// What happens to a message once its job is done with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Reported: delete it.
+    Delete,
+    /// Not ours to judge (malformed, another install's): leave it hidden so the queue
+    /// redrives it to the DLQ after N receives.
+    Leave,
+    /// Try again after this many seconds (a transient failure, or the report was not sent).
+    RetryAfter(u32),
+    /// Make it visible at once for another attempt (shutdown cut the job short).
+    Release,
+}
+
+/// Why a copy did not succeed, as the report needs it.
+enum CopyFailure {
+    /// The registry refused the grant (expired or revoked): the IMS re-mints.
+    GrantRefused(String),
+    Transient(String),
+    Failed(String),
+}
+
+pub struct Agent<Q, R> {
+    config: AgentConfig,
+    queue: Arc<Q>,
+    reporter: Arc<R>,
+    keypair: Arc<AgentKeypair>,
+    access: Arc<dyn InstallAccess>,
+    clock: Clock,
+}
+
+fn system_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<Q, R> Agent<Q, R>
+where
+    Q: Queue + 'static,
+    R: Reporter + 'static,
+{
+    pub fn new(
+        config: AgentConfig,
+        queue: Arc<Q>,
+        reporter: Arc<R>,
+        keypair: AgentKeypair,
+    ) -> Self {
+        let access = Arc::new(StaticIdentity {
+            username: config.identity(),
+            password: config.identity_secret.clone(),
+        });
+        Agent {
+            config,
+            queue,
+            reporter,
+            keypair: Arc::new(keypair),
+            access,
+            clock: Arc::new(system_now_ms),
+        }
+    }
+
+    /// Replaces how the agent writes its install registry (by default the config's
+    /// `agent:<install>` identity); AWS mode pushes with the agent role's ECR login.
+    pub fn with_install_access(mut self, access: Arc<dyn InstallAccess>) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Replaces the clock (unix ms) used for grant expiry; for tests.
+    pub fn with_clock(mut self, clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Serves until `shutdown` is cancelled. Queue trouble is logged and retried, never fatal.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        tracing::info!(install = %self.config.install_id, queue = %self.config.queue, "agent started");
+        while !shutdown.is_cancelled() {
+            let started = Instant::now();
+            let received = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                r = self.queue.receive(&self.config.queue, &self.config.receive) => r,
+            };
+            match received {
+                Ok(messages) if messages.is_empty() => {
+                    // A queue that does not long-poll answers at once: do not spin.
+                    let waited = started.elapsed();
+                    if waited < Duration::from_secs(u64::from(self.config.receive.wait_seconds())) {
+                        pause(&shutdown, self.config.idle_backoff).await;
+                    }
+                }
+                Ok(messages) => self.handle_batch(messages, &shutdown).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "receive failed; retrying");
+                    pause(&shutdown, Duration::from_secs(2)).await;
+                }
+            }
+        }
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+
+    /// Receives once (one long poll) and handles what came; returns how many messages.
+    pub async fn poll_once(&self, shutdown: &CancellationToken) -> Result<usize, AgentError> {
+        let messages = self
+            .queue
+            .receive(&self.config.queue, &self.config.receive)
+            .await?;
+        let n = messages.len();
+        self.handle_batch(messages, shutdown).await;
+        Ok(n)
+    }
+
+    async fn handle_batch(&self, messages: Vec<ReceivedMessage>, shutdown: &CancellationToken) {
+        let mut rest = messages.into_iter();
+        while let Some(m) = rest.next() {
+            if shutdown.is_cancelled() {
+                // Not started: hand it straight back, with the rest.
+                for m in std::iter::once(m).chain(rest.by_ref()) {
+                    self.dispose(&m, Disposition::Release).await;
+                }
+                break;
+            }
+            self.handle_one(m, shutdown).await;
+        }
+    }
+
+    async fn handle_one(&self, m: ReceivedMessage, shutdown: &CancellationToken) {
+        let span = tracing::info_span!(
+            "job",
+            message_id = %m.message_id.0,
+            sync_id = tracing::field::Empty,
+            receive_count = m.receive_count
+        );
+        async {
+            let stop = CancellationToken::new();
+            let heartbeat = tokio::spawn(
+                heartbeat(
+                    self.queue.clone(),
+                    self.config.clone(),
+                    m.receipt_handle.clone(),
+                    stop.clone(),
+                )
+                .in_current_span(),
+            );
+            let work = self.work(&m);
+            tokio::pin!(work);
+            let disposition = tokio::select! {
+                d = &mut work => d,
+                _ = shutdown.cancelled() => {
+                    let grace = self.config.shutdown_grace;
+                    tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown asked; letting the job finish");
+                    match tokio::time::timeout(grace, &mut work).await {
+                        Ok(d) => d,
+                        Err(_) => {
+                            tracing::warn!("job did not finish within the grace period; releasing it");
+                            Disposition::Release
+                        }
+                    }
+                }
+            };
+            stop.cancel();
+            let _ = heartbeat.await;
+            self.dispose(&m, disposition).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dispose(&self, m: &ReceivedMessage, d: Disposition) {
+        let q = &self.config.queue;
+        let r = match d {
+            Disposition::Delete => self.queue.delete(q, &m.receipt_handle).await,
+            Disposition::Leave => Ok(()),
+            Disposition::RetryAfter(s) => {
+                self.queue.change_visibility(q, &m.receipt_handle, s).await
+            }
+            Disposition::Release => self.queue.change_visibility(q, &m.receipt_handle, 0).await,
+        };
+        match r {
+            Ok(()) => {
+                tracing::debug!(message_id = %m.message_id.0, disposition = ?d, "message disposed")
+            }
+            Err(e) => tracing::warn!(message_id = %m.message_id.0, disposition = ?d, error = %e,
+                "could not dispose of the message; it reappears after its visibility timeout"),
+        }
+    }
+
+    /// One job, start to report. Never fails: every outcome is a disposition.
+    async fn work(&self, m: &ReceivedMessage) -> Disposition {
+        let msg = match parse_sync_job(m.body.as_bytes()) {
+            Ok(msg) => msg,
+            Err(e) => {
+                // The body is not logged: it may be anything, of any size.
+                tracing::warn!(error = %e, "malformed job message; left for redrive to the dead-letter queue");
+                return Disposition::Leave;
+            }
+        };
+        tracing::Span::current().record("sync_id", msg.sync_id.as_str());
+        if msg.install_id != self.config.install_id {
+            tracing::warn!(job_install = %msg.install_id, "job is for another install; left for redrive");
+            return Disposition::Leave;
+        }
+        let started = Instant::now();
+        let outcome = self.sync(&msg, m.receive_count).await;
+        let (status, copy, error) = match outcome {
+            Ok(report) => (SyncReportStatus::Succeeded, Some(report), None),
+            Err(CopyFailure::GrantRefused(why)) => {
+                (SyncReportStatus::GrantExpired, None, Some(why))
+            }
+            Err(CopyFailure::Transient(why)) => {
+                tracing::warn!(error = %why, "transient failure; the job is retried on redelivery");
+                return Disposition::RetryAfter(10);
+            }
+            Err(CopyFailure::Failed(why)) => (SyncReportStatus::Failed, None, Some(why)),
+        };
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let report = SyncReported {
+            sync_id: msg.sync_id.clone(),
+            install_id: msg.install_id.clone(),
+            status,
+            digest: msg.digest.clone(),
+            bytes_copied: copy.as_ref().map_or(0, |r| r.bytes_copied),
+            bytes_skipped: copy.as_ref().map_or(0, |r| r.bytes_skipped),
+            duration_ms,
+            error: error.clone(),
+            attempt: Some(msg.attempt),
+        };
+        let event = match report_id(&msg, status) {
+            Some(id) => Event::with_id(id, Payload::SyncReported(report)),
+            None => Event::new(Payload::SyncReported(report)),
+        };
+        if let Err(e) = self.reporter.report(&event).await {
+            tracing::warn!(error = %e, "report not sent; the job is retried on redelivery");
+            return Disposition::RetryAfter(5);
+        }
+        tracing::info!(status = ?status, error = error.as_deref().unwrap_or(""), duration_ms,
+            bytes_copied = copy.as_ref().map_or(0, |r| r.bytes_copied),
+            bytes_skipped = copy.as_ref().map_or(0, |r| r.bytes_skipped), "sync reported");
+        Disposition::Delete
+    }
+
+    /// Opens the grant, copies and verifies.
+    async fn sync(
+        &self,
+        msg: &SyncJobMessage,
+        receive_count: u32,
+    ) -> Result<CopyReport, CopyFailure> {
+        let grant = ClearGrant::open(
+            &self.keypair,
+            msg.grant.ciphertext(),
+            &self.config.install_id,
+            &msg.sync_id,
+        )
+        .map_err(|e| {
+            CopyFailure::Failed(format!(
+                "{e}; check that the install's registered agent public key is this agent's \
+                 (`ferry-agent keygen` prints it)"
+            ))
+        })?;
+        if grant.repository != msg.repository.as_str() || grant.digest != msg.digest.as_str() {
+            return Err(CopyFailure::Failed(format!(
+                "the grant is for {}@{}, not for the job's {}@{}; the job message is inconsistent",
+                grant.repository, grant.digest, msg.repository, msg.digest
+            )));
+        }
+        let now = (self.clock)();
+        if now >= grant.expires_at {
+            return Err(CopyFailure::GrantRefused(format!(
+                "the grant expired {} s before the agent picked the job up",
+                (now - grant.expires_at) / 1000
+            )));
+        }
+        let digest: Digest = msg
+            .digest
+            .as_str()
+            .parse()
+            .map_err(|e: ferry_oci::Error| CopyFailure::Failed(e.to_string()))?;
+        let src_registry = self
+            .config
+            .vendor_registry
+            .clone()
+            .unwrap_or_else(|| grant.registry.clone());
+        let dst_repo = self.config.destination_repository(&msg.repository);
+        let mut credentials = CredentialStore::new();
+        let pull = match grant.scheme {
+            GrantScheme::Bearer => Credential::Bearer(Secret::new(grant.token.as_str())),
+            GrantScheme::Basic => Credential::Basic {
+                username: grant.username.clone(),
+                password: Secret::new(grant.token.as_str()),
+            },
+        };
+        credentials.insert(&src_registry, Some(&grant.repository), pull);
+        drop(grant);
+        let push = self.access.credential().await.map_err(|e| {
+            access_failure(
+                e,
+                "install registry login",
+                receive_count,
+                self.config.max_receives,
+            )
+        })?;
+        let namespace = self.config.install_namespace.trim_end_matches('/');
+        credentials.insert(
+            &self.config.install_registry,
+            (!namespace.is_empty()).then_some(namespace),
+            push,
+        );
+        self.access
+            .prepare_repository(&dst_repo)
+            .await
+            .map_err(|e| {
+                access_failure(
+                    e,
+                    "install repository",
+                    receive_count,
+                    self.config.max_receives,
+                )
+            })?;
+        let client = RegistryClient::new(ClientConfig {
+            credentials,
+            ..ClientConfig::default()
+        })
+        .map_err(|e| CopyFailure::Failed(e.to_string()))?;
+        let source = Reference::Registry(RegistryRef {
+            repo: RepoRef::new(src_registry.clone(), msg.repository.as_str()),
+            tag: None,
+            digest: Some(digest.clone()),
+        });
+        let dst_ref = RepoRef::new(self.config.install_registry.clone(), dst_repo);
+        let destination = Reference::Registry(RegistryRef {
+            repo: dst_ref.clone(),
+            tag: self
+                .config
+                .tag_with_digest
+                .then(|| digest.as_str().replacen(':', "-", 1)),
+            digest: None,
+        });
+        tracing::info!(source = %source, destination = %destination, "copy started");
+        let engine = CopyEngine::new(client.clone(), CopyOptions::default());
+        let report = engine
+            .copy(&source, &[destination], Arc::new(LogProgress))
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &src_registry,
+                    msg,
+                    receive_count,
+                    self.config.max_receives,
+                )
+            })?;
+        if report.digest.as_ref() != Some(&digest) {
+            return Err(CopyFailure::Failed(format!(
+                "the copy resolved to {:?}, not the job's digest {digest}",
+                report.digest.as_ref().map(|d| d.as_str())
+            )));
+        }
+        // The engine verified every byte; check the destination really serves the digest.
+        match client.head_manifest(&dst_ref, digest.as_str()).await {
+            Ok(Some(d)) if d.digest == digest => {}
+            Ok(Some(d)) => {
+                return Err(CopyFailure::Failed(format!(
+                    "verification failed: {dst_ref} answers {} for {digest}",
+                    d.digest
+                )))
+            }
+            Ok(None) => {
+                return Err(CopyFailure::Failed(format!(
+                    "verification failed: {dst_ref}@{digest} is missing after the copy"
+                )))
+            }
+            Err(e) => {
+                return Err(transient_or_failed(
+                    e,
+                    receive_count,
+                    self.config.max_receives,
+                ))
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The report's producer id: one per (sync, attempt, status), so a redelivered job that is
+/// reported again is a replay the IMS ignores.
+fn report_id(msg: &SyncJobMessage, status: SyncReportStatus) -> Option<EventId> {
+    let s = match status {
+        SyncReportStatus::Succeeded => "succeeded",
+        SyncReportStatus::Failed => "failed",
+        SyncReportStatus::GrantExpired => "grant_expired",
+    };
+    EventId::new(format!("r-{}-{}-{s}", msg.sync_id, msg.attempt)).ok()
+}
+
+fn transient_or_failed(e: ferry_oci::Error, receive_count: u32, max: u32) -> CopyFailure {
+    if e.is_retryable() && receive_count < max {
+        CopyFailure::Transient(e.to_string())
+    } else {
+        CopyFailure::Failed(e.to_string())
+    }
+}
+
+fn access_failure(
+    e: crate::access::AccessError,
+    what: &str,
+    receive_count: u32,
+    max: u32,
+) -> CopyFailure {
+    let why = format!("{what}: {e}");
+    if e.transient && receive_count < max {
+        CopyFailure::Transient(why)
+    } else {
+        CopyFailure::Failed(why)
+    }
+}
+
+/// A 401 on the vendor side means the grant is no longer good (expired or revoked).
+fn classify(
+    e: ferry_oci::Error,
+    src_registry: &str,
+    msg: &SyncJobMessage,
+    receive_count: u32,
+    max: u32,
+) -> CopyFailure {
+    let source_prefix = format!("{src_registry}/{}", msg.repository);
+    let on_source = |target: &str| target.starts_with(&source_prefix);
+    match &e {
+        ferry_oci::Error::Auth { target, .. } if on_source(target) => {
+            CopyFailure::GrantRefused(e.to_string())
+        }
+        ferry_oci::Error::Registry {
+            target,
+            status: 401,
+            ..
+        } if on_source(target) => CopyFailure::GrantRefused(e.to_string()),
+        _ => transient_or_failed(e, receive_count, max),
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Extends the message's visibility every `heartbeat_every` until stopped.
+async fn heartbeat<Q: Queue>(
+    queue: Arc<Q>,
+    config: AgentConfig,
+    receipt: ferry_core::ports::ReceiptHandle,
+    stop: CancellationToken,
+) {
+    let every = config.heartbeat_every;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let secs = config.receive.visibility_seconds();
+                match queue.change_visibility(&config.queue, &receipt, secs).await {
+                    Ok(()) => tracing::debug!(visibility_s = secs, "heartbeat: job visibility extended"),
+                    Err(e) => tracing::warn!(error = %e, "heartbeat: could not extend the job's visibility"),
+                }
+            }
+        }
+    }
+}
+
+/// Copy progress as log lines (blob level, not byte level).
+struct LogProgress;
+
+impl ProgressSink for LogProgress {
+    fn event(&self, event: ProgressEvent) {
+        match event {
+            ProgressEvent::Plan {
+                digest,
+                blobs,
+                total_bytes,
+                ..
+            } => {
+                tracing::info!(digest = %digest, blobs, total_bytes, "copy planned")
+            }
+            ProgressEvent::BlobStarted { digest, size } => {
+                tracing::info!(blob = %digest, size, "blob started")
+            }
+            ProgressEvent::BlobFinished {
+                digest,
+                size,
+                outcome,
+            } => {
+                tracing::info!(blob = %digest, size, outcome = ?outcome, "blob finished")
+            }
+            ProgressEvent::ManifestWritten {
+                destination,
+                digest,
+                tag,
+            } => {
+                tracing::info!(destination = %destination, digest = %digest, tag = tag.as_deref().unwrap_or(""), "manifest written")
+            }
+            ProgressEvent::Retrying {
+                what,
+                attempt,
+                error,
+            } => {
+                tracing::warn!(what = %what, attempt, error = %error, "retrying")
+            }
+            ProgressEvent::BlobProgress { .. } => {}
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The agent's settings: who it is, where it pulls from and writes to, and its queue timings.
+//!
+//! This module must never print the identity secret: it is a [`Secret`], redacted in `Debug`.
+
+use std::time::Duration;
+
+use ferry_core::id::{InstallId, QueueName, Repository};
+use ferry_core::ports::ReceiveOptions;
+use ferry_oci::Secret;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub install_id: InstallId,
+    /// The install's job queue.
+    pub queue: QueueName,
+    /// The vendor registry host (`host[:port]`); `None` uses the one named in each grant.
+    pub vendor_registry: Option<String>,
+    /// The install registry host (`host[:port]`).
+    pub install_registry: String,
+    /// Repository prefix in the install registry, `installs/<id>` by default.
+    pub install_namespace: String,
+    /// The secret of identity `agent:<install-id>` on the install registry.
+    pub identity_secret: Secret,
+    /// Long poll and visibility timeout of each receive.
+    pub receive: ReceiveOptions,
+    /// How often a running job's visibility is extended (a third of the timeout by default).
+    pub heartbeat_every: Duration,
+    /// How long a job may keep running after shutdown was asked before it is released.
+    pub shutdown_grace: Duration,
+    /// Pause after an empty receive that came back at once (a queue without long polling).
+    pub idle_backoff: Duration,
+    /// A transiently failing job is retried on redelivery until this many receives, then
+    /// reported failed.
+    pub max_receives: u32,
+    /// Also tag the copy `sha256-<hex>` (written last, once everything is verified).
+    pub tag_with_digest: bool,
+}
+
+impl AgentConfig {
+    /// Defaults: receive 1 message, 20 s long poll, 60 s visibility, heartbeat every 20 s,
+    /// 30 s shutdown grace.
+    pub fn new(
+        install_id: InstallId,
+        queue: QueueName,
+        install_registry: impl Into<String>,
+        identity_secret: Secret,
+    ) -> AgentConfig {
+        let receive = match ReceiveOptions::new(1, 20, 60) {
+            Ok(r) => r,
+            Err(_) => {
+                unreachable!("1 message, 20 s wait and 60 s visibility are within the SQS limits")
+            }
+        };
+        AgentConfig {
+            install_namespace: format!("installs/{install_id}"),
+            install_id,
+            queue,
+            vendor_registry: None,
+            install_registry: install_registry.into(),
+            identity_secret,
+            receive,
+            heartbeat_every: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(30),
+            idle_backoff: Duration::from_millis(500),
+            max_receives: 5,
+            tag_with_digest: true,
+        }
+    }
+
+    /// Sets the receive options and a heartbeat of a third of their visibility timeout.
+    pub fn with_receive(mut self, receive: ReceiveOptions) -> AgentConfig {
+        self.receive = receive;
+        let third = u64::from(receive.visibility_seconds()) * 1000 / 3;
+        self.heartbeat_every = Duration::from_millis(third.max(100));
+        self
+    }
+
+    /// The identity name on the install registry.
+    pub fn identity(&self) -> String {
+        format!("agent:{}", self.install_id)
+    }
+
+    /// Where a vendor repository lands: `<namespace>/<repository without "vendor/">`.
+    pub fn destination_repository(&self, repository: &Repository) -> String {
+        let path = repository.as_str();
+        let path = path.strip_prefix("vendor/").unwrap_or(path);
+        match self.install_namespace.trim_end_matches('/') {
+            "" => path.to_owned(),
+            ns => format!("{ns}/{path}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_drops_the_vendor_prefix_and_secret_stays_hidden() {
+        let c = AgentConfig::new(
+            InstallId::new("a").unwrap(),
+            QueueName::new("install-a").unwrap(),
+            "127.0.0.1:1",
+            Secret::new("Identity-Secret-42"),
+        );
+        assert_eq!(
+            c.destination_repository(&Repository::new("vendor/demo/app").unwrap()),
+            "installs/a/demo/app"
+        );
+        assert_eq!(c.identity(), "agent:a");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("Identity-Secret-42"), "{dbg}");
+    }
+}

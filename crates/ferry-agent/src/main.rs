@@ -1,0 +1,279 @@
+//! `ferry-agent`: the install agent binary. Thin: parse flags, set up JSON logs, call the
+//! library, answer. It must never print a secret (only `keygen`'s public key goes to stdout).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use ferry_core::seal::AgentKeypair;
+
+#[derive(Parser)]
+#[command(
+    name = "ferry-agent",
+    about = "Ferry install agent: syncs vendor artifacts into this install's registry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Writes a new agent key to a file (mode 0600) and prints its public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Runs the agent until SIGTERM or Ctrl-C.
+    Run(Box<RunArgs>),
+}
+
+/// Local mode: `--queue-db` (SQLite queues, the embedded registry's identity). AWS mode: a
+/// `--queue` that is an SQS URL (SQS, the install's ECR with the task role's credentials).
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, env = "FERRY_INSTALL")]
+    install: String,
+    /// SQLite file holding the queues (local mode).
+    #[arg(long, env = "FERRY_QUEUE_DB")]
+    queue_db: Option<PathBuf>,
+    /// The install's job queue: a name (local, default `install-<install>`) or an SQS URL (AWS).
+    #[arg(long, env = "FERRY_AGENT_QUEUE")]
+    queue: Option<String>,
+    /// Where sync.reported goes: a queue name (local) or an SQS URL (AWS).
+    #[arg(long, env = "FERRY_REPORT_QUEUE", default_value = ferry_agent::SYNC_REPORTED_QUEUE)]
+    report_queue: String,
+    /// Vendor registry host (default: the one named in each grant).
+    #[arg(long, env = "FERRY_VENDOR_REGISTRY")]
+    vendor_registry: Option<String>,
+    #[arg(long, env = "FERRY_INSTALL_REGISTRY")]
+    install_registry: String,
+    /// Repository prefix in the install registry (default `installs/<install>`).
+    #[arg(
+        long,
+        env = "FERRY_INSTALL_NAMESPACE",
+        alias = "install-repository-prefix"
+    )]
+    install_namespace: Option<String>,
+    #[arg(long, env = "FERRY_AGENT_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Secrets Manager secret holding the agent key (AWS mode; instead of --key-file).
+    #[arg(long, env = "FERRY_AGENT_KEY_SECRET_ARN", conflicts_with = "key_file")]
+    key_secret_arn: Option<String>,
+    /// File holding the secret of identity `agent:<install>` (local mode).
+    #[arg(long, env = "FERRY_AGENT_IDENTITY_SECRET_FILE")]
+    identity_secret_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 60)]
+    visibility_seconds: u32,
+    #[arg(long, default_value_t = 20)]
+    wait_seconds: u32,
+    #[arg(long, default_value_t = 30)]
+    grace_seconds: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen { out } => keygen(&out),
+        Command::Run(args) => {
+            init_logs();
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(run(*args))
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn keygen(out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        bail!(
+            "{} exists; refusing to overwrite an agent key (delete it first if you mean to rotate)",
+            out.display()
+        );
+    }
+    let kp = AgentKeypair::generate().context("generating a key")?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.write_all(kp.to_secret_string().as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", kp.public_key_string());
+    Ok(())
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("https://") || s.starts_with("http://")
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.queue_db.is_none() && args.queue.as_deref().is_some_and(is_url) {
+        return run_aws(args).await;
+    }
+    run_local(args).await
+}
+
+#[cfg(feature = "aws")]
+async fn run_aws(args: RunArgs) -> anyhow::Result<()> {
+    use ferry_agent::aws::{aws_agent, load_keypair, AwsAgentOptions, KeySource};
+    use ferry_core::id::InstallId;
+    use ferry_core::ports::ReceiveOptions;
+
+    let install_id = InstallId::new(args.install.as_str())?;
+    let source = match (args.key_file, args.key_secret_arn) {
+        (Some(f), None) => KeySource::File(f),
+        (None, Some(arn)) => KeySource::SecretArn(arn),
+        _ => bail!("AWS mode needs the agent key: --key-secret-arn ARN (FERRY_AGENT_KEY_SECRET_ARN) or --key-file FILE"),
+    };
+    if !is_url(&args.report_queue) {
+        bail!(
+            "AWS mode needs --report-queue (FERRY_REPORT_QUEUE) as the vendor's sync-reported \
+             queue URL, not {:?}",
+            args.report_queue
+        );
+    }
+    let config = ferry_aws::config::from_env().await;
+    let keypair = load_keypair(&config, &source).await?;
+    let options = AwsAgentOptions {
+        install_id,
+        queue_url: args.queue.unwrap_or_default(),
+        report_queue_url: args.report_queue,
+        install_registry: args.install_registry,
+        install_namespace: args.install_namespace,
+        vendor_registry: args.vendor_registry,
+        receive: ReceiveOptions::new(1, args.wait_seconds, args.visibility_seconds)?,
+        shutdown_grace: std::time::Duration::from_secs(args.grace_seconds),
+    };
+    let (agent, _access) = aws_agent(&config, options, keypair)?;
+    serve(&agent).await
+}
+
+#[cfg(not(feature = "aws"))]
+async fn run_aws(_args: RunArgs) -> anyhow::Result<()> {
+    bail!("--queue is an SQS URL, but this ferry-agent was built without the `aws` feature")
+}
+
+async fn run_local(args: RunArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ferry_agent::{Agent, AgentConfig, QueueReporter};
+    use ferry_core::id::{InstallId, QueueName};
+    use ferry_core::ports::ReceiveOptions;
+    use ferry_local::queue::SqliteQueue;
+    use ferry_oci::Secret;
+
+    let install = InstallId::new(args.install.as_str())?;
+    let Some(queue_db) = args.queue_db else {
+        bail!("local mode needs --queue-db FILE (FERRY_QUEUE_DB); for AWS mode pass --queue <SQS queue URL>")
+    };
+    let Some(key_file) = args.key_file else {
+        bail!("local mode needs --key-file FILE (FERRY_AGENT_KEY_FILE)")
+    };
+    let Some(identity_secret_file) = args.identity_secret_file else {
+        bail!("local mode needs --identity-secret-file FILE (FERRY_AGENT_IDENTITY_SECRET_FILE)")
+    };
+    let queue_name = QueueName::new(args.queue.unwrap_or_else(|| format!("install-{install}")))?;
+    let report_queue = QueueName::new(args.report_queue)?;
+    let key_text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&key_file)
+            .with_context(|| format!("reading the agent key {}", key_file.display()))?,
+    );
+    let keypair = AgentKeypair::from_secret_string(&key_text)?;
+    let secret = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&identity_secret_file).with_context(|| {
+            format!(
+                "reading the identity secret {}",
+                identity_secret_file.display()
+            )
+        })?,
+    );
+    let secret = secret.trim();
+    if secret.is_empty() {
+        bail!(
+            "{} is empty; it must hold the secret of agent:{install}",
+            identity_secret_file.display()
+        );
+    }
+    let queue = Arc::new(
+        SqliteQueue::open(&queue_db)
+            .with_context(|| format!("opening the queue database {}", queue_db.display()))?,
+    );
+    let mut config = AgentConfig::new(
+        install,
+        queue_name,
+        args.install_registry,
+        Secret::new(secret),
+    )
+    .with_receive(ReceiveOptions::new(
+        1,
+        args.wait_seconds,
+        args.visibility_seconds,
+    )?);
+    config.vendor_registry = args.vendor_registry;
+    if let Some(ns) = args.install_namespace {
+        config.install_namespace = ns;
+    }
+    config.shutdown_grace = Duration::from_secs(args.grace_seconds);
+    let reporter = Arc::new(QueueReporter::new(queue.clone(), report_queue));
+    let agent = Agent::new(config, queue, reporter, keypair);
+    serve(&agent).await
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+async fn serve<Q, R>(agent: &ferry_agent::Agent<Q, R>) -> anyhow::Result<()>
+where
+    Q: ferry_core::ports::Queue + 'static,
+    R: ferry_agent::Reporter + 'static,
+{
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        on_signal.cancel();
+    });
+    agent.run(shutdown).await?;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}

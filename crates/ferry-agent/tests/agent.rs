@@ -1,0 +1,225 @@
+//! The agent against the real embedded registry (real AccessControl), the local minter and
+//! the SQLite queue.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ferry_agent::{Agent, AgentConfig, QueueReporter};
+use ferry_core::id::{InstallId, SyncId};
+use ferry_core::ports::{GrantMinter, ReceiveOptions};
+use ferry_core::seal::{AgentKeypair, ClearGrant};
+use ferry_local::queue::SqliteQueue;
+use ferry_oci::{Credential, Digest, Secret};
+use tokio_util::sync::CancellationToken;
+
+type TestAgent = Agent<SqliteQueue, QueueReporter<SqliteQueue>>;
+
+fn clone_key(k: &AgentKeypair) -> AgentKeypair {
+    AgentKeypair::from_secret_string(&k.to_secret_string()).unwrap()
+}
+
+fn agent(env: &Env, id: &str, secret: &str, key: &AgentKeypair) -> TestAgent {
+    let mut config = AgentConfig::new(
+        InstallId::new(id).unwrap(),
+        qn(&format!("install-{id}")),
+        env.host.clone(),
+        Secret::new(secret),
+    )
+    .with_receive(ReceiveOptions::new(1, 1, 30).unwrap());
+    config.shutdown_grace = Duration::from_secs(10);
+    let reporter = Arc::new(QueueReporter::new(env.queue.clone(), qn("sync-reported")));
+    Agent::new(config, env.queue.clone(), reporter, clone_key(key))
+}
+
+fn spawn(agent: TestAgent) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let h = tokio::spawn(async move { agent.run(s).await.unwrap() });
+    (stop, h)
+}
+
+async fn stop(stop: CancellationToken, h: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), h)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+fn open_token(key: &AgentKeypair, msg: &ferry_core::event::SyncJobMessage) -> String {
+    ClearGrant::open(key, msg.grant.ciphertext(), &msg.install_id, &msg.sync_id)
+        .unwrap()
+        .token
+        .clone()
+}
+
+#[tokio::test]
+async fn install_b_can_neither_open_nor_use_a_grant_of_install_a() {
+    let env = start().await;
+    let digest = env.push(VENDOR_REPO, "v1", &[data(3, 10_000)]).await;
+    let key_a = AgentKeypair::generate().unwrap();
+    let key_b = AgentKeypair::generate().unwrap();
+    let install_a = env.install("a", &key_a);
+    let msg = env.job(&install_a, &digest, "s-iso", 1).await;
+
+    // B's key cannot open A's grant, under either install's associated data.
+    for install in ["a", "b"] {
+        assert!(ClearGrant::open(
+            &key_b,
+            msg.grant.ciphertext(),
+            &InstallId::new(install).unwrap(),
+            &msg.sync_id
+        )
+        .is_err());
+    }
+
+    // A job rewritten to name install b (but sealed for a) is reported failed by B, and B
+    // writes nothing.
+    let mut forged = msg.clone();
+    forged.install_id = InstallId::new("b").unwrap();
+    env.send("install-b", &forged).await;
+    // A's own job delivered to B's queue is not B's: left alone for redrive.
+    env.send("install-b", &msg).await;
+    let (s, h) = spawn(agent(&env, "b", AGENT_B_SECRET, &key_b));
+    let report = env.next_report(30).await;
+    assert_eq!(report["status"], "failed", "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be opened"),
+        "{report}"
+    );
+    // Wait until B has received A's job too (it stays in flight, not deleted).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = env.queue.approximate_depth(&qn("install-b")).await.unwrap();
+        if d.visible == 0 && d.in_flight == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never took A's job: {d:?}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(s, h).await;
+    let b = env.agent_client("b", AGENT_B_SECRET);
+    assert!(b
+        .head_manifest(&env.repo("installs/b/demo/app"), digest.as_str())
+        .await
+        .unwrap()
+        .is_none());
+
+    // A stolen clear token of A: pull-only on the vendor repository, useless for pushes.
+    let token = open_token(&key_a, &msg);
+    let thief = client(vec![(
+        env.host.clone(),
+        None,
+        Credential::Bearer(Secret::new(token.clone())),
+    )]);
+    let blob = data(9, 100);
+    let d = Digest::of(&blob);
+    for repo in ["installs/b/demo/app", "installs/a/demo/app", VENDOR_REPO] {
+        let chunks = vec![Ok(bytes::Bytes::from(blob.clone()))];
+        let r = thief
+            .upload_blob(
+                &env.repo(repo),
+                &d,
+                blob.len() as u64,
+                Box::pin(futures::stream::iter(chunks)),
+            )
+            .await;
+        let e = r.expect_err("a grant must not push");
+        assert!(!e.to_string().contains(&token), "{e}");
+    }
+    // B's own identity cannot write A's namespace, and the vendor cannot write any install.
+    for (who, c) in [
+        ("agent:b", env.agent_client("b", AGENT_B_SECRET)),
+        ("vendor", env.vendor()),
+    ] {
+        let chunks = vec![Ok(bytes::Bytes::from(blob.clone()))];
+        let r = c
+            .upload_blob(
+                &env.repo("installs/a/demo/app"),
+                &d,
+                blob.len() as u64,
+                Box::pin(futures::stream::iter(chunks)),
+            )
+            .await;
+        assert!(r.is_err(), "{who} pushed into installs/a");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_grant_is_reported_grant_expired_and_the_message_deleted() {
+    let env = start().await;
+    let digest = env.push(VENDOR_REPO, "v1", &[data(4, 10_000)]).await;
+    let key_a = AgentKeypair::generate().unwrap();
+    let msg = env
+        .job(&env.install("a", &key_a), &digest, "s-exp", 2)
+        .await;
+    env.send("install-a", &msg).await;
+    let late = msg.grant.expires_at + 1_000;
+    let (s, h) = spawn(agent(&env, "a", AGENT_A_SECRET, &key_a).with_clock(move || late));
+    let report = env.next_report(30).await;
+    stop(s, h).await;
+    assert_eq!(report["status"], "grant_expired", "{report}");
+    assert_eq!(report["attempt"], 2);
+    assert_eq!(env.depth("install-a").await, 0);
+}
+
+#[tokio::test]
+async fn a_revoked_grant_is_refused_by_the_registry() {
+    let env = start().await;
+    let digest = env.push(VENDOR_REPO, "v1", &[data(5, 10_000)]).await;
+    let key_a = AgentKeypair::generate().unwrap();
+    let msg = env
+        .job(&env.install("a", &key_a), &digest, "s-rev", 1)
+        .await;
+    env.minter
+        .revoke(&SyncId::new("s-rev").unwrap())
+        .await
+        .unwrap();
+    env.minter
+        .revoke(&SyncId::new("s-rev").unwrap())
+        .await
+        .unwrap(); // twice is fine
+    env.send("install-a", &msg).await;
+    let (s, h) = spawn(agent(&env, "a", AGENT_A_SECRET, &key_a));
+    let report = env.next_report(30).await;
+    stop(s, h).await;
+    assert_eq!(report["status"], "grant_expired", "{report}");
+    assert!(
+        report["error"].as_str().unwrap().contains("refused"),
+        "{report}"
+    );
+    let reader = env.agent_client("a", AGENT_A_SECRET);
+    assert!(reader
+        .head_manifest(&env.repo("installs/a/demo/app"), digest.as_str())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn shutdown_while_idle_exits_promptly() {
+    let env = start().await;
+    let key = AgentKeypair::generate().unwrap();
+    let mut a = agent(&env, "a", AGENT_A_SECRET, &key);
+    let _ = &mut a;
+    let (s, h) = spawn(a);
+    tokio::task::yield_now().await;
+    let t = tokio::time::Instant::now();
+    stop(s, h).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
+}

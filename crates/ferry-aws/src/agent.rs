@@ -1,0 +1,205 @@
+//! The install agent's AWS calls, made with the agent's own role (the default credential
+//! chain in the customer account): an ECR login for pushing to the install registry, the
+//! install repositories a push needs, and the agent's private key from Secrets Manager.
+//!
+//! This module must never log, return in an error or `Debug` the ECR password or the secret
+//! value: both live in zeroizing buffers and both responses are marked sensitive, so the SDK's
+//! TRACE body logging prints "REDACTED".
+
+use std::fmt;
+
+use aws_config::SdkConfig;
+use aws_sdk_ecr::types::ImageTagMutability;
+use zeroize::Zeroizing;
+
+use crate::error::describe;
+use crate::minter::{split_basic, RedactResponseBody};
+use crate::token_vault::TokenVault;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentAwsError {
+    /// Worth another try later (throttling, a network error, a 5xx).
+    #[error("{message}")]
+    Unavailable { message: String },
+    /// Will not get better by retrying (access denied, a missing secret, a bad token).
+    #[error("{message}")]
+    Refused { message: String },
+}
+
+fn from_failure(f: crate::error::Failure) -> AgentAwsError {
+    if f.transient {
+        AgentAwsError::Unavailable { message: f.message }
+    } else {
+        AgentAwsError::Refused { message: f.message }
+    }
+}
+
+/// A push credential for the install's own registry.
+pub struct EcrLogin {
+    /// The registry host ECR named (`<account>.dkr.ecr.<region>.amazonaws.com`), if any.
+    pub registry: Option<String>,
+    pub username: String,
+    pub password: Zeroizing<String>,
+    /// Unix milliseconds, as ECR reported it (moto reports a fixed date in the past).
+    pub expires_at: Option<u64>,
+}
+
+impl fmt::Debug for EcrLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EcrLogin")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// ECR with the agent's own role: login and the install repositories.
+#[derive(Clone, Debug)]
+pub struct InstallEcr {
+    base: SdkConfig,
+    client: aws_sdk_ecr::Client,
+}
+
+impl InstallEcr {
+    pub fn new(config: &SdkConfig) -> InstallEcr {
+        InstallEcr {
+            base: config.clone(),
+            client: aws_sdk_ecr::Client::from_conf(
+                aws_sdk_ecr::config::Builder::from(config)
+                    .interceptor(RedactResponseBody)
+                    .build(),
+            ),
+        }
+    }
+
+    /// ECR GetAuthorizationToken, split into a Basic credential.
+    pub async fn login(&self) -> Result<EcrLogin, AgentAwsError> {
+        // A client per login: its connector moves the token into this call's vault.
+        let vault = TokenVault::default();
+        let client = aws_sdk_ecr::Client::from_conf(
+            {
+                let mut b =
+                    aws_sdk_ecr::config::Builder::from(&self.base).interceptor(RedactResponseBody);
+                if let Some(c) = self.base.http_client() {
+                    b = b.http_client(vault.http_client(c));
+                }
+                b
+            }
+            .build(),
+        );
+        let out = client
+            .get_authorization_token()
+            .send()
+            .await
+            .map_err(|e| from_failure(describe("ECR", "GetAuthorizationToken", &e)))?;
+        let Some(mut data) = out.authorization_data.and_then(|d| d.into_iter().next()) else {
+            return Err(AgentAwsError::Unavailable {
+                message: "ECR GetAuthorizationToken answered without authorization data".into(),
+            });
+        };
+        let token = match vault.take() {
+            Some(t) => t,
+            None => Zeroizing::new(data.authorization_token.take().unwrap_or_default()),
+        };
+        let (username, password) = split_basic(&token).ok_or_else(|| AgentAwsError::Refused {
+            message: "ECR GetAuthorizationToken answered a token that is not base64 of \
+                      `user:password`"
+                .into(),
+        })?;
+        let registry = data.proxy_endpoint.as_deref().map(|p| {
+            p.trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned()
+        });
+        let expires_at = data
+            .expires_at
+            .as_ref()
+            .and_then(|t| u64::try_from(t.to_millis().ok()?).ok());
+        Ok(EcrLogin {
+            registry,
+            username,
+            password,
+            expires_at,
+        })
+    }
+
+    /// Makes sure `name` exists before a push: DescribeRepositories first (the agent role may
+    /// describe but, in the shipped install stack, not create), CreateRepository (immutable
+    /// tags) only when it is missing.
+    pub async fn ensure_repository(&self, name: &str) -> Result<(), AgentAwsError> {
+        let described = self
+            .client
+            .describe_repositories()
+            .repository_names(name)
+            .send()
+            .await;
+        match described {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_repository_not_found_exception()) => {}
+            Err(e) => return Err(from_failure(describe("ECR", "DescribeRepositories", &e))),
+        }
+        let created = self
+            .client
+            .create_repository()
+            .repository_name(name)
+            .image_tag_mutability(ImageTagMutability::Immutable)
+            .send()
+            .await;
+        match created {
+            Ok(_) => {
+                tracing::info!(repository = name, "created the install repository");
+                Ok(())
+            }
+            // Another agent task won the race.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_repository_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                let mut err = from_failure(describe("ECR", "CreateRepository", &e));
+                if let AgentAwsError::Refused { message } = &mut err {
+                    message.push_str(&format!(
+                        "; repository {name} does not exist and the agent could not create it: \
+                         create it in the install stack, or allow the agent role \
+                         ecr:CreateRepository on it"
+                    ));
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Reads a Secrets Manager secret's string (the agent's key file text).
+pub async fn read_secret_string(
+    config: &SdkConfig,
+    secret_id: &str,
+) -> Result<Zeroizing<String>, AgentAwsError> {
+    let client = aws_sdk_secretsmanager::Client::from_conf(
+        aws_sdk_secretsmanager::config::Builder::from(config)
+            .interceptor(RedactResponseBody)
+            .build(),
+    );
+    let out = client
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| from_failure(describe("Secrets Manager", "GetSecretValue", &e)))?;
+    match out.secret_string {
+        Some(s) => Ok(Zeroizing::new(s)),
+        None => Err(AgentAwsError::Refused {
+            message: format!(
+                "secret {secret_id} has no string value; put the key file's text into it \
+                 (`aws secretsmanager put-secret-value --secret-string file://agent.key`)"
+            ),
+        }),
+    }
+}

@@ -1,0 +1,27 @@
+//! Ferry's AWS adapters: ferry-core's ports on DynamoDB, SQS, EventBridge, CodeBuild, STS and
+//! ECR, through aws-sdk-rust.
+//!
+//! This is the only crate of the workspace that names an AWS SDK type. It must never log,
+//! store or put into an error a secret: ECR tokens, STS credentials and clear grants stay
+//! inside [`minter`] and leave it only sealed to an install agent's key.
+
+// Tests may unwrap: a panic is how a test reports.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod agent;
+pub mod builder;
+pub mod bus;
+pub mod config;
+mod error;
+pub mod minter;
+pub mod queue;
+pub mod store;
+mod token_vault;
+
+/// Callers hold and pass SDK configs without depending on the SDK crates themselves.
+pub use aws_config::SdkConfig;
+pub use builder::{CodeBuildBuilder, CodeBuildStateChange};
+pub use bus::EventBridgeBus;
+pub use minter::{EcrGrantMinter, EcrGrantSettings, EcrRepositories};
+pub use queue::{QueueWithDlq, SqsQueue};
+pub use store::DynamoStore;

@@ -1,0 +1,878 @@
+//! `DynamoStore`: ferry-core's `JobStore` on one DynamoDB table (design in docs/design/aws.md).
+//!
+//! Every state change is a conditional `PutItem` on (status, version) with
+//! `ReturnValuesOnConditionCheckFailure=ALL_OLD`, so a lost race comes back with the winner's
+//! item and needs no second read. Queries page with DynamoDB's `LastEvaluatedKey`, wrapped in
+//! an opaque cursor bound to the query that produced it. This module must never store a clear
+//! grant (only `SealedGrant` expiries travel inside records) and never scan the table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use ferry_core::domain::{Build, Component, Install, LineageRecord, SyncJob};
+use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, SyncId};
+use ferry_core::ports::{
+    Conflict, Cursor, IdempotencyClaim, JobStore, Page, PageRequest, StoreError, WriteError,
+};
+use ferry_core::state::Expected;
+
+use crate::error::{describe, Failure};
+
+/// The environment variable that names the table (set by the SAM template).
+pub const TABLE_ENV: &str = "FERRY_TABLE";
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+pub const GSI1: &str = "gsi1";
+pub const GSI1_PK: &str = "gsi1pk";
+pub const GSI1_SK: &str = "gsi1sk";
+pub const GSI2: &str = "gsi2";
+pub const GSI2_PK: &str = "gsi2pk";
+pub const GSI2_SK: &str = "gsi2sk";
+/// The table's TTL attribute, in unix seconds.
+pub const TTL: &str = "ttl";
+/// How long a revocation record is kept: far beyond any grant's 15 minutes.
+pub const REVOCATION_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
+
+const IN_PROGRESS: &str = "INPROGRESS";
+const COMPLETED: &str = "COMPLETED";
+const KEY_ATTRIBUTES: [&str; 6] = [PK, SK, GSI1_PK, GSI1_SK, GSI2_PK, GSI2_SK];
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The DynamoDB job store. Cheap to clone (the SDK client is shared).
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn ts(ms: u64) -> String {
+    // Zero-padded so that string order is time order.
+    format!("{ms:020}")
+}
+
+fn unavailable(f: Failure) -> StoreError {
+    if f.transient {
+        StoreError::Unavailable { message: f.message }
+    } else {
+        StoreError::Invalid { message: f.message }
+    }
+}
+
+fn encode_err(what: &str, e: serde_json::Error) -> StoreError {
+    StoreError::Invalid {
+        message: format!("cannot encode {what}: {e}"),
+    }
+}
+
+fn key_text(item: &Item) -> String {
+    let get = |k: &str| match item.get(k) {
+        Some(AttributeValue::S(v)) => v.as_str(),
+        _ => "?",
+    };
+    format!("{}/{}", get(PK), get(SK))
+}
+
+fn str_attr<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v),
+        _ => Err(StoreError::Corrupt {
+            key: key_text(item),
+            message: format!("attribute {name} is missing or not a string"),
+        }),
+    }
+}
+
+fn num_attr(item: &Item, name: &str) -> Result<u64, StoreError> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse().map_err(|_| StoreError::Corrupt {
+            key: key_text(item),
+            message: format!("attribute {name} is not an unsigned integer"),
+        }),
+        _ => Err(StoreError::Corrupt {
+            key: key_text(item),
+            message: format!("attribute {name} is missing or not a number"),
+        }),
+    }
+}
+
+fn decode<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    let data = str_attr(item, "data")?;
+    serde_json::from_str(data).map_err(|e| StoreError::Corrupt {
+        key: key_text(item),
+        message: format!("data does not decode: {e}"),
+    })
+}
+
+fn component_pk(app: &AppName, name: &ComponentName) -> String {
+    format!("COMPONENT#{app}#{name}")
+}
+fn install_pk(id: &InstallId) -> String {
+    format!("INSTALL#{id}")
+}
+fn sub_key(app: &AppName, component: &ComponentName) -> String {
+    format!("SUB#{app}#{component}")
+}
+fn build_pk(id: &BuildId) -> String {
+    format!("BUILD#{id}")
+}
+fn sync_pk(id: &SyncId) -> String {
+    format!("SYNC#{id}")
+}
+fn lineage_pk(d: &Digest) -> String {
+    format!("LINEAGE#{d}")
+}
+fn idem_pk(key: &str) -> String {
+    format!("IDEMP#{key}")
+}
+fn revoked_pk(id: &SyncId) -> String {
+    format!("REVOKED#{id}")
+}
+
+fn record_item(pk: String, sk: &str, kind: &str, data: String) -> Item {
+    HashMap::from([
+        (PK.to_owned(), s(pk)),
+        (SK.to_owned(), s(sk)),
+        ("kind".to_owned(), s(kind)),
+        ("data".to_owned(), s(data)),
+    ])
+}
+
+fn build_item(b: &Build) -> Result<Item, StoreError> {
+    let data = serde_json::to_string(b).map_err(|e| encode_err("build", e))?;
+    let mut item = record_item(build_pk(&b.id), "BUILD", "build", data);
+    item.insert("status".into(), s(b.state.status.as_str()));
+    item.insert("version".into(), n(b.state.version));
+    item.insert(GSI1_PK.into(), s(component_pk(&b.app, &b.component)));
+    item.insert(
+        GSI1_SK.into(),
+        s(format!("BUILD#{}#{}", ts(b.state.created_at), b.id)),
+    );
+    Ok(item)
+}
+
+fn sync_item(j: &SyncJob) -> Result<Item, StoreError> {
+    let data = serde_json::to_string(j).map_err(|e| encode_err("sync job", e))?;
+    let mut item = record_item(sync_pk(&j.id), "SYNC", "sync", data);
+    item.insert("status".into(), s(j.state.status.as_str()));
+    item.insert("version".into(), n(j.state.version));
+    item.insert(GSI1_PK.into(), s(install_pk(&j.install_id)));
+    item.insert(
+        GSI1_SK.into(),
+        s(format!("SYNC#{}#{}", ts(j.state.created_at), j.id)),
+    );
+    item.insert(GSI2_PK.into(), s(build_pk(&j.build_id)));
+    item.insert(GSI2_SK.into(), s(format!("SYNC#{}#{}", j.install_id, j.id)));
+    Ok(item)
+}
+
+/// What a page cursor holds: the query it belongs to and DynamoDB's `LastEvaluatedKey`.
+#[derive(Serialize, Deserialize)]
+struct CursorBody {
+    q: String,
+    p: String,
+    k: BTreeMap<String, String>,
+}
+
+fn foreign_cursor() -> StoreError {
+    StoreError::Invalid {
+        message: "the page cursor does not belong to this query; pass back exactly the cursor \
+                  the previous page of the same query returned"
+            .into(),
+    }
+}
+
+fn encode_cursor(query: &str, partition: &str, key: &Item) -> Result<Cursor, StoreError> {
+    let mut k = BTreeMap::new();
+    for (name, v) in key {
+        match v {
+            AttributeValue::S(v) => {
+                k.insert(name.clone(), v.clone());
+            }
+            _ => {
+                return Err(StoreError::Corrupt {
+                    key: key_text(key),
+                    message: format!("key attribute {name} is not a string"),
+                })
+            }
+        }
+    }
+    let body = CursorBody {
+        q: query.into(),
+        p: partition.into(),
+        k,
+    };
+    let json = serde_json::to_vec(&body).map_err(|e| encode_err("cursor", e))?;
+    Ok(Cursor::new(URL_SAFE_NO_PAD.encode(json)))
+}
+
+fn decode_cursor(query: &str, partition: &str, cursor: &Cursor) -> Result<Item, StoreError> {
+    let raw = URL_SAFE_NO_PAD
+        .decode(cursor.as_str().as_bytes())
+        .map_err(|_| foreign_cursor())?;
+    let body: CursorBody = serde_json::from_slice(&raw).map_err(|_| foreign_cursor())?;
+    if body.q != query || body.p != partition || body.k.is_empty() {
+        return Err(foreign_cursor());
+    }
+    let mut item = Item::new();
+    for (name, v) in body.k {
+        if !KEY_ATTRIBUTES.contains(&name.as_str()) {
+            return Err(foreign_cursor());
+        }
+        item.insert(name, s(v));
+    }
+    Ok(item)
+}
+
+/// One paginated query: which index, which partition, which sort-key prefix, which order.
+struct QuerySpec {
+    name: &'static str,
+    index: Option<&'static str>,
+    pk_attr: &'static str,
+    sk_attr: &'static str,
+    partition: String,
+    sk_prefix: Option<&'static str>,
+    forward: bool,
+}
+
+enum Put {
+    Written,
+    /// The condition failed; the item as it was, when DynamoDB returned it.
+    Conflict(Option<Item>),
+}
+
+impl DynamoStore {
+    pub fn new(config: &SdkConfig, table: impl Into<String>) -> DynamoStore {
+        DynamoStore::from_client(Client::new(config), table)
+    }
+
+    pub fn from_client(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// The table named by `FERRY_TABLE`.
+    pub fn from_env(config: &SdkConfig) -> Result<DynamoStore, StoreError> {
+        let table = std::env::var(TABLE_ENV).map_err(|_| StoreError::Invalid {
+            message: format!("{TABLE_ENV} is not set; set it to the job table's name"),
+        })?;
+        Ok(DynamoStore::new(config, table))
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table exactly as docs/design/aws.md describes, with TTL on `ttl`.
+    /// For moto, tests and `ferry dev`; in AWS the SAM template owns the table.
+    pub async fn create_table(&self) -> Result<(), StoreError> {
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        let key = |name: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(t)
+                .build()
+        };
+        let invalid = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Invalid {
+            message: format!("bad table definition: {e}"),
+        };
+        let gsi = |name: &str, pk: &str, sk: &str| {
+            GlobalSecondaryIndex::builder()
+                .index_name(name)
+                .key_schema(key(pk, KeyType::Hash).map_err(invalid)?)
+                .key_schema(key(sk, KeyType::Range).map_err(invalid)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(invalid)
+        };
+        let mut req = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .key_schema(key(PK, KeyType::Hash).map_err(invalid)?)
+            .key_schema(key(SK, KeyType::Range).map_err(invalid)?)
+            .global_secondary_indexes(gsi(GSI1, GSI1_PK, GSI1_SK)?)
+            .global_secondary_indexes(gsi(GSI2, GSI2_PK, GSI2_SK)?);
+        for a in KEY_ATTRIBUTES {
+            req = req.attribute_definitions(attr(a).map_err(invalid)?);
+        }
+        req.send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "CreateTable", &e)))?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(TTL)
+                    .enabled(true)
+                    .build()
+                    .map_err(invalid)?,
+            )
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "UpdateTimeToLive", &e)))?;
+        Ok(())
+    }
+
+    /// Records that grants of `sync` are revoked: the agent's IMS-side check refuses them.
+    pub async fn revoke_grant(&self, sync: &SyncId, now_ms: u64) -> Result<(), StoreError> {
+        let keep = now_ms.saturating_add(REVOCATION_KEEP_MS);
+        let mut item = record_item(revoked_pk(sync), "REVOKED", "revoked", "{}".into());
+        item.remove("data");
+        item.insert("revoked_at".into(), n(now_ms));
+        item.insert(TTL.into(), n(keep.div_ceil(1000)));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "PutItem", &e)))?;
+        Ok(())
+    }
+
+    /// Whether grants of `sync` were revoked.
+    pub async fn is_grant_revoked(&self, sync: &SyncId) -> Result<bool, StoreError> {
+        Ok(self.get(revoked_pk(sync), "REVOKED").await?.is_some())
+    }
+
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, s(pk))
+            .key(SK, s(sk))
+            // Reads follow conditional writes in the handlers: they must see them.
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "GetItem", &e)))?;
+        Ok(out.item)
+    }
+
+    async fn get_decoded<T: DeserializeOwned>(
+        &self,
+        pk: String,
+        sk: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get(pk, sk).await?.as_ref().map(decode).transpose()
+    }
+
+    async fn put(&self, item: Item) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "PutItem", &e)))?;
+        Ok(())
+    }
+
+    async fn delete(&self, pk: String, sk: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(pk))
+            .key(SK, s(sk))
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "DeleteItem", &e)))?;
+        Ok(())
+    }
+
+    async fn put_if(
+        &self,
+        item: Item,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Put, StoreError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        for (k, v) in names {
+            req = req.expression_attribute_names(*k, *v);
+        }
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        match req.send().await {
+            Ok(_) => Ok(Put::Written),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(c)) => {
+                    Ok(Put::Conflict(c.item().cloned()))
+                }
+                _ => Err(unavailable(describe("DynamoDB", "PutItem", &e))),
+            },
+        }
+    }
+
+    /// The item that beat a conditional write: from ALL_OLD when DynamoDB sent it, else read.
+    async fn current<T: DeserializeOwned>(
+        &self,
+        returned: Option<Item>,
+        pk: String,
+        sk: &str,
+    ) -> Result<Option<T>, StoreError> {
+        match returned {
+            Some(item) => decode(&item).map(Some),
+            // A missing item returns nothing, and so may an emulator: one read settles both.
+            None => self.get_decoded(pk, sk).await,
+        }
+    }
+
+    async fn create_job<T: DeserializeOwned + Debug>(
+        &self,
+        item: Item,
+        pk: String,
+        sk: &str,
+    ) -> Result<(), WriteError<T>> {
+        let cond = "attribute_not_exists(#pk)";
+        match self.put_if(item, cond, &[("#pk", PK)], vec![]).await? {
+            Put::Written => Ok(()),
+            Put::Conflict(old) => Err(WriteError::Conflict(Conflict {
+                current: self.current(old, pk, sk).await?,
+            })),
+        }
+    }
+
+    async fn update_job<T: DeserializeOwned + Debug>(
+        &self,
+        item: Item,
+        pk: String,
+        sk: &str,
+        expected: Expected,
+    ) -> Result<(), WriteError<T>> {
+        let cond = "#status = :status AND #version = :version";
+        let names = [("#status", "status"), ("#version", "version")];
+        let values = vec![
+            (":status", s(expected.status.as_str())),
+            (":version", n(expected.version)),
+        ];
+        match self.put_if(item, cond, &names, values).await? {
+            Put::Written => Ok(()),
+            Put::Conflict(old) => Err(WriteError::Conflict(Conflict {
+                current: self.current(old, pk, sk).await?,
+            })),
+        }
+    }
+
+    async fn query_page(
+        &self,
+        spec: &QuerySpec,
+        page: &PageRequest,
+    ) -> Result<(Vec<Item>, Option<Cursor>), StoreError> {
+        let start = page
+            .cursor
+            .as_ref()
+            .map(|c| decode_cursor(spec.name, &spec.partition, c))
+            .transpose()?;
+        let limit = i32::try_from(page.limit()).unwrap_or(i32::MAX);
+        let mut req = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .set_index_name(spec.index.map(str::to_owned))
+            .expression_attribute_names("#pk", spec.pk_attr)
+            .expression_attribute_values(":pk", s(spec.partition.clone()))
+            .scan_index_forward(spec.forward)
+            .limit(limit)
+            .set_exclusive_start_key(start);
+        req = match spec.sk_prefix {
+            Some(prefix) => req
+                .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                .expression_attribute_names("#sk", spec.sk_attr)
+                .expression_attribute_values(":prefix", s(prefix)),
+            None => req.key_condition_expression("#pk = :pk"),
+        };
+        let out = req
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "Query", &e)))?;
+        let next = match out.last_evaluated_key.as_ref() {
+            Some(k) if !k.is_empty() => Some(encode_cursor(spec.name, &spec.partition, k)?),
+            _ => None,
+        };
+        Ok((out.items.unwrap_or_default(), next))
+    }
+
+    async fn query<T: DeserializeOwned>(
+        &self,
+        spec: QuerySpec,
+        page: &PageRequest,
+    ) -> Result<Page<T>, StoreError> {
+        let (items, next) = self.query_page(&spec, page).await?;
+        let items = items.iter().map(decode).collect::<Result<Vec<T>, _>>()?;
+        Ok(Page { items, next })
+    }
+
+    /// Every subscription sort key an install has now (one page is rarely more than a few).
+    async fn subscription_keys(&self, id: &InstallId) -> Result<Vec<String>, StoreError> {
+        let spec = QuerySpec {
+            name: "subscriptions",
+            index: None,
+            pk_attr: PK,
+            sk_attr: SK,
+            partition: install_pk(id),
+            sk_prefix: Some("SUB#"),
+            forward: true,
+        };
+        let mut page = PageRequest::first(ferry_core::ports::MAX_PAGE);
+        let mut keys = Vec::new();
+        loop {
+            let (items, next) = self.query_page(&spec, &page).await?;
+            for item in &items {
+                keys.push(str_attr(item, SK)?.to_owned());
+            }
+            match next {
+                Some(c) => page = PageRequest::after(ferry_core::ports::MAX_PAGE, c),
+                None => return Ok(keys),
+            }
+        }
+    }
+}
+
+impl JobStore for DynamoStore {
+    async fn put_component(&self, component: &Component) -> Result<(), StoreError> {
+        let data = serde_json::to_string(component).map_err(|e| encode_err("component", e))?;
+        self.put(record_item(
+            component_pk(&component.app, &component.name),
+            "COMPONENT",
+            "component",
+            data,
+        ))
+        .await
+    }
+
+    async fn get_component(
+        &self,
+        app: &AppName,
+        name: &ComponentName,
+    ) -> Result<Option<Component>, StoreError> {
+        self.get_decoded(component_pk(app, name), "COMPONENT").await
+    }
+
+    /// Last write wins. Not atomic across the subscription items: a concurrent query may
+    /// briefly see the old subscription list, which the fan-out tolerates (catalog data).
+    async fn put_install(&self, install: &Install) -> Result<(), StoreError> {
+        let data = serde_json::to_string(install).map_err(|e| encode_err("install", e))?;
+        let old = self.subscription_keys(&install.id).await?;
+        let pk = install_pk(&install.id);
+        self.put(record_item(pk.clone(), "INSTALL", "install", data.clone()))
+            .await?;
+        let mut wanted = Vec::with_capacity(install.components.len());
+        for c in &install.components {
+            let sk = sub_key(&install.app, c);
+            let mut item = record_item(pk.clone(), &sk, "subscription", data.clone());
+            item.insert(GSI1_PK.into(), s(sk.clone()));
+            item.insert(GSI1_SK.into(), s(pk.clone()));
+            self.put(item).await?;
+            wanted.push(sk);
+        }
+        for sk in old.iter().filter(|k| !wanted.contains(k)) {
+            self.delete(pk.clone(), sk).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_install(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
+        self.get_decoded(install_pk(id), "INSTALL").await
+    }
+
+    async fn create_build(&self, build: &Build) -> Result<(), WriteError<Build>> {
+        self.create_job(build_item(build)?, build_pk(&build.id), "BUILD")
+            .await
+    }
+
+    async fn get_build(&self, id: &BuildId) -> Result<Option<Build>, StoreError> {
+        self.get_decoded(build_pk(id), "BUILD").await
+    }
+
+    async fn update_build(
+        &self,
+        next: &Build,
+        expected: Expected,
+    ) -> Result<(), WriteError<Build>> {
+        self.update_job(build_item(next)?, build_pk(&next.id), "BUILD", expected)
+            .await
+    }
+
+    async fn create_sync(&self, sync: &SyncJob) -> Result<(), WriteError<SyncJob>> {
+        self.create_job(sync_item(sync)?, sync_pk(&sync.id), "SYNC")
+            .await
+    }
+
+    async fn get_sync(&self, id: &SyncId) -> Result<Option<SyncJob>, StoreError> {
+        self.get_decoded(sync_pk(id), "SYNC").await
+    }
+
+    async fn update_sync(
+        &self,
+        next: &SyncJob,
+        expected: Expected,
+    ) -> Result<(), WriteError<SyncJob>> {
+        self.update_job(sync_item(next)?, sync_pk(&next.id), "SYNC", expected)
+            .await
+    }
+
+    async fn record_lineage(&self, record: &LineageRecord) -> Result<LineageRecord, StoreError> {
+        let data = serde_json::to_string(record).map_err(|e| encode_err("lineage", e))?;
+        let pk = lineage_pk(&record.digest);
+        let sk = install_pk(&record.install_id);
+        let item = record_item(pk.clone(), &sk, "lineage", data);
+        match self
+            .put_if(item, "attribute_not_exists(#pk)", &[("#pk", PK)], vec![])
+            .await?
+        {
+            Put::Written => Ok(record.clone()),
+            Put::Conflict(old) => match self.current(old, pk, &sk).await? {
+                Some(first) => Ok(first),
+                // Deleted between the two calls: nothing else deletes lineage, so corrupt.
+                None => Err(StoreError::Corrupt {
+                    key: format!("{}/{}", lineage_pk(&record.digest), sk),
+                    message: "lineage item vanished after a conflicting write".into(),
+                }),
+            },
+        }
+    }
+
+    async fn idempotency_begin(
+        &self,
+        key: &str,
+        now: u64,
+        in_progress_until: u64,
+        expires_at: u64,
+    ) -> Result<IdempotencyClaim, StoreError> {
+        let pk = idem_pk(key);
+        let mut item = record_item(pk.clone(), "IDEMP", "idempotency", String::new());
+        item.remove("data");
+        item.insert("status".into(), s(IN_PROGRESS));
+        item.insert("in_progress_until".into(), n(in_progress_until));
+        item.insert("expires_at".into(), n(expires_at));
+        item.insert(TTL.into(), n(expires_at.div_ceil(1000)));
+        // TTL deletion is lazy (up to days late), so expiry is also checked here.
+        let cond = "attribute_not_exists(#pk) OR #exp <= :now \
+                    OR (#status = :inprogress AND #until <= :now)";
+        let names = [
+            ("#pk", PK),
+            ("#exp", "expires_at"),
+            ("#status", "status"),
+            ("#until", "in_progress_until"),
+        ];
+        let values = vec![(":now", n(now)), (":inprogress", s(IN_PROGRESS))];
+        let old = match self.put_if(item, cond, &names, values).await? {
+            Put::Written => return Ok(IdempotencyClaim::Acquired),
+            Put::Conflict(Some(old)) => old,
+            Put::Conflict(None) => match self.get(pk, "IDEMP").await? {
+                Some(old) => old,
+                // Released in between: the caller may simply try again.
+                None => {
+                    return Err(StoreError::Unavailable {
+                        message: format!("idempotency record {key} changed during the claim"),
+                    })
+                }
+            },
+        };
+        if str_attr(&old, "status")? == COMPLETED {
+            Ok(IdempotencyClaim::Completed {
+                result: str_attr(&old, "result")?.to_owned(),
+            })
+        } else {
+            Ok(IdempotencyClaim::InProgress {
+                until: num_attr(&old, "in_progress_until")?,
+            })
+        }
+    }
+
+    async fn idempotency_complete(
+        &self,
+        key: &str,
+        result: &str,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let mut item = record_item(idem_pk(key), "IDEMP", "idempotency", String::new());
+        item.remove("data");
+        item.insert("status".into(), s(COMPLETED));
+        item.insert("result".into(), s(result));
+        item.insert("in_progress_until".into(), n(0));
+        item.insert("expires_at".into(), n(expires_at));
+        item.insert(TTL.into(), n(expires_at.div_ceil(1000)));
+        self.put(item).await
+    }
+
+    async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {
+        // Only an in-progress record: a completed result must survive a late release.
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, s(idem_pk(key)))
+            .key(SK, s("IDEMP"))
+            .condition_expression("#status = :inprogress")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":inprogress", s(IN_PROGRESS))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(unavailable(describe("DynamoDB", "DeleteItem", &e))),
+        }
+    }
+
+    async fn builds_by_component(
+        &self,
+        app: &AppName,
+        component: &ComponentName,
+        page: &PageRequest,
+    ) -> Result<Page<Build>, StoreError> {
+        let spec = QuerySpec {
+            name: "builds_by_component",
+            index: Some(GSI1),
+            pk_attr: GSI1_PK,
+            sk_attr: GSI1_SK,
+            partition: component_pk(app, component),
+            sk_prefix: Some("BUILD#"),
+            forward: false,
+        };
+        self.query(spec, page).await
+    }
+
+    async fn syncs_by_install(
+        &self,
+        install: &InstallId,
+        page: &PageRequest,
+    ) -> Result<Page<SyncJob>, StoreError> {
+        let spec = QuerySpec {
+            name: "syncs_by_install",
+            index: Some(GSI1),
+            pk_attr: GSI1_PK,
+            sk_attr: GSI1_SK,
+            partition: install_pk(install),
+            sk_prefix: Some("SYNC#"),
+            forward: false,
+        };
+        self.query(spec, page).await
+    }
+
+    async fn syncs_by_build(
+        &self,
+        build: &BuildId,
+        page: &PageRequest,
+    ) -> Result<Page<SyncJob>, StoreError> {
+        let spec = QuerySpec {
+            name: "syncs_by_build",
+            index: Some(GSI2),
+            pk_attr: GSI2_PK,
+            sk_attr: GSI2_SK,
+            partition: build_pk(build),
+            sk_prefix: Some("SYNC#"),
+            forward: true,
+        };
+        self.query(spec, page).await
+    }
+
+    async fn installs_by_component(
+        &self,
+        app: &AppName,
+        component: &ComponentName,
+        page: &PageRequest,
+    ) -> Result<Page<Install>, StoreError> {
+        let spec = QuerySpec {
+            name: "installs_by_component",
+            index: Some(GSI1),
+            pk_attr: GSI1_PK,
+            sk_attr: GSI1_SK,
+            partition: sub_key(app, component),
+            sk_prefix: None,
+            forward: true,
+        };
+        self.query(spec, page).await
+    }
+
+    async fn lineage_by_digest(
+        &self,
+        digest: &Digest,
+        page: &PageRequest,
+    ) -> Result<Page<LineageRecord>, StoreError> {
+        let spec = QuerySpec {
+            name: "lineage_by_digest",
+            index: None,
+            pk_attr: PK,
+            sk_attr: SK,
+            partition: lineage_pk(digest),
+            sk_prefix: Some("INSTALL#"),
+            forward: true,
+        };
+        self.query(spec, page).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_are_bound_to_their_query() {
+        let key = HashMap::from([(PK.to_owned(), s("BUILD#b1")), (SK.to_owned(), s("BUILD"))]);
+        let c = encode_cursor("builds_by_component", "COMPONENT#a#b", &key).unwrap();
+        assert_eq!(
+            decode_cursor("builds_by_component", "COMPONENT#a#b", &c).unwrap(),
+            key
+        );
+        assert!(decode_cursor("syncs_by_build", "COMPONENT#a#b", &c).is_err());
+        assert!(decode_cursor("builds_by_component", "COMPONENT#a#c", &c).is_err());
+        assert!(decode_cursor("q", "p", &Cursor::new("not base64!")).is_err());
+    }
+
+    #[test]
+    fn timestamps_sort_as_strings() {
+        assert!(ts(999) < ts(1_000));
+        assert_eq!(ts(1).len(), 20);
+    }
+}

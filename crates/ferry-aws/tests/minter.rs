@@ -1,0 +1,246 @@
+//! EcrGrantMinter and EcrRepositories against moto (STS, ECR, IAM, DynamoDB).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use common::{unique, Fault, FaultProxy, Moto};
+use ferry_aws::{DynamoStore, EcrGrantMinter, EcrGrantSettings, EcrRepositories};
+use ferry_core::domain::{Install, RegistryTarget};
+use ferry_core::id::{AppName, ComponentName, Digest, InstallId, QueueName, Repository, SyncId};
+use ferry_core::ports::{GrantError, GrantMinter};
+use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
+
+const ACCOUNT: &str = "123456789012";
+
+/// Creates the pull role through moto's IAM query API (no IAM SDK crate just for a test).
+async fn create_role(moto: &Moto, name: &str) -> String {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let body = reqwest::Client::new()
+        .post(moto.endpoint())
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .form(&[
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", trust),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start = body.find("<Arn>").expect("CreateRole answered an ARN") + 5;
+    let end = body[start..].find("</Arn>").unwrap() + start;
+    body[start..end].to_owned()
+}
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn install(key: String) -> Install {
+    Install {
+        id: InstallId::new("i-acme").unwrap(),
+        app: AppName::new("shop").unwrap(),
+        registry: RegistryTarget {
+            endpoint: "111122223333.dkr.ecr.eu-west-1.amazonaws.com".into(),
+            namespace: "vendor".into(),
+        },
+        agent_public_key: key,
+        queue: QueueName::new("ferry-agent-i-acme").unwrap(),
+        components: vec![ComponentName::new("web").unwrap()],
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_minted_grant_opens_to_an_ecr_credential_scoped_to_one_repository() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let moto = Moto::start().await;
+    let role = create_role(&moto, "ferry-pull").await;
+    assert!(role.ends_with(":role/ferry-pull"), "{role}");
+    let proxy = FaultProxy::start(moto.endpoint(), 0, Fault::Throttle429).await;
+    let config = common::config_for(&proxy.endpoint()).await;
+    let store = DynamoStore::new(&config, unique("ferry-jobs"));
+    store.create_table().await.unwrap();
+    let settings = EcrGrantSettings {
+        pull_role_arn: role,
+        registry_account_id: ACCOUNT.into(),
+        region: "us-east-1".into(),
+        registry_host: None,
+    };
+    let minter = EcrGrantMinter::new(&config, settings.clone(), store);
+
+    let agent = AgentKeypair::generate().unwrap();
+    let inst = install(agent.public_key_string());
+    let repo = Repository::new("shop/web").unwrap();
+    let digest = Digest::new(format!("sha256:{}", "cd".repeat(32))).unwrap();
+    let sync = SyncId::new("s-grant-1").unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let sealed = minter.mint(&inst, &repo, &digest, &sync).await.unwrap();
+
+    // Opens with the agent's key, for this job only.
+    let grant = ClearGrant::open(&agent, sealed.ciphertext(), &inst.id, &sync).unwrap();
+    let other = SyncId::new("s-other").unwrap();
+    assert!(ClearGrant::open(&agent, sealed.ciphertext(), &inst.id, &other).is_err());
+    let stranger = AgentKeypair::generate().unwrap();
+    assert!(ClearGrant::open(&stranger, sealed.ciphertext(), &inst.id, &sync).is_err());
+
+    // ECR's token arrives split into a Basic credential: user `AWS`, the password.
+    assert_eq!(grant.scheme, GrantScheme::Basic);
+    assert_eq!(grant.username, "AWS");
+    let password = grant.token.as_str();
+    assert!(!password.is_empty());
+    let wire = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+    assert_eq!(
+        grant.registry,
+        format!("{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com")
+    );
+    assert_eq!(grant.repository, "shop/web");
+    assert_eq!(grant.digest, digest.as_str());
+    // moto's token claims to expire in 2015: the grant lasts 15 minutes instead, no more.
+    assert_eq!(grant.expires_at, sealed.expires_at);
+    assert!(sealed.expires_at > before);
+    assert!(sealed.expires_at <= before + 15 * 60 * 1000 + 5_000);
+
+    // The session policy on the wire names exactly one repository ARN.
+    let bodies = proxy.bodies.lock().unwrap().clone();
+    let assume = bodies
+        .iter()
+        .find(|b| b.contains("Action=AssumeRole"))
+        .expect("an AssumeRole call");
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(assume.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(form["DurationSeconds"], "900");
+    assert_eq!(form["RoleArn"], settings.pull_role_arn);
+    let policy: serde_json::Value = serde_json::from_str(&form["Policy"]).unwrap();
+    let mut resources = Vec::new();
+    for st in policy["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        let actions: Vec<String> = match &st["Action"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            v => v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().into())
+                .collect(),
+        };
+        if st["Resource"] == "*" {
+            assert_eq!(
+                actions,
+                vec!["ecr:GetAuthorizationToken"],
+                "only the token call is unscoped"
+            );
+        } else {
+            resources.push(st["Resource"].as_str().unwrap().to_owned());
+            for a in &actions {
+                assert!(
+                    ferry_aws::minter::PULL_ACTIONS.contains(&a.as_str()),
+                    "{a} is not a pull action"
+                );
+            }
+        }
+    }
+    assert_eq!(resources, vec![settings.repository_arn(&repo)]);
+    assert_eq!(
+        resources[0],
+        format!("arn:aws:ecr:us-east-1:{ACCOUNT}:repository/shop/web")
+    );
+
+    // The clear token is nowhere: not in the sealed grant's JSON or Debug, not in the logs.
+    let json = serde_json::to_string(&sealed).unwrap();
+    let dbg = format!("{sealed:?} {grant:?}");
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("minted a sealed ECR pull grant"),
+        "{logged}"
+    );
+    // The SDK's own TRACE body logging ran, so the check below is not vacuous.
+    assert!(
+        logged.contains("read HTTP response body"),
+        "SDK trace logs were captured"
+    );
+    for secret in [wire.as_str(), password] {
+        assert!(!json.contains(secret), "token in the sealed grant's JSON");
+        assert!(!dbg.contains(secret), "token in Debug output");
+        if let Some(line) = logged.lines().find(|l| l.contains(secret)) {
+            panic!("token in the logs: {}", &line[..line.len().min(600)]);
+        }
+    }
+
+    // Revocation is recorded; revoking twice is fine.
+    assert!(!minter.is_revoked(&sync).await.unwrap());
+    minter.revoke(&sync).await.unwrap();
+    minter.revoke(&sync).await.unwrap();
+    assert!(minter.is_revoked(&sync).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_bad_agent_key_is_refused() {
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    let store = DynamoStore::new(&config, unique("ferry-jobs"));
+    let minter = EcrGrantMinter::new(
+        &config,
+        EcrGrantSettings {
+            pull_role_arn: format!("arn:aws:iam::{ACCOUNT}:role/ferry-pull"),
+            registry_account_id: ACCOUNT.into(),
+            region: "us-east-1".into(),
+            registry_host: Some("registry.test".into()),
+        },
+        store,
+    );
+    let err = minter
+        .mint(
+            &install("not-a-key".into()),
+            &Repository::new("shop/web").unwrap(),
+            &Digest::new(format!("sha256:{}", "cd".repeat(32))).unwrap(),
+            &SyncId::new("s-1").unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GrantError::Refused { .. }), "{err:?}");
+    assert!(err.to_string().contains("i-acme"), "{err}");
+}
+
+#[tokio::test]
+async fn vendor_repositories_are_created_immutable_once() {
+    let moto = Moto::start().await;
+    let repos = EcrRepositories::new(&moto.config().await);
+    let name = Repository::new("shop/api").unwrap();
+    let first = repos.ensure_repository(&name).await.unwrap();
+    assert!(first.immutable, "{first:?}");
+    assert!(first.arn.ends_with(":repository/shop/api"), "{first:?}");
+    let again = repos.ensure_repository(&name).await.unwrap();
+    assert_eq!(again, first, "ensure_repository is idempotent");
+}

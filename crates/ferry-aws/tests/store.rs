@@ -1,0 +1,35 @@
+//! DynamoStore against moto: the ferry-core JobStore contract, unchanged.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{unique, Moto};
+use ferry_aws::DynamoStore;
+
+#[tokio::test]
+async fn dynamo_store_keeps_the_job_store_contract() {
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    ferry_core::contract::job_store_contract(|| {
+        let config = config.clone();
+        async move {
+            let store = DynamoStore::new(&config, unique("ferry-jobs"));
+            store.create_table().await.unwrap();
+            store
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn revocations_are_recorded() {
+    let moto = Moto::start().await;
+    let store = DynamoStore::new(&moto.config().await, unique("ferry-jobs"));
+    store.create_table().await.unwrap();
+    let sync = ferry_core::id::SyncId::new("s-1").unwrap();
+    assert!(!store.is_grant_revoked(&sync).await.unwrap());
+    store.revoke_grant(&sync, 1_000).await.unwrap();
+    store.revoke_grant(&sync, 2_000).await.unwrap();
+    assert!(store.is_grant_revoked(&sync).await.unwrap());
+}

@@ -1,0 +1,133 @@
+//! `ferry-build`: runs one build (what CodeBuild runs in AWS) and prints its `build.completed`
+//! event as JSON on stdout.
+//!
+//! Thin: parse flags or environment, call the library, answer. Exit 0 when the build
+//! succeeded; 1 when it failed (the failed event is still printed, the error goes to stderr);
+//! 2 on bad input. It must never print a credential.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ferry_build::{ArtifactBuilder, BuildConfig, BuiltArtifact};
+use ferry_core::domain::Component;
+use ferry_core::event::{Event, Payload};
+use ferry_core::id::BuildId;
+use ferry_core::ports::BuildSpec;
+use ferry_oci::{Credential, CredentialStore, Secret};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry-build",
+    version,
+    about = "Build one Ferry component and push it to the vendor registry"
+)]
+struct Args {
+    /// The build id; also the tag the artifact gets.
+    #[arg(long, env = "FERRY_BUILD_ID")]
+    build_id: String,
+    /// The component, as the JSON of a ferry-core Component.
+    #[arg(long, env = "FERRY_COMPONENT")]
+    component: String,
+    /// The source ref (a git ref for sources; a tag or digest for `image` components).
+    #[arg(long, env = "FERRY_SOURCE_REF", default_value = "")]
+    source_ref: String,
+    /// The vendor registry, host[:port].
+    #[arg(long, env = "FERRY_VENDOR_REGISTRY")]
+    vendor_registry: String,
+    /// Repository prefix in the vendor registry (e.g. `vendor`).
+    #[arg(long, env = "FERRY_REPOSITORY_PREFIX", default_value = "")]
+    repository_prefix: String,
+    /// Directory component paths are relative to (the source checkout).
+    #[arg(long, env = "FERRY_APP_ROOT", default_value = ".")]
+    app_root: PathBuf,
+    /// Parent directory for temporary build files.
+    #[arg(long, env = "FERRY_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Registry user; without it, credentials come from the docker config.
+    #[arg(long, env = "FERRY_REGISTRY_USERNAME")]
+    registry_username: Option<String>,
+    /// Registry password (prefer the environment variable to the flag).
+    #[arg(long, env = "FERRY_REGISTRY_PASSWORD", hide_env_values = true)]
+    registry_password: Option<String>,
+    /// Allow plain HTTP to registries that are not on loopback.
+    #[arg(long, env = "FERRY_INSECURE")]
+    insecure: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let (builder, spec) = match setup(args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ferry-build: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ferry-build: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(builder.build(&spec));
+    let completed = BuiltArtifact::completed(&spec.build_id, &result);
+    match Event::new(Payload::BuildCompleted(completed)).to_json() {
+        Ok(json) => println!("{json}"),
+        Err(e) => eprintln!("ferry-build: cannot encode the result: {e}"),
+    }
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-build: build {} failed: {e}", spec.build_id);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn setup(args: Args) -> Result<(ArtifactBuilder, BuildSpec)> {
+    let build_id = BuildId::new(args.build_id).context("FERRY_BUILD_ID / --build-id")?;
+    let component: Component = serde_json::from_str(&args.component).context(
+        "FERRY_COMPONENT / --component must be the JSON of a component, e.g. \
+         {\"app\":\"shop\",\"name\":\"web\",\"kind\":\"image\",\"source\":\"…\",\"repository\":\"shop/web\"}",
+    )?;
+    let mut credentials = CredentialStore::load_default().context("reading the docker config")?;
+    match (args.registry_username, args.registry_password) {
+        (Some(username), Some(password)) => credentials.insert(
+            &args.vendor_registry,
+            None,
+            Credential::Basic {
+                username,
+                password: Secret::new(password),
+            },
+        ),
+        (None, None) => {}
+        _ => anyhow::bail!(
+            "set both FERRY_REGISTRY_USERNAME and FERRY_REGISTRY_PASSWORD, or neither"
+        ),
+    }
+    let mut config = BuildConfig::new(args.vendor_registry, args.app_root)
+        .with_prefix(args.repository_prefix)
+        .with_credentials(credentials);
+    config.insecure = args.insecure;
+    config.work_dir = args.work_dir;
+    let builder = ArtifactBuilder::new(config)?;
+    Ok((
+        builder,
+        BuildSpec {
+            build_id,
+            component,
+            source_ref: args.source_ref,
+        },
+    ))
+}

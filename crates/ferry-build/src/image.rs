@@ -1,0 +1,88 @@
+//! The `image` kind: copy an external image (a registry reference or an `oci:DIR[:tag]`
+//! layout under the app root) into the vendor repository, every platform, digests preserved.
+//!
+//! The source ref picks the tag or digest when the component's `source` names neither; when
+//! `source` pins one, that wins. This module must never re-encode a manifest (that would change
+//! the digest) and never read a layout outside the app root.
+
+use ferry_core::ports::BuildSpec;
+use ferry_oci::{LayoutRef, Reference};
+
+use crate::error::BuildError;
+use crate::{ArtifactBuilder, BuiltArtifact};
+
+pub(crate) async fn build(
+    b: &ArtifactBuilder,
+    spec: &BuildSpec,
+    source: &str,
+    repository: &ferry_core::id::Repository,
+) -> Result<BuiltArtifact, BuildError> {
+    let reference = source_reference(b, spec, source)?;
+    b.push(
+        &spec.component,
+        &reference,
+        repository,
+        vec![spec.build_id.to_string()],
+    )
+    .await
+}
+
+/// The reference to copy from: `source`, with the source ref as its tag (or `@digest`) when
+/// `source` has neither, and layout directories resolved under the app root.
+pub(crate) fn source_reference(
+    b: &ArtifactBuilder,
+    spec: &BuildSpec,
+    source: &str,
+) -> Result<Reference, BuildError> {
+    let component = &spec.component;
+    let bad = |input: &str, reason: String| BuildError::InvalidReference {
+        component: component.name.to_string(),
+        input: input.to_string(),
+        reason,
+    };
+    let parsed: Reference = source
+        .parse()
+        .map_err(|e: ferry_oci::Error| bad(source, strip_prefix(&e.to_string(), source)))?;
+    let pinned = match &parsed {
+        Reference::Registry(r) => r.tag.is_some() || r.digest.is_some(),
+        Reference::Layout(l) => l.tag.is_some() || l.digest.is_some(),
+    };
+    let sref = spec.source_ref.trim();
+    let parsed = if pinned || sref.is_empty() {
+        parsed
+    } else {
+        let sep = if sref.starts_with("sha256:") {
+            "@"
+        } else {
+            ":"
+        };
+        let full = format!("{source}{sep}{sref}");
+        full.parse().map_err(|e: ferry_oci::Error| {
+            bad(
+                &full,
+                format!(
+                    "the source ref {sref:?} is not a valid tag or digest for this image: {}",
+                    strip_prefix(&e.to_string(), &full)
+                ),
+            )
+        })?
+    };
+    Ok(match parsed {
+        Reference::Layout(l) => {
+            let dir = l.dir.to_string_lossy().into_owned();
+            let resolved = b.resolve_dir(component, "image layout directory", &dir)?;
+            Reference::Layout(LayoutRef {
+                dir: resolved,
+                tag: l.tag,
+                digest: l.digest,
+            })
+        }
+        r => r,
+    })
+}
+
+/// ferry-oci's message repeats the input; ours already names it.
+fn strip_prefix(msg: &str, input: &str) -> String {
+    let prefix = format!("invalid reference {input:?}: ");
+    msg.strip_prefix(&prefix).unwrap_or(msg).to_string()
+}

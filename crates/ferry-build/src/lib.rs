@@ -1,0 +1,350 @@
+//! ferry-build: the build step. It turns one component at a source ref into one OCI artifact
+//! in the vendor registry, at `<registry>/<prefix>/<component.repository>:<build id>`.
+//!
+//! Four kinds: `image` (copy an external image, every platform, digests preserved),
+//! `helm-chart` (package a chart directory as Helm does, deterministically), `opentofu-module`
+//! (a deterministic zip as an OpenTofu module package) and `docker-build` (buildah, then copy).
+//! Packaged content is written into a private OCI layout on disk and copied to the registry
+//! with the ferry-oci engine, so pushes get its verification and ordering (blobs, manifest,
+//! tag last). This crate must never hold a whole blob in memory, never read outside the app
+//! root, and never put a credential into an error, a log line or its output.
+//! See docs/design/build.md.
+
+// Tests may unwrap: a panic is how a test reports.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod app;
+mod docker;
+pub mod error;
+mod helm;
+mod image;
+pub mod inprocess;
+mod package;
+mod tofu;
+
+use std::path::{Component as PathComponent, Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_core::domain::{ChartSource, Component, ComponentKind};
+use ferry_core::event::{BuildCompleted, BuildOutcome};
+use ferry_core::id::{BuildId, Digest, Repository};
+use ferry_core::ports::BuildSpec;
+use ferry_oci::{
+    ClientConfig, CopyEngine, CopyOptions, CredentialStore, Reference, RegistryClient, RegistryRef,
+    RepoRef,
+};
+use serde::Serialize;
+
+pub use app::AppFile;
+pub use error::BuildError;
+pub use helm::{package_chart, ChartPackage};
+pub use inprocess::{DynEventBus, InProcessBuilder};
+pub use tofu::package_module;
+
+/// Longest error text put into a build.completed event (the event schema allows 8 KiB).
+const MAX_EVENT_ERROR: usize = 4000;
+
+/// Where builds go and where their sources are.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    /// The vendor registry, `host[:port]`.
+    pub registry: String,
+    /// Repository prefix inside the vendor registry (e.g. `vendor` for the embedded
+    /// registry's vendor namespace); empty for none.
+    pub repository_prefix: String,
+    /// Credentials for the vendor registry and for private image sources.
+    pub credentials: CredentialStore,
+    /// Allow plain HTTP to non-loopback registries.
+    pub insecure: bool,
+    /// Component paths (chart dirs, module dirs, build contexts, `oci:` layouts) are relative
+    /// to this directory and may not leave it.
+    pub app_root: PathBuf,
+    /// Parent of the temporary directories a build writes; `None` for the system default.
+    pub work_dir: Option<PathBuf>,
+}
+
+impl BuildConfig {
+    pub fn new(registry: impl Into<String>, app_root: impl Into<PathBuf>) -> BuildConfig {
+        BuildConfig {
+            registry: registry.into(),
+            repository_prefix: String::new(),
+            credentials: CredentialStore::new(),
+            insecure: false,
+            app_root: app_root.into(),
+            work_dir: None,
+        }
+    }
+
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> BuildConfig {
+        self.repository_prefix = prefix.into();
+        self
+    }
+
+    pub fn with_credentials(mut self, credentials: CredentialStore) -> BuildConfig {
+        self.credentials = credentials;
+        self
+    }
+}
+
+/// A build's result: the manifest (or index) now in the vendor registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuiltArtifact {
+    /// The full repository path in the vendor registry, prefix included.
+    pub repository: Repository,
+    pub digest: Digest,
+    pub media_type: String,
+    /// Size of the root manifest in bytes.
+    pub size: u64,
+    /// Tags written, the build id first.
+    pub tags: Vec<String>,
+}
+
+impl BuiltArtifact {
+    /// The build.completed payload for a build's outcome.
+    pub fn completed(
+        build_id: &BuildId,
+        result: &Result<BuiltArtifact, BuildError>,
+    ) -> BuildCompleted {
+        match result {
+            Ok(a) => BuildCompleted {
+                build_id: build_id.clone(),
+                status: BuildOutcome::Succeeded,
+                digest: Some(a.digest.clone()),
+                repository: Some(a.repository.clone()),
+                media_type: Some(a.media_type.clone()),
+                error: None,
+            },
+            Err(e) => BuildCompleted {
+                build_id: build_id.clone(),
+                status: BuildOutcome::Failed,
+                digest: None,
+                repository: None,
+                media_type: None,
+                error: Some(truncate(&e.to_string(), MAX_EVENT_ERROR)),
+            },
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Runs builds against one vendor registry. Cheap to clone.
+#[derive(Clone)]
+pub struct ArtifactBuilder {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BuildConfig,
+    client: RegistryClient,
+}
+
+impl std::fmt::Debug for ArtifactBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The config's credentials print redacted, but there is no need to print them at all.
+        f.debug_struct("ArtifactBuilder")
+            .field("registry", &self.inner.config.registry)
+            .field("repository_prefix", &self.inner.config.repository_prefix)
+            .field("app_root", &self.inner.config.app_root)
+            .finish()
+    }
+}
+
+impl ArtifactBuilder {
+    pub fn new(config: BuildConfig) -> Result<ArtifactBuilder, BuildError> {
+        if config.registry.trim().is_empty() || config.registry.contains('/') {
+            return Err(BuildError::Config(format!(
+                "vendor registry {:?} must be host[:port], e.g. 127.0.0.1:5000",
+                config.registry
+            )));
+        }
+        let prefix = config.repository_prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            Repository::new(prefix)
+                .map_err(|e| BuildError::Config(format!("repository prefix {prefix:?}: {e}")))?;
+        }
+        let client = RegistryClient::new(ClientConfig {
+            insecure: config.insecure,
+            credentials: config.credentials.clone(),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| BuildError::Config(format!("registry client: {e}")))?;
+        Ok(ArtifactBuilder {
+            inner: Arc::new(Inner { config, client }),
+        })
+    }
+
+    pub fn config(&self) -> &BuildConfig {
+        &self.inner.config
+    }
+
+    /// The repository builds of `component` push to: `<prefix>/<component.repository>`.
+    pub fn target_repository(&self, component: &Component) -> Result<Repository, BuildError> {
+        let prefix = self.inner.config.repository_prefix.trim_matches('/');
+        let full = if prefix.is_empty() {
+            component.repository.as_str().to_string()
+        } else {
+            format!("{prefix}/{}", component.repository)
+        };
+        Repository::new(full).map_err(|e| BuildError::Config(format!("target repository: {e}")))
+    }
+
+    /// Builds `spec` and pushes the artifact, tagged with the build id.
+    pub async fn build(&self, spec: &BuildSpec) -> Result<BuiltArtifact, BuildError> {
+        let component = &spec.component;
+        let repository = self.target_repository(component)?;
+        tracing::info!(build_id = %spec.build_id, component = %component.name,
+            kind = component.kind.name(), repository = %repository, "build started");
+        let result = match &component.kind {
+            ComponentKind::Image { source } => image::build(self, spec, source, &repository).await,
+            ComponentKind::HelmChart { chart } => match chart {
+                ChartSource::Dir { path } => helm::build(self, spec, path, &repository).await,
+                ChartSource::Repo { url, chart, .. } => Err(BuildError::Unsupported {
+                    component: component.name.to_string(),
+                    what: format!("helm chart {chart:?} from chart repository {url:?}"),
+                    hint: "vendor the chart into the source tree and use {\"from\": \"dir\"}"
+                        .into(),
+                }),
+            },
+            ComponentKind::OpentofuModule { dir } => {
+                tofu::build(self, spec, dir, &repository).await
+            }
+            ComponentKind::DockerBuild {
+                context,
+                dockerfile,
+            } => docker::build(self, spec, context, dockerfile, &repository).await,
+        };
+        match &result {
+            Ok(a) => tracing::info!(build_id = %spec.build_id, digest = %a.digest,
+                repository = %a.repository, "build succeeded"),
+            Err(e) => tracing::warn!(build_id = %spec.build_id, error = %e, "build failed"),
+        }
+        result
+    }
+
+    /// A component path resolved under the app root; absolute paths and `..` are refused so a
+    /// component spec can never make the builder read elsewhere.
+    pub(crate) fn resolve(&self, component: &Component, path: &str) -> Result<PathBuf, BuildError> {
+        let bad = |reason| BuildError::InvalidPath {
+            component: component.name.to_string(),
+            path: path.to_string(),
+            reason,
+        };
+        if path.is_empty() {
+            return Err(bad("it is empty; use \".\" for the app root"));
+        }
+        let p = Path::new(path);
+        let mut out = self.inner.config.app_root.clone();
+        for c in p.components() {
+            match c {
+                PathComponent::Normal(part) => out.push(part),
+                PathComponent::CurDir => {}
+                PathComponent::ParentDir => {
+                    return Err(bad("it contains '..'; paths stay inside the app root"))
+                }
+                PathComponent::RootDir | PathComponent::Prefix(_) => {
+                    return Err(bad("it is absolute; give it relative to the app root"))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `resolve`, then require a directory.
+    pub(crate) fn resolve_dir(
+        &self,
+        component: &Component,
+        what: &'static str,
+        path: &str,
+    ) -> Result<PathBuf, BuildError> {
+        let resolved = self.resolve(component, path)?;
+        if !resolved.is_dir() {
+            return Err(BuildError::SourceMissing {
+                component: component.name.to_string(),
+                what,
+                path: path.to_string(),
+                resolved,
+            });
+        }
+        Ok(resolved)
+    }
+
+    pub(crate) fn temp_dir(&self, label: &str) -> Result<tempfile::TempDir, BuildError> {
+        let mut b = tempfile::Builder::new();
+        b.prefix(label);
+        match &self.inner.config.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(error::io_err("create work dir", dir))?;
+                b.tempdir_in(dir)
+                    .map_err(error::io_err("create temp dir", dir))
+            }
+            None => b
+                .tempdir()
+                .map_err(error::io_err("create temp dir", std::env::temp_dir())),
+        }
+    }
+
+    /// Copies `source` to `repository` under each of `tags` (in order; the first is the build
+    /// id), then reads back the manifest descriptor from the registry.
+    pub(crate) async fn push(
+        &self,
+        component: &Component,
+        source: &Reference,
+        repository: &Repository,
+        tags: Vec<String>,
+    ) -> Result<BuiltArtifact, BuildError> {
+        let oci = |source| BuildError::Oci {
+            component: component.name.to_string(),
+            source,
+        };
+        let engine = CopyEngine::new(self.inner.client.clone(), CopyOptions::default());
+        let repo = RepoRef::new(self.inner.config.registry.clone(), repository.as_str());
+        let mut digest = None;
+        for tag in &tags {
+            let dest = Reference::Registry(RegistryRef {
+                repo: repo.clone(),
+                tag: Some(tag.clone()),
+                digest: None,
+            });
+            let report = engine
+                .copy(source, &[dest], Arc::new(ferry_oci::progress::NoProgress))
+                .await
+                .map_err(oci)?;
+            tracing::debug!(%source, %tag, bytes = report.bytes_copied, "pushed");
+            digest = digest.or(report.digest);
+        }
+        let digest = digest
+            .ok_or_else(|| BuildError::Config(format!("copy of {source} reported no digest")))?;
+        let desc = self
+            .inner
+            .client
+            .head_manifest(&repo, digest.as_str())
+            .await
+            .map_err(oci)?
+            .ok_or_else(|| BuildError::Oci {
+                component: component.name.to_string(),
+                source: ferry_oci::Error::NotFound {
+                    step: ferry_oci::Step::HeadManifest,
+                    target: format!("{repo}@{digest} (just pushed)"),
+                },
+            })?;
+        let digest = Digest::new(digest.as_str())
+            .map_err(|e| BuildError::Config(format!("registry digest: {e}")))?;
+        Ok(BuiltArtifact {
+            repository: repository.clone(),
+            digest,
+            media_type: desc.media_type,
+            size: desc.size,
+            tags,
+        })
+    }
+}

@@ -1,0 +1,323 @@
+//! Each packaged or copied kind, built from the demo app into an embedded ferry-registry:
+//! media types, determinism, interop with skopeo, and clear errors for bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+
+use common::{env, sha256, skopeo_raw, spec};
+use ferry_build::BuildError;
+use ferry_oci::media::{
+    HELM_CHART_LAYER, HELM_CONFIG, OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST,
+    OPENTOFU_MODULE_ARTIFACT, ZIP_LAYER,
+};
+
+const EMPTY_DIGEST: &str =
+    "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+#[tokio::test]
+async fn helm_chart_is_packaged_as_helm_does() {
+    let env = env().await;
+    let app = common::demo();
+    let a = env
+        .builder
+        .build(&spec(&app, "chart", "b-chart-1"))
+        .await
+        .unwrap();
+    assert_eq!(a.repository.as_str(), "vendor/demo/chart");
+    assert_eq!(a.media_type, OCI_MANIFEST);
+    assert_eq!(a.tags, ["b-chart-1", "0.1.0"]);
+
+    let m = env.manifest_json("vendor/demo/chart", "b-chart-1").await;
+    assert_eq!(m["schemaVersion"], 2);
+    assert!(
+        m.get("artifactType").is_none(),
+        "Helm's layout has no artifactType: {m}"
+    );
+    assert_eq!(m["config"]["mediaType"], HELM_CONFIG);
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0]["mediaType"], HELM_CHART_LAYER);
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.title"],
+        "demo-chart"
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.version"],
+        "0.1.0"
+    );
+
+    // The chart version tag points at the same manifest.
+    let by_version = env.manifest("vendor/demo/chart", "0.1.0").await;
+    assert_eq!(by_version.digest.as_str(), a.digest.as_str());
+
+    // Config: the Chart.yaml metadata, in Helm's field order.
+    let config = env
+        .blob("vendor/demo/chart", m["config"]["digest"].as_str().unwrap())
+        .await;
+    assert_eq!(
+        String::from_utf8(config).unwrap(),
+        r#"{"name":"demo-chart","version":"0.1.0","description":"The Ferry demo app's chart","apiVersion":"v2","appVersion":"1.0.0","type":"application"}"#
+    );
+
+    // Layer: gzip (no timestamp) of a tar with every entry under demo-chart/, sorted, mtime 0.
+    let tgz = env
+        .blob("vendor/demo/chart", layers[0]["digest"].as_str().unwrap())
+        .await;
+    assert_eq!(&tgz[..2], &[0x1f, 0x8b]);
+    assert_eq!(&tgz[4..8], &[0, 0, 0, 0], "gzip mtime must be 0");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&tgz[..]));
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let h = entry.header();
+        assert_eq!(h.mtime().unwrap(), 0);
+        assert_eq!((h.uid().unwrap(), h.gid().unwrap()), (0, 0));
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name == "demo-chart/Chart.yaml" {
+            let mut s = String::new();
+            entry.read_to_string(&mut s).unwrap();
+            assert!(s.contains("name: demo-chart"));
+        }
+        names.push(name);
+    }
+    assert_eq!(
+        names,
+        [
+            "demo-chart/.helmignore",
+            "demo-chart/Chart.yaml",
+            "demo-chart/templates/configmap.yaml",
+            "demo-chart/values.yaml"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn opentofu_module_is_one_zip_layer_with_empty_config() {
+    let env = env().await;
+    let app = common::demo();
+    let a = env
+        .builder
+        .build(&spec(&app, "module", "b-mod-1"))
+        .await
+        .unwrap();
+    assert_eq!(a.repository.as_str(), "vendor/demo/module");
+    let m = env.manifest_json("vendor/demo/module", "b-mod-1").await;
+    assert_eq!(m["mediaType"], OCI_MANIFEST);
+    assert_eq!(m["artifactType"], OPENTOFU_MODULE_ARTIFACT);
+    assert_eq!(m["config"]["mediaType"], OCI_EMPTY_CONFIG);
+    assert_eq!(m["config"]["digest"], EMPTY_DIGEST);
+    assert_eq!(m["config"]["size"], 2);
+    assert_eq!(env.blob("vendor/demo/module", EMPTY_DIGEST).await, b"{}");
+    let layers = m["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1, "exactly one layer: {m}");
+    assert_eq!(layers[0]["mediaType"], ZIP_LAYER);
+
+    let zip_bytes = env
+        .blob("vendor/demo/module", layers[0]["digest"].as_str().unwrap())
+        .await;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+    assert_eq!(names, ["main.tf", "variables.tf"]);
+    let mut main = String::new();
+    zip.by_name("main.tf")
+        .unwrap()
+        .read_to_string(&mut main)
+        .unwrap();
+    assert!(main.contains("terraform_data"));
+}
+
+#[tokio::test]
+async fn image_copy_keeps_every_platform_and_the_digest() {
+    let env = env().await;
+    let app = common::demo();
+    let a = env
+        .builder
+        .build(&spec(&app, "base", "b-img-1"))
+        .await
+        .unwrap();
+    assert_eq!(a.digest.as_str(), common::base_image_digest());
+    assert_eq!(a.media_type, OCI_INDEX);
+    let index = env.manifest_json("vendor/demo/base", "b-img-1").await;
+    let platforms: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["amd64", "arm64"]);
+    for d in index["manifests"].as_array().unwrap() {
+        let child = env
+            .manifest("vendor/demo/base", d["digest"].as_str().unwrap())
+            .await;
+        assert_eq!(child.digest.as_str(), d["digest"].as_str().unwrap());
+    }
+}
+
+#[tokio::test]
+async fn image_from_a_registry_uses_the_source_ref_as_tag() {
+    let env = env().await;
+    let app = common::demo();
+    // Seed an upstream repository in the same registry from the demo layout.
+    env.builder
+        .build(&spec(&app, "base", "seed"))
+        .await
+        .unwrap();
+    let mut s = spec(&app, "base", "b-img-2");
+    s.component.kind = ferry_core::domain::ComponentKind::Image {
+        source: format!("{}/vendor/demo/base", env.registry.host()),
+    };
+    s.component.repository = ferry_core::id::Repository::new("demo/copied").unwrap();
+    s.source_ref = "seed".into();
+    let a = env.builder.build(&s).await.unwrap();
+    assert_eq!(a.digest.as_str(), common::base_image_digest());
+    assert_eq!(a.repository.as_str(), "vendor/demo/copied");
+
+    // A missing tag is an error that names the reference.
+    s.source_ref = "no-such-tag".into();
+    let e = env.builder.build(&s).await.unwrap_err().to_string();
+    assert!(e.contains("no-such-tag"), "{e}");
+}
+
+#[tokio::test]
+async fn same_source_twice_gives_the_same_digest() {
+    let env = env().await;
+    let app = common::demo();
+    for component in ["chart", "module"] {
+        let a = env
+            .builder
+            .build(&spec(&app, component, &format!("{component}-x")))
+            .await
+            .unwrap();
+        let b = env
+            .builder
+            .build(&spec(&app, component, &format!("{component}-y")))
+            .await
+            .unwrap();
+        assert_eq!(a.digest, b.digest, "{component} is not deterministic");
+    }
+    // And a copy of the tree elsewhere (new inodes, new mtimes) packages the same.
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(
+        &common::demo_root().join("chart"),
+        &copy.path().join("chart"),
+    );
+    let env2 = common::env_with_root(copy.path().to_path_buf()).await;
+    let a = env.builder.build(&spec(&app, "chart", "c1")).await.unwrap();
+    let b = env2
+        .builder
+        .build(&spec(&app, "chart", "c1"))
+        .await
+        .unwrap();
+    assert_eq!(a.digest, b.digest);
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn skopeo_sees_exactly_what_was_pushed() {
+    let env = env().await;
+    let app = common::demo();
+    for (component, repo) in [
+        ("chart", "vendor/demo/chart"),
+        ("module", "vendor/demo/module"),
+        ("base", "vendor/demo/base"),
+    ] {
+        let a = env
+            .builder
+            .build(&spec(&app, component, "b-skopeo"))
+            .await
+            .unwrap();
+        let raw = skopeo_raw(&format!("{}/{repo}:b-skopeo", env.registry.host())).await;
+        assert_eq!(sha256(&raw), a.digest.as_str(), "{component}");
+        let pushed = env.manifest(repo, a.digest.as_str()).await;
+        assert_eq!(raw, pushed.bytes.to_vec(), "{component}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_that_name_it() {
+    let env = env().await;
+    let app = common::demo();
+    let chart = spec(&app, "chart", "bad-1");
+
+    // A directory without Chart.yaml.
+    let mut s = chart.clone();
+    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
+        chart: ferry_core::domain::ChartSource::Dir {
+            path: "module".into(),
+        },
+    };
+    let e = env.builder.build(&s).await.unwrap_err();
+    assert!(matches!(e, BuildError::NotAChart { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("no Chart.yaml") && msg.contains("module"),
+        "{msg}"
+    );
+
+    // A missing directory.
+    let mut s = spec(&app, "module", "bad-2");
+    s.component.kind = ferry_core::domain::ComponentKind::OpentofuModule {
+        dir: "no/such/dir".into(),
+    };
+    let e = env.builder.build(&s).await.unwrap_err();
+    assert!(matches!(e, BuildError::SourceMissing { .. }), "{e:?}");
+    assert!(e.to_string().contains("no/such/dir"), "{e}");
+
+    // A path escaping the app root.
+    s.component.kind = ferry_core::domain::ComponentKind::OpentofuModule {
+        dir: "../../crates".into(),
+    };
+    let e = env.builder.build(&s).await.unwrap_err();
+    assert!(matches!(e, BuildError::InvalidPath { .. }), "{e:?}");
+    assert!(e.to_string().contains(".."), "{e}");
+
+    // A bad image reference.
+    let mut s = spec(&app, "base", "bad-3");
+    s.component.kind = ferry_core::domain::ComponentKind::Image {
+        source: "Not A/Valid:ref!".into(),
+    };
+    let e = env.builder.build(&s).await.unwrap_err();
+    assert!(matches!(e, BuildError::InvalidReference { .. }), "{e:?}");
+    assert!(e.to_string().contains("Not A/Valid:ref!"), "{e}");
+
+    // A layout directory that is not there.
+    s.component.kind = ferry_core::domain::ComponentKind::Image {
+        source: "oci:missing-layout:v1".into(),
+    };
+    let e = env.builder.build(&s).await.unwrap_err();
+    assert!(e.to_string().contains("missing-layout"), "{e}");
+
+    // An invalid Chart.yaml.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("c")).unwrap();
+    std::fs::write(dir.path().join("c/Chart.yaml"), "apiVersion: v2\nname: c\n").unwrap();
+    let env2 = common::env_with_root(dir.path().to_path_buf()).await;
+    let mut s = chart.clone();
+    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
+        chart: ferry_core::domain::ChartSource::Dir { path: "c".into() },
+    };
+    let e = env2.builder.build(&s).await.unwrap_err();
+    assert!(e.to_string().contains("version is required"), "{e}");
+
+    // Nothing was pushed for any of these.
+    let tags = env
+        .client
+        .list_tags(&env.repo("vendor/demo/chart"))
+        .await
+        .unwrap_or_default();
+    assert!(tags.is_empty(), "{tags:?}");
+}

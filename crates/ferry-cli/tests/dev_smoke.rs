@@ -1,0 +1,90 @@
+//! `ferry dev --exit-when-synced` end to end through the binary, and a second management
+//! process reading the state it left.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("run ferry")
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("workspace root")
+}
+
+#[test]
+fn dev_syncs_three_installs_and_management_reads_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = ferry(&[
+        "dev",
+        "--installs",
+        "3",
+        "--exit-when-synced",
+        "--timeout",
+        "300",
+        "--state-dir",
+        state,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ferry dev failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("verified in 3 installs"), "{stdout}");
+    eprintln!("ferry dev synced 3 installs in {:?}", started.elapsed());
+    // The secret is pointed at, never printed.
+    let secret = std::fs::read_to_string(dir.path().join("state/keys/agent-dev-1.secret")).unwrap();
+    assert!(!stdout.contains(secret.trim()));
+    assert!(stdout.contains("keys/agent-dev-1.secret"), "{stdout}");
+
+    // A second process reads what the first left.
+    let out = ferry(&["syncs", "--json", "--state-dir", state]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let syncs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let syncs = syncs.as_array().unwrap();
+    assert_eq!(syncs.len(), 12, "4 components × 3 installs");
+    assert!(
+        syncs.iter().all(|s| s["state"]["status"] == "succeeded"),
+        "{syncs:?}"
+    );
+
+    let out = ferry(&["builds", "--json", "--state-dir", state]);
+    let builds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = builds[0]["artifact"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = ferry(&["lineage", &digest, "--json", "--state-dir", state]);
+    let lineage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(lineage.as_array().unwrap().len(), 3, "{lineage}");
+
+    // Bad input: named, exit 1.
+    let out = ferry(&["lineage", "sha256:abc", "--state-dir", state]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a digest"));
+    let out = ferry(&["build", "request", "demo", "nope", "--state-dir", state]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown component demo/nope"));
+    let out = ferry(&["syncs", "--install", "zz", "--state-dir", state]);
+    assert_eq!(out.status.code(), Some(1));
+    let missing = dir.path().join("missing");
+    let out = ferry(&["syncs", "--state-dir", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ferry dev"));
+}

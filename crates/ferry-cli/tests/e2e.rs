@@ -1,0 +1,427 @@
+//! End-to-end suites against a real `ferry dev` process: every component kind to three
+//! installs checked byte for byte with skopeo, token hygiene, replayed events, and a load run.
+//!
+//! Each test pre-creates the state dir's SQLite file with a trigger that copies every queue
+//! message ever sent into `msg_log`, so the tests see every event and job body (handled
+//! messages are deleted from the queue).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_core::event::{parse_event, parse_sync_job};
+use ferry_core::id::QueueName;
+use ferry_core::ports::{Batch, EventBus as _};
+use ferry_core::seal::{AgentKeypair, ClearGrant};
+use ferry_local::bus::{ims_queues, LocalBus};
+use ferry_local::queue::SqliteQueue;
+use ferry_local::store::SqliteStore;
+use sha2::Digest as _;
+
+const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+const HELM_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+const TOFU_ARTIFACT: &str = "application/vnd.opentofu.modulepkg";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// A running `ferry dev`, killed on drop.
+struct Dev {
+    child: Child,
+    state: PathBuf,
+    host: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn prepare_db(state: &Path) {
+    std::fs::create_dir_all(state).unwrap();
+    let db = state.join("ferry.db");
+    drop(ferry_local::db::Db::open(&db).unwrap());
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE msg_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT, body TEXT);
+         CREATE TRIGGER log_messages AFTER INSERT ON messages
+         BEGIN INSERT INTO msg_log (queue, body) VALUES (NEW.queue, NEW.body); END;",
+    )
+    .unwrap();
+}
+
+fn start_dev(state: &Path, app: &Path, installs: u32, extra: &[&str]) -> Dev {
+    prepare_db(state);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["dev", "--json", "--installs", &installs.to_string()])
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--app")
+        .arg(app)
+        .args(extra)
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ferry dev");
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            match line {
+                Ok(l) => sink.lock().unwrap().push(l),
+                Err(_) => break,
+            }
+        }
+    });
+    let mut dev = Dev {
+        child,
+        state: state.to_path_buf(),
+        host: String::new(),
+        lines,
+    };
+    let started = dev.wait_event("started", Duration::from_secs(120));
+    dev.host = started["registry"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    dev
+}
+
+impl Dev {
+    fn wait_event(&mut self, event: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["event"] == event);
+            if let Some(v) = found {
+                return v;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ferry dev exited ({status}) before {event}: {:?}",
+                    self.lines.lock().unwrap()
+                );
+            }
+            assert!(Instant::now() < deadline, "no {event} within {limit:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state.join("keys").join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+async fn store(state: &Path) -> SqliteStore {
+    SqliteStore::open(state.join("ferry.db")).unwrap()
+}
+
+fn logged(state: &Path, queue_like: &str) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(state.join("ferry.db")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT queue, body FROM msg_log WHERE queue LIKE ?1 ORDER BY seq")
+        .unwrap();
+    let rows = stmt
+        .query_map([queue_like], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+fn table_bodies(state: &Path, sql: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open(state.join("ferry.db")).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// Polls until every queue (IMS and install queues) is empty.
+async fn wait_queues_empty(state: &Path, limit: Duration) {
+    let queue = SqliteQueue::open(state.join("ferry.db")).unwrap();
+    let names: Vec<String> = table_bodies(state, "SELECT name FROM queues");
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut total = 0;
+        for n in &names {
+            total += queue
+                .approximate_depth(&QueueName::new(n.as_str()).unwrap())
+                .await
+                .unwrap()
+                .total();
+        }
+        // Dead-letter queues count too: nothing may end up there.
+        if total == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{total} messages still queued");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn skopeo_raw(creds: &str, reference: &str) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds", creds])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut dev = start_dev(&state, &workspace_root().join("examples/demo"), 3, &[]);
+    let summary = dev.wait_event("summary", Duration::from_secs(300));
+    assert_eq!(summary["synced"], true, "{summary}");
+    assert_eq!(summary["verified_installs"], 3, "{summary}");
+
+    let builds = table_bodies(&state, "SELECT body FROM builds");
+    assert_eq!(builds.len(), 4, "one build per component");
+    let vendor = format!("vendor:{}", dev.secret("vendor.secret"));
+    let mut kinds_seen = Vec::new();
+    for b in &builds {
+        let b: serde_json::Value = serde_json::from_str(b).unwrap();
+        assert_eq!(b["state"]["status"], "succeeded", "{b}");
+        let repo = b["artifact"]["repository"].as_str().unwrap();
+        let digest = b["artifact"]["digest"].as_str().unwrap();
+        let vendor_raw = skopeo_raw(&vendor, &format!("{}/{repo}@{digest}", dev.host));
+        assert_eq!(
+            format!("sha256:{}", hex::encode(sha2::Sha256::digest(&vendor_raw))),
+            digest,
+            "the vendor manifest hashes to the build's digest"
+        );
+        let dest = repo.strip_prefix("vendor/").unwrap();
+        for i in ["dev-1", "dev-2", "dev-3"] {
+            let creds = format!("agent:{i}:{}", dev.secret(&format!("agent-{i}.secret")));
+            let raw = skopeo_raw(
+                &creds,
+                &format!("{}/installs/{i}/{dest}@{digest}", dev.host),
+            );
+            assert_eq!(raw, vendor_raw, "{i} holds {repo} byte for byte");
+        }
+        let m: serde_json::Value = serde_json::from_slice(&vendor_raw).unwrap();
+        match b["component"].as_str().unwrap() {
+            "chart" => {
+                assert_eq!(m["config"]["mediaType"], HELM_CONFIG, "{m}");
+                assert_eq!(m["layers"][0]["mediaType"], HELM_LAYER, "{m}");
+                kinds_seen.push("helm-chart");
+            }
+            "module" => {
+                assert_eq!(m["artifactType"], TOFU_ARTIFACT, "{m}");
+                assert_eq!(m["layers"].as_array().unwrap().len(), 1, "{m}");
+                assert_eq!(m["layers"][0]["mediaType"], "archive/zip", "{m}");
+                kinds_seen.push("opentofu-module");
+            }
+            "web" => kinds_seen.push("docker-build"),
+            "base" => kinds_seen.push("image"),
+            other => panic!("unexpected component {other}"),
+        }
+    }
+    kinds_seen.sort_unstable();
+    assert_eq!(
+        kinds_seen,
+        ["docker-build", "helm-chart", "image", "opentofu-module"]
+    );
+    // An agent cannot read another install's namespace.
+    let creds = format!("agent:dev-1:{}", dev.secret("agent-dev-1.secret"));
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--creds", &creds])
+        .arg(format!(
+            "docker://{}/installs/dev-2/demo/base:latest",
+            dev.host
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "dev-1 must not read dev-2's copies");
+
+    // Token hygiene: open every grant that went through a queue, then look for the clear
+    // tokens and the secrets in the logs, every queue body ever sent, the store and stdout.
+    let mut tokens = Vec::new();
+    for (_, body) in logged(&state, "install-%") {
+        let job = parse_sync_job(body.as_bytes()).unwrap();
+        let key_text =
+            std::fs::read_to_string(state.join(format!("keys/agent-{}.key", job.install_id)))
+                .unwrap();
+        let key = AgentKeypair::from_secret_string(key_text.trim()).unwrap();
+        let grant =
+            ClearGrant::open(&key, job.grant.ciphertext(), &job.install_id, &job.sync_id).unwrap();
+        tokens.push(grant.token.clone());
+    }
+    assert_eq!(tokens.len(), 12, "one grant per sync job");
+    let mut secrets: Vec<String> = tokens;
+    secrets.push(dev.secret("vendor.secret"));
+    for i in ["dev-1", "dev-2", "dev-3"] {
+        secrets.push(dev.secret(&format!("agent-{i}.secret")));
+        let key = std::fs::read_to_string(state.join(format!("keys/agent-{i}.key"))).unwrap();
+        secrets.push(key.trim().to_string());
+    }
+    let logs = std::fs::read_to_string(state.join("logs/ferry-dev.log")).unwrap();
+    assert!(logs.contains("grant minted"), "the logs cover the grants");
+    let queue_bodies: String = logged(&state, "%")
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let export = store(&state).await.export_json().await.unwrap();
+    let stdout = dev.stdout();
+    for s in &secrets {
+        assert!(s.len() >= 16);
+        for (what, hay) in [
+            ("the logs", &logs),
+            ("a queue body", &queue_bodies),
+            ("the store", &export),
+            ("stdout", &stdout),
+        ] {
+            assert!(
+                !hay.contains(s.as_str()),
+                "a secret or grant token is in {what}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_replaying_every_event_three_times_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut dev = start_dev(&state, &workspace_root().join("examples/demo"), 3, &[]);
+    let summary = dev.wait_event("summary", Duration::from_secs(300));
+    assert_eq!(summary["synced"], true, "{summary}");
+    wait_queues_empty(&state, Duration::from_secs(60)).await;
+
+    let before = store(&state).await.export_json().await.unwrap();
+    let jobs_before = logged(&state, "install-%").len();
+    let reports_before = logged(&state, "sync-reported").len();
+    assert_eq!(jobs_before, 12);
+
+    let ims: Vec<String> = ims_queues().iter().map(|q| q.to_string()).collect();
+    let events: Vec<String> = logged(&state, "%")
+        .into_iter()
+        .filter(|(q, _)| ims.contains(q))
+        .map(|(_, b)| b)
+        .collect();
+    // build.requested ×4, build.completed ×4, sync.requested ×12, sync.reported ×12.
+    assert_eq!(events.len(), 32, "{events:?}");
+    let bus = LocalBus::new(SqliteQueue::open(state.join("ferry.db")).unwrap());
+    for _ in 0..3 {
+        for body in &events {
+            let event = parse_event(body.as_bytes()).unwrap();
+            let r = bus
+                .put_events(&Batch::new(vec![event]).unwrap())
+                .await
+                .unwrap();
+            assert!(r[0].is_ok(), "{r:?}");
+        }
+    }
+    // 96 replays were sent; wait for the workers to drain them all.
+    assert_eq!(
+        logged(&state, "%")
+            .into_iter()
+            .filter(|(q, _)| ims.contains(q))
+            .count(),
+        32 * 4
+    );
+    wait_queues_empty(&state, Duration::from_secs(120)).await;
+
+    let after = store(&state).await.export_json().await.unwrap();
+    assert_eq!(after, before, "replays changed the store");
+    assert_eq!(
+        logged(&state, "install-%").len(),
+        jobs_before,
+        "replays enqueued sync jobs again"
+    );
+    assert_eq!(
+        logged(&state, "sync-reported").len(),
+        reports_before + 12 * 3,
+        "only the replayed reports themselves, no new agent reports"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_load_200_syncs_across_20_installs_each_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ten small, distinct OpenTofu modules: ten digests.
+    let app = dir.path().join("app");
+    let mut components = Vec::new();
+    for n in 0..10 {
+        let m = app.join(format!("m{n}"));
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(
+            m.join("main.tf"),
+            format!("output \"n\" {{\n  value = {n}\n}}\n"),
+        )
+        .unwrap();
+        components.push(
+            serde_json::json!({"name": format!("m{n}"), "kind": "opentofu-module",
+            "dir": format!("m{n}"), "repository": format!("load/m{n}")}),
+        );
+    }
+    std::fs::write(
+        app.join("ferry.json"),
+        serde_json::json!({"app": "load", "components": components}).to_string(),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let started = Instant::now();
+    let mut dev = start_dev(
+        &state,
+        &app,
+        20,
+        &["--exit-when-synced", "--timeout", "600"],
+    );
+    let summary = dev.wait_event("summary", Duration::from_secs(600));
+    eprintln!("200 syncs in {:?}", started.elapsed());
+    assert_eq!(summary["synced"], true, "{summary}");
+    let status = dev.child.wait().unwrap();
+    assert!(status.success(), "ferry dev exited {status}");
+
+    let syncs = table_bodies(&state, "SELECT body FROM syncs");
+    assert_eq!(syncs.len(), 200);
+    let mut pairs = std::collections::HashSet::new();
+    for s in &syncs {
+        let s: serde_json::Value = serde_json::from_str(s).unwrap();
+        assert_eq!(s["state"]["status"], "succeeded", "{s}");
+        assert!(pairs.insert((
+            s["digest"].as_str().unwrap().to_string(),
+            s["install_id"].as_str().unwrap().to_string()
+        )));
+    }
+    let lineage = table_bodies(&state, "SELECT body FROM lineage");
+    assert_eq!(lineage.len(), 200, "one lineage row per (digest, install)");
+    let digests: std::collections::HashSet<_> = pairs.iter().map(|(d, _)| d.clone()).collect();
+    assert_eq!(digests.len(), 10);
+    // Exactly one job message and one agent report per sync: nothing lost or duplicated.
+    assert_eq!(logged(&state, "install-%").len(), 200);
+    assert_eq!(logged(&state, "sync-reported").len(), 200);
+}

@@ -1,0 +1,488 @@
+//! The local IMS end to end: queue workers running ferry-core's real handlers over the SQLite
+//! store and queues, with ferry-core's fakes for the builder and the grant minter.
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use ferry_core::domain::{Build, Component, ComponentKind, Install, RegistryTarget, SyncJob};
+use ferry_core::event::{
+    parse_sync_job, BuildCompleted, BuildOutcome, BuildRequested, Event, Payload, SyncJobMessage,
+    SyncReportStatus, SyncReported,
+};
+use ferry_core::id::{
+    AppName, BuildId, ComponentName, Digest, EventId, InstallId, QueueName, Repository,
+};
+use ferry_core::ports::{Batch, EventBus, JobStore, PageRequest, Queue, ReceiveOptions};
+use ferry_core::state::JobStatus;
+use ferry_core::testing::{ManualClock, MemBuilder, MemMinter, SeqIds};
+use ferry_local::bus::{ims_queues, BUILD_COMPLETED_QUEUE, BUILD_REQUESTED_QUEUE};
+use ferry_local::db::Db;
+use ferry_local::queue::QueueConfig;
+use ferry_local::worker::{
+    dlq_name, ImsOptions, LocalIms, RunningIms, WorkerOptions, DEAD_LETTERED,
+};
+
+type Ims = LocalIms<MemBuilder, MemMinter, ManualClock, SeqIds>;
+
+const INSTALLS: [&str; 3] = ["i-1", "i-2", "i-3"];
+
+struct Env {
+    _dir: tempfile::TempDir,
+    ims: Ims,
+    running: Option<RunningIms>,
+    builder: MemBuilder,
+    minter: MemMinter,
+    clock: ManualClock,
+}
+
+fn app() -> AppName {
+    AppName::new("shop").unwrap()
+}
+fn web() -> ComponentName {
+    ComponentName::new("web").unwrap()
+}
+fn digest() -> Digest {
+    Digest::new(format!("sha256:{}", "6c".repeat(32))).unwrap()
+}
+fn agent_queue(i: &str) -> QueueName {
+    QueueName::new(format!("agent-{i}")).unwrap()
+}
+
+async fn env(visibility: Duration, max_receive_count: u32) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("ferry.db")).unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let builder = MemBuilder::default();
+    let minter = MemMinter::new(clock.clone());
+    let options = ImsOptions {
+        visibility_timeout: visibility,
+        max_receive_count,
+        worker: WorkerOptions {
+            wait_seconds: 1,
+            ..WorkerOptions::default()
+        },
+        ..ImsOptions::default()
+    };
+    let ims = LocalIms::new(
+        db,
+        builder.clone(),
+        minter.clone(),
+        clock.clone(),
+        SeqIds::default(),
+        options,
+    )
+    .await
+    .unwrap();
+    let store = ims.store();
+    store
+        .put_component(&Component {
+            app: app(),
+            name: web(),
+            kind: ComponentKind::Image {
+                source: "docker.io/library/nginx".into(),
+            },
+            repository: Repository::new("shop/web").unwrap(),
+        })
+        .await
+        .unwrap();
+    for i in INSTALLS {
+        ims.queue()
+            .create_queue(&agent_queue(i), QueueConfig::default())
+            .await
+            .unwrap();
+        store
+            .put_install(&Install {
+                id: InstallId::new(i).unwrap(),
+                app: app(),
+                registry: RegistryTarget {
+                    endpoint: format!("{i}.registry.test"),
+                    namespace: "vendor".into(),
+                },
+                agent_public_key: format!("agent-key-{i}"),
+                queue: agent_queue(i),
+                components: vec![web()],
+            })
+            .await
+            .unwrap();
+    }
+    let running = Some(ims.spawn());
+    Env {
+        _dir: dir,
+        ims,
+        running,
+        builder,
+        minter,
+        clock,
+    }
+}
+
+impl Env {
+    async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            for (queue, result) in r.shutdown().await {
+                assert!(result.is_ok(), "worker {queue} failed: {result:?}");
+            }
+        }
+    }
+
+    async fn publish(&self, event: Event) {
+        let results = self
+            .ims
+            .bus()
+            .put_events(&Batch::new(vec![event]).unwrap())
+            .await
+            .unwrap();
+        results[0].as_ref().unwrap();
+    }
+
+    async fn build(&self, id: &BuildId) -> Option<Build> {
+        self.ims.store().get_build(id).await.unwrap()
+    }
+
+    async fn syncs(&self, build: &BuildId) -> Vec<SyncJob> {
+        self.ims
+            .store()
+            .syncs_by_build(build, &PageRequest::first(100))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits until every IMS queue is empty (messages are deleted only after their handler,
+    /// which publishes follow-ups first, so an empty set of queues means the chain is done).
+    async fn quiescent(&self) {
+        eventually("the IMS queues to drain", || async {
+            for q in ims_queues() {
+                if self
+                    .ims
+                    .queue()
+                    .approximate_depth(&q)
+                    .await
+                    .unwrap()
+                    .total()
+                    > 0
+                {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+}
+
+/// Polls `check` until it yields, with a bounded deadline.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn completed(build: &BuildId) -> Event {
+    Event::new(Payload::BuildCompleted(BuildCompleted {
+        build_id: build.clone(),
+        status: BuildOutcome::Succeeded,
+        digest: Some(digest()),
+        repository: Some(Repository::new("shop/web").unwrap()),
+        media_type: None,
+        error: None,
+    }))
+}
+
+fn reported(job: &SyncJobMessage) -> Event {
+    Event::new(Payload::SyncReported(SyncReported {
+        sync_id: job.sync_id.clone(),
+        install_id: job.install_id.clone(),
+        status: SyncReportStatus::Succeeded,
+        digest: job.digest.clone(),
+        bytes_copied: 1234,
+        bytes_skipped: 0,
+        duration_ms: 10,
+        error: None,
+        attempt: Some(job.attempt),
+    }))
+}
+
+async fn take_job(env: &Env, install: &str) -> SyncJobMessage {
+    let got = env
+        .ims
+        .queue()
+        .receive(
+            &agent_queue(install),
+            &ReceiveOptions::new(10, 5, 60).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "exactly one job message for {install}");
+    env.ims
+        .queue()
+        .delete(&agent_queue(install), &got[0].receipt_handle)
+        .await
+        .unwrap();
+    parse_sync_job(got[0].body.as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_flows_to_three_installs_and_back() {
+    let mut env = env(Duration::from_secs(30), 5).await;
+    let build_id = env
+        .ims
+        .request_build(app(), web(), "v1.2.3".into(), "test".into())
+        .await
+        .unwrap();
+    let b = eventually("the build to start", || async {
+        env.build(&build_id)
+            .await
+            .filter(|b| b.status() == JobStatus::Running)
+    })
+    .await;
+    assert_eq!(
+        b.external_id.as_deref(),
+        Some(format!("ext-{build_id}").as_str())
+    );
+    assert_eq!(env.builder.starts().len(), 1);
+
+    env.publish(completed(&build_id)).await;
+    let syncs = eventually("three dispatched syncs", || async {
+        let s = env.syncs(&build_id).await;
+        (s.len() == 3 && s.iter().all(|j| j.status() == JobStatus::Running)).then_some(s)
+    })
+    .await;
+    let installs: Vec<&str> = syncs.iter().map(|s| s.install_id.as_str()).collect();
+    assert_eq!(installs, INSTALLS);
+
+    let minted = env.minter.minted();
+    assert_eq!(minted.len(), 3);
+    let mut jobs = Vec::new();
+    for i in INSTALLS {
+        let job = take_job(&env, i).await;
+        assert_eq!(job.install_id.as_str(), i);
+        assert_eq!(job.digest, digest());
+        // The message carries the minter's sealed grant, for this install's key only.
+        let m = minted.iter().find(|m| m.sync_id == job.sync_id).unwrap();
+        assert_eq!(job.grant, m.grant);
+        let sealed = String::from_utf8_lossy(job.grant.ciphertext()).to_string();
+        assert!(
+            sealed.starts_with(&format!("sealed-to:agent-key-{i}:")),
+            "{sealed}"
+        );
+        jobs.push(job);
+    }
+    // The store keeps only the grant's expiry, never the grant.
+    let dump = env.ims.store().export_json().await.unwrap();
+    assert!(
+        !dump.contains("ciphertext") && !dump.contains("sealed-to"),
+        "{dump}"
+    );
+    assert!(dump.contains("grant_expires_at"));
+
+    for job in &jobs {
+        env.publish(reported(job)).await;
+    }
+    eventually("three succeeded syncs", || async {
+        let s = env.syncs(&build_id).await;
+        s.iter()
+            .all(|j| {
+                j.status() == JobStatus::Succeeded
+                    && j.stats.is_some_and(|st| st.bytes_copied == 1234)
+            })
+            .then_some(())
+    })
+    .await;
+    let lineage = env
+        .ims
+        .store()
+        .lineage_by_digest(&digest(), &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items;
+    let holders: Vec<&str> = lineage.iter().map(|l| l.install_id.as_str()).collect();
+    assert_eq!(holders, INSTALLS);
+    assert!(lineage.iter().all(|l| l.build_id == build_id));
+    assert_eq!(env.minter.revoked().len(), 3);
+    env.quiescent().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_events_change_nothing() {
+    let mut env = env(Duration::from_secs(30), 5).await;
+    let build_id = BuildId::new("b-replay").unwrap();
+    let requested = Event::with_id(
+        EventId::new("b-replay").unwrap(),
+        Payload::BuildRequested(BuildRequested {
+            build_id: Some(build_id.clone()),
+            app: app(),
+            component: web(),
+            source_ref: "main".into(),
+            requested_by: "test".into(),
+        }),
+    );
+    env.publish(requested.clone()).await;
+    env.quiescent().await;
+    env.publish(completed(&build_id)).await;
+    env.quiescent().await;
+    let mut reports = Vec::new();
+    for i in INSTALLS {
+        let job = take_job(&env, i).await;
+        reports.push(reported(&job));
+    }
+    for r in &reports {
+        env.publish(r.clone()).await;
+    }
+    env.quiescent().await;
+    let before = env.ims.store().export_json().await.unwrap();
+    assert!(before.contains("\"succeeded\""));
+
+    // Any write from a replay would now carry a later timestamp.
+    env.clock.advance(60_000);
+    for _ in 0..2 {
+        env.publish(requested.clone()).await;
+        env.publish(completed(&build_id)).await;
+        for r in &reports {
+            env.publish(r.clone()).await;
+        }
+    }
+    env.quiescent().await;
+    let after = env.ims.store().export_json().await.unwrap();
+    assert_eq!(before, after, "replays must not change the store");
+    assert_eq!(env.builder.starts().len(), 1, "the builder started once");
+    assert_eq!(env.minter.minted().len(), 3, "one grant per install");
+    for i in INSTALLS {
+        let depth = env
+            .ims
+            .queue()
+            .approximate_depth(&agent_queue(i))
+            .await
+            .unwrap();
+        assert_eq!(depth.total(), 0, "no duplicate job message for {i}");
+    }
+    for q in ims_queues() {
+        assert!(env
+            .ims
+            .queue()
+            .dlq_messages(&dlq_name(&q).unwrap())
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_message_reaches_the_dlq_and_the_rest_go_through() {
+    // Short visibility so the N receives happen within a few seconds.
+    let mut env = env(Duration::from_secs(1), 3).await;
+    let requested = QueueName::new(BUILD_REQUESTED_QUEUE).unwrap();
+    let mut bodies: Vec<String> = (1..=9)
+        .map(|n| {
+            Event::with_id(
+                EventId::new(format!("b-good-{n}")).unwrap(),
+                Payload::BuildRequested(BuildRequested {
+                    build_id: Some(BuildId::new(format!("b-good-{n}")).unwrap()),
+                    app: app(),
+                    component: web(),
+                    source_ref: "main".into(),
+                    requested_by: "test".into(),
+                }),
+            )
+            .to_json()
+            .unwrap()
+        })
+        .collect();
+    let poison = r#"{"version":1,"type":"build.requested","app":"shop","component":"web","source_ref":"main","requested_by":"test","colour":"red"}"#;
+    bodies.insert(4, poison.to_string());
+    let results = env
+        .ims
+        .queue()
+        .send_batch(&requested, &Batch::new(bodies).unwrap())
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+
+    let good: Vec<BuildId> = (1..=9)
+        .map(|n| BuildId::new(format!("b-good-{n}")).unwrap())
+        .collect();
+    eventually("the nine good builds to start", || async {
+        for id in &good {
+            env.build(id).await?;
+        }
+        Some(())
+    })
+    .await;
+
+    // A build.completed that does not parse (bad digest) for a running build: once it is given
+    // up on, the build itself records why.
+    let completed_q = QueueName::new(BUILD_COMPLETED_QUEUE).unwrap();
+    let bad_completion = r#"{"version":1,"type":"build.completed","build_id":"b-good-1","status":"succeeded","digest":"sha256:not-hex","repository":"shop/web"}"#;
+    env.ims
+        .queue()
+        .send(&completed_q, bad_completion)
+        .await
+        .unwrap();
+
+    let dead = eventually("the poison message in the DLQ", || async {
+        let d = env
+            .ims
+            .queue()
+            .dlq_messages(&dlq_name(&requested).unwrap())
+            .await
+            .unwrap();
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, poison);
+    assert_eq!(dead[0].receive_count, 3);
+    let last = dead[0].last_error.as_deref().unwrap_or_default();
+    assert!(last.contains("unknown field \"colour\""), "{last}");
+
+    let failed = eventually("the bad completion to fail its build", || async {
+        env.build(&good[0])
+            .await
+            .filter(|b| b.status() == JobStatus::Failed)
+    })
+    .await;
+    let err = failed.state.error.unwrap();
+    assert_eq!(err.code, DEAD_LETTERED);
+    assert!(err.message.contains("digest"), "{}", err.message);
+    assert!(
+        err.message.contains("build-completed-dlq"),
+        "{}",
+        err.message
+    );
+    eventually("the bad completion in its DLQ", || async {
+        let d = env
+            .ims
+            .queue()
+            .dlq_messages(&dlq_name(&completed_q).unwrap())
+            .await
+            .unwrap();
+        (d.len() == 1).then_some(())
+    })
+    .await;
+
+    for id in &good[1..] {
+        assert_eq!(
+            env.build(id).await.unwrap().status(),
+            JobStatus::Running,
+            "{id}"
+        );
+    }
+    assert_eq!(env.builder.starts().len(), 9);
+    env.quiescent().await;
+    env.stop().await;
+}

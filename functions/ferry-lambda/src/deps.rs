@@ -1,0 +1,322 @@
+//! [`Deps`]: every port a handler may use, built once per Lambda execution environment from
+//! the variables `template.yaml` sets (docs/deploy.md, "Contract: the functions' environment").
+//!
+//! Building the SDK clients is the slow part of a cold start, so `main` does it once and every
+//! invocation borrows the result. This module must never read credentials itself (the SDK's
+//! default chain does) and never log a value it reads, apart from resource names.
+//!
+//! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT` (or
+//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`. The handlers do
+//! not need `FERRY_REPORT_QUEUE_URL`, `FERRY_INSTALL_QUEUE_PREFIX` or
+//! `FERRY_REPOSITORY_PREFIX`: an install record names its own queue, and a component its
+//! repository.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::RngCore as _;
+
+use ferry_aws::{
+    CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
+};
+use ferry_core::ports::{Clock, IdGenerator};
+use ferry_core::{Config, Ports};
+
+pub const TABLE_ENV: &str = "FERRY_TABLE";
+pub const BUS_ENV: &str = "FERRY_EVENT_BUS";
+/// The name ferry-aws's `CodeBuildBuilder` documents; the template sets both.
+pub const BUILD_PROJECT_ENV: &str = "FERRY_BUILD_PROJECT";
+pub const CODEBUILD_PROJECT_ENV: &str = "FERRY_CODEBUILD_PROJECT";
+pub const PULL_ROLE_ENV: &str = "FERRY_PULL_ROLE_ARN";
+/// `<account>.dkr.ecr.<region>.<suffix>`: grants name this host, account and region.
+pub const VENDOR_REGISTRY_ENV: &str = "FERRY_VENDOR_REGISTRY";
+
+/// The configuration could not be read; the function cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not set; {hint} (template.yaml sets it for every function)")]
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("{name} is {value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+/// Resource names and grant settings, as read from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub table: String,
+    pub event_bus: String,
+    pub build_project: String,
+    pub grants: EcrGrantSettings,
+}
+
+fn required(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    hint: &'static str,
+) -> Result<String, ConfigError> {
+    get(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or(ConfigError::Missing { name, hint })
+}
+
+/// Splits `<account>.dkr.ecr.<region>.<suffix>` into (account, region).
+fn parse_vendor_registry(host: &str) -> Result<(String, String), ConfigError> {
+    let invalid = |reason| ConfigError::Invalid {
+        name: VENDOR_REGISTRY_ENV,
+        value: host.chars().take(200).collect(),
+        reason,
+    };
+    let mut parts = host.split('.');
+    let account = parts.next().unwrap_or_default();
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(
+            "expected <12-digit account>.dkr.ecr.<region>.amazonaws.com",
+        ));
+    }
+    if parts.next() != Some("dkr") || parts.next() != Some("ecr") {
+        return Err(invalid("expected <account>.dkr.ecr.<region>.amazonaws.com"));
+    }
+    let region = parts.next().unwrap_or_default();
+    let region_ok = !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok || parts.next().is_none() {
+        return Err(invalid(
+            "expected <account>.dkr.ecr.<region>.amazonaws.com with a region such as us-east-1",
+        ));
+    }
+    Ok((account.to_owned(), region.to_owned()))
+}
+
+impl Settings {
+    /// From the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// From any lookup (tests pass a map; the process environment is never mutated).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let table = required(&get, TABLE_ENV, "set it to the job table's name")?;
+        let event_bus = required(&get, BUS_ENV, "set it to the Ferry event bus's name")?;
+        let build_project = match required(&get, BUILD_PROJECT_ENV, "") {
+            Ok(p) => p,
+            Err(_) => required(
+                &get,
+                CODEBUILD_PROJECT_ENV,
+                "set FERRY_BUILD_PROJECT (or FERRY_CODEBUILD_PROJECT) to the CodeBuild project's name",
+            )?,
+        };
+        let pull_role_arn = required(
+            &get,
+            PULL_ROLE_ENV,
+            "set it to the ARN of the role grants are minted from",
+        )?;
+        let registry = required(
+            &get,
+            VENDOR_REGISTRY_ENV,
+            "set it to <account>.dkr.ecr.<region>.amazonaws.com",
+        )?;
+        let (registry_account_id, region) = parse_vendor_registry(&registry)?;
+        Ok(Settings {
+            table,
+            event_bus,
+            build_project,
+            grants: EcrGrantSettings {
+                pull_role_arn,
+                registry_account_id,
+                region,
+                registry_host: Some(registry),
+            },
+        })
+    }
+}
+
+/// Where the SDK clients connect, when not where the environment says (tests and the smoke
+/// script point them at moto). All plain values, so callers need no SDK crate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsOverrides {
+    pub endpoint_url: Option<String>,
+    pub region: Option<&'static str>,
+    /// Sign with fixed dummy credentials (moto accepts any).
+    pub test_credentials: bool,
+}
+
+/// Unix milliseconds from the system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+}
+
+/// 128 random bits as 32 lowercase hex characters (valid in every Ferry id).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomIds;
+
+impl IdGenerator for RandomIds {
+    fn new_id(&self) -> String {
+        let mut b = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+}
+
+/// The ports on AWS.
+pub type AwsPorts =
+    Ports<DynamoStore, SqsQueue, EventBridgeBus, CodeBuildBuilder, EcrGrantMinter, SystemClock>;
+
+/// Everything a handler needs: handles over SDK clients built once, borrowed per invocation.
+#[derive(Debug)]
+pub struct Deps {
+    pub ports: AwsPorts,
+    pub ids: RandomIds,
+}
+
+impl Deps {
+    /// What every function's `main` calls: settings and SDK config from the environment.
+    pub async fn from_env() -> Result<Deps, ConfigError> {
+        let settings = Settings::from_env()?;
+        Ok(Deps::connect(&settings, &AwsOverrides::default()).await)
+    }
+
+    /// Builds the clients for `settings`, with ferry-aws's HTTP client, retries and timeouts.
+    pub async fn connect(settings: &Settings, overrides: &AwsOverrides) -> Deps {
+        let mut loader = ferry_aws::config::loader();
+        if let Some(url) = &overrides.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let Some(region) = overrides.region {
+            loader = loader.region(region);
+        }
+        if overrides.test_credentials {
+            loader = loader.test_credentials();
+        }
+        let config = loader.load().await;
+        let store = DynamoStore::new(&config, settings.table.clone());
+        tracing::info!(
+            table = %settings.table,
+            event_bus = %settings.event_bus,
+            build_project = %settings.build_project,
+            "clients ready"
+        );
+        Deps {
+            ports: Ports {
+                store: store.clone(),
+                queue: SqsQueue::new(&config),
+                bus: EventBridgeBus::new(&config, settings.event_bus.clone()),
+                builder: CodeBuildBuilder::new(&config, settings.build_project.clone()),
+                minter: EcrGrantMinter::new(&config, settings.grants.clone(), store),
+                clock: SystemClock,
+                config: Config::default(),
+            },
+            ids: RandomIds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    const FULL: &[(&str, &str)] = &[
+        ("FERRY_TABLE", "ferry-jobs"),
+        ("FERRY_EVENT_BUS", "ferry"),
+        ("FERRY_CODEBUILD_PROJECT", "ferry-build"),
+        ("FERRY_PULL_ROLE_ARN", "arn:aws:iam::123456789012:role/pull"),
+        (
+            "FERRY_VENDOR_REGISTRY",
+            "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+        ),
+    ];
+
+    #[test]
+    fn reads_the_template_contract() {
+        let s = Settings::from_lookup(env(FULL)).unwrap();
+        assert_eq!(s.table, "ferry-jobs");
+        assert_eq!(s.build_project, "ferry-build");
+        assert_eq!(s.grants.registry_account_id, "123456789012");
+        assert_eq!(s.grants.region, "eu-west-1");
+        assert_eq!(
+            s.grants.registry_host.as_deref(),
+            Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+        );
+    }
+
+    #[test]
+    fn build_project_wins_over_the_codebuild_alias() {
+        let mut pairs = FULL.to_vec();
+        pairs.push(("FERRY_BUILD_PROJECT", "other"));
+        assert_eq!(
+            Settings::from_lookup(env(&pairs)).unwrap().build_project,
+            "other"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_empty_variable_is_named() {
+        let pairs: Vec<_> = FULL
+            .iter()
+            .map(|&(k, v)| if k == "FERRY_TABLE" { (k, " ") } else { (k, v) })
+            .collect();
+        let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("FERRY_TABLE is not set"),
+            "{err}"
+        );
+
+        let pairs: Vec<_> = FULL
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "FERRY_CODEBUILD_PROJECT")
+            .collect();
+        let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+        assert!(err.to_string().contains("FERRY_BUILD_PROJECT"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_vendor_registry_is_refused() {
+        for bad in [
+            "registry.example",
+            "12345.dkr.ecr.us-east-1.amazonaws.com",
+            "123456789012.dkr.ecr.US_EAST.amazonaws.com",
+            "123456789012.dkr.ecr.us-east-1",
+        ] {
+            let err = parse_vendor_registry(bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("FERRY_VENDOR_REGISTRY is"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn clock_and_ids_are_plausible() {
+        assert!(SystemClock.now_ms() > 1_600_000_000_000);
+        let (a, b) = (RandomIds.new_id(), RandomIds.new_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+}

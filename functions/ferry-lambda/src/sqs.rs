@@ -1,0 +1,326 @@
+//! One SQS batch, record by record: parse the body, check it is this function's event type,
+//! call the ferry-core handler through `dispatch`, and answer with the ids of the records that
+//! failed (`batchItemFailures`, for `ReportBatchItemFailures`), so SQS redelivers only those
+//! and, after the queue's receive limit, moves them to the dead-letter queue.
+//!
+//! Bodies: the build-completed function reads CodeBuild "Build State Change" events (the
+//! EventBridge envelope, as the rule's SQS target delivers it), mapped by ferry-aws to
+//! `build.completed`; it also takes a plain `build.completed`. The other functions read a Ferry
+//! event, raw or in an EventBridge envelope (`ferry_core::parse_event` unwraps it).
+//!
+//! This module must never let one record's failure (bad JSON, wrong type, handler error)
+//! fail or skip another record, never return an error for the whole batch, and never log a
+//! record's body.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use lambda_runtime::{Error, LambdaEvent};
+use serde::Deserialize;
+use tracing::field::Empty;
+use tracing::Instrument as _;
+
+use ferry_aws::builder::StateChangeError;
+use ferry_aws::CodeBuildStateChange;
+use ferry_core::event::{BUILD_COMPLETED, BUILD_REQUESTED, SYNC_REPORTED, SYNC_REQUESTED};
+use ferry_core::id::BuildId;
+use ferry_core::{dispatch, parse_event, Event, EventError, HandlerError, Outcome, Payload};
+
+use crate::deps::Deps;
+
+/// Which of the four functions is running; each accepts one event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    BuildRequested,
+    BuildCompleted,
+    SyncRequested,
+    SyncReported,
+}
+
+impl Kind {
+    /// The Ferry event type this function handles.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Kind::BuildRequested => BUILD_REQUESTED,
+            Kind::BuildCompleted => BUILD_COMPLETED,
+            Kind::SyncRequested => SYNC_REQUESTED,
+            Kind::SyncReported => SYNC_REPORTED,
+        }
+    }
+
+    /// The function's name (and its binary's).
+    pub fn function_name(self) -> &'static str {
+        match self {
+            Kind::BuildRequested => "build-requested",
+            Kind::BuildCompleted => "build-completed",
+            Kind::SyncRequested => "sync-requested",
+            Kind::SyncReported => "sync-reported",
+        }
+    }
+
+    fn accepts(self) -> &'static str {
+        match self {
+            Kind::BuildCompleted => {
+                "CodeBuild \"Build State Change\" events (or build.completed events)"
+            }
+            Kind::BuildRequested => "build.requested events",
+            Kind::SyncRequested => "sync.requested events",
+            Kind::SyncReported => "sync.reported events",
+        }
+    }
+}
+
+/// Why one record failed. Each message says what was wrong and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the SQS record has no body; send one JSON event per message (see events/)")]
+    NoBody,
+    #[error(transparent)]
+    Malformed(#[from] EventError),
+    #[error(transparent)]
+    StateChange(#[from] StateChangeError),
+    #[error(
+        "the {function} function handles only {accepts}, but this record is a {found} event; \
+         check which EventBridge rule or producer sends to this function's queue"
+    )]
+    WrongType {
+        function: &'static str,
+        accepts: &'static str,
+        found: &'static str,
+    },
+    #[error(transparent)]
+    Handler(#[from] HandlerError),
+}
+
+impl RecordError {
+    /// True when a redelivery may succeed (the rest only wait for the dead-letter queue).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RecordError::Handler(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// One failed record: its SQS message id (empty if SQS sent none) and the reason.
+#[derive(Debug)]
+pub struct RecordFailure {
+    pub message_id: String,
+    pub error: RecordError,
+}
+
+/// Just enough of an EventBridge envelope to tell a CodeBuild state change from a Ferry event.
+#[derive(Deserialize)]
+struct Probe {
+    source: Option<String>,
+    #[serde(rename = "detail-type")]
+    detail_type: Option<String>,
+}
+
+fn is_codebuild_state_change(body: &str) -> bool {
+    serde_json::from_str::<Probe>(body).is_ok_and(|p| {
+        p.source.as_deref() == Some("aws.codebuild")
+            || p.detail_type.as_deref() == Some("CodeBuild Build State Change")
+    })
+}
+
+/// The event in `body`, or `None` for a state change that needs no action (still running).
+fn parse_body(kind: Kind, body: &str) -> Result<Option<Event>, RecordError> {
+    if kind == Kind::BuildCompleted && is_codebuild_state_change(body) {
+        let change = CodeBuildStateChange::parse(body.as_bytes())?;
+        return Ok(change.to_build_completed()?);
+    }
+    let event = parse_event(body.as_bytes())?;
+    if event.event_type() != kind.event_type() {
+        return Err(RecordError::WrongType {
+            function: kind.function_name(),
+            accepts: kind.accepts(),
+            found: event.event_type(),
+        });
+    }
+    Ok(Some(event))
+}
+
+/// The job the event is about: the build id (derived as the handler derives it when the
+/// request named none) or the sync id.
+fn job_id(event: &Event) -> String {
+    match &event.payload {
+        Payload::BuildRequested(ev) => ev
+            .build_id
+            .clone()
+            .unwrap_or_else(|| BuildId::derived_from(&event.idempotency_key()))
+            .to_string(),
+        Payload::BuildCompleted(ev) => ev.build_id.to_string(),
+        Payload::SyncRequested(ev) => ev.sync_id.to_string(),
+        Payload::SyncReported(ev) => ev.sync_id.to_string(),
+    }
+}
+
+async fn handle_record(
+    deps: &Deps,
+    kind: Kind,
+    record: &SqsMessage,
+) -> Result<Option<Outcome>, RecordError> {
+    let body = record.body.as_deref().ok_or(RecordError::NoBody)?;
+    let Some(event) = parse_body(kind, body)? else {
+        tracing::info!("build still in progress; nothing to record");
+        return Ok(None);
+    };
+    let span = tracing::Span::current();
+    span.record("event_type", event.event_type());
+    span.record("job_id", job_id(&event).as_str());
+    // Boxed: the handlers' futures are deep, and an unboxed chain overflows rustc's layout
+    // recursion limit in the binaries.
+    Ok(Some(Box::pin(dispatch(&deps.ports, &event)).await?))
+}
+
+/// Handles every record of `records` in order and returns the failures; never stops early.
+pub async fn process_records(
+    deps: &Deps,
+    kind: Kind,
+    records: &[SqsMessage],
+) -> Vec<RecordFailure> {
+    let mut failures = Vec::new();
+    for record in records {
+        let message_id = record.message_id.clone().unwrap_or_default();
+        let receive_count: u32 = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let span = tracing::info_span!(
+            "sqs_record",
+            function = kind.function_name(),
+            message_id = %message_id,
+            receive_count,
+            event_type = Empty,
+            job_id = Empty,
+        );
+        let result = handle_record(deps, kind, record)
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
+        match result {
+            Ok(Some(outcome)) => tracing::info!(?outcome, "record handled"),
+            Ok(None) => {}
+            Err(error) => {
+                if message_id.is_empty() {
+                    // An empty itemIdentifier makes Lambda retry the whole batch: the only
+                    // safe answer for a record that cannot be named.
+                    tracing::error!(error = %error, "SQS record without a messageId; the whole batch will be retried");
+                } else {
+                    tracing::warn!(
+                        error = %error,
+                        retryable = error.is_retryable(),
+                        "record failed; SQS will redeliver it"
+                    );
+                }
+                failures.push(RecordFailure { message_id, error });
+            }
+        }
+    }
+    failures
+}
+
+/// The Lambda handler body shared by the four functions.
+pub async fn handle_sqs_batch(
+    event: LambdaEvent<SqsEvent>,
+    deps: &Deps,
+    kind: Kind,
+) -> Result<SqsBatchResponse, Error> {
+    let records = &event.payload.records;
+    let failures = process_records(deps, kind, records).await;
+    tracing::info!(
+        function = kind.function_name(),
+        records = records.len(),
+        failed = failures.len(),
+        "batch done"
+    );
+    let mut response = SqsBatchResponse::default();
+    response.set_failures(failures.into_iter().map(|f| f.message_id));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQUESTED: &str = r#"{"version":1,"type":"build.requested","app":"shop","component":"web","source_ref":"v1","requested_by":"t"}"#;
+
+    #[test]
+    fn a_wrong_type_names_the_function_and_what_it_takes() {
+        let err = parse_body(Kind::SyncReported, REQUESTED).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, RecordError::WrongType { .. }));
+        assert!(
+            text.contains("sync-reported function handles only sync.reported events")
+                && text.contains("this record is a build.requested event"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_eventbridge_envelope_is_unwrapped() {
+        let body = format!(
+            r#"{{"version":"0","id":"e-1","source":"ferry","detail-type":"build.requested","detail":{REQUESTED}}}"#
+        );
+        let event = parse_body(Kind::BuildRequested, &body).unwrap().unwrap();
+        assert_eq!(event.event_type(), BUILD_REQUESTED);
+        assert_eq!(event.id.as_ref().map(|i| i.as_str()), Some("e-1"));
+        // Derived the way the handler derives it.
+        assert!(job_id(&event).starts_with("b-"));
+        assert_eq!(job_id(&event), job_id(&event.clone()));
+    }
+
+    #[test]
+    fn codebuild_state_changes_go_to_build_completed_only() {
+        let running = r#"{"id":"x","source":"aws.codebuild","detail-type":"CodeBuild Build State Change","detail":{"build-status":"IN_PROGRESS"}}"#;
+        assert!(parse_body(Kind::BuildCompleted, running).unwrap().is_none());
+        // Not a Ferry event for the others: a clear parse error, not a panic.
+        let err = parse_body(Kind::BuildRequested, running).unwrap_err();
+        assert!(matches!(err, RecordError::Malformed(_)), "{err}");
+        let no_id = r#"{"source":"aws.codebuild","detail":{"build-status":"SUCCEEDED"}}"#;
+        let err = parse_body(Kind::BuildCompleted, no_id).unwrap_err();
+        assert!(err.to_string().contains("FERRY_BUILD_ID"), "{err}");
+    }
+
+    #[test]
+    fn the_sqs_samples_parse_in_their_function() {
+        for (kind, file) in [
+            (Kind::BuildRequested, "build-requested"),
+            (Kind::BuildCompleted, "build-completed"),
+            (Kind::SyncRequested, "sync-requested"),
+            (Kind::SyncReported, "sync-reported"),
+        ] {
+            let path = format!(
+                "{}/../../events/sqs/{file}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let event: SqsEvent = serde_json::from_str(&text).unwrap();
+            assert_eq!(event.records.len(), 1, "{file}");
+            let body = event.records[0].body.as_deref().unwrap();
+            let parsed = parse_body(kind, body).unwrap().unwrap();
+            assert_eq!(parsed.event_type(), kind.event_type(), "{file}");
+            // The samples form one flow: build b-000001, then its sync.
+            let want = if file.starts_with("build") {
+                "b-000001"
+            } else {
+                "s-3f1c2a9d0b7e4c15a8e2d6f4b9c01e7a"
+            };
+            assert_eq!(job_id(&parsed), want, "{file}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for body in ["", "not json", "[]", "{\"type\":\"build.requested\"}"] {
+            for kind in [
+                Kind::BuildRequested,
+                Kind::BuildCompleted,
+                Kind::SyncRequested,
+                Kind::SyncReported,
+            ] {
+                assert!(parse_body(kind, body).is_err(), "{kind:?} {body:?}");
+            }
+        }
+    }
+}

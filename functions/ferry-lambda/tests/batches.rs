@@ -1,0 +1,316 @@
+//! `handle_sqs_batch` against moto: partial batch failures, replays, wrong event types, and the
+//! whole build → sync flow through the four kinds.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{batch, failed_ids, record, unique, Moto};
+use ferry_core::domain::{Component, ComponentKind, Install, RegistryTarget};
+use ferry_core::event::parse_sync_job;
+use ferry_core::id::SyncId;
+use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository};
+use ferry_core::ports::{JobStore, PageRequest, Queue, ReceiveOptions};
+use ferry_core::seal::AgentKeypair;
+use ferry_core::state::JobStatus;
+use ferry_lambda::{handle_sqs_batch, process_records, Kind, RecordError};
+
+fn app() -> AppName {
+    AppName::new("shop").unwrap()
+}
+fn web() -> ComponentName {
+    ComponentName::new("web").unwrap()
+}
+
+fn component() -> Component {
+    Component {
+        app: app(),
+        name: web(),
+        kind: ComponentKind::Image {
+            source: "docker.io/library/alpine".into(),
+        },
+        repository: Repository::new("shop/web").unwrap(),
+    }
+}
+
+fn build_requested(build: &str) -> String {
+    serde_json::json!({
+        "version": 1, "type": "build.requested", "id": format!("req-{build}"),
+        "build_id": build, "app": "shop", "component": "web",
+        "source_ref": format!("refs/tags/{build}"), "requested_by": "test",
+    })
+    .to_string()
+}
+
+/// As the EventBridge rule's SQS target delivers it.
+fn in_envelope(detail_type: &str, event_id: &str, detail: &str) -> String {
+    let detail: serde_json::Value = serde_json::from_str(detail).unwrap();
+    serde_json::json!({
+        "version": "0", "id": event_id, "detail-type": detail_type, "source": "ferry",
+        "account": common::ACCOUNT, "time": "2026-01-15T10:21:43Z", "region": common::REGION,
+        "resources": [], "detail": detail,
+    })
+    .to_string()
+}
+
+const DIGEST: &str = "sha256:abababababababababababababababababababababababababababababababab";
+
+fn codebuild_succeeded(event_id: &str, build: &str) -> String {
+    serde_json::json!({
+        "version": "0", "id": event_id, "detail-type": "CodeBuild Build State Change",
+        "source": "aws.codebuild", "account": common::ACCOUNT, "region": common::REGION,
+        "detail": {
+            "build-status": "SUCCEEDED", "project-name": "ferry-build",
+            "additional-information": {
+                "environment": {"environment-variables": [
+                    {"name": "FERRY_BUILD_ID", "type": "PLAINTEXT", "value": build},
+                    {"name": "FERRY_REPOSITORY", "type": "PLAINTEXT", "value": "shop/web"}
+                ]},
+                "exported-environment-variables": [
+                    {"name": "FERRY_ARTIFACT_DIGEST", "value": DIGEST}
+                ]
+            }
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn one_malformed_record_fails_alone_and_replays_change_nothing() {
+    let moto = Moto::start().await;
+    let (deps, settings) = common::deps(&moto).await;
+    let store = &deps.ports.store;
+    store.put_component(&component()).await.unwrap();
+
+    let builds: Vec<String> = (0..9).map(|n| format!("b-batch-{n}")).collect();
+    let mut records = Vec::new();
+    for (n, build) in builds.iter().enumerate() {
+        // Half raw, half in the EventBridge envelope: both are what the queue may hold.
+        let body = if n % 2 == 0 {
+            build_requested(build)
+        } else {
+            in_envelope(
+                "build.requested",
+                &format!("eb-{build}"),
+                &build_requested(build),
+            )
+        };
+        records.push(record(&format!("m-{n}"), &body));
+        if n == 4 {
+            records.push(record("m-bad", "{\"version\": 1, \"type\": \"build.req"));
+        }
+    }
+    assert_eq!(records.len(), 10);
+
+    let response = handle_sqs_batch(batch(records.clone()), &deps, Kind::BuildRequested)
+        .await
+        .unwrap();
+    assert_eq!(failed_ids(&response), vec!["m-bad".to_owned()]);
+    // The wire shape Lambda reads.
+    assert_eq!(
+        serde_json::to_value(&response).unwrap(),
+        serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m-bad"}]})
+    );
+
+    let mut first = Vec::new();
+    for build in &builds {
+        let b = store
+            .get_build(&BuildId::new(build.as_str()).unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("build {build} was not stored"));
+        assert_eq!(b.status(), JobStatus::Running, "{build}");
+        assert!(b.external_id.is_some(), "{build} has its CodeBuild id");
+        first.push(b);
+    }
+    assert_eq!(moto.codebuild_build_count(&settings.build_project).await, 9);
+
+    // At-least-once delivery: the same batch three more times.
+    for _ in 0..3 {
+        let again = handle_sqs_batch(batch(records.clone()), &deps, Kind::BuildRequested)
+            .await
+            .unwrap();
+        assert_eq!(failed_ids(&again), vec!["m-bad".to_owned()]);
+    }
+    for before in &first {
+        let now = store.get_build(&before.id).await.unwrap().unwrap();
+        assert_eq!(&now, before, "a replay changed build {}", before.id);
+    }
+    let page = store
+        .builds_by_component(&app(), &web(), &PageRequest::first(100))
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 9, "no duplicate builds");
+    assert_eq!(
+        moto.codebuild_build_count(&settings.build_project).await,
+        9,
+        "no second CodeBuild start"
+    );
+}
+
+#[tokio::test]
+async fn a_record_of_another_type_fails_with_a_clear_error_and_the_rest_go_through() {
+    let moto = Moto::start().await;
+    let (deps, _settings) = common::deps(&moto).await;
+    deps.ports.store.put_component(&component()).await.unwrap();
+
+    let reported = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/sync.reported.json"
+    ))
+    .unwrap();
+    let records = vec![
+        record("m-wrong", &reported),
+        record(
+            "m-wrong-envelope",
+            &in_envelope("sync.reported", "eb-1", &reported),
+        ),
+        record("m-good", &build_requested("b-typed")),
+    ];
+    let failures = process_records(&deps, Kind::BuildRequested, &records).await;
+    let ids: Vec<&str> = failures.iter().map(|f| f.message_id.as_str()).collect();
+    assert_eq!(ids, ["m-wrong", "m-wrong-envelope"]);
+    for f in &failures {
+        assert!(
+            matches!(f.error, RecordError::WrongType { .. }),
+            "{:?}",
+            f.error
+        );
+        assert!(!f.error.is_retryable());
+        let text = f.error.to_string();
+        assert!(
+            text.contains("build-requested function handles only build.requested events")
+                && text.contains("this record is a sync.reported event")
+                && text.contains("EventBridge rule"),
+            "{text}"
+        );
+    }
+    let good = deps
+        .ports
+        .store
+        .get_build(&BuildId::new("b-typed").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(good.status(), JobStatus::Running);
+
+    // The build-completed function takes state changes, not requests.
+    let failures = process_records(
+        &deps,
+        Kind::BuildCompleted,
+        &[record("m-req", &build_requested("b-other"))],
+    )
+    .await;
+    assert_eq!(failures.len(), 1);
+    let text = failures[0].error.to_string();
+    assert!(
+        text.contains("build-completed function handles only CodeBuild"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn build_to_sync_through_the_four_functions_and_replays_are_no_ops() {
+    let moto = Moto::start().await;
+    let (deps, _settings) = common::deps(&moto).await;
+    let store = &deps.ports.store;
+    store.put_component(&component()).await.unwrap();
+    let agent = AgentKeypair::generate().unwrap();
+    let install_queue = QueueName::new(unique("ferry-install-i-acme")).unwrap();
+    deps.ports
+        .queue
+        .create_queue_with_dlq(&install_queue, 5, 60)
+        .await
+        .unwrap();
+    let install = Install {
+        id: InstallId::new("i-acme").unwrap(),
+        app: app(),
+        registry: RegistryTarget {
+            endpoint: "111122223333.dkr.ecr.eu-west-1.amazonaws.com".into(),
+            namespace: "vendor".into(),
+        },
+        agent_public_key: agent.public_key_string(),
+        queue: install_queue.clone(),
+        components: vec![web()],
+    };
+    store.put_install(&install).await.unwrap();
+
+    let build = BuildId::new("b-flow").unwrap();
+    let sync = SyncId::for_build_and_install(&build, &install.id);
+    let requested = vec![record("m-1", &build_requested("b-flow"))];
+    let completed = vec![
+        record("m-2", &codebuild_succeeded("cb-evt-1", "b-flow")),
+        // An IN_PROGRESS change is not a failure: nothing to do yet.
+        record(
+            "m-2b",
+            r#"{"id":"cb-evt-0","source":"aws.codebuild","detail-type":"CodeBuild Build State Change","detail":{"build-status":"IN_PROGRESS"}}"#,
+        ),
+    ];
+    let sync_requested = serde_json::json!({
+        "version": 1, "type": "sync.requested", "id": sync.as_str(), "sync_id": sync.as_str(),
+        "build_id": "b-flow", "install_id": "i-acme", "repository": "shop/web", "digest": DIGEST,
+    })
+    .to_string();
+    let sync_requested = vec![record(
+        "m-3",
+        &in_envelope("sync.requested", "eb-sync", &sync_requested),
+    )];
+    let reported = vec![record(
+        "m-4",
+        &serde_json::json!({
+            "version": 1, "type": "sync.reported", "sync_id": sync.as_str(),
+            "install_id": "i-acme", "status": "succeeded", "digest": DIGEST,
+            "bytes_copied": 10, "bytes_skipped": 0, "duration_ms": 5, "attempt": 1,
+        })
+        .to_string(),
+    )];
+    let steps = [
+        (Kind::BuildRequested, &requested),
+        (Kind::BuildCompleted, &completed),
+        (Kind::SyncRequested, &sync_requested),
+        (Kind::SyncReported, &reported),
+    ];
+
+    for (kind, records) in steps {
+        let failures = process_records(&deps, kind, records).await;
+        assert!(failures.is_empty(), "{kind:?}: {failures:?}");
+        if kind == Kind::SyncRequested {
+            // The agent's message is on the install queue, with a sealed grant only.
+            let got = deps
+                .ports
+                .queue
+                .receive(&install_queue, &ReceiveOptions::new(10, 1, 60).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 1);
+            let job = parse_sync_job(got[0].body.as_bytes()).unwrap();
+            assert_eq!((job.sync_id.as_str(), job.attempt), (sync.as_str(), 1));
+        }
+    }
+    let b = store.get_build(&build).await.unwrap().unwrap();
+    assert_eq!(b.status(), JobStatus::Succeeded);
+    assert_eq!(b.artifact.as_ref().unwrap().digest.as_str(), DIGEST);
+    let s = store.get_sync(&sync).await.unwrap().unwrap();
+    assert_eq!(s.status(), JobStatus::Succeeded);
+    let digest = Digest::new(DIGEST).unwrap();
+    let lineage = store
+        .lineage_by_digest(&digest, &PageRequest::first(10))
+        .await
+        .unwrap();
+    assert_eq!(lineage.items.len(), 1);
+
+    // Replays of every step: no failure, no change, no second job message.
+    for (kind, records) in steps {
+        let failures = process_records(&deps, kind, records).await;
+        assert!(failures.is_empty(), "replay {kind:?}: {failures:?}");
+    }
+    assert_eq!(store.get_build(&build).await.unwrap().unwrap(), b);
+    assert_eq!(store.get_sync(&sync).await.unwrap().unwrap(), s);
+    let more = deps
+        .ports
+        .queue
+        .receive(&install_queue, &ReceiveOptions::new(10, 0, 60).unwrap())
+        .await
+        .unwrap();
+    assert!(more.is_empty(), "a replay enqueued another job: {more:?}");
+}

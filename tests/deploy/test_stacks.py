@@ -1,0 +1,628 @@
+"""Checks of the deployable stacks: template.yaml (SAM, vendor) and infra/install-agent.yaml
+(CloudFormation, customer), plus infra/buildspec.yml.
+
+Static policy tests run over the parsed YAML (cfn-lint's decoder understands !Ref/!Sub/!GetAtt);
+the customer stack is also created and deleted in moto's CloudFormation (moto_server on a free
+loopback port). Run with `scripts/check-deploy.sh` or `python3 -m pytest tests/deploy`.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from cfnlint.decode import cfn_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VENDOR = ROOT / "template.yaml"
+CUSTOMER = ROOT / "infra" / "install-agent.yaml"
+BUILDSPEC = ROOT / "infra" / "buildspec.yml"
+AWS_DESIGN = ROOT / "docs" / "design" / "aws.md"
+
+FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported"]
+ENV_CONTRACT = [
+    "FERRY_TABLE",
+    "FERRY_EVENT_BUS",
+    "FERRY_CODEBUILD_PROJECT",
+    "FERRY_PULL_ROLE_ARN",
+    "FERRY_REPORT_QUEUE_URL",
+    "FERRY_VENDOR_REGISTRY",
+    "FERRY_INSTALL_QUEUE_PREFIX",
+]
+# The only action IAM allows on Resource "*" in these stacks (it has no resource type).
+STAR_RESOURCE_OK = {"ecr:GetAuthorizationToken"}
+READ_PREFIXES = ("Get", "Describe", "List", "BatchGet", "BatchCheck")
+
+
+def load(path: Path) -> dict:
+    return dict(cfn_yaml.load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def vendor() -> dict:
+    return load(VENDOR)
+
+
+@pytest.fixture(scope="module")
+def customer() -> dict:
+    return load(CUSTOMER)
+
+
+def resources(t: dict, rtype: str | None = None) -> dict:
+    return {k: v for k, v in t["Resources"].items() if rtype is None or v["Type"] == rtype}
+
+
+def as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def statements(t: dict):
+    """Every policy statement in the template: (resource logical id, where, statement)."""
+    for name, r in t["Resources"].items():
+        props = r.get("Properties", {})
+        docs = []
+        if r["Type"] == "AWS::IAM::Role":
+            docs.append(("trust", props.get("AssumeRolePolicyDocument")))
+            for p in props.get("Policies", []):
+                docs.append((p["PolicyName"], p["PolicyDocument"]))
+        elif r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::SQS::QueuePolicy"):
+            docs.append(("policy", props.get("PolicyDocument")))
+        elif r["Type"] == "AWS::ECR::Repository":
+            docs.append(("repository", props.get("RepositoryPolicyText")))
+        elif r["Type"] == "AWS::SecretsManager::ResourcePolicy":
+            docs.append(("secret", props.get("ResourcePolicy")))
+        for where, doc in docs:
+            if not doc:
+                continue
+            for st in as_list(doc["Statement"]):
+                if isinstance(st, dict) and "Fn::If" in st:
+                    # A conditional statement: check its "true" branch.
+                    st = st["Fn::If"][1]
+                if isinstance(st, dict) and "Effect" in st:
+                    yield name, where, st
+
+
+def refs(x) -> set[str]:
+    """Names of parameters/resources a value refers to (Ref, GetAtt, ${...} in Sub)."""
+    out: set[str] = set()
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k == "Ref":
+                out.add(str(v))
+            elif k == "Fn::GetAtt":
+                out.add(str(v[0] if isinstance(v, list) else v.split(".")[0]))
+            elif k == "Fn::Sub":
+                s = v[0] if isinstance(v, list) else v
+                out |= {m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", str(s))}
+                if isinstance(v, list):
+                    out |= refs(v[1])
+            else:
+                out |= refs(v)
+    elif isinstance(x, list):
+        for v in x:
+            out |= refs(v)
+    return out
+
+
+def is_write(action: str) -> bool:
+    if action == "*" or action.endswith(":*"):
+        return True
+    verb = action.split(":", 1)[1]
+    return not verb.startswith(READ_PREFIXES)
+
+
+def vendor_writes(t: dict) -> list[str]:
+    """Allow statements whose principal is the vendor (VendorAccountId, a vendor-side ARN
+    parameter, or a literal account other than this one) and that allow a write action."""
+    vendor_params = {"VendorAccountId", "InboundQueueArn", "ReportQueueArn", "VendorRegistry"}
+    bad = []
+    for name, where, st in statements(t):
+        if st["Effect"] != "Allow" or "Principal" not in st:
+            continue
+        principal = st["Principal"]
+        literal = json.dumps(principal) if not isinstance(principal, str) else principal
+        by_vendor = bool(refs(principal) & vendor_params) or bool(
+            re.search(r"\b\d{12}\b", literal)
+        )
+        if principal == "*" or (isinstance(principal, dict) and principal.get("AWS") == "*"):
+            by_vendor = True
+        writes = [a for a in as_list(st["Action"]) if is_write(a)]
+        if by_vendor and writes:
+            bad.append(f"{name}/{where}: {writes}")
+    return bad
+
+
+# ------------------------------------------------------------------------- both stacks
+
+
+@pytest.mark.parametrize("path", [VENDOR, CUSTOMER])
+def test_least_privilege_no_star_actions_and_star_resource_only_for_ecr_token(path):
+    t = load(path)
+    seen = 0
+    for name, where, st in statements(t):
+        seen += 1
+        if st["Effect"] != "Allow":
+            continue
+        actions = as_list(st.get("Action", []))
+        assert not [a for a in actions if a == "*" or a.endswith(":*")], (name, where, actions)
+        assert not any(a.startswith("iam:") for a in actions), (name, where, actions)
+        if st.get("Resource") == "*" or "*" in as_list(st.get("Resource", [])):
+            assert set(actions) <= STAR_RESOURCE_OK, (name, where, actions)
+    assert seen > 5
+
+
+@pytest.mark.parametrize("path", [VENDOR, CUSTOMER])
+def test_every_cfn_lint_suppression_has_a_reason(path):
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "ignore_checks" in line:
+            window = lines[max(0, i - 2) : i + 4]
+            assert any("#" in w for w in window), f"{path.name}:{i + 1}: suppression without a reason"
+
+
+# ------------------------------------------------------------------------- vendor stack
+
+
+def function_props(t: dict, name: str) -> dict:
+    merged = copy.deepcopy(t.get("Globals", {}).get("Function", {}))
+    for k, v in resources(t)[name]["Properties"].items():
+        if k == "Environment":
+            merged.setdefault("Environment", {"Variables": {}})["Variables"].update(v["Variables"])
+        else:
+            merged[k] = v
+    return merged
+
+
+def functions(t: dict) -> dict:
+    return resources(t, "AWS::Serverless::Function")
+
+
+def test_four_functions_built_by_cargo_lambda_on_arm64_al2023(vendor):
+    fns = functions(vendor)
+    binaries = sorted(f["Metadata"]["BuildProperties"]["Binary"] for f in fns.values())
+    assert binaries == sorted(FUNCTIONS)
+    for name, f in fns.items():
+        p = function_props(vendor, name)
+        binary = f["Metadata"]["BuildProperties"]["Binary"]
+        assert f["Metadata"]["BuildMethod"] == "rust-cargolambda", name
+        assert p["Runtime"] == "provided.al2023", name
+        assert p["Architectures"] == ["arm64"], name
+        assert p["Handler"] == "bootstrap", name
+        assert p["CodeUri"] == f"functions/{binary}", name
+        crate = ROOT / p["CodeUri"] / "Cargo.toml"
+        if crate.exists():  # the crates are written by another change; check once they exist
+            assert re.search(rf'^name\s*=\s*"{binary}"', crate.read_text(), re.M), crate
+
+
+def test_functions_get_the_environment_contract(vendor):
+    for name in functions(vendor):
+        env = function_props(vendor, name)["Environment"]["Variables"]
+        missing = [v for v in ENV_CONTRACT if v not in env]
+        assert not missing, (name, missing)
+
+
+def queue_of_arn(value) -> str:
+    (target,) = refs(value)
+    return target
+
+
+def test_sqs_triggers_report_batch_item_failures_and_visibility_is_six_times_timeout(vendor):
+    queues = resources(vendor, "AWS::SQS::Queue")
+    checked = 0
+    for name in functions(vendor):
+        p = function_props(vendor, name)
+        for ev in p["Events"].values():
+            assert ev["Type"] == "SQS", name
+            props = ev["Properties"]
+            assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
+            assert props["BatchSize"] == 10, name
+            queue = queues[queue_of_arn(props["Queue"])]
+            assert queue["Properties"]["VisibilityTimeout"] >= 6 * p["Timeout"], name
+            checked += 1
+    assert checked == 4
+
+
+def test_every_queue_has_sse_and_a_dlq_with_max_receive_count(vendor):
+    queues = resources(vendor, "AWS::SQS::Queue")
+    dlqs = set()
+    for name, q in queues.items():
+        redrive = q["Properties"].get("RedrivePolicy")
+        if redrive:
+            dlqs.add(queue_of_arn(redrive["deadLetterTargetArn"]))
+            assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}, name
+    assert vendor["Parameters"]["MaxReceiveCount"]["Default"] == 5
+    for name, q in queues.items():
+        assert q["Properties"].get("SqsManagedSseEnabled") is True, name
+        assert name in dlqs or "RedrivePolicy" in q["Properties"], f"{name} has no DLQ"
+    assert len(dlqs) == 4
+
+
+def test_each_dlq_has_an_alarm(vendor):
+    alarmed = set()
+    for a in resources(vendor, "AWS::CloudWatch::Alarm").values():
+        p = a["Properties"]
+        assert p["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert p["Threshold"] == 0 and p["ComparisonOperator"] == "GreaterThanThreshold"
+        alarmed |= refs(p["Dimensions"])
+    dlqs = {
+        queue_of_arn(q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+        for q in resources(vendor, "AWS::SQS::Queue").values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+    assert dlqs and dlqs <= alarmed
+
+
+def test_rules_feed_their_queues_and_only_eventbridge_from_that_rule_may_send(vendor):
+    rules = resources(vendor, "AWS::Events::Rule")
+    policies = resources(vendor, "AWS::SQS::QueuePolicy")
+    wanted = {
+        "build.requested": "BuildRequestedQueue",
+        "sync.requested": "SyncRequestedQueue",
+        "sync.reported": "SyncReportedQueue",
+    }
+    for rule_name, rule in rules.items():
+        p = rule["Properties"]
+        (target,) = p["Targets"]
+        queue = queue_of_arn(target["Arn"])
+        pattern = p["EventPattern"]
+        if pattern["source"] == ["aws.codebuild"]:
+            assert "EventBusName" not in p  # CodeBuild publishes on the default bus
+            assert pattern["detail-type"] == ["CodeBuild Build State Change"]
+            assert sorted(pattern["detail"]["build-status"]) == ["FAILED", "STOPPED", "SUCCEEDED"]
+            assert refs(pattern["detail"]["project-name"]) == {"BuildProject"}
+            assert queue == "BuildCompletedQueue"
+        else:
+            assert p["EventBusName"] == {"Ref": "FerryBus"}
+            assert pattern["source"] == ["ferry"]
+            (dt,) = pattern["detail-type"]
+            assert wanted.pop(dt) == queue
+        (policy,) = [q for q in policies.values() if refs(q["Properties"]["Queues"]) == {queue}]
+        allows = [
+            s
+            for s in as_list(policy["Properties"]["PolicyDocument"]["Statement"])
+            if s.get("Principal") == {"Service": "events.amazonaws.com"}
+        ]
+        assert len(allows) == 1 and allows[0]["Action"] == "sqs:SendMessage"
+        assert refs(allows[0]["Condition"]["ArnEquals"]["aws:SourceArn"]) == {rule_name}
+    assert not wanted, f"no rule for {wanted}"
+
+
+def test_table_matches_the_aws_design_and_has_pitr_ttl_sse(vendor):
+    (table,) = resources(vendor, "AWS::DynamoDB::Table").values()
+    p = table["Properties"]
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert p["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
+    assert p["SSESpecification"]["SSEEnabled"] is True
+    assert [k["AttributeName"] for k in p["KeySchema"]] == ["pk", "sk"]
+    gsis = {g["IndexName"]: [k["AttributeName"] for k in g["KeySchema"]] for g in p["GlobalSecondaryIndexes"]}
+    assert gsis == {"gsi1": ["gsi1pk", "gsi1sk"], "gsi2": ["gsi2pk", "gsi2sk"]}
+    if AWS_DESIGN.exists():
+        design = AWS_DESIGN.read_text()
+        for name in ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi1", "gsi2", "ttl"]:
+            assert f"`{name}`" in design, f"{name} is not in docs/design/aws.md"
+        assert "**TTL attribute**" in design and "| `ttl` |" in design
+
+
+def policy_of(t: dict, role: str) -> list[dict]:
+    out = []
+    for name, r in t["Resources"].items():
+        props = r.get("Properties", {})
+        if r["Type"] == "AWS::IAM::Policy" and refs(props["Roles"]) == {role}:
+            out += as_list(props["PolicyDocument"]["Statement"])
+        if name == role:
+            for p in props.get("Policies", []):
+                out += as_list(p["PolicyDocument"]["Statement"])
+    return out
+
+
+def test_function_roles_are_separate_and_narrow(vendor):
+    roles = {refs(f["Properties"]["Role"]).pop() for f in functions(vendor).values()}
+    assert len(roles) == 4
+    for role in roles:
+        sts = policy_of(vendor, role)
+        actions = {a for s in sts for a in as_list(s["Action"])}
+        if role == "BuildRequestedRole":
+            assert "codebuild:StartBuild" in actions
+        else:
+            assert "codebuild:StartBuild" not in actions, role
+        minting = role in ("SyncRequestedRole", "SyncReportedRole")
+        assert ("sts:AssumeRole" in actions) == minting, role
+        for s in sts:
+            if "sts:AssumeRole" in as_list(s["Action"]):
+                assert refs(s["Resource"]) == {"PullRole"}
+            if "sqs:SendMessage" in as_list(s["Action"]):
+                assert s["Resource"]["Fn::Sub"].endswith(":${NamePrefix}-install-*"), role
+        assert not any(a.startswith(("ecr:", "iam:", "s3:")) for a in actions), role
+
+
+def test_pull_role_trusts_only_minting_functions_and_only_reads(vendor):
+    role = resources(vendor)["PullRole"]["Properties"]
+    assert role["MaxSessionDuration"] == 3600
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert refs(trust["Principal"]) == {"SyncRequestedRole", "SyncReportedRole"}
+    for s in policy_of(vendor, "PullRole"):
+        for a in as_list(s["Action"]):
+            assert not is_write(a), a
+        if s["Resource"] != "*":
+            assert s["Resource"]["Fn::Sub"].endswith(":repository/${RepositoryPrefix}/*")
+
+
+def test_codebuild_pushes_only_under_the_repository_prefix_with_the_buildspec(vendor):
+    project = resources(vendor)["BuildProject"]["Properties"]
+    assert project["Source"]["BuildSpec"] == "buildspec.yml"
+    assert project["Environment"]["Type"] == "ARM_CONTAINER"
+    assert project["LogsConfig"]["CloudWatchLogs"]["Status"] == "ENABLED"
+    for s in policy_of(vendor, "BuildRole"):
+        if any(a.startswith("ecr:") and is_write(a) for a in as_list(s["Action"])):
+            assert s["Resource"]["Fn::Sub"].endswith(":repository/${RepositoryPrefix}/*")
+
+
+def test_install_queues_are_granted_to_registration_by_name_prefix(vendor):
+    (s,) = [
+        s
+        for s in resources(vendor)["RegistrationPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if "sqs:CreateQueue" in as_list(s["Action"])
+    ]
+    assert {"sqs:SetQueueAttributes", "sqs:GetQueueUrl"} <= set(s["Action"])
+    assert s["Resource"]["Fn::Sub"].endswith(":${NamePrefix}-install-*")
+    assert not any(isinstance(q["Properties"].get("QueueName"), dict) and "install" in str(q["Properties"]["QueueName"])
+                   for q in resources(vendor, "AWS::SQS::Queue").values())
+
+
+def test_outputs_give_customers_and_functions_what_they_need(vendor):
+    for out in ["EventBusName", "EventBusArn", "JobTableName", "ReportQueueArn", "ReportQueueUrl",
+                "PullRoleArn", "VendorAccountId", "VendorRegistry", "BuildRequestedQueueUrl"]:
+        assert out in vendor["Outputs"], out
+
+
+def test_sam_transform_yields_sqs_mappings_with_partial_batch_failures(monkeypatch):
+    from samtranslator.translator.transform import transform
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")  # offline: only names ARNs
+
+    class NoManagedPolicies:
+        def load(self):
+            return {}
+
+    template = load(VENDOR)
+    for fn in functions(template).values():  # what `sam build` + `sam package` do to CodeUri
+        fn["Properties"]["CodeUri"] = f"s3://bucket/{fn['Properties']['CodeUri']}.zip"
+    out = transform(json.loads(json.dumps(template)), {"AWS::Region": "eu-west-1"}, NoManagedPolicies())
+    mappings = [r for r in out["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
+    assert len(mappings) == 4
+    for m in mappings:
+        assert m["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert m["Properties"]["BatchSize"] == 10
+    lambdas = [r for r in out["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
+    assert len(lambdas) == 4
+    assert all(fn["Properties"]["Architectures"] == ["arm64"] for fn in lambdas)
+    # Explicit roles: SAM generated none (so no managed policy with Resource "*").
+    assert not [r for r in out["Resources"] if r.endswith("FunctionRole")]
+
+
+# ------------------------------------------------------------------------- customer stack
+
+
+def test_vendor_has_no_write_access_into_the_customer_account(customer):
+    assert vendor_writes(customer) == []
+    # Trust: only ECS tasks of this account assume the stack's roles.
+    for name, r in resources(customer, "AWS::IAM::Role").items():
+        for s in r["Properties"]["AssumeRolePolicyDocument"]["Statement"]:
+            assert s["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}, name
+
+
+def test_the_vendor_write_check_can_fail(customer):
+    bad = copy.deepcopy(customer)
+    repo = bad["Resources"]["InstallRepository"]["Properties"]["RepositoryPolicyText"]
+    repo["Statement"].append(
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": {"Fn::Sub": "arn:aws:iam::${VendorAccountId}:root"}},
+            "Action": ["ecr:PutImage"],
+        }
+    )
+    assert vendor_writes(bad) == ["InstallRepository/repository: ['ecr:PutImage']"]
+
+
+def test_agent_role_writes_only_its_repositories_and_uses_only_its_queues(customer):
+    sts = policy_of(customer, "AgentRole")
+    by_sid = {s["Sid"]: s for s in sts}
+    assert by_sid["ReceiveJobs"]["Resource"] == {"Ref": "InboundQueueArn"}
+    assert set(by_sid["ReceiveJobs"]["Action"]) == {
+        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
+    assert by_sid["SendReports"]["Resource"] == {"Ref": "ReportQueueArn"}
+    assert by_sid["SendReports"]["Action"] == "sqs:SendMessage"
+    for sid in ("ReceiveJobs", "SendReports"):
+        assert by_sid[sid]["Condition"]["StringEquals"]["aws:ResourceAccount"] == {"Ref": "VendorAccountId"}
+    writes = by_sid["WriteInstallRepositories"]
+    assert writes["Resource"]["Fn::Sub"].endswith(":repository/${RepositoryNamespace}/*")
+    assert by_sid["ReadOwnKey"]["Resource"] == {"Ref": "AgentKeySecret"}
+    for s in sts:
+        for a in as_list(s["Action"]):
+            if is_write(a) and not a.startswith(("logs:",)):
+                assert s["Sid"] in ("WriteInstallRepositories", "ReceiveJobs", "SendReports"), (s["Sid"], a)
+
+
+def test_repository_immutable_scanned_only_agent_pushes_and_lifecycle_keeps_in_use(customer):
+    p = resources(customer)["InstallRepository"]["Properties"]
+    assert p["ImageTagMutability"] == "IMMUTABLE"
+    assert p["ImageScanningConfiguration"] == {"ScanOnPush": True}
+    stmts = {s["Sid"]: s for s in p["RepositoryPolicyText"]["Statement"]}
+    deny = stmts["OnlyTheAgentPushes"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert "ecr:PutImage" in deny["Action"] and "ecr:CompleteLayerUpload" in deny["Action"]
+    assert refs(deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == {"AgentRole"}
+    pulls = stmts["InstallComputePulls"]
+    assert pulls["Principal"] == {"AWS": {"Ref": "PullPrincipalArns"}}
+    assert not [a for a in pulls["Action"] if is_write(a)]
+    text = p["LifecyclePolicy"]["LifecyclePolicyText"]["Fn::Sub"].replace("${KeepLastVersions}", "7")
+    rules = sorted(json.loads(text)["rules"], key=lambda r: r["rulePriority"])
+    assert rules[0]["selection"]["tagPrefixList"] == ["in-use-"]
+    assert rules[1]["selection"]["countNumber"] == 7
+    assert all(r["selection"]["tagStatus"] == "tagged" for r in rules)
+
+
+def test_secret_readable_only_by_the_agent_role(customer):
+    pol = resources(customer)["AgentKeySecretPolicy"]["Properties"]["ResourcePolicy"]
+    (deny,) = pol["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Action"] == "secretsmanager:GetSecretValue"
+    assert refs(deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == {"AgentRole"}
+    for s in policy_of(customer, "ExecutionRole"):
+        assert not any(a.startswith("secretsmanager:") for a in as_list(s["Action"]))
+
+
+def test_runtime_is_fargate_with_no_inbound_and_retained_logs(customer):
+    r = resources(customer)
+    sg = r["AgentSecurityGroup"]["Properties"]
+    assert "SecurityGroupIngress" not in sg
+    assert [e["FromPort"] for e in sg["SecurityGroupEgress"]] == [443]
+    td = r["TaskDefinition"]["Properties"]
+    assert td["RequiresCompatibilities"] == ["FARGATE"] and td["NetworkMode"] == "awsvpc"
+    assert td["RuntimePlatform"]["CpuArchitecture"] == {"Ref": "CpuArchitecture"}
+    (c,) = td["ContainerDefinitions"]
+    assert c["Command"][:2] == ["run", "--queue"]
+    assert r["AgentLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+# ------------------------------------------------------------------------- buildspec
+
+
+def test_buildspec_runs_ferry_build_and_exports_the_digest():
+    spec = yaml.safe_load(BUILDSPEC.read_text())
+    assert str(spec["version"]) == "0.2"
+    assert "FERRY_ARTIFACT_DIGEST" in spec["env"]["exported-variables"]
+    build = "\n".join(spec["phases"]["build"]["commands"])
+    assert "bin/ferry-build" in build
+    assert "FERRY_REGISTRY_PASSWORD" not in spec["env"]["exported-variables"]
+    assert "FERRY_REGISTRY_PASSWORD" not in spec["env"].get("variables", {})
+
+
+# ------------------------------------------------------------------------- moto
+
+
+@pytest.fixture(scope="module")
+def moto():
+    binary = os.environ.get("MOTO_SERVER", "moto_server")
+    if not shutil.which(binary):
+        pytest.fail(f"{binary} not found: pip install 'moto[server]'")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen(
+        [binary, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    ready = threading.Event()
+
+    def watch():
+        for line in proc.stderr:
+            if "Running on" in line:
+                ready.set()
+        ready.set()  # the process ended: stop waiting
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not ready.wait(60) or proc.poll() is not None:
+        proc.kill()
+        pytest.fail("moto_server did not start")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def policy_doc(doc):
+    """A policy document from IAM: boto3 decodes JSON; moto's CloudFormation stores inline
+    policies as a Python repr, which boto3 then hands back as a string."""
+    if not isinstance(doc, str):
+        return doc
+    try:
+        return json.loads(doc)
+    except json.JSONDecodeError:
+        return ast.literal_eval(doc)
+
+
+def test_customer_stack_in_moto_cloudformation(moto):
+    import boto3
+
+    kw = dict(endpoint_url=moto, region_name="eu-west-1",
+              aws_access_key_id="testing", aws_secret_access_key="testing")
+    ec2, sqs, cf = (boto3.client(n, **kw) for n in ("ec2", "sqs", "cloudformation"))
+    ecr, iam, ecs = (boto3.client(n, **kw) for n in ("ecr", "iam", "ecs"))
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    # The vendor's side (one moto account plays both): the install queue and the report queue.
+    def arn(name):
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    inbound, report = arn("ferry-install-acme"), arn("ferry-sync-reported")
+    vendor_account = inbound.split(":")[4]
+    params = {
+        "InstallId": "acme", "VendorAccountId": vendor_account,
+        "VendorRegistry": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com",
+        "InboundQueueArn": inbound, "ReportQueueArn": report,
+        "PullPrincipalArns": f"arn:aws:iam::{vendor_account}:role/app-task",
+        "AgentImage": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com/ferry/ferry-agent@sha256:" + "a" * 64,
+        "CpuArchitecture": "ARM64", "VpcId": vpc, "SubnetIds": subnet, "AgentPublicKey": "age1publickey",
+    }
+    cf.create_stack(
+        StackName="ferry-agent-acme", TemplateBody=CUSTOMER.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+    )
+    stack = cf.describe_stacks(StackName="ferry-agent-acme")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+    (repo,) = ecr.describe_repositories(repositoryNames=["ferry/app"])["repositories"]
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    # Scan on push is checked statically (test_repository_immutable_...): moto stores the
+    # CloudFormation spelling ScanOnPush, which its ECR responses then drop.
+    assert outputs["RepositoryUri"] == repo["repositoryUri"]
+
+    role = iam.get_role(RoleName="ferry-agent-acme")["Role"]
+    assert outputs["AgentRoleArn"] == role["Arn"]
+    trust = role["AssumeRolePolicyDocument"]
+    trust = policy_doc(trust)
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ecs-tasks.amazonaws.com"}]
+    doc = iam.get_role_policy(RoleName="ferry-agent-acme", PolicyName="ferry-agent")["PolicyDocument"]
+    doc = policy_doc(doc)
+    by_sid = {s["Sid"]: s for s in doc["Statement"]}
+    assert by_sid["ReceiveJobs"]["Resource"] == inbound
+    assert by_sid["SendReports"]["Resource"] == report
+    assert by_sid["ReceiveJobs"]["Condition"]["StringEquals"]["aws:ResourceAccount"] == vendor_account
+    assert by_sid["WriteInstallRepositories"]["Resource"].endswith(":repository/ferry/*")
+    assert not [a for s in doc["Statement"] for a in as_list(s["Action"]) if a.startswith("iam:")]
+
+    (svc,) = ecs.describe_services(cluster="ferry-agent-acme", services=["ferry-agent"])["services"]
+    # moto's CloudFormation drops LaunchType and NetworkConfiguration of a service (checked
+    # statically); it keeps the service, its count and its task definition.
+    assert svc["status"] == "ACTIVE" and svc["desiredCount"] == 1
+    td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+    # moto's CloudFormation also drops the task role, network mode and Fargate compatibility
+    # (checked statically); it keeps the container.
+    assert td["family"] == "ferry-agent-acme"
+    (container,) = td["containerDefinitions"]
+    queue_url = sqs.get_queue_url(QueueName="ferry-install-acme")["QueueUrl"]
+    assert container["command"][:2] == ["run", "--queue"]
+    assert container["command"][2].endswith(f"/{vendor_account}/ferry-install-acme")
+    assert container["command"][2].split("/")[-2:] == queue_url.split("/")[-2:]
+    env = {e["name"]: e.get("value") for e in container["environment"]}
+    assert env["FERRY_INSTALL"] == "acme" and env["FERRY_REPORT_QUEUE"].endswith("/ferry-sync-reported")
+    assert container["logConfiguration"]["options"]["awslogs-group"] == "/ferry/agent/acme"
+    assert container["readonlyRootFilesystem"] is True
+
+    cf.delete_stack(StackName="ferry-agent-acme")
+    assert ecr.describe_repositories()["repositories"] == []
+    with pytest.raises(iam.exceptions.NoSuchEntityException):
+        iam.get_role(RoleName="ferry-agent-acme")

@@ -1,0 +1,389 @@
+//! Harness of the AWS end-to-end suite: moto on a free loopback port, docker-registry
+//! instances standing in for the ECR data plane, a fault-injecting proxy in front of moto that
+//! also records every body it forwards, raw JSON/query calls for the provisioning the ferry-aws
+//! adapters do not do (this crate names no SDK type), and a log buffer.
+//!
+//! Every child process is killed in Drop; readiness is polled with deadlines, never slept on.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ACCOUNT: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Polls `url` until it answers, the child exits, or 20 s pass.
+async fn wait_http(child: &mut Child, url: &str, what: &str) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited with {status} (port taken?)"));
+        }
+        if client.get(url).send().await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{what} did not answer within 20 s"))
+}
+
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let mut last = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {bin}: {e}; install it with `pip install 'moto[server]'`")
+                });
+            let url = format!("http://127.0.0.1:{port}/moto-api/");
+            match wait_http(&mut child, &url, "moto").await {
+                Ok(()) => return Moto { child, port },
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = e;
+                }
+            }
+        }
+        panic!("moto server did not come up: {last}")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/usr/bin/docker-registry` without auth: it accepts any Authorization header, so it plays
+/// the ECR data plane behind moto's GetAuthorizationToken.
+pub struct DockerRegistry {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl DockerRegistry {
+    pub async fn start() -> DockerRegistry {
+        let bin =
+            std::env::var("DOCKER_REGISTRY").unwrap_or_else(|_| "/usr/bin/docker-registry".into());
+        let mut last = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.path().join("data").display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(&bin)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .env("OTEL_TRACES_EXPORTER", "none")
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {bin}: {e}; apt-get install docker-registry")
+                });
+            let url = format!("http://127.0.0.1:{port}/v2/");
+            match wait_http(&mut child, &url, "docker-registry").await {
+                Ok(()) => {
+                    return DockerRegistry {
+                        child,
+                        port,
+                        _dir: dir,
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = e;
+                }
+            }
+        }
+        panic!("docker-registry did not come up: {last}")
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// HEAD `<repo>@<digest>`: the digest the registry serves for it, if any.
+    pub async fn head_digest(&self, repo: &str, digest: &str) -> Option<String> {
+        let resp = reqwest::Client::new()
+            .head(format!("http://{}/v2/{repo}/manifests/{digest}", self.host()))
+            .header(
+                "accept",
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json",
+            )
+            .send()
+            .await
+            .unwrap();
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
+impl Drop for DockerRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One exchange the proxy forwarded.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// `X-Amz-Target` (JSON protocols) or the query `Action`.
+    pub operation: String,
+    pub request: String,
+    pub response: String,
+}
+
+/// A proxy in front of moto: answers every `every`-th request with a fault (429 throttling and
+/// 503 in turn) instead of forwarding it, and records every exchange it forwards.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    pub faults: Arc<AtomicUsize>,
+    pub exchanges: Arc<Mutex<Vec<Exchange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: String, every: usize) -> FaultProxy {
+        use axum::body::Body;
+        use axum::extract::{Request, State};
+        use axum::response::Response;
+
+        #[derive(Clone)]
+        struct St {
+            upstream: String,
+            every: usize,
+            seen: Arc<AtomicUsize>,
+            faults: Arc<AtomicUsize>,
+            exchanges: Arc<Mutex<Vec<Exchange>>>,
+            client: reqwest::Client,
+        }
+
+        async fn handle(State(st): State<St>, req: Request) -> Response {
+            let n = st.seen.fetch_add(1, Ordering::SeqCst) + 1;
+            let (parts, body) = req.into_parts();
+            let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let target = parts
+                .headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if st.every > 0 && n % st.every == 0 {
+                let k = st.faults.fetch_add(1, Ordering::SeqCst);
+                // 429 only where the error code is read from a JSON body; 503 everywhere.
+                let (status, code) = if k % 2 == 0 && target.is_some() {
+                    (429, "ThrottlingException")
+                } else {
+                    (503, "ServiceUnavailable")
+                };
+                return Response::builder()
+                    .status(status)
+                    .header("content-type", "application/x-amz-json-1.0")
+                    .header("x-amzn-errortype", code)
+                    .body(Body::from(format!(
+                        r#"{{"__type":"{code}","message":"injected fault"}}"#
+                    )))
+                    .unwrap();
+            }
+            let operation = target.unwrap_or_else(|| {
+                text.split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .unwrap_or("?")
+                    .to_owned()
+            });
+            let url = format!(
+                "{}{}",
+                st.upstream,
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/")
+            );
+            let mut up = st.client.request(parts.method.clone(), url);
+            for (k, v) in parts.headers.iter() {
+                if k != "host" && k != "content-length" {
+                    up = up.header(k, v);
+                }
+            }
+            let resp = up.body(body.to_vec()).send().await.unwrap();
+            let mut out = Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                if k != "content-length" && k != "transfer-encoding" {
+                    out = out.header(k, v);
+                }
+            }
+            let bytes = resp.bytes().await.unwrap();
+            st.exchanges.lock().unwrap().push(Exchange {
+                operation,
+                request: text,
+                response: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+            out.body(Body::from(bytes)).unwrap()
+        }
+
+        let faults = Arc::new(AtomicUsize::new(0));
+        let exchanges = Arc::new(Mutex::new(Vec::new()));
+        let st = St {
+            upstream,
+            every,
+            seen: Arc::new(AtomicUsize::new(0)),
+            faults: faults.clone(),
+            exchanges: exchanges.clone(),
+            client: reqwest::Client::new(),
+        };
+        let app = axum::Router::new().fallback(handle).with_state(st);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FaultProxy {
+            addr,
+            faults,
+            exchanges,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn faults(&self) -> usize {
+        self.faults.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn auth(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/{service}/aws4_request, \
+         SignedHeaders=host, Signature=0"
+    )
+}
+
+/// One call of an AWS JSON-protocol API, straight to moto (no faults: provisioning).
+pub async fn aws_json(
+    endpoint: &str,
+    service: &str,
+    target: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let content_type = if service == "dynamodb" {
+        "application/x-amz-json-1.0"
+    } else {
+        "application/x-amz-json-1.1"
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header("authorization", auth(service))
+        .header("x-amz-target", target)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{target}: {status}: {text}");
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// Creates an IAM role through moto's query API; returns its ARN.
+pub async fn create_role(endpoint: &str, name: &str) -> String {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let body = reqwest::Client::new()
+        .post(endpoint)
+        .header("authorization", auth("iam"))
+        .form(&[
+            ("Action", "CreateRole"),
+            ("Version", "2010-05-08"),
+            ("RoleName", name),
+            ("AssumeRolePolicyDocument", trust),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let start = body.find("<Arn>").expect("CreateRole answered an ARN") + 5;
+    let end = body[start..].find("</Arn>").unwrap() + start;
+    body[start..end].to_owned()
+}
+
+/// A log sink for a tracing subscriber.
+#[derive(Clone, Default)]
+pub struct Logs(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
