@@ -7,47 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ferry_agent::{Agent, AgentConfig, QueueReporter};
-use ferry_core::id::InstallId;
-use ferry_core::ports::ReceiveOptions;
+use ferry_agent::{Agent, QueueReporter};
 use ferry_core::seal::AgentKeypair;
-use ferry_local::queue::SqliteQueue;
-use ferry_oci::Secret;
-use tokio_util::sync::CancellationToken;
-
-type TestAgent = Agent<SqliteQueue, QueueReporter<SqliteQueue>>;
-
-fn clone_key(k: &AgentKeypair) -> AgentKeypair {
-    AgentKeypair::from_secret_string(&k.to_secret_string()).unwrap()
-}
-
-fn agent(env: &Env, id: &str, secret: &str, key: &AgentKeypair) -> TestAgent {
-    let mut config = AgentConfig::new(
-        InstallId::new(id).unwrap(),
-        qn(&format!("install-{id}")),
-        env.host.clone(),
-        Secret::new(secret),
-    )
-    .with_receive(ReceiveOptions::new(1, 1, 30).unwrap());
-    config.shutdown_grace = Duration::from_secs(10);
-    let reporter = Arc::new(QueueReporter::new(env.queue.clone(), qn("sync-reported")));
-    Agent::new(config, env.queue.clone(), reporter, clone_key(key))
-}
-
-fn spawn(agent: TestAgent) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let h = tokio::spawn(async move { agent.run(s).await.unwrap() });
-    (stop, h)
-}
-
-async fn stop(stop: CancellationToken, h: tokio::task::JoinHandle<()>) {
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), h)
-        .await
-        .unwrap()
-        .unwrap();
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn shutdown_mid_job_without_grace_releases_the_message_and_writes_no_tag() {

@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use common::{unique, Fault, FaultProxy, Moto};
 use ferry_aws::{DynamoStore, EcrGrantMinter, EcrGrantSettings, EcrRepositories};
@@ -14,47 +11,10 @@ use ferry_core::domain::{Install, RegistryTarget};
 use ferry_core::id::{AppName, ComponentName, Digest, InstallId, QueueName, Repository, SyncId};
 use ferry_core::ports::{GrantError, GrantMinter};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
+// The pull role is created through moto's IAM query API (no IAM SDK crate just for a test).
+use ferry_testkit::{create_role, Logs};
 
 const ACCOUNT: &str = "123456789012";
-
-/// Creates the pull role through moto's IAM query API (no IAM SDK crate just for a test).
-async fn create_role(moto: &Moto, name: &str) -> String {
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    let body = reqwest::Client::new()
-        .post(moto.endpoint())
-        .header(
-            "authorization",
-            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
-        )
-        .form(&[
-            ("Action", "CreateRole"),
-            ("Version", "2010-05-08"),
-            ("RoleName", name),
-            ("AssumeRolePolicyDocument", trust),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let start = body.find("<Arn>").expect("CreateRole answered an ARN") + 5;
-    let end = body[start..].find("</Arn>").unwrap() + start;
-    body[start..end].to_owned()
-}
-
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn install(key: String) -> Install {
     Install {
@@ -81,7 +41,7 @@ async fn a_minted_grant_opens_to_an_ecr_credential_scoped_to_one_repository() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let moto = Moto::start().await;
-    let role = create_role(&moto, "ferry-pull").await;
+    let role = create_role(&moto.endpoint(), "ferry-pull").await;
     assert!(role.ends_with(":role/ferry-pull"), "{role}");
     let proxy = FaultProxy::start(moto.endpoint(), 0, Fault::Throttle429).await;
     let config = common::config_for(&proxy.endpoint()).await;

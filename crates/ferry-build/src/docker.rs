@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::Stdio;
 
 use ferry_core::ports::BuildSpec;
-use ferry_oci::{LayoutRef, Reference};
 
 use crate::error::BuildError;
 use crate::package::LAYOUT_TAG;
@@ -88,21 +87,14 @@ pub(crate) async fn build(
     push.push(format!("oci:{}:{LAYOUT_TAG}", layout_dir.display()));
     run(component.name.as_str(), &push, tmp.path()).await?;
 
-    let source = Reference::Layout(LayoutRef {
-        dir: layout_dir,
-        tag: Some(LAYOUT_TAG.into()),
-        digest: None,
-    });
-    let artifact = b
-        .push(
-            component,
-            &source,
-            repository,
-            vec![spec.build_id.to_string()],
-        )
-        .await;
-    drop(tmp);
-    artifact
+    b.push_layout(
+        component,
+        layout_dir,
+        repository,
+        vec![spec.build_id.to_string()],
+        tmp,
+    )
+    .await
 }
 
 async fn run(component: &str, args: &[String], cwd: &Path) -> Result<(), BuildError> {

@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use ferry_core::domain::Component;
 use ferry_core::ports::BuildSpec;
 use ferry_oci::media::{HELM_CHART_LAYER, HELM_CONFIG};
-use ferry_oci::{Digest as OciDigest, LayoutRef, OciLayout, Reference};
+use ferry_oci::{Digest as OciDigest, OciLayout};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::error::{io_err, BuildError};
-use crate::package::{self, HashingWriter, SourceFile, LAYOUT_TAG};
+use crate::package::{self, HashingWriter, SourceFile};
 use crate::{ArtifactBuilder, BuiltArtifact};
 
 /// Chart.yaml fields Helm's `chart.Metadata` knows, in the order Helm marshals them, and
@@ -127,14 +127,8 @@ pub(crate) async fn build(
     if version_tag != tags[0] && valid_tag(&version_tag) {
         tags.push(version_tag);
     }
-    let source = Reference::Layout(LayoutRef {
-        dir: layout_dir,
-        tag: Some(LAYOUT_TAG.into()),
-        digest: None,
-    });
-    let artifact = b.push(component, &source, repository, tags).await;
-    drop(tmp);
-    artifact
+    b.push_layout(component, layout_dir, repository, tags, tmp)
+        .await
 }
 
 fn valid_tag(t: &str) -> bool {

@@ -30,8 +30,8 @@ use ferry_core::event::{BuildCompleted, BuildOutcome};
 use ferry_core::id::{BuildId, Digest, Repository};
 use ferry_core::ports::BuildSpec;
 use ferry_oci::{
-    ClientConfig, CopyEngine, CopyOptions, CredentialStore, Reference, RegistryClient, RegistryRef,
-    RepoRef,
+    ClientConfig, CopyEngine, CopyOptions, CredentialStore, LayoutRef, Reference, RegistryClient,
+    RegistryRef, RepoRef,
 };
 use serde::Serialize;
 
@@ -291,6 +291,26 @@ impl ArtifactBuilder {
                 .tempdir()
                 .map_err(error::io_err("create temp dir", std::env::temp_dir())),
         }
+    }
+
+    /// Pushes the OCI layout in `layout_dir` (tagged [`package::LAYOUT_TAG`]) to `repository`
+    /// under each of `tags`, then removes `tmp`, the temporary directory holding it.
+    pub(crate) async fn push_layout(
+        &self,
+        component: &Component,
+        layout_dir: PathBuf,
+        repository: &Repository,
+        tags: Vec<String>,
+        tmp: tempfile::TempDir,
+    ) -> Result<BuiltArtifact, BuildError> {
+        let source = Reference::Layout(LayoutRef {
+            dir: layout_dir,
+            tag: Some(package::LAYOUT_TAG.into()),
+            digest: None,
+        });
+        let artifact = self.push(component, &source, repository, tags).await;
+        drop(tmp);
+        artifact
     }
 
     /// Copies `source` to `repository` under each of `tags` (in order; the first is the build

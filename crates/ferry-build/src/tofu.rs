@@ -15,12 +15,12 @@ use std::path::Path;
 use ferry_core::domain::Component;
 use ferry_core::ports::BuildSpec;
 use ferry_oci::media::{OCI_EMPTY_CONFIG, OPENTOFU_MODULE_ARTIFACT, ZIP_LAYER};
-use ferry_oci::{Digest as OciDigest, LayoutRef, OciLayout, Reference};
+use ferry_oci::{Digest as OciDigest, OciLayout};
 use sha2::{Digest as _, Sha256};
 use zip::write::SimpleFileOptions;
 
 use crate::error::{io_err, BuildError};
-use crate::package::{self, LAYOUT_TAG};
+use crate::package;
 use crate::{ArtifactBuilder, BuiltArtifact};
 
 /// The OCI empty descriptor's content, `{}`.
@@ -63,21 +63,14 @@ pub(crate) async fn build(
     )
     .await
     .map_err(oci)?;
-    let source = Reference::Layout(LayoutRef {
-        dir: layout_dir,
-        tag: Some(LAYOUT_TAG.into()),
-        digest: None,
-    });
-    let artifact = b
-        .push(
-            component,
-            &source,
-            repository,
-            vec![spec.build_id.to_string()],
-        )
-        .await;
-    drop(tmp);
-    artifact
+    b.push_layout(
+        component,
+        layout_dir,
+        repository,
+        vec![spec.build_id.to_string()],
+        tmp,
+    )
+    .await
 }
 
 /// Zips the module in `dir` into `archive`; returns the archive's digest and size.

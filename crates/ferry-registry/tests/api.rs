@@ -387,11 +387,8 @@ async fn chunked_upload_in_order_and_out_of_order_refused() {
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["docker-content-digest"], d.as_str());
     assert_eq!(
-        r.get(&format!("/v2/vendor/app/blobs/{d}"))
+        r.get_bytes(&format!("/v2/vendor/app/blobs/{d}"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         data.as_slice()
     );
@@ -402,21 +399,8 @@ async fn chunked_upload_in_order_and_out_of_order_refused() {
 #[tokio::test]
 async fn session_put_with_final_chunk_and_wrong_digest() {
     let r = Registry::start().await;
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let location = resp.headers()["location"].to_str().unwrap().to_string();
-    let resp = r
-        .client
-        .patch(r.url(&location))
-        .body(b"hello ".to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let location = r.start_upload("vendor/app").await;
+    r.patch_chunk(&location, b"hello ".to_vec()).await;
     let d = digest(b"hello world");
     let resp = r
         .client
@@ -427,23 +411,14 @@ async fn session_put_with_final_chunk_and_wrong_digest() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(
-        r.get(&format!("/v2/vendor/app/blobs/{d}"))
+        r.get_bytes(&format!("/v2/vendor/app/blobs/{d}"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         b"hello world"
     );
 
     // Wrong digest: refused, nothing visible under either digest.
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    let location = r.start_upload("vendor/app").await;
     let claimed = digest(b"something else");
     let resp = r
         .client
@@ -582,13 +557,7 @@ async fn index_requires_children_present() {
 #[tokio::test]
 async fn chunk_length_must_match_content_range() {
     let r = Registry::start().await;
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let loc = r.start_upload("vendor/app").await;
     let resp = r
         .client
         .patch(r.url(&loc))

@@ -75,11 +75,8 @@ async fn gc_removes_unreferenced_blobs_and_keeps_referenced_ones() {
         200
     );
     assert_eq!(
-        r.get(&format!("/v2/vendor/app/blobs/{l1}"))
+        r.get_bytes(&format!("/v2/vendor/app/blobs/{l1}"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         b"layer one"
     );
@@ -88,21 +85,8 @@ async fn gc_removes_unreferenced_blobs_and_keeps_referenced_ones() {
 #[tokio::test]
 async fn gc_leaves_in_flight_uploads_alone() {
     let r = Registry::start().await;
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let resp = r
-        .client
-        .patch(r.url(&loc))
-        .body(b"half".to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let loc = r.start_upload("vendor/app").await;
+    r.patch_chunk(&loc, b"half".to_vec()).await;
     r.running()
         .storage()
         .collect_garbage(Duration::ZERO)
@@ -118,11 +102,8 @@ async fn gc_leaves_in_flight_uploads_alone() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(
-        r.get(&format!("/v2/vendor/app/blobs/{d}"))
+        r.get_bytes(&format!("/v2/vendor/app/blobs/{d}"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         b"half done"
     );
@@ -222,21 +203,8 @@ async fn retention_keeps_last_n_plus_in_use_and_their_references() {
 #[tokio::test]
 async fn abandoned_upload_sessions_expire() {
     let r = Registry::start().await;
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
-    let resp = r
-        .client
-        .patch(r.url(&loc))
-        .body(b"partial".to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let loc = r.start_upload("vendor/app").await;
+    r.patch_chunk(&loc, b"partial".to_vec()).await;
     let storage = r.running().storage();
     assert_eq!(storage.expire_uploads(Duration::from_secs(3600)), 0);
     assert_eq!(r.get(&loc).await.status(), 204);

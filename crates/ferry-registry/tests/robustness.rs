@@ -133,13 +133,7 @@ async fn client_disconnecting_mid_upload_leaves_nothing_visible() {
     drop(sock);
 
     // A session whose second chunk is cut off rolls back to the end of the first chunk.
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let loc = r.start_upload("vendor/app").await;
     let resp = r
         .client
         .patch(r.url(&loc))
@@ -202,11 +196,8 @@ async fn client_disconnecting_mid_upload_leaves_nothing_visible() {
         .unwrap();
     assert_eq!(resp.status(), 201);
     assert_eq!(
-        r.get(&format!("/v2/vendor/app/blobs/{d}"))
+        r.get_bytes(&format!("/v2/vendor/app/blobs/{d}"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         data.as_slice()
     );
@@ -218,13 +209,7 @@ async fn restart_on_same_root_serves_everything_committed() {
     let (d1, m1, layer) = r.push_image("vendor/app", "v1", b"layer one").await;
     let (_, m2, _) = r.push_image("installs/acme/app", "v2", b"layer two").await;
     // An upload in progress when the server dies is simply gone.
-    let resp = r
-        .client
-        .post(r.url("/v2/vendor/app/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let loc = r.start_upload("vendor/app").await;
 
     // Kill (drop, no graceful drain) and start again on the same root.
     drop(r.running.take());
@@ -233,20 +218,14 @@ async fn restart_on_same_root_serves_everything_committed() {
     assert_eq!(got.headers()["docker-content-digest"], d1.as_str());
     assert_eq!(got.bytes().await.unwrap().as_ref(), m1.as_slice());
     assert_eq!(
-        r.get("/v2/installs/acme/app/manifests/v2")
+        r.get_bytes("/v2/installs/acme/app/manifests/v2")
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         m2.as_slice()
     );
     assert_eq!(
-        r.get(&format!("/v2/vendor/app/blobs/{layer}"))
+        r.get_bytes(&format!("/v2/vendor/app/blobs/{layer}"))
             .await
-            .bytes()
-            .await
-            .unwrap()
             .as_ref(),
         b"layer one"
     );

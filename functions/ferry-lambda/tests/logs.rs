@@ -8,11 +8,12 @@
 
 mod common;
 
-use common::{batch, failed_ids, record, Logs, Moto};
+use common::{batch, failed_ids, record, Moto};
 use ferry_core::domain::{Component, ComponentKind};
 use ferry_core::id::{AppName, ComponentName, Repository};
 use ferry_core::ports::JobStore;
 use ferry_lambda::{handle_sqs_batch, Kind};
+use ferry_testkit::Logs;
 
 fn component() -> Component {
     Component {

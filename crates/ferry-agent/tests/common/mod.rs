@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_agent::{Agent, AgentConfig, QueueReporter};
 use ferry_core::domain::{Install, RegistryTarget};
 use ferry_core::event::SyncJobMessage;
 use ferry_core::id::{
     AppName, BuildId, Digest as CoreDigest, InstallId, QueueName, Repository, SyncId,
 };
 use ferry_core::ports::{GrantMinter, Queue, ReceiveOptions};
-use ferry_core::seal::AgentKeypair;
+use ferry_core::seal::{AgentKeypair, ClearGrant};
 use ferry_local::minter::LocalGrantMinter;
 use ferry_local::queue::{QueueConfig, SqliteQueue};
 use ferry_oci::{
@@ -23,6 +24,7 @@ use ferry_registry::access::endpoint::token_router;
 use ferry_registry::access::identity::Identity;
 use ferry_registry::access::{AccessControl, AccessPolicy, AuthConfig};
 use ferry_registry::server::{RegistryServer, RunningRegistry};
+use tokio_util::sync::CancellationToken;
 
 pub const VENDOR_SECRET: &str = "vendor-secret-0123456789abcdef";
 pub const AGENT_A_SECRET: &str = "agent-a-secret-0123456789abcdef";
@@ -287,4 +289,51 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
     fn make_writer(&'a self) -> LogBuf {
         self.clone()
     }
+}
+
+/// The agent type these tests run: SQLite queue, reports sent back over the queue.
+pub type TestAgent = Agent<SqliteQueue, QueueReporter<SqliteQueue>>;
+
+/// A second handle on the same keypair.
+pub fn clone_key(k: &AgentKeypair) -> AgentKeypair {
+    AgentKeypair::from_secret_string(&k.to_secret_string()).unwrap()
+}
+
+/// An agent for install `id`, one message at a time, with a 10 s shutdown grace.
+pub fn agent(env: &Env, id: &str, secret: &str, key: &AgentKeypair) -> TestAgent {
+    let mut config = AgentConfig::new(
+        InstallId::new(id).unwrap(),
+        qn(&format!("install-{id}")),
+        env.host.clone(),
+        Secret::new(secret),
+    )
+    .with_receive(ReceiveOptions::new(1, 1, 30).unwrap());
+    config.shutdown_grace = Duration::from_secs(10);
+    let reporter = Arc::new(QueueReporter::new(env.queue.clone(), qn("sync-reported")));
+    Agent::new(config, env.queue.clone(), reporter, clone_key(key))
+}
+
+/// Runs `agent` until the returned token is cancelled.
+pub fn spawn(agent: TestAgent) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let h = tokio::spawn(async move { agent.run(s).await.unwrap() });
+    (stop, h)
+}
+
+/// Cancels the agent and waits (at most 15 s) for it to finish cleanly.
+pub async fn stop(stop: CancellationToken, h: tokio::task::JoinHandle<()>) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), h)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// The clear registry token of a job message's grant, opened with `key`.
+pub fn open_token(key: &AgentKeypair, msg: &SyncJobMessage) -> String {
+    ClearGrant::open(key, msg.grant.ciphertext(), &msg.install_id, &msg.sync_id)
+        .unwrap()
+        .token
+        .clone()
 }

@@ -6,64 +6,26 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
+pub use ferry_testkit::unique;
+use ferry_testkit::Served;
 
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-}
+/// The shared moto launcher, with SDK configs pointed at it.
+pub struct Moto(ferry_testkit::Moto);
 
 impl Moto {
+    /// Waits up to 15 s for moto to answer.
     pub async fn start() -> Moto {
-        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {bin}: {e}; install it with `pip install 'moto[server]'`")
-                });
-            let mut moto = Moto { child, port };
-            match moto.wait_ready().await {
-                Ok(()) => return moto,
-                Err(e) => last = e,
-            }
-        }
-        panic!("moto server did not come up: {last}")
-    }
-
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let client = reqwest::Client::new();
-        let url = format!("{}/moto-api/", self.endpoint());
-        // Poll (not a sleep-as-synchronisation): moto answers once its socket is bound.
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("moto exited with {status} (port taken?)"));
-            }
-            if client.get(&url).send().await.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        Err("moto did not answer within 15 s".into())
+        Moto(ferry_testkit::Moto::start_within(Duration::from_secs(15)).await)
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.endpoint()
     }
 
     pub async fn config(&self) -> SdkConfig {
@@ -71,37 +33,13 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 pub async fn config_for(endpoint: &str) -> SdkConfig {
     ferry_aws::config::loader()
         .endpoint_url(endpoint)
-        .region(aws_config::Region::new("us-east-1"))
+        .region(aws_config::Region::new(ferry_testkit::REGION))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
         .load()
         .await
-}
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A name unique within this test process (moto state is per server, but tests share one
-/// server only within a test).
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// How the proxy answers a request it chose to fail.
@@ -114,10 +52,10 @@ pub enum Fault {
 /// A forwarding proxy in front of moto that fails the first `fail_first` requests, and records
 /// every request body it forwards.
 pub struct FaultProxy {
-    pub addr: SocketAddr,
+    pub addr: std::net::SocketAddr,
     pub seen: Arc<AtomicUsize>,
     pub bodies: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 impl FaultProxy {
@@ -169,29 +107,8 @@ impl FaultProxy {
                 .lock()
                 .unwrap()
                 .push(String::from_utf8_lossy(&body).into_owned());
-            let url = format!(
-                "{}{}",
-                st.upstream,
-                parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/")
-            );
-            let mut up = st.client.request(parts.method.clone(), url);
-            for (k, v) in parts.headers.iter() {
-                if k != "host" && k != "content-length" {
-                    up = up.header(k, v);
-                }
-            }
-            let resp = up.body(body.to_vec()).send().await.unwrap();
-            let mut out = Response::builder().status(resp.status().as_u16());
-            for (k, v) in resp.headers() {
-                if k != "content-length" && k != "transfer-encoding" {
-                    out = out.header(k, v);
-                }
-            }
-            out.body(Body::from(resp.bytes().await.unwrap())).unwrap()
+            let (out, bytes) = ferry_testkit::forward(&st.client, &st.upstream, &parts, body).await;
+            out.body(Body::from(bytes)).unwrap()
         }
 
         let seen = Arc::new(AtomicUsize::new(0));
@@ -205,30 +122,20 @@ impl FaultProxy {
             client: reqwest::Client::new(),
         };
         let app = axum::Router::new().fallback(handle).with_state(st);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = Served::start(app).await;
         FaultProxy {
-            addr,
+            addr: server.addr,
             seen,
             bodies,
-            task,
+            server,
         }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.endpoint()
     }
 
     pub fn requests(&self) -> usize {
         self.seen.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }

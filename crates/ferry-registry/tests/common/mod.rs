@@ -157,6 +157,34 @@ impl Registry {
         self.client.get(self.url(path)).send().await.expect("send")
     }
 
+    /// The body of a GET of `path`.
+    pub async fn get_bytes(&self, path: &str) -> bytes::Bytes {
+        self.get(path).await.bytes().await.unwrap()
+    }
+
+    /// Opens an upload session in `repo` (POST); returns its `location`.
+    pub async fn start_upload(&self, repo: &str) -> String {
+        let resp = self
+            .client
+            .post(self.url(&format!("/v2/{repo}/blobs/uploads/")))
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// PATCHes `body` to the upload session at `location`, which must answer 202.
+    pub async fn patch_chunk(&self, location: &str, body: Vec<u8>) {
+        let resp = self
+            .client
+            .patch(self.url(location))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202);
+    }
+
     pub async fn head(&self, path: &str) -> reqwest::Response {
         self.client.head(self.url(path)).send().await.expect("send")
     }

@@ -1,86 +1,20 @@
 //! Harness of the AWS end-to-end suite: moto on a free loopback port, docker-registry
 //! instances standing in for the ECR data plane, a fault-injecting proxy in front of moto that
 //! also records every body it forwards, raw JSON/query calls for the provisioning the ferry-aws
-//! adapters do not do (this crate names no SDK type), and a log buffer.
+//! adapters do not do (this crate names no SDK type), and a log buffer. The moto process, the
+//! proxy's forwarding, IAM roles and the log buffer come from ferry-testkit.
 //!
 //! Every child process is killed in Drop; readiness is polled with deadlines, never slept on.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub const ACCOUNT: &str = "123456789012";
-pub const REGION: &str = "us-east-1";
-
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Polls `url` until it answers, the child exits, or 20 s pass.
-async fn wait_http(child: &mut Child, url: &str, what: &str) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("{what} exited with {status} (port taken?)"));
-        }
-        if client.get(url).send().await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{what} did not answer within 20 s"))
-}
-
-pub struct Moto {
-    child: Child,
-    pub port: u16,
-}
-
-impl Moto {
-    pub async fn start() -> Moto {
-        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let mut child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {bin}: {e}; install it with `pip install 'moto[server]'`")
-                });
-            let url = format!("http://127.0.0.1:{port}/moto-api/");
-            match wait_http(&mut child, &url, "moto").await {
-                Ok(()) => return Moto { child, port },
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last = e;
-                }
-            }
-        }
-        panic!("moto server did not come up: {last}")
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use ferry_testkit::{create_role, free_port, Logs, Moto, ACCOUNT, REGION};
+use ferry_testkit::{wait_http, Served};
 
 /// `/usr/bin/docker-registry` without auth: it accepts any Authorization header, so it plays
 /// the ECR data plane behind moto's GetAuthorizationToken.
@@ -119,7 +53,7 @@ impl DockerRegistry {
                     panic!("cannot start {bin}: {e}; apt-get install docker-registry")
                 });
             let url = format!("http://127.0.0.1:{port}/v2/");
-            match wait_http(&mut child, &url, "docker-registry").await {
+            match wait_http(&mut child, &url, "docker-registry", Duration::from_secs(20)).await {
                 Ok(()) => {
                     return DockerRegistry {
                         child,
@@ -182,10 +116,10 @@ pub struct Exchange {
 /// A proxy in front of moto: answers every `every`-th request with a fault (429 throttling and
 /// 503 in turn) instead of forwarding it, and records every exchange it forwards.
 pub struct FaultProxy {
-    pub addr: SocketAddr,
+    pub addr: std::net::SocketAddr,
     pub faults: Arc<AtomicUsize>,
     pub exchanges: Arc<Mutex<Vec<Exchange>>>,
-    task: tokio::task::JoinHandle<()>,
+    server: Served,
 }
 
 impl FaultProxy {
@@ -237,29 +171,7 @@ impl FaultProxy {
                     .unwrap_or("?")
                     .to_owned()
             });
-            let url = format!(
-                "{}{}",
-                st.upstream,
-                parts
-                    .uri
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/")
-            );
-            let mut up = st.client.request(parts.method.clone(), url);
-            for (k, v) in parts.headers.iter() {
-                if k != "host" && k != "content-length" {
-                    up = up.header(k, v);
-                }
-            }
-            let resp = up.body(body.to_vec()).send().await.unwrap();
-            let mut out = Response::builder().status(resp.status().as_u16());
-            for (k, v) in resp.headers() {
-                if k != "content-length" && k != "transfer-encoding" {
-                    out = out.header(k, v);
-                }
-            }
-            let bytes = resp.bytes().await.unwrap();
+            let (out, bytes) = ferry_testkit::forward(&st.client, &st.upstream, &parts, body).await;
             st.exchanges.lock().unwrap().push(Exchange {
                 operation,
                 request: text,
@@ -279,39 +191,22 @@ impl FaultProxy {
             client: reqwest::Client::new(),
         };
         let app = axum::Router::new().fallback(handle).with_state(st);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = Served::start(app).await;
         FaultProxy {
-            addr,
+            addr: server.addr,
             faults,
             exchanges,
-            task,
+            server,
         }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.endpoint()
     }
 
     pub fn faults(&self) -> usize {
         self.faults.load(Ordering::SeqCst)
     }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn auth(service: &str) -> String {
-    format!(
-        "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/{service}/aws4_request, \
-         SignedHeaders=host, Signature=0"
-    )
 }
 
 /// One call of an AWS JSON-protocol API, straight to moto (no faults: provisioning).
@@ -328,7 +223,7 @@ pub async fn aws_json(
     };
     let resp = reqwest::Client::new()
         .post(format!("{endpoint}/"))
-        .header("authorization", auth(service))
+        .header("authorization", ferry_testkit::moto_auth(service))
         .header("x-amz-target", target)
         .header("content-type", content_type)
         .body(body.to_string())
@@ -342,48 +237,5 @@ pub async fn aws_json(
         serde_json::Value::Null
     } else {
         serde_json::from_str(&text).unwrap()
-    }
-}
-
-/// Creates an IAM role through moto's query API; returns its ARN.
-pub async fn create_role(endpoint: &str, name: &str) -> String {
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    let body = reqwest::Client::new()
-        .post(endpoint)
-        .header("authorization", auth("iam"))
-        .form(&[
-            ("Action", "CreateRole"),
-            ("Version", "2010-05-08"),
-            ("RoleName", name),
-            ("AssumeRolePolicyDocument", trust),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let start = body.find("<Arn>").expect("CreateRole answered an ARN") + 5;
-    let end = body[start..].find("</Arn>").unwrap() + start;
-    body[start..end].to_owned()
-}
-
-/// A log sink for a tracing subscriber.
-#[derive(Clone, Default)]
-pub struct Logs(pub Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }

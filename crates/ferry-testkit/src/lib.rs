@@ -1,0 +1,231 @@
+//! Test harness shared by ferry-aws, ferry-lambda and the AWS end-to-end suite: a moto server
+//! on a free loopback port (readiness polled, killed on drop), the forwarding half and the
+//! serving task of a fault-injecting proxy, raw IAM calls, unique names and a log sink.
+//!
+//! Nothing here touches the process environment (beyond reading `MOTO_SERVER`), so tests run
+//! in parallel. This crate is a dev-dependency only and names no AWS SDK type.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::request::Parts;
+use axum::response::Response;
+
+/// The account moto answers for.
+pub const ACCOUNT: &str = "123456789012";
+/// The region the harnesses sign for.
+pub const REGION: &str = "us-east-1";
+
+/// A free loopback port (it can be taken between probe and bind: callers retry).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Polls `url` until it answers, the child exits, or `within` passes.
+pub async fn wait_http(
+    child: &mut Child,
+    url: &str,
+    what: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    // Poll (not a sleep-as-synchronisation): the server answers once its socket is bound.
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("{what} exited with {status} (port taken?)"));
+        }
+        if client.get(url).send().await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("{what} did not answer within {within:?}"))
+}
+
+/// A moto server on a free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    /// Starts moto and waits up to 20 s for it to answer.
+    pub async fn start() -> Moto {
+        Moto::start_within(Duration::from_secs(20)).await
+    }
+
+    /// Starts moto (`$MOTO_SERVER`, else `moto_server`) and waits up to `within` for it.
+    pub async fn start_within(within: Duration) -> Moto {
+        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let mut last = String::new();
+        // A free port can be taken between probe and bind: try a few.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {bin}: {e}; install it with `pip install 'moto[server]'`")
+                });
+            let url = format!("http://127.0.0.1:{port}/moto-api/");
+            match wait_http(&mut child, &url, "moto", within).await {
+                Ok(()) => return Moto { child, port },
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last = e;
+                }
+            }
+        }
+        panic!("moto server did not come up: {last}")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique within this test process (moto state is per server, but tests share one
+/// server only within a test).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An Authorization header moto accepts: it routes on the credential scope's service and does
+/// not check the signature.
+pub fn moto_auth(service: &str) -> String {
+    format!(
+        "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/{service}/aws4_request, \
+         SignedHeaders=host, Signature=0"
+    )
+}
+
+/// Creates an IAM role (trusted by Lambda) through moto's query API; returns its ARN.
+pub async fn create_role(endpoint: &str, name: &str) -> String {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    let params = [
+        ("Action", "CreateRole"),
+        ("Version", "2010-05-08"),
+        ("RoleName", name),
+        ("AssumeRolePolicyDocument", trust),
+    ];
+    let resp = reqwest::Client::new()
+        .post(endpoint)
+        .header("authorization", moto_auth("iam"))
+        .form(&params)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert!(status.is_success(), "{params:?}: {status} {body}");
+    let start = body.find("<Arn>").expect("CreateRole answered an ARN") + 5;
+    let end = body[start..].find("</Arn>").unwrap() + start;
+    body[start..end].to_owned()
+}
+
+/// Forwards one request (its parts and body) to `upstream`, keeping method, path, query and
+/// headers (but `host` and `content-length`). Returns the response head to answer with (all
+/// upstream headers but `content-length` and `transfer-encoding`) and the upstream body.
+pub async fn forward(
+    client: &reqwest::Client,
+    upstream: &str,
+    parts: &Parts,
+    body: Bytes,
+) -> (axum::http::response::Builder, Bytes) {
+    let url = format!(
+        "{}{}",
+        upstream,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let mut up = client.request(parts.method.clone(), url);
+    for (k, v) in parts.headers.iter() {
+        if k != "host" && k != "content-length" {
+            up = up.header(k, v);
+        }
+    }
+    let resp = up.body(body.to_vec()).send().await.unwrap();
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        if k != "content-length" && k != "transfer-encoding" {
+            out = out.header(k, v);
+        }
+    }
+    (out, resp.bytes().await.unwrap())
+}
+
+/// An axum app served on a free loopback port by a task aborted on drop.
+pub struct Served {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    pub async fn start(app: axum::Router) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Served { addr, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An in-memory log sink for a tracing subscriber's writer.
+#[derive(Clone, Default)]
+pub struct Logs(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    /// Everything written so far (tracing writes UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
