@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 TOTAL_MIB=${BENCH_MIB:-1024}
 BIG_MIB=${BENCH_BIG_MIB:-2048}
-CONC=${BENCH_CONCURRENCY:-6}
+CONC=${BENCH_CONCURRENCY:-4}
 for tool in docker-registry skopeo curl bc python3 /usr/bin/time sha256sum; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install docker-registry skopeo curl bc time)" >&2; exit 2; }
 done

@@ -29,7 +29,7 @@ pub struct CopyArgs {
     #[arg(long)]
     referrers: bool,
     /// Concurrent blob transfers per registry host.
-    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_per_host: u16,
     /// Allow plain HTTP and unverified TLS for every registry (loopback is always allowed).
     #[arg(long)]

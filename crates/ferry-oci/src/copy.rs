@@ -30,7 +30,7 @@ use crate::ByteStream;
 
 /// Chunks buffered per destination in the fan-out tee: enough to absorb jitter between
 /// destinations, small enough that memory stays flat (a few hundred KiB per transfer).
-const TEE_DEPTH: usize = 2;
+const TEE_DEPTH: usize = 1;
 
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -49,7 +49,7 @@ impl Default for CopyOptions {
         CopyOptions {
             platform: None,
             referrers: false,
-            max_per_host: 6,
+            max_per_host: 4,
             tag_override: None,
         }
     }
