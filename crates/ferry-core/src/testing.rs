@@ -197,6 +197,21 @@ fn conditional_update<K: Ord, T: Clone + std::fmt::Debug>(
     }
 }
 
+/// Put-if-absent, as the store port's `create_*` require; the twin of `conditional_update`.
+fn insert_if_absent<K: Ord, T: Clone + std::fmt::Debug>(
+    map: &mut BTreeMap<K, T>,
+    key: K,
+    value: &T,
+) -> Result<(), WriteError<T>> {
+    if let Some(cur) = map.get(&key) {
+        return Err(WriteError::Conflict(Conflict {
+            current: Some(cur.clone()),
+        }));
+    }
+    map.insert(key, value.clone());
+    Ok(())
+}
+
 impl JobStore for MemStore {
     async fn put_component(&self, component: &Component) -> Result<(), StoreError> {
         yield_now().await;
@@ -236,12 +251,7 @@ impl JobStore for MemStore {
     async fn create_build(&self, build: &Build) -> Result<(), WriteError<Build>> {
         yield_now().await;
         let mut s = lock(&self.0);
-        if let Some(cur) = s.builds.get(&build.id) {
-            return Err(WriteError::Conflict(Conflict {
-                current: Some(cur.clone()),
-            }));
-        }
-        s.builds.insert(build.id.clone(), build.clone());
+        insert_if_absent(&mut s.builds, build.id.clone(), build)?;
         s.writes += 1;
         Ok(())
     }
@@ -268,12 +278,7 @@ impl JobStore for MemStore {
     async fn create_sync(&self, sync: &SyncJob) -> Result<(), WriteError<SyncJob>> {
         yield_now().await;
         let mut s = lock(&self.0);
-        if let Some(cur) = s.syncs.get(&sync.id) {
-            return Err(WriteError::Conflict(Conflict {
-                current: Some(cur.clone()),
-            }));
-        }
-        s.syncs.insert(sync.id.clone(), sync.clone());
+        insert_if_absent(&mut s.syncs, sync.id.clone(), sync)?;
         s.writes += 1;
         Ok(())
     }
