@@ -130,11 +130,82 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, CONTENT_LENGTH.as_str()).and_then(|v| v.parse().ok())
 }
 
-/// Whether two URLs share scheme, host and port: the only case where credentials follow.
+/// Whether two URLs share scheme, host and port (their origin, RFC 6454).
+///
+/// This is the one definition of "same origin" in the client. Registry credentials (Basic,
+/// a bearer token, a grant) are attached only to requests whose URL has the registry's own
+/// origin ([`RegistryClient::may_authorize`]): redirects (ECR sends blob GETs to S3), upload
+/// sessions, mount cancellations and pagination all ask it. Hosts compare as the URL parser
+/// normalised them (lower case), so `localhost` and `127.0.0.1` are different origins.
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
         && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// `scheme://host[:port]` of a URL, for errors: never its path or query, which may carry
+/// presigned parameters.
+fn origin_text(url: &Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}://{}:{p}", url.scheme(), url.host_str().unwrap_or("")),
+        None => format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")),
+    }
+}
+
+/// Whether a URL's host is loopback (`localhost`, 127.0.0.0/8, `::1`): traffic that never
+/// leaves the machine, which is why plain HTTP is allowed there.
+fn url_is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The policy for a token realm named by a registry's `WWW-Authenticate: Bearer realm=…`:
+/// `None` when the token request may be sent, else why not (for the error).
+///
+/// The realm is chosen by the registry's answer, so a hostile or tampered answer picks where
+/// the password goes. Refused:
+/// - a scheme other than http/https;
+/// - plain http when the registry itself is spoken to over https (a downgrade: the password
+///   or the token would cross the network in clear although the user asked for TLS);
+/// - Basic credentials over plain http to another origin that is not loopback (possible only
+///   when the registry is itself plain http, i.e. `--insecure`): the registry may choose to
+///   receive a password in clear, but not to have it sent in clear to some other host.
+///
+/// An https realm on another origin is allowed with Basic: that is how Docker Hub, GHCR and
+/// most token services work. A loopback registry with a loopback realm (the test harness,
+/// `ferry dev`) is allowed: that traffic never leaves the machine.
+pub(crate) fn realm_refusal(
+    registry_origin: &Url,
+    realm: &Url,
+    sends_basic: bool,
+) -> Option<String> {
+    let realm_origin = origin_text(realm);
+    match realm.scheme() {
+        "https" => None,
+        "http" if registry_origin.scheme() == "https" => Some(format!(
+            "the registry (over https) named a token service over plain http ({realm_origin}); \
+             Ferry refuses to downgrade, since credentials and tokens would cross the network \
+             in clear. Fix the registry's token realm to use https"
+        )),
+        "http"
+            if sends_basic && !same_origin(registry_origin, realm) && !url_is_loopback(realm) =>
+        {
+            Some(format!(
+                "the registry named a token service on another origin over plain http \
+                 ({realm_origin}); Ferry never sends a password in clear to a host other than \
+                 the registry. Serve the token service over https or from the registry's origin"
+            ))
+        }
+        "http" => None,
+        other => Some(format!(
+            "the registry named a token service with the unsupported scheme {other:?}; \
+             only http and https are spoken"
+        )),
+    }
 }
 
 /// The `rel="next"` target of a `Link` header, if any.
@@ -312,6 +383,15 @@ impl RegistryClient {
         })
     }
 
+    /// Whether credentials for `registry` may be attached to a request to `url`: only when
+    /// `url` has the registry's own origin ([`same_origin`]). Every place that attaches an
+    /// Authorization header asks this, and nothing else.
+    fn may_authorize(&self, registry: &str, url: &Url) -> bool {
+        self.registry_url(registry)
+            .map(|origin| same_origin(&origin, url))
+            .unwrap_or(false)
+    }
+
     fn count(&self) {
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
     }
@@ -452,6 +532,11 @@ impl RegistryClient {
         };
         let mut url = Url::parse(realm)
             .map_err(|_| auth_err(format!("the registry's token realm {realm:?} is not a URL")))?;
+        let sends_basic = matches!(credential, Credential::Basic { .. });
+        if let Some(reason) = realm_refusal(&self.registry_url(&repo.registry)?, &url, sends_basic)
+        {
+            return Err(auth_err(reason));
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -646,7 +731,6 @@ impl RegistryClient {
     /// One HTTP exchange, following redirects by hand so Authorization goes only to the
     /// registry's own origin (ECR sends blob GETs to S3, which must not see it).
     async fn dispatch(&self, call: &Call<'_>, auth: Option<&HeaderValue>) -> Result<Response> {
-        let origin = call.url.clone();
         let mut url = call.url.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut rb = self
@@ -655,7 +739,7 @@ impl RegistryClient {
                 .request(call.method.clone(), url.clone())
                 .headers(call.headers.clone());
             if let Some(a) = auth {
-                if same_origin(&url, &origin) {
+                if self.may_authorize(&call.repo.registry, &url) {
                     rb = rb.header(AUTHORIZATION, a.clone());
                 }
             }
@@ -1101,7 +1185,7 @@ impl RegistryClient {
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body));
         if let Some(a) = &auth {
-            if same_origin(&put_url, &call.url) {
+            if self.may_authorize(&repo.registry, &put_url) {
                 rb = rb.header(AUTHORIZATION, a.clone());
             }
         }
@@ -1174,7 +1258,7 @@ impl RegistryClient {
                         .ok()
                         .flatten();
                     let mut rb = self.inner.http.delete(loc.clone());
-                    if let Some(a) = auth.filter(|_| same_origin(&loc, &call.url)) {
+                    if let Some(a) = auth.filter(|_| self.may_authorize(&repo.registry, &loc)) {
                         rb = rb.header(AUTHORIZATION, a);
                     }
                     self.count();
@@ -1245,12 +1329,32 @@ impl RegistryClient {
             on_page(&body)?;
             match next {
                 Some(n) => {
-                    url = url.join(&n).map_err(|_| Error::Registry {
+                    // Relative targets resolve against the page that named them (RFC 8288).
+                    let next = url.join(&n).map_err(|_| Error::Registry {
                         step,
                         target: target.to_string(),
                         status,
                         message: "the Link header's next page is not a valid URL".into(),
                     })?;
+                    // Pagination never legitimately leaves the registry, so a next page on
+                    // another origin is refused outright rather than fetched without
+                    // credentials: a partial listing that looks complete would be worse than
+                    // an error, and nothing is sent to a host the registry merely named.
+                    if !self.may_authorize(&repo.registry, &next) {
+                        return Err(Error::Registry {
+                            step,
+                            target: target.to_string(),
+                            status,
+                            message: format!(
+                                "the Link header points the next page at another origin ({}); \
+                                 Ferry follows pagination only within the registry's own origin \
+                                 and sent nothing there. The registry (or a proxy in front of \
+                                 it) is misconfigured; report it to its operator",
+                                origin_text(&next)
+                            ),
+                        });
+                    }
+                    url = next;
                 }
                 None => break,
             }
@@ -2010,6 +2114,201 @@ mod tests {
             .await
             .expect("empty")
             .is_empty());
+    }
+
+    /// A hostile registry: it wants alice's Basic credentials, and its tag list and
+    /// referrers pages name the next page on `other` (another origin).
+    async fn hostile_link_registry(other: String) -> TestServer {
+        serve(move |req: Seen| {
+            let other = other.clone();
+            async move {
+                let basic = format!(
+                    "Basic {}",
+                    auth::basic_token("alice", &Secret::new("s3cret-pw"))
+                );
+                if req.header("authorization") != Some(basic) {
+                    return reply(401, &[("www-authenticate", r#"Basic realm="reg""#)], "");
+                }
+                let link = if req.uri.contains("/tags/list") {
+                    format!(r#"<{other}/v2/team/app/tags/list?n=2&last=b>; rel="next""#)
+                } else {
+                    format!(r#"<{other}/v2/team/app/referrers/x?page=2>; rel="next""#)
+                };
+                let body = if req.uri.contains("/tags/list") {
+                    r#"{"name":"team/app","tags":["a","b"]}"#.to_string()
+                } else {
+                    format!(
+                        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#,
+                        media::OCI_INDEX
+                    )
+                };
+                reply(
+                    200,
+                    &[
+                        ("link", link.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    body,
+                )
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_link_to_another_origin_is_refused_and_never_sees_a_request() {
+        let elsewhere = serve(|_req: Seen| async move {
+            reply(200, &[], r#"{"name":"team/app","tags":["stolen"]}"#)
+        })
+        .await;
+        let registry = hostile_link_registry(format!("http://{}", elsewhere.registry())).await;
+        let client = client_with(alice(&registry.registry()));
+
+        let err = client
+            .list_tags(&registry.repo("team/app"))
+            .await
+            .expect_err("a next page on another origin must be refused");
+        let text = err.to_string();
+        assert!(text.contains("another origin"), "{text}");
+        assert!(
+            text.contains(&format!("http://{}", elsewhere.registry())),
+            "the foreign origin is named: {text}"
+        );
+        assert!(!text.contains("s3cret-pw"), "{text}");
+
+        let digest = Digest::of(b"subject");
+        let err = client
+            .referrers(&registry.repo("team/app"), &digest)
+            .await
+            .expect_err("referrers pagination is held to the same rule");
+        assert!(err.to_string().contains("another origin"), "{err}");
+
+        assert!(
+            registry.count(|s| s.header("authorization").is_some()) >= 2,
+            "the registry itself was sent the credentials, so there was something to leak"
+        );
+        assert_eq!(
+            elsewhere.seen().len(),
+            0,
+            "the other origin received a request: {:?}",
+            elsewhere
+                .seen()
+                .iter()
+                .map(|s| (&s.uri, s.header("authorization")))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_link_to_another_port_of_the_same_host_is_another_origin() {
+        // Same host name, other port: still another origin (a second listener on one machine
+        // is a different service).
+        let elsewhere = serve(|_req: Seen| async move { reply(200, &[], "{}") }).await;
+        let registry =
+            hostile_link_registry(format!("http://127.0.0.1:{}", elsewhere.addr.port())).await;
+        let client = client_with(alice(&registry.registry()));
+        let err = client
+            .list_tags(&registry.repo("team/app"))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("another origin"), "{err}");
+        assert_eq!(elsewhere.seen().len(), 0);
+    }
+
+    #[test]
+    fn token_realm_policy_refuses_downgrades_and_clear_passwords_elsewhere() {
+        let u = |s: &str| Url::parse(s).expect("url");
+        let https_reg = u("https://registry.example/v2/");
+        // https → http: refused, with or without a password.
+        for basic in [true, false] {
+            let why = realm_refusal(&https_reg, &u("http://auth.example/token"), basic)
+                .expect("a downgrade is refused");
+            assert!(why.contains("downgrade"), "{why}");
+        }
+        let why = realm_refusal(&https_reg, &u("http://registry.example/token"), true)
+            .expect("even on the same host name");
+        assert!(why.contains("downgrade"), "{why}");
+        // https realm elsewhere (Docker Hub's shape): allowed.
+        assert_eq!(
+            realm_refusal(&https_reg, &u("https://auth.example/token"), true),
+            None
+        );
+        // A loopback registry with a loopback realm on another port (ferry dev, the
+        // docker-registry harness): allowed.
+        assert_eq!(
+            realm_refusal(
+                &u("http://127.0.0.1:5000/v2/"),
+                &u("http://127.0.0.1:5001/token"),
+                true
+            ),
+            None
+        );
+        // A plain-http registry (--insecure or loopback) naming a non-loopback http realm on
+        // another origin: no password goes there in clear; anonymous token requests may.
+        let why = realm_refusal(
+            &u("http://127.0.0.1:5000/v2/"),
+            &u("http://auth.example/token"),
+            true,
+        )
+        .expect("a password in clear to another host is refused");
+        assert!(why.contains("another origin"), "{why}");
+        assert_eq!(
+            realm_refusal(
+                &u("http://127.0.0.1:5000/v2/"),
+                &u("http://auth.example/token"),
+                false
+            ),
+            None
+        );
+        assert_eq!(
+            realm_refusal(
+                &u("http://reg.internal/v2/"),
+                &u("http://reg.internal/token"),
+                true
+            ),
+            None,
+            "an --insecure registry's own origin"
+        );
+        assert!(realm_refusal(&https_reg, &u("ftp://auth.example/token"), false).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_request_path_applies_the_realm_policy_before_sending_a_password() {
+        // A loopback registry whose challenge names a plain-http realm on a non-loopback
+        // host (TEST-NET-1, unroutable): the client must refuse before connecting, so the
+        // error is the policy's, not a connection failure.
+        let registry = serve(|req: Seen| async move {
+            if req.header("authorization").is_some() {
+                return reply(500, &[], "credentials reached the registry unexpectedly");
+            }
+            reply(
+                401,
+                &[(
+                    "www-authenticate",
+                    r#"Bearer realm="http://192.0.2.1:9/token",service="x""#,
+                )],
+                "",
+            )
+        })
+        .await;
+        let client = RegistryClient::new(ClientConfig {
+            credentials: alice(&registry.registry()),
+            retry: fast_policy(),
+            connect_timeout: Duration::from_millis(300),
+            ..ClientConfig::default()
+        })
+        .expect("client");
+        let err = client
+            .get_manifest(&registry.repo("team/app"), "v1")
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("plain http") && text.contains("192.0.2.1:9"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret-pw"), "{text}");
     }
 
     #[tokio::test]
