@@ -37,7 +37,8 @@ pub struct CopyArgs {
     /// One JSON object per progress event on stdout, then a summary object.
     #[arg(long)]
     json: bool,
-    /// user:password for the source registry.
+    /// user:password for the source repository (only that repository: another repository
+    /// on the same registry keeps its own credentials).
     #[arg(
         long,
         value_name = "USER:PASS",
@@ -45,7 +46,7 @@ pub struct CopyArgs {
         hide_env_values = true
     )]
     src_creds: Option<String>,
-    /// user:password for every destination registry.
+    /// user:password for every destination repository (only those repositories).
     #[arg(
         long,
         value_name = "USER:PASS",
@@ -84,6 +85,11 @@ fn parse_reference(input: &str, role: &str) -> Result<Reference> {
         .with_context(|| format!("bad {role} reference"))
 }
 
+/// The credential store of one copy: docker `config.json` (per registry host, by nature),
+/// then `--src-creds` for the source repository and `--dest-creds` for each destination
+/// repository. The flags are keyed by (registry, repository), not by host, so a copy between
+/// two repositories of one registry pulls as the source identity and pushes as the
+/// destination identity; neither replaces the other.
 fn credentials(
     args: &CopyArgs,
     source: &Reference,
@@ -94,19 +100,39 @@ fn credentials(
             .with_context(|| format!("reading credentials from {}", path.display()))?,
         None => CredentialStore::load_default().context("reading docker credentials")?,
     };
-    if let Some(c) = &args.src_creds {
-        let cred = parse_creds("--src-creds", c)?;
-        match source {
-            Reference::Registry(r) => store.insert(&r.repo.registry, None, cred),
-            Reference::Layout(_) => bail!("--src-creds given but the source is an OCI layout"),
+    let src = match &args.src_creds {
+        Some(c) => {
+            let cred = parse_creds("--src-creds", c)?;
+            match source {
+                Reference::Registry(r) => {
+                    store.insert_repository(&r.repo.registry, &r.repo.repository, cred.clone());
+                    Some((&r.repo, cred))
+                }
+                Reference::Layout(_) => {
+                    bail!("--src-creds given but the source is an OCI layout")
+                }
+            }
         }
-    }
+        None => None,
+    };
     if let Some(c) = &args.dest_creds {
         let cred = parse_creds("--dest-creds", c)?;
         let mut any = false;
         for d in dests {
             if let Reference::Registry(r) = d {
-                store.insert(&r.repo.registry, None, cred.clone());
+                // One repository is reached as one identity for the whole copy; two
+                // different ones for the same repository would silently pick one.
+                if let Some((src_repo, src_cred)) = &src {
+                    if *src_repo == &r.repo && *src_cred != cred {
+                        bail!(
+                            "--src-creds and --dest-creds name different users for the same \
+                             repository {}; a copy within one repository uses one identity: \
+                             pass only --dest-creds (pushing needs pull as well)",
+                            r.repo
+                        );
+                    }
+                }
+                store.insert_repository(&r.repo.registry, &r.repo.repository, cred.clone());
                 any = true;
             }
         }
@@ -229,6 +255,88 @@ mod tests {
         assert!(
             matches!(c, Credential::Basic { ref username, ref password } if username == "bob" && password.expose() == "pa:ss")
         );
+    }
+
+    fn copy_args(src: &str, dsts: &[&str], src_creds: &str, dest_creds: &str) -> CopyArgs {
+        CopyArgs {
+            platform: None,
+            referrers: false,
+            max_per_host: 4,
+            insecure: false,
+            json: false,
+            src_creds: Some(src_creds.into()),
+            dest_creds: Some(dest_creds.into()),
+            authfile: None,
+            tag: None,
+            source: src.into(),
+            destinations: dsts.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn user_of(store: &CredentialStore, reference: &str) -> String {
+        let Ok(Reference::Registry(r)) = reference.parse::<Reference>() else {
+            panic!("{reference} is not a registry reference");
+        };
+        match store.lookup(&r.repo.registry, &r.repo.repository) {
+            Credential::Basic { username, .. } => username,
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn src_and_dest_creds_on_one_registry_stay_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let authfile = dir.path().join("config.json");
+        std::fs::write(
+            &authfile,
+            r#"{"auths":{"reg.example":{"username":"from-config","password":"c"}}}"#,
+        )
+        .expect("write config");
+        let mut args = copy_args(
+            "reg.example/team/a:1",
+            &["reg.example/team/b:1", "oci:/tmp/x:1"],
+            "alice:a-pw",
+            "bob:b-pw",
+        );
+        args.authfile = Some(authfile);
+        let source = parse_reference(&args.source, "source").expect("src");
+        let dests: Vec<Reference> = args
+            .destinations
+            .iter()
+            .map(|d| parse_reference(d, "destination").expect("dst"))
+            .collect();
+        let store = credentials(&args, &source, &dests).expect("store");
+        assert_eq!(user_of(&store, "reg.example/team/a:1"), "alice");
+        assert_eq!(user_of(&store, "reg.example/team/b:1"), "bob");
+        assert_eq!(
+            user_of(&store, "reg.example/team/c:1"),
+            "from-config",
+            "other repositories keep the docker config.json entry"
+        );
+
+        // The same repository with two identities is refused, without quoting either.
+        let same = copy_args(
+            "reg.example/team/a:1",
+            &["reg.example/team/a:2"],
+            "alice:a-pw",
+            "bob:b-pw",
+        );
+        let source = parse_reference(&same.source, "source").expect("src");
+        let dests = vec![parse_reference(&same.destinations[0], "destination").expect("dst")];
+        let err =
+            credentials(&same, &source, &dests).expect_err("two identities for one repository");
+        let text = format!("{err:#}");
+        assert!(text.contains("reg.example/team/a"), "{text}");
+        assert!(!text.contains("a-pw") && !text.contains("b-pw"), "{text}");
+        // The same identity twice is fine.
+        let twice = copy_args(
+            "reg.example/team/a:1",
+            &["reg.example/team/a:2"],
+            "bob:b-pw",
+            "bob:b-pw",
+        );
+        let store = credentials(&twice, &source, &dests).expect("same identity");
+        assert_eq!(user_of(&store, "reg.example/team/a:1"), "bob");
     }
 
     #[test]

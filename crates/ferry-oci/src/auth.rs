@@ -54,10 +54,60 @@ pub enum Credential {
     Bearer(Secret),
 }
 
-/// Credentials by registry host and optional repository prefix; the longest prefix wins.
+impl Credential {
+    /// A key that names this identity without revealing it (a hash of the secret), so the
+    /// token cache never hands a token minted for one identity to a request made as another.
+    pub(crate) fn identity_key(&self) -> String {
+        use sha2::Digest as _;
+        let hash = |parts: &[&str]| {
+            let mut h = sha2::Sha256::new();
+            for p in parts {
+                h.update(p.as_bytes());
+                h.update([0u8]);
+            }
+            hex::encode(h.finalize())
+        };
+        match self {
+            Credential::Anonymous => "anonymous".to_string(),
+            Credential::Basic { username, password } => {
+                format!("basic:{}", hash(&[username, password.expose()]))
+            }
+            Credential::Bearer(token) => format!("bearer:{}", hash(&[token.expose()])),
+        }
+    }
+}
+
+/// Which repositories of a registry an entry of a [`CredentialStore`] covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Covers {
+    /// Every repository (docker `config.json` entries, which are per host by nature).
+    Registry,
+    /// Repositories equal to or below a prefix.
+    Prefix(String),
+    /// Exactly one repository (`ferry copy --src-creds/--dest-creds`).
+    Repository(String),
+}
+
+impl Covers {
+    /// How specific the match is (higher wins), or `None` when `repository` is not covered.
+    fn score(&self, repository: &str) -> Option<usize> {
+        match self {
+            Covers::Registry => Some(0),
+            Covers::Prefix(p) if repository == p || repository.starts_with(&format!("{p}/")) => {
+                Some(p.len() + 1)
+            }
+            Covers::Prefix(_) => None,
+            Covers::Repository(r) => (r == repository).then_some(usize::MAX),
+        }
+    }
+}
+
+/// Credentials by registry host and repository: an exact repository entry wins, then the
+/// longest repository prefix, then the registry-wide entry, else anonymous. Two repositories
+/// of one registry can therefore hold two identities (a copy's source and destination).
 #[derive(Debug, Clone, Default)]
 pub struct CredentialStore {
-    entries: Vec<(String, Option<String>, Credential)>,
+    entries: Vec<(String, Covers, Credential)>,
 }
 
 impl CredentialStore {
@@ -67,30 +117,43 @@ impl CredentialStore {
 
     /// Adds a credential for `registry` (`host[:port]`), for every repository or only for
     /// repositories equal to or below `repo_prefix`.
+    /// Replaces any previous entry for the same registry and prefix.
     pub fn insert(&mut self, registry: &str, repo_prefix: Option<&str>, credential: Credential) {
-        self.entries
-            .retain(|(r, p, _)| !(r == registry && p.as_deref() == repo_prefix));
-        self.entries.push((
-            registry.to_string(),
-            repo_prefix.map(str::to_string),
-            credential,
-        ));
+        let covers = match repo_prefix {
+            Some(p) => Covers::Prefix(p.to_string()),
+            None => Covers::Registry,
+        };
+        self.put(registry, covers, credential);
     }
 
-    /// The credential for a repository: the longest matching prefix, else the registry-wide
-    /// entry, else anonymous.
+    /// Adds a credential for exactly one repository of `registry` (not the ones below it);
+    /// it wins over every prefix and registry-wide entry for that repository. Replaces any
+    /// previous entry for the same registry and repository.
+    pub fn insert_repository(&mut self, registry: &str, repository: &str, credential: Credential) {
+        self.put(
+            registry,
+            Covers::Repository(repository.to_string()),
+            credential,
+        );
+    }
+
+    fn put(&mut self, registry: &str, covers: Covers, credential: Credential) {
+        self.entries
+            .retain(|(r, c, _)| !(r == registry && *c == covers));
+        self.entries
+            .push((registry.to_string(), covers, credential));
+    }
+
+    /// The credential for a repository: an exact repository entry, else the longest
+    /// matching prefix, else the registry-wide entry, else anonymous.
     pub fn lookup(&self, registry: &str, repository: &str) -> Credential {
         let mut best: Option<(usize, &Credential)> = None;
-        for (r, prefix, cred) in &self.entries {
+        for (r, covers, cred) in &self.entries {
             if r != registry {
                 continue;
             }
-            let score = match prefix {
-                None => 0,
-                Some(p) if repository == p || repository.starts_with(&format!("{p}/")) => {
-                    p.len() + 1
-                }
-                Some(_) => continue,
+            let Some(score) = covers.score(repository) else {
+                continue;
             };
             if best.map(|(s, _)| score > s).unwrap_or(true) {
                 best = Some((score, cred));
@@ -366,11 +429,25 @@ impl AuthScheme {
     }
 }
 
-/// Tokens by (registry, scope) with their expiry, and the auth scheme of each registry.
+/// The key of a cached token: registry, identity ([`Credential::identity_key`]) and scope.
+/// The identity is part of it so a token minted for one identity never serves another,
+/// even for the same scope.
+type TokenKey = (String, String, String);
+
+/// Tokens by (registry, identity, scope) with their expiry, and the auth scheme of each
+/// registry (which is the registry's, whoever asks).
 #[derive(Default)]
 pub(crate) struct AuthState {
     schemes: Mutex<HashMap<String, AuthScheme>>,
-    tokens: Mutex<HashMap<(String, String), (Secret, Instant)>>,
+    tokens: Mutex<HashMap<TokenKey, (Secret, Instant)>>,
+}
+
+fn token_key(registry: &str, identity: &str, scope: &str) -> TokenKey {
+    (
+        registry.to_string(),
+        identity.to_string(),
+        scope.to_string(),
+    )
 }
 
 impl AuthState {
@@ -384,9 +461,9 @@ impl AuthState {
         }
     }
 
-    pub(crate) fn token(&self, registry: &str, scope: &str) -> Option<Secret> {
+    pub(crate) fn token(&self, registry: &str, identity: &str, scope: &str) -> Option<Secret> {
         let mut m = self.tokens.lock().ok()?;
-        let key = (registry.to_string(), scope.to_string());
+        let key = token_key(registry, identity, scope);
         match m.get(&key) {
             Some((t, until)) if Instant::now() < *until => Some(t.clone()),
             Some(_) => {
@@ -401,6 +478,7 @@ impl AuthState {
     pub(crate) fn store_token(
         &self,
         registry: &str,
+        identity: &str,
         scope: &str,
         token: Secret,
         expires_in: Duration,
@@ -408,13 +486,13 @@ impl AuthState {
         let margin = (expires_in / 10).min(Duration::from_secs(30));
         let until = Instant::now() + expires_in.saturating_sub(margin);
         if let Ok(mut m) = self.tokens.lock() {
-            m.insert((registry.to_string(), scope.to_string()), (token, until));
+            m.insert(token_key(registry, identity, scope), (token, until));
         }
     }
 
-    pub(crate) fn forget_token(&self, registry: &str, scope: &str) {
+    pub(crate) fn forget_token(&self, registry: &str, identity: &str, scope: &str) {
         if let Ok(mut m) = self.tokens.lock() {
-            m.remove(&(registry.to_string(), scope.to_string()));
+            m.remove(&token_key(registry, identity, scope));
         }
     }
 
@@ -580,16 +658,83 @@ mod tests {
         assert!(parse_token_response(b"<html>").is_none());
 
         let state = AuthState::default();
-        state.store_token("r", "s", Secret::new("t"), Duration::from_secs(60));
+        state.store_token("r", "id", "s", Secret::new("t"), Duration::from_secs(60));
         assert_eq!(
-            state.token("r", "s").map(|s| s.expose().to_string()),
+            state.token("r", "id", "s").map(|s| s.expose().to_string()),
             Some("t".into())
         );
-        assert!(state.token("r", "other").is_none());
-        state.store_token("r", "s", Secret::new("t"), Duration::ZERO);
+        assert!(state.token("r", "id", "other").is_none());
+        state.store_token("r", "id", "s", Secret::new("t"), Duration::ZERO);
         assert!(
-            state.token("r", "s").is_none(),
+            state.token("r", "id", "s").is_none(),
             "an expired token is never reused"
+        );
+    }
+
+    #[test]
+    fn repository_entries_give_two_repositories_of_one_registry_two_identities() {
+        let basic = |u: &str| Credential::Basic {
+            username: u.into(),
+            password: Secret::new(format!("{u}-pw")),
+        };
+        let mut store = CredentialStore::new();
+        store.insert("reg", None, basic("from-docker-config"));
+        store.insert_repository("reg", "team/src", basic("alice"));
+        store.insert_repository("reg", "team/dst", basic("bob"));
+        let user = |store: &CredentialStore, repo: &str| match store.lookup("reg", repo) {
+            Credential::Basic { username, .. } => username,
+            other => format!("{other:?}"),
+        };
+        assert_eq!(user(&store, "team/src"), "alice");
+        assert_eq!(user(&store, "team/dst"), "bob");
+        assert_eq!(
+            user(&store, "team/dst/sub"),
+            "from-docker-config",
+            "exact, not a prefix"
+        );
+        assert_eq!(user(&store, "team/other"), "from-docker-config");
+        assert_eq!(store.lookup("elsewhere", "team/src"), Credential::Anonymous);
+        // A prefix entry does not beat an exact one, however long.
+        store.insert("reg", Some("team/src"), basic("prefix"));
+        assert_eq!(user(&store, "team/src"), "alice");
+        assert_eq!(user(&store, "team/src/x"), "prefix");
+    }
+
+    #[test]
+    fn the_token_cache_is_keyed_by_identity() {
+        let alice = Credential::Basic {
+            username: "alice".into(),
+            password: Secret::new("a-pw"),
+        };
+        let alice_other_pw = Credential::Basic {
+            username: "alice".into(),
+            password: Secret::new("other"),
+        };
+        let (a, a2) = (alice.identity_key(), alice_other_pw.identity_key());
+        assert_ne!(a, a2, "a different password is a different identity");
+        assert_ne!(a, Credential::Anonymous.identity_key());
+        assert!(!a.contains("a-pw") && !a.contains("alice"), "{a}");
+        let state = AuthState::default();
+        let scope = "repository:team/app:pull";
+        state.store_token(
+            "r",
+            &a,
+            scope,
+            Secret::new("alice-tok"),
+            Duration::from_secs(60),
+        );
+        assert!(state.token("r", &a2, scope).is_none());
+        assert!(state
+            .token("r", &Credential::Anonymous.identity_key(), scope)
+            .is_none());
+        assert_eq!(
+            state.token("r", &a, scope).map(|t| t.expose().to_string()),
+            Some("alice-tok".into())
+        );
+        state.forget_token("r", &a2, scope);
+        assert!(
+            state.token("r", &a, scope).is_some(),
+            "forgetting B keeps A"
         );
     }
 

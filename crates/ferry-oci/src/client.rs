@@ -454,11 +454,7 @@ impl RegistryClient {
         step: Step,
         target: &str,
     ) -> Result<Option<HeaderValue>> {
-        let credential = self
-            .inner
-            .config
-            .credentials
-            .lookup(&repo.registry, &repo.repository);
+        let credential = self.credential(repo);
         if let Credential::Bearer(token) = &credential {
             return Ok(Some(sensitive(&format!("Bearer {}", token.expose()))?));
         }
@@ -472,13 +468,14 @@ impl RegistryClient {
                 _ => Ok(None),
             },
             Some(AuthScheme::Bearer { realm, service }) => {
-                let token = match self.cached_token(repo, scopes) {
+                let identity = credential.identity_key();
+                let token = match self.cached_token(repo, &identity, scopes) {
                     Some(t) => t,
                     None => {
                         // One token fetch at a time: concurrent first requests to a
                         // repository then share one token instead of each fetching one.
                         let _guard = self.inner.token_fetch.lock().await;
-                        if let Some(t) = self.cached_token(repo, scopes) {
+                        if let Some(t) = self.cached_token(repo, &identity, scopes) {
                             return Ok(Some(sensitive(&format!("Bearer {}", t.expose()))?));
                         }
                         self.fetch_token(
@@ -498,22 +495,40 @@ impl RegistryClient {
         }
     }
 
-    /// A cached token for these scopes; a push token also serves a pull of the same
-    /// repository (a destination is HEADed before it is written).
-    fn cached_token(&self, repo: &RepoRef, scopes: &[String]) -> Option<Secret> {
+    /// The credential for a repository: the one identity every request to it is made as.
+    fn credential(&self, repo: &RepoRef) -> Credential {
+        self.inner
+            .config
+            .credentials
+            .lookup(&repo.registry, &repo.repository)
+    }
+
+    /// Whether requests to `a` and `b` are made as the same identity. The copy engine mounts
+    /// across repositories only then: a mount asks the destination's identity for pull on
+    /// the source, which a copy given a separate source identity has no reason to expect.
+    pub(crate) fn same_identity(&self, a: &RepoRef, b: &RepoRef) -> bool {
+        a.registry == b.registry && self.credential(a) == self.credential(b)
+    }
+
+    /// A token cached for this identity and these scopes; a push token also serves a pull
+    /// of the same repository (a destination is HEADed before it is written).
+    fn cached_token(&self, repo: &RepoRef, identity: &str, scopes: &[String]) -> Option<Secret> {
         let key = scopes.join(" ");
-        self.inner.auth.token(&repo.registry, &key).or_else(|| {
-            let wider = key
-                .strip_suffix(":pull")
-                .map(|k| format!("{k}:pull,push"))?;
-            (scopes.len() == 1)
-                .then(|| self.inner.auth.token(&repo.registry, &wider))
-                .flatten()
-        })
+        self.inner
+            .auth
+            .token(&repo.registry, identity, &key)
+            .or_else(|| {
+                let wider = key
+                    .strip_suffix(":pull")
+                    .map(|k| format!("{k}:pull,push"))?;
+                (scopes.len() == 1)
+                    .then(|| self.inner.auth.token(&repo.registry, identity, &wider))
+                    .flatten()
+            })
     }
 
     /// The token flow: GET realm?service=…&scope=… (Basic when we have a password), then
-    /// cache the token under (registry, scope) until just before it expires.
+    /// cache the token under (registry, identity, scope) until just before it expires.
     #[allow(clippy::too_many_arguments)]
     async fn fetch_token(
         &self,
@@ -612,9 +627,13 @@ impl RegistryClient {
                 "the token service {realm_target} answered without a token"
             ))
         })?;
-        self.inner
-            .auth
-            .store_token(&repo.registry, &scopes.join(" "), token.clone(), ttl);
+        self.inner.auth.store_token(
+            &repo.registry,
+            &credential.identity_key(),
+            &scopes.join(" "),
+            token.clone(),
+            ttl,
+        );
         Ok(token)
     }
 
@@ -627,11 +646,8 @@ impl RegistryClient {
         sent: Option<&HeaderValue>,
     ) -> Result<()> {
         let repo = call.repo;
-        let credential = self
-            .inner
-            .config
-            .credentials
-            .lookup(&repo.registry, &repo.repository);
+        let credential = self.credential(repo);
+        let identity = credential.identity_key();
         let fail = |reason: String| Error::Auth {
             step: call.step,
             target: call.target.clone(),
@@ -681,13 +697,15 @@ impl RegistryClient {
                 let sent_token = sent
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
-                if let Some(fresh) = self.cached_token(repo, &call.scopes) {
+                if let Some(fresh) = self.cached_token(repo, &identity, &call.scopes) {
                     if Some(fresh.expose()) != sent_token {
                         self.inner.auth.set_scheme(&repo.registry, scheme.clone());
                         return Ok(());
                     }
                 }
-                self.inner.auth.forget_token(&repo.registry, &key);
+                self.inner
+                    .auth
+                    .forget_token(&repo.registry, &identity, &key);
                 // The challenge may name a scope we did not think of; ask for it too.
                 let mut scopes = call.scopes.clone();
                 if let Some(extra) = challenges
@@ -715,6 +733,7 @@ impl RegistryClient {
                 if scopes.len() != call.scopes.len() {
                     self.inner.auth.store_token(
                         &repo.registry,
+                        &identity,
                         &key,
                         token,
                         Duration::from_secs(60),
@@ -1196,9 +1215,11 @@ impl RegistryClient {
             .map_err(|e| Self::transport(Step::PutBlob, &target, e))?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED {
-            self.inner
-                .auth
-                .forget_token(&repo.registry, &call.scopes.join(" "));
+            self.inner.auth.forget_token(
+                &repo.registry,
+                &self.credential(repo).identity_key(),
+                &call.scopes.join(" "),
+            );
             return Err(Error::Auth {
                 step: Step::PutBlob,
                 target,

@@ -744,14 +744,19 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
         return finish(BlobOutcome::Skipped);
     }
 
-    // Same registry, other repository: ask the registry to mount instead of moving bytes.
+    // Same registry, other repository, same identity: ask the registry to mount instead of
+    // moving bytes. A mount is authorised as the destination's identity and needs pull on
+    // the source; when the copy was given a separate identity for the source, that is not
+    // expected to hold, and asking would send the destination identity after the source's
+    // scope (and cost a 202 round trip per blob), so the bytes are streamed instead.
     if let Endpoint::Registry { client, r: src } = &ctx.src {
         let mut still = Vec::new();
         for i in pending {
             let mounted = match &ctx.dsts[i] {
                 Endpoint::Registry { r: dst, .. }
                     if dst.repo.registry == src.repo.registry
-                        && dst.repo.repository != src.repo.repository =>
+                        && dst.repo.repository != src.repo.repository
+                        && client.same_identity(&src.repo, &dst.repo) =>
                 {
                     match client
                         .mount_blob(&dst.repo, &src.repo.repository, digest)

@@ -107,3 +107,107 @@ async fn wrong_credentials_fail_clearly_without_the_password() {
     assert!(issuer.refusals() >= 1, "the issuer was never asked");
     assert_eq!(issuer.tokens_issued(), 0);
 }
+
+/// `ferry copy host/src/app:v1 host/dst/app:v1 --src-creds alice --dest-creds bob` on one
+/// registry: alice may only pull the source, bob may only pull and push the destination. The
+/// copy works only if each repository is reached as its own identity, and the token service
+/// must never see alice asked for the destination or bob for the source.
+#[tokio::test]
+async fn one_registry_two_repositories_two_identities() {
+    let issuer = TokenIssuer::start_with_users(vec![
+        User::new("seeder", "seed-pw", &[("src/app", &["pull", "push"])]),
+        User::new("alice", "alice-pw", &[("src/app", &["pull"])]),
+        User::new("bob", "bob-pw", &[("dst/app", &["pull", "push"])]),
+    ]);
+    let reg = DockerRegistry::start_with_token_auth(&issuer);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = multi_layer_layout(dir.path(), "v1", 72, 32 * 1024);
+    push_layout_with_creds(
+        dir.path(),
+        "v1",
+        &format!("{}/src/app:v1", reg.addr()),
+        "seeder:seed-pw",
+    )
+    .expect("seed push");
+    let basic = |u: &str, p: &str| Credential::Basic {
+        username: u.into(),
+        password: Secret::new(p),
+    };
+    let src = format!("{}/src/app:v1", reg.addr());
+    let dst = format!("{}/dst/app:v1", reg.addr());
+
+    // The old keying (one credential per host, the destination's winning) fails here: bob
+    // cannot read the source. This is what makes the ACLs below meaningful.
+    let mut per_host = CredentialStore::new();
+    per_host.insert(reg.addr(), None, basic("bob", "bob-pw"));
+    let err = copy_with(
+        client_with(per_host),
+        &src,
+        std::slice::from_ref(&dst),
+        Default::default(),
+    )
+    .await
+    .expect_err("bob alone cannot read the source");
+    assert!(!format!("{err} {err:?}").contains("bob-pw"), "{err}");
+
+    // Keyed by repository, as `ferry copy` builds it.
+    let mut store = CredentialStore::new();
+    store.insert_repository(reg.addr(), "src/app", basic("alice", "alice-pw"));
+    store.insert_repository(reg.addr(), "dst/app", basic("bob", "bob-pw"));
+    let before = issuer.requests_by_user().len();
+    let report = copy_with(
+        client_with(store),
+        &src,
+        std::slice::from_ref(&dst),
+        Default::default(),
+    )
+    .await
+    .expect("copy with one identity per repository");
+    assert_eq!(
+        report.digest.as_ref().map(|d| d.to_string()),
+        Some(img.manifest.digest.clone())
+    );
+    assert_eq!(report.blobs_mounted, 0, "no mount across identities");
+
+    let asked = issuer.requests_by_user()[before..].to_vec();
+    let by = |user: &str| -> Vec<String> {
+        asked
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, s)| s.clone())
+            .collect()
+    };
+    let (alice, bob) = (by("alice"), by("bob"));
+    assert!(!alice.is_empty() && !bob.is_empty(), "asked: {asked:?}");
+    for scopes in &alice {
+        assert!(
+            scopes
+                .split(' ')
+                .all(|s| s.starts_with("repository:src/app:") && !s.contains("push")),
+            "alice asked for {scopes:?}; all: {asked:?}"
+        );
+    }
+    for scopes in &bob {
+        assert!(
+            scopes
+                .split(' ')
+                .all(|s| s.starts_with("repository:dst/app:")),
+            "bob asked for {scopes:?}; all: {asked:?}"
+        );
+    }
+    assert!(
+        asked.iter().all(|(u, _)| u == "alice" || u == "bob"),
+        "{asked:?}"
+    );
+
+    let raw = try_skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        "bob:bob-pw",
+        &format!("docker://{dst}"),
+    ])
+    .expect("inspect destination as bob");
+    assert_eq!(raw, img.manifest_bytes);
+}

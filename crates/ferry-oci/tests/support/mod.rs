@@ -17,7 +17,7 @@ pub mod token;
 pub use corpus::{BuiltImage, BuiltIndex, LayoutBuilder};
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{DockerRegistry, LoggedRequest};
-pub use token::TokenIssuer;
+pub use token::{TokenIssuer, User};
 
 use std::path::Path;
 

@@ -3,7 +3,9 @@
 //! At start it makes a self-signed EC P-256 certificate with the `openssl` CLI; the registry
 //! trusts it through `auth.token.rootcertbundle`. `GET /token?service=&scope=` checks Basic
 //! credentials and answers an ES256 JWT carrying the cert in its `x5c` header, granting every
-//! requested action. It counts tokens issued and refusals. It must never log a password or a
+//! requested action (or, for a [`User`] with grants, only the actions it was given, as a real
+//! token service does). It counts tokens issued and refusals, and records which identity asked
+//! for which scopes. It must never log a password or a
 //! token, and never listen beyond 127.0.0.1.
 
 use std::collections::BTreeMap;
@@ -29,15 +31,56 @@ use super::server::BackgroundServer;
 pub const SERVICE: &str = "test-registry";
 pub const ISSUER: &str = "test-issuer";
 
+/// One identity the issuer accepts. `grants` lists `(repository, actions)`; `None` grants
+/// every requested action.
+#[derive(Clone)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub grants: Option<Vec<(String, Vec<String>)>>,
+}
+
+impl User {
+    pub fn new(name: &str, password: &str, grants: &[(&str, &[&str])]) -> Self {
+        User {
+            name: name.into(),
+            password: password.into(),
+            grants: Some(
+                grants
+                    .iter()
+                    .map(|(r, a)| (r.to_string(), a.iter().map(|s| s.to_string()).collect()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The subset of `actions` on `name` this user may have.
+    fn allowed(&self, name: &str, actions: &[String]) -> Vec<String> {
+        match &self.grants {
+            None => actions.to_vec(),
+            Some(grants) => actions
+                .iter()
+                .filter(|a| {
+                    grants
+                        .iter()
+                        .any(|(r, allowed)| r == name && allowed.iter().any(|x| x == *a))
+                })
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 struct IssuerState {
-    username: String,
-    password: String,
+    users: Vec<User>,
     key: EcdsaKeyPair,
     cert_der_b64: String,
     issued: AtomicU64,
     refused: AtomicU64,
     /// Scopes of every token issued, in order.
     scopes: Mutex<Vec<String>>,
+    /// (user, scopes asked) of every accepted token request, in order.
+    asked: Mutex<Vec<(String, String)>>,
 }
 
 pub struct TokenIssuer {
@@ -61,8 +104,17 @@ fn openssl(args: &[&str], cwd: &Path) {
 }
 
 impl TokenIssuer {
-    /// An issuer that accepts exactly `username`/`password`.
+    /// An issuer that accepts exactly `username`/`password` and grants whatever it asks.
     pub fn start(username: &str, password: &str) -> Self {
+        Self::start_with_users(vec![User {
+            name: username.into(),
+            password: password.into(),
+            grants: None,
+        }])
+    }
+
+    /// An issuer that accepts each of `users`, granting each only its own grants.
+    pub fn start_with_users(users: Vec<User>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         openssl(
@@ -107,13 +159,13 @@ impl TokenIssuer {
         )
         .expect("parse EC key");
         let state = Arc::new(IssuerState {
-            username: username.to_string(),
-            password: password.to_string(),
+            users,
             key,
             cert_der_b64: STANDARD.encode(cert_der),
             issued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             scopes: Mutex::new(Vec::new()),
+            asked: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/token", get(token))
@@ -144,6 +196,14 @@ impl TokenIssuer {
     }
     pub fn refusals(&self) -> u64 {
         self.state.refused.load(Ordering::SeqCst)
+    }
+    /// `(user, scopes asked)` of every accepted token request, in order.
+    pub fn requests_by_user(&self) -> Vec<(String, String)> {
+        self.state
+            .asked
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
     pub fn scopes_issued(&self) -> Vec<String> {
         self.state
@@ -181,14 +241,18 @@ async fn token(
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| STANDARD.decode(b.trim()).ok())
         .and_then(|b| String::from_utf8(b).ok());
-    let ok = creds
+    let user = creds
         .as_deref()
         .and_then(|c| c.split_once(':'))
-        .is_some_and(|(u, p)| u == st.username && p == st.password);
-    if !ok {
+        .and_then(|(u, p)| {
+            st.users
+                .iter()
+                .find(|user| user.name == u && user.password == p)
+        });
+    let Some(user) = user else {
         st.refused.fetch_add(1, Ordering::SeqCst);
         return unauthorized();
-    }
+    };
     let mut service = String::new();
     let mut scopes = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -198,6 +262,9 @@ async fn token(
             _ => {}
         }
     }
+    if let Ok(mut a) = st.asked.lock() {
+        a.push((user.name.clone(), scopes.join(" ")));
+    }
     // repository:<name>:<actions>; the name itself may not contain ':' here.
     let mut access: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for s in &scopes {
@@ -206,12 +273,12 @@ async fn token(
             let e = access
                 .entry((typ.to_string(), name.to_string()))
                 .or_default();
-            e.extend(
-                actions
-                    .split(',')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string),
-            );
+            let asked: Vec<String> = actions
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            e.extend(user.allowed(name, &asked));
         }
     }
     let access: Vec<_> = access
@@ -223,7 +290,7 @@ async fn token(
     let header = json!({"typ": "JWT", "alg": "ES256", "x5c": [st.cert_der_b64]});
     let claims = json!({
         "iss": ISSUER,
-        "sub": st.username,
+        "sub": user.name,
         "aud": if service.is_empty() { SERVICE.to_string() } else { service },
         "exp": t + 300,
         "nbf": t - 10,
