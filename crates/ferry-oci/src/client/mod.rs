@@ -1,0 +1,182 @@
+//! The OCI distribution client: one HTTP request per method, written on reqwest.
+//!
+//! It speaks distribution-spec 1.1 and the ECR quirks (see ARCHITECTURE.md): every manifest
+//! media type in `Accept`; blob GETs that follow redirects and drop `Authorization` when the
+//! host changes; uploads as one POST then one streaming PUT, never PATCH chunks; mount with
+//! the 202 fallback; paginated tags; referrers with the tag-schema fallback.
+//! It knows nothing of manifest graphs; that is the copy engine's job.
+//! It must never buffer a blob, and never put a credential into an error or a log line.
+//!
+//! This file holds the type and its public surface. One transport
+//! ([`transport`]: dispatch, retries, auth attachment, the same-origin rule) carries every
+//! endpoint file: [`manifest`], [`blob`], [`tags`], [`referrers`]; [`token`] is the bearer
+//! token flow and its cache.
+
+mod blob;
+mod manifest;
+mod referrers;
+mod tags;
+#[cfg(test)]
+mod tests;
+mod token;
+mod transport;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+
+use crate::auth::{AuthState, CredentialStore};
+use crate::digest::Digest;
+use crate::error::{Error, Result, Step};
+use crate::reference::RepoRef;
+use crate::retry::RetryPolicy;
+
+use transport::header_str;
+
+/// Manifests are buffered (their digest is over the exact bytes); anything bigger than this
+/// is refused rather than held in memory.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+/// Tag lists and referrer pages are JSON that is buffered too.
+const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+/// How much of an error body is read to find the OCI error code.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+const MAX_REDIRECTS: usize = 5;
+const MAX_PAGES: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Allow plain HTTP (and invalid TLS) for every registry, not only loopback ones.
+    pub insecure: bool,
+    pub credentials: CredentialStore,
+    pub retry: RetryPolicy,
+    pub user_agent: String,
+    /// Connect timeout; there is no whole-request timeout, since blobs can be large.
+    pub connect_timeout: Duration,
+    /// A read that stalls this long is a failure (then retried or resumed).
+    pub read_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            insecure: false,
+            credentials: CredentialStore::default(),
+            retry: RetryPolicy::default(),
+            user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The result of a cross-repository mount attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountOutcome {
+    /// 201: the blob is now in the target repository.
+    Mounted,
+    /// 202: the registry did not mount; the blob must be uploaded. The session it opened is
+    /// abandoned (it expires on its own).
+    NotMounted,
+}
+
+/// A cheap-to-clone client shared by every host; tokens are cached inside.
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: ClientConfig,
+    auth: AuthState,
+    token_fetch: tokio::sync::Mutex<()>,
+    requests: AtomicU64,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("insecure", &self.inner.config.insecure)
+            .field("requests", &self.request_count())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pull_scope(repo: &RepoRef) -> Vec<String> {
+    vec![format!("repository:{}:pull", repo.repository)]
+}
+
+fn push_scope(repo: &RepoRef) -> Vec<String> {
+    vec![format!("repository:{}:pull,push", repo.repository)]
+}
+
+impl RegistryClient {
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .danger_accept_invalid_certs(config.insecure)
+            .build()
+            .map_err(|e| {
+                Error::Config(format!("cannot build the HTTP client: {}", e.without_url()))
+            })?;
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                http,
+                config,
+                auth: AuthState::default(),
+                token_fetch: tokio::sync::Mutex::new(()),
+                requests: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// `GET /v2/`: whether the registry answers at all (200 or 401 both count).
+    pub async fn ping(&self, registry: &str) -> Result<()> {
+        let url = self.registry_url(registry)?;
+        self.count();
+        let resp = self
+            .inner
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Self::transport(Step::Ping, registry, e))?;
+        if resp.status().is_success() || resp.status() == StatusCode::UNAUTHORIZED {
+            Ok(())
+        } else {
+            Err(self.status_error(Step::Ping, registry, resp, None).await)
+        }
+    }
+
+    /// The number of HTTP requests sent (token requests and redirect hops included), for
+    /// benchmarks and tests.
+    pub fn request_count(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+}
+
+fn check_reported_digest(headers: &HeaderMap, expected: &Digest) -> Result<()> {
+    if let Some(reported) =
+        header_str(headers, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok())
+    {
+        if &reported != expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                actual: reported,
+            });
+        }
+    }
+    Ok(())
+}
