@@ -7,6 +7,11 @@
 //! message to reappear after its visibility timeout, and the copy engine then skips the blobs
 //! already present and writes the tag only at the very end.
 //!
+//! Trust: a job is acted on only if the vendor key the agent pins signed it, and the agent
+//! pulls only from its configured vendor registry, never from a host a message or grant names;
+//! an unsigned or forged job is left for the dead-letter queue with nothing fetched or written.
+//! Every report is signed with the agent's report key.
+//!
 //! This module must never log a message body, a clear grant or the identity secret.
 
 use std::sync::Arc;
@@ -15,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ferry_core::event::{
     parse_sync_job, Event, Payload, SyncJobMessage, SyncReportStatus, SyncReported,
 };
-use ferry_core::id::EventId;
 use ferry_core::ports::{Queue, QueueError, ReceivedMessage};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
+use ferry_core::trust::{verify_job, ReportKey};
 use ferry_oci::{
     ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
     ProgressEvent, ProgressSink, Reference, RegistryClient, RegistryRef, RepoRef, Secret,
@@ -64,6 +69,7 @@ pub struct Agent<Q, R> {
     queue: Arc<Q>,
     reporter: Arc<R>,
     keypair: Arc<AgentKeypair>,
+    report_key: Arc<ReportKey>,
     access: Arc<dyn InstallAccess>,
     clock: Clock,
 }
@@ -94,6 +100,7 @@ where
             config,
             queue,
             reporter,
+            report_key: Arc::new(keypair.report_key()),
             keypair: Arc::new(keypair),
             access,
             clock: Arc::new(system_now_ms),
@@ -243,6 +250,12 @@ where
             }
         };
         tracing::Span::current().record("sync_id", msg.sync_id.as_str());
+        if let Err(e) = verify_job(&self.config.vendor.public_key, &msg) {
+            // Nothing is opened, fetched or written for a job the vendor did not sign.
+            tracing::warn!(security_event = "job_unauthenticated", error = %e,
+                "job refused: not signed by this agent's vendor; left for redrive to the dead-letter queue");
+            return Disposition::Leave;
+        }
         if msg.install_id != self.config.install_id {
             tracing::warn!(job_install = %msg.install_id, "job is for another install; left for redrive");
             return Disposition::Leave;
@@ -261,7 +274,7 @@ where
             Err(CopyFailure::Failed(why)) => (SyncReportStatus::Failed, None, Some(why)),
         };
         let duration_ms = started.elapsed().as_millis() as u64;
-        let report = SyncReported {
+        let mut report = SyncReported {
             sync_id: msg.sync_id.clone(),
             install_id: msg.install_id.clone(),
             status,
@@ -270,12 +283,12 @@ where
             bytes_skipped: copy.as_ref().map_or(0, |r| r.bytes_skipped),
             duration_ms,
             error: error.clone(),
-            attempt: Some(msg.attempt),
+            attempt: msg.attempt,
+            signature: String::new(),
         };
-        let event = match report_id(&msg, status) {
-            Some(id) => Event::with_id(id, Payload::SyncReported(report)),
-            None => Event::new(Payload::SyncReported(report)),
-        };
+        // The IMS keys the report by the authenticated (sync, attempt, status) it carries.
+        self.report_key.sign(&mut report);
+        let event = Event::new(Payload::SyncReported(report));
         if let Err(e) = self.reporter.report(&event).await {
             tracing::warn!(error = %e, "report not sent; the job is retried on redelivery");
             return Disposition::RetryAfter(5);
@@ -322,11 +335,8 @@ where
             .as_str()
             .parse()
             .map_err(|e: ferry_oci::Error| CopyFailure::Failed(e.to_string()))?;
-        let src_registry = self
-            .config
-            .vendor_registry
-            .clone()
-            .unwrap_or_else(|| grant.registry.clone());
+        // Always the configured vendor registry: a grant's `registry` is informational only.
+        let src_registry = self.config.vendor.registry.clone();
         let dst_repo = self.config.destination_repository(&msg.repository);
         let mut credentials = CredentialStore::new();
         let pull = match grant.scheme {
@@ -426,17 +436,6 @@ where
         }
         Ok(report)
     }
-}
-
-/// The report's producer id: one per (sync, attempt, status), so a redelivered job that is
-/// reported again is a replay the IMS ignores.
-fn report_id(msg: &SyncJobMessage, status: SyncReportStatus) -> Option<EventId> {
-    let s = match status {
-        SyncReportStatus::Succeeded => "succeeded",
-        SyncReportStatus::Failed => "failed",
-        SyncReportStatus::GrantExpired => "grant_expired",
-    };
-    EventId::new(format!("r-{}-{}-{s}", msg.sync_id, msg.attempt)).ok()
 }
 
 fn transient_or_failed(e: ferry_oci::Error, receive_count: u32, max: u32) -> CopyFailure {

@@ -23,7 +23,7 @@ use ferry_oci::{Credential, Secret};
 
 use crate::access::{AccessError, InstallAccess};
 use crate::agent::Agent;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, VendorTrust};
 use crate::report::QueueReporter;
 
 /// Refresh a login this long before ECR says it expires (ECR tokens last 12 h).
@@ -207,8 +207,8 @@ pub struct AwsAgentOptions {
     pub install_registry: String,
     /// Repository prefix in the install registry (`installs/<id>` when `None`).
     pub install_namespace: Option<String>,
-    /// The vendor registry host; `None` uses the one named in each grant.
-    pub vendor_registry: Option<String>,
+    /// The vendor registry and the vendor key jobs must be signed with.
+    pub vendor: VendorTrust,
     pub receive: ReceiveOptions,
     /// How long a running job may finish after shutdown was asked.
     pub shutdown_grace: Duration,
@@ -234,11 +234,11 @@ pub fn aws_agent(
     let mut agent_config = AgentConfig::new(
         options.install_id,
         queue_name,
+        options.vendor,
         options.install_registry,
         Secret::new(""),
     )
     .with_receive(options.receive);
-    agent_config.vendor_registry = options.vendor_registry;
     agent_config.shutdown_grace = options.shutdown_grace;
     if let Some(ns) = options.install_namespace {
         agent_config.install_namespace = ns;

@@ -8,13 +8,23 @@ use ferry_core::id::{InstallId, QueueName, Repository};
 use ferry_core::ports::ReceiveOptions;
 use ferry_oci::Secret;
 
+/// Whom the agent trusts, both required: the one vendor registry it pulls from (never a host
+/// named in a message or a grant) and the vendor's public key that every job it acts on must
+/// be signed with (`ferry_core::trust::verify_job`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VendorTrust {
+    /// The vendor registry host (`host[:port]`).
+    pub registry: String,
+    /// `ferry-vendor-ed25519:…`, as the vendor publishes it.
+    pub public_key: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub install_id: InstallId,
     /// The install's job queue.
     pub queue: QueueName,
-    /// The vendor registry host (`host[:port]`); `None` uses the one named in each grant.
-    pub vendor_registry: Option<String>,
+    pub vendor: VendorTrust,
     /// The install registry host (`host[:port]`).
     pub install_registry: String,
     /// Repository prefix in the install registry, `installs/<id>` by default.
@@ -42,6 +52,7 @@ impl AgentConfig {
     pub fn new(
         install_id: InstallId,
         queue: QueueName,
+        vendor: VendorTrust,
         install_registry: impl Into<String>,
         identity_secret: Secret,
     ) -> AgentConfig {
@@ -55,7 +66,7 @@ impl AgentConfig {
             install_namespace: format!("installs/{install_id}"),
             install_id,
             queue,
-            vendor_registry: None,
+            vendor,
             install_registry: install_registry.into(),
             identity_secret,
             receive,
@@ -100,6 +111,10 @@ mod tests {
         let c = AgentConfig::new(
             InstallId::new("a").unwrap(),
             QueueName::new("install-a").unwrap(),
+            VendorTrust {
+                registry: "127.0.0.1:2".into(),
+                public_key: "ferry-vendor-ed25519:x".into(),
+            },
             "127.0.0.1:1",
             Secret::new("Identity-Secret-42"),
         );

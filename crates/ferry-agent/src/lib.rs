@@ -18,5 +18,5 @@ pub mod report;
 
 pub use access::{AccessError, InstallAccess, StaticIdentity};
 pub use agent::{Agent, AgentError, Disposition};
-pub use config::AgentConfig;
+pub use config::{AgentConfig, VendorTrust};
 pub use report::{BusReporter, QueueReporter, ReportError, Reporter, SYNC_REPORTED_QUEUE};

@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Writes a new agent key to a file (mode 0600) and prints its public key.
+    /// Writes a new agent key to a file (mode 0600) and prints its two public keys: the
+    /// sealing key (`--public-key` at registration) and the report key (`--report-key`).
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -44,9 +45,13 @@ struct RunArgs {
     /// Where sync.reported goes: a queue name (local) or an SQS URL (AWS).
     #[arg(long, env = "FERRY_REPORT_QUEUE", default_value = ferry_agent::SYNC_REPORTED_QUEUE)]
     report_queue: String,
-    /// Vendor registry host (default: the one named in each grant).
+    /// The vendor registry host: the only registry this agent pulls from.
     #[arg(long, env = "FERRY_VENDOR_REGISTRY")]
-    vendor_registry: Option<String>,
+    vendor_registry: String,
+    /// The vendor's job-signing public key (`ferry-vendor-ed25519:…`): jobs not signed with it
+    /// are refused.
+    #[arg(long, env = "FERRY_VENDOR_PUBLIC_KEY")]
+    vendor_public_key: String,
     #[arg(long, env = "FERRY_INSTALL_REGISTRY")]
     install_registry: String,
     /// Repository prefix in the install registry (default `installs/<install>`).
@@ -118,12 +123,24 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
         .and_then(|()| f.write_all(b"\n"))
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", out.display()))?;
-    println!("{}", kp.public_key_string());
+    println!("public key: {}", kp.public_key_string());
+    println!("report key: {}", kp.report_key().public_key_string());
     Ok(())
 }
 
 fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
+}
+
+fn vendor_trust(args: &RunArgs) -> anyhow::Result<ferry_agent::VendorTrust> {
+    ferry_core::trust::check_vendor_public_key(&args.vendor_public_key)?;
+    if args.vendor_registry.trim().is_empty() {
+        bail!("--vendor-registry (FERRY_VENDOR_REGISTRY) is empty; set it to the vendor registry host");
+    }
+    Ok(ferry_agent::VendorTrust {
+        registry: args.vendor_registry.trim().to_owned(),
+        public_key: args.vendor_public_key.trim().to_owned(),
+    })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -140,6 +157,7 @@ async fn run_aws(args: RunArgs) -> anyhow::Result<()> {
     use ferry_core::ports::ReceiveOptions;
 
     let install_id = InstallId::new(args.install.as_str())?;
+    let vendor = vendor_trust(&args)?;
     let source = match (args.key_file, args.key_secret_arn) {
         (Some(f), None) => KeySource::File(f),
         (None, Some(arn)) => KeySource::SecretArn(arn),
@@ -160,7 +178,7 @@ async fn run_aws(args: RunArgs) -> anyhow::Result<()> {
         report_queue_url: args.report_queue,
         install_registry: args.install_registry,
         install_namespace: args.install_namespace,
-        vendor_registry: args.vendor_registry,
+        vendor,
         receive: ReceiveOptions::new(1, args.wait_seconds, args.visibility_seconds)?,
         shutdown_grace: std::time::Duration::from_secs(args.grace_seconds),
     };
@@ -184,6 +202,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
     use ferry_oci::Secret;
 
     let install = InstallId::new(args.install.as_str())?;
+    let vendor = vendor_trust(&args)?;
     let Some(queue_db) = args.queue_db else {
         bail!("local mode needs --queue-db FILE (FERRY_QUEUE_DB); for AWS mode pass --queue <SQS queue URL>")
     };
@@ -222,6 +241,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
     let mut config = AgentConfig::new(
         install,
         queue_name,
+        vendor,
         args.install_registry,
         Secret::new(secret),
     )
@@ -230,7 +250,6 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
         args.wait_seconds,
         args.visibility_seconds,
     )?);
-    config.vendor_registry = args.vendor_registry;
     if let Some(ns) = args.install_namespace {
         config.install_namespace = ns;
     }

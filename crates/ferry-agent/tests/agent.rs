@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use ferry_core::id::{InstallId, SyncId};
-use ferry_core::ports::GrantMinter;
+use ferry_core::ports::{GrantId, GrantMinter};
 use ferry_core::seal::{AgentKeypair, ClearGrant};
 use ferry_oci::{Credential, Digest, Secret};
 
@@ -32,10 +32,11 @@ async fn install_b_can_neither_open_nor_use_a_grant_of_install_a() {
         .is_err());
     }
 
-    // A job rewritten to name install b (but sealed for a) is reported failed by B, and B
-    // writes nothing.
+    // A job the vendor (wrongly) addressed to install b but sealed for a is reported failed
+    // by B, and B writes nothing.
     let mut forged = msg.clone();
     forged.install_id = InstallId::new("b").unwrap();
+    env.vendor_key.sign_job(&mut forged);
     env.send("install-b", &forged).await;
     // A's own job delivered to B's queue is not B's: left alone for redrive.
     env.send("install-b", &msg).await;
@@ -138,11 +139,11 @@ async fn a_revoked_grant_is_refused_by_the_registry() {
         .job(&env.install("a", &key_a), &digest, "s-rev", 1)
         .await;
     env.minter
-        .revoke(&SyncId::new("s-rev").unwrap())
+        .revoke(&GrantId::new(SyncId::new("s-rev").unwrap(), 1))
         .await
         .unwrap();
     env.minter
-        .revoke(&SyncId::new("s-rev").unwrap())
+        .revoke(&GrantId::new(SyncId::new("s-rev").unwrap(), 1))
         .await
         .unwrap(); // twice is fine
     env.send("install-a", &msg).await;
@@ -177,4 +178,111 @@ async fn shutdown_while_idle_exits_promptly() {
         "took {:?}",
         t.elapsed()
     );
+}
+
+/// A listener that counts the connections made to it: the "attacker's registry".
+async fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = l.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn a_forged_job_is_refused_and_nothing_is_fetched_or_written() {
+    use std::sync::atomic::Ordering;
+    let env = start().await;
+    let digest = env.push(VENDOR_REPO, "v1", &[data(11, 10_000)]).await;
+    let key_a = AgentKeypair::generate().unwrap();
+    let install_a = env.install("a", &key_a);
+    let (evil, hits) = counting_listener().await;
+
+    // A validly sealed grant (anyone can seal to a public key), in a job that is unsigned,
+    // signed by another key, or signed and then altered.
+    let good = env.job(&install_a, &digest, "s-forged", 1).await;
+    let mut unsigned = good.clone();
+    unsigned.signature = String::new();
+    let mut stranger = good.clone();
+    ferry_core::trust::VendorKey::generate()
+        .unwrap()
+        .sign_job(&mut stranger);
+    let mut altered = good.clone();
+    altered.attempt = 7;
+    for m in [&unsigned, &stranger, &altered] {
+        env.send("install-a", m).await;
+    }
+    let (s, h) = spawn(agent(&env, "a", AGENT_A_SECRET, &key_a));
+    // All three are received and left in flight for the dead-letter queue, none reported.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = env.queue.approximate_depth(&qn("install-a")).await.unwrap();
+        if d.visible == 0 && d.in_flight == 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs not taken: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(s, h).await;
+    assert_eq!(
+        env.depth("sync-reported").await,
+        0,
+        "no report for a forged job"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing fetched elsewhere");
+    let a = env.agent_client("a", AGENT_A_SECRET);
+    assert!(
+        a.head_manifest(&env.repo("installs/a/demo/app"), digest.as_str())
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing written into the install"
+    );
+    let _ = evil;
+}
+
+#[tokio::test]
+async fn a_signed_job_pulls_from_the_configured_registry_only_and_its_report_is_signed() {
+    use std::sync::atomic::Ordering;
+    let env = start().await;
+    let digest = env.push(VENDOR_REPO, "v1", &[data(12, 10_000)]).await;
+    let key_a = AgentKeypair::generate().unwrap();
+    let install_a = env.install("a", &key_a);
+    let (evil, hits) = counting_listener().await;
+    // A vendor-signed job whose sealed grant names another registry (as a compromised or buggy
+    // minter might): the agent still pulls from its configured vendor registry.
+    let mut msg = env.job(&install_a, &digest, "s-pinned", 1).await;
+    let mut grant =
+        ClearGrant::open(&key_a, msg.grant.ciphertext(), &install_a.id, &msg.sync_id).unwrap();
+    grant.registry = evil.clone();
+    let sealed = grant
+        .seal(&install_a.agent_public_key, &install_a.id, &msg.sync_id)
+        .unwrap();
+    msg.grant = ferry_core::domain::SealedGrant::new(sealed, msg.grant.expires_at);
+    env.vendor_key.sign_job(&mut msg);
+    env.send("install-a", &msg).await;
+    let (s, h) = spawn(agent(&env, "a", AGENT_A_SECRET, &key_a));
+    let report = env.next_report(30).await;
+    stop(s, h).await;
+    assert_eq!(report["status"], "succeeded", "{report}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the host in the grant was never contacted"
+    );
+    let parsed = ferry_core::parse_event(report.to_string().as_bytes()).unwrap();
+    let ferry_core::Payload::SyncReported(r) = parsed.payload else {
+        panic!("not a report: {report}")
+    };
+    ferry_core::trust::verify_report(&install_a.agent_report_key, &r).unwrap();
 }

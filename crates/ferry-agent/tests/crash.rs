@@ -38,6 +38,8 @@ async fn killed_mid_copy_the_next_agent_completes_and_no_partial_tag_is_ever_vis
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
         .arg("run")
         .args(["--install", "a", "--install-registry", &env.host])
+        .args(["--vendor-registry", &env.host])
+        .args(["--vendor-public-key", &env.vendor_key.public_key_string()])
         .arg("--queue-db")
         .arg(&env.db_path)
         .arg("--key-file")
@@ -87,6 +89,7 @@ async fn killed_mid_copy_the_next_agent_completes_and_no_partial_tag_is_ever_vis
     let config = AgentConfig::new(
         InstallId::new("a").unwrap(),
         qn("install-a"),
+        env.vendor_trust(),
         env.host.clone(),
         Secret::new(AGENT_A_SECRET),
     )

@@ -20,8 +20,8 @@ use aws_smithy_types::config_bag::ConfigBag;
 use zeroize::Zeroizing;
 
 use ferry_core::domain::{Install, SealedGrant};
-use ferry_core::id::{Digest, Repository, SyncId};
-use ferry_core::ports::{GrantError, GrantMinter};
+use ferry_core::id::{Digest, Repository};
+use ferry_core::ports::{GrantError, GrantId, GrantMinter};
 use ferry_core::seal::{ClearGrant, GrantScheme, SealError};
 
 use crate::error::describe;
@@ -92,9 +92,10 @@ pub fn session_policy(repository_arn: &str) -> String {
     .to_string()
 }
 
-/// `ferry-<sync id>`, cut to STS's 64 characters (sync ids only use characters STS allows).
-fn session_name(sync: &SyncId) -> String {
-    let mut name = format!("ferry-{sync}");
+/// `ferry-<sync id>.a<attempt>`, cut to STS's 64 characters (sync ids only use characters STS
+/// allows). It shows in CloudTrail, so an incident can be traced to one attempt.
+fn session_name(grant: &GrantId) -> String {
+    let mut name = format!("ferry-{grant}");
     name.truncate(64);
     name
 }
@@ -205,16 +206,6 @@ impl EcrGrantMinter {
     pub fn settings(&self) -> &EcrGrantSettings {
         &self.settings
     }
-
-    /// Whether `sync`'s grants were revoked (the IMS refuses such a job's later use).
-    pub async fn is_revoked(&self, sync: &SyncId) -> Result<bool, GrantError> {
-        self.revocations
-            .is_grant_revoked(sync)
-            .await
-            .map_err(|e| GrantError::Unavailable {
-                message: e.to_string(),
-            })
-    }
 }
 
 fn sts_error(f: crate::error::Failure) -> GrantError {
@@ -237,14 +228,20 @@ impl GrantMinter for EcrGrantMinter {
         install: &Install,
         repository: &Repository,
         digest: &Digest,
-        sync_id: &SyncId,
+        grant_id: &GrantId,
     ) -> Result<SealedGrant, GrantError> {
+        if self.is_revoked(grant_id).await? {
+            return Err(GrantError::Refused {
+                message: format!("grant {grant_id} was revoked; a new attempt gets a new grant"),
+            });
+        }
+        let sync_id = &grant_id.sync_id;
         let arn = self.settings.repository_arn(repository);
         let assumed = self
             .sts
             .assume_role()
             .role_arn(&self.settings.pull_role_arn)
-            .role_session_name(session_name(sync_id))
+            .role_session_name(session_name(grant_id))
             .duration_seconds(ASSUME_ROLE_SECONDS)
             .policy(session_policy(&arn))
             .send()
@@ -349,15 +346,24 @@ impl GrantMinter for EcrGrantMinter {
         Ok(SealedGrant::new(sealed, expires_at))
     }
 
-    async fn revoke(&self, sync_id: &SyncId) -> Result<(), GrantError> {
+    async fn revoke(&self, grant: &GrantId) -> Result<(), GrantError> {
         self.revocations
-            .revoke_grant(sync_id, now_ms())
+            .revoke_grant(grant, now_ms())
             .await
             .map_err(|e| GrantError::Unavailable {
                 message: e.to_string(),
             })?;
-        tracing::info!(sync_id = %sync_id, "grant revoked (recorded; ECR tokens cannot be revoked)");
+        tracing::info!(grant = %grant, "grant revoked (recorded; ECR tokens cannot be revoked)");
         Ok(())
+    }
+
+    async fn is_revoked(&self, grant: &GrantId) -> Result<bool, GrantError> {
+        self.revocations
+            .is_grant_revoked(grant)
+            .await
+            .map_err(|e| GrantError::Unavailable {
+                message: e.to_string(),
+            })
     }
 }
 
@@ -487,7 +493,9 @@ mod tests {
 
     #[test]
     fn session_names_fit_sts() {
-        let long = SyncId::new("s".repeat(100)).unwrap();
+        let long = GrantId::new(ferry_core::id::SyncId::new("s".repeat(100)).unwrap(), 3);
         assert_eq!(session_name(&long).len(), 64);
+        let short = GrantId::new(ferry_core::id::SyncId::new("s-1").unwrap(), 2);
+        assert_eq!(session_name(&short), "ferry-s-1.a2");
     }
 }

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use ferry_core::domain::{Build, Component, Install, LineageRecord, SyncJob};
 use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, SyncId};
 use ferry_core::ports::{
-    Conflict, Cursor, IdempotencyClaim, JobStore, Page, PageRequest, StoreError, WriteError,
+    Conflict, Cursor, GrantId, IdempotencyClaim, JobStore, Page, PageRequest, StoreError,
+    WriteError,
 };
 use ferry_core::state::Expected;
 
@@ -146,8 +147,11 @@ fn lineage_pk(d: &Digest) -> String {
 fn idem_pk(key: &str) -> String {
     format!("IDEMP#{key}")
 }
-fn revoked_pk(id: &SyncId) -> String {
-    format!("REVOKED#{id}")
+fn revoked_pk(grant: &GrantId) -> String {
+    format!("REVOKED#{grant}")
+}
+fn security_pk(kind: &str) -> String {
+    format!("SECURITY#{kind}")
 }
 
 fn record_item(pk: String, sk: &str, kind: &str, data: String) -> Item {
@@ -348,10 +352,11 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Records that grants of `sync` are revoked: the agent's IMS-side check refuses them.
-    pub async fn revoke_grant(&self, sync: &SyncId, now_ms: u64) -> Result<(), StoreError> {
+    /// Records that the grant of one attempt is revoked: the IMS reads it before it acts on a
+    /// report of that attempt or mints for it again (ECR itself cannot revoke a token).
+    pub async fn revoke_grant(&self, grant: &GrantId, now_ms: u64) -> Result<(), StoreError> {
         let keep = now_ms.saturating_add(REVOCATION_KEEP_MS);
-        let mut item = record_item(revoked_pk(sync), "REVOKED", "revoked", "{}".into());
+        let mut item = record_item(revoked_pk(grant), "REVOKED", "revoked", "{}".into());
         item.remove("data");
         item.insert("revoked_at".into(), n(now_ms));
         item.insert(TTL.into(), n(keep.div_ceil(1000)));
@@ -365,9 +370,9 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Whether grants of `sync` were revoked.
-    pub async fn is_grant_revoked(&self, sync: &SyncId) -> Result<bool, StoreError> {
-        Ok(self.get(revoked_pk(sync), "REVOKED").await?.is_some())
+    /// Whether the grant of this attempt was revoked.
+    pub async fn is_grant_revoked(&self, grant: &GrantId) -> Result<bool, StoreError> {
+        Ok(self.get(revoked_pk(grant), "REVOKED").await?.is_some())
     }
 
     async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
@@ -738,6 +743,44 @@ impl JobStore for DynamoStore {
         item.insert("expires_at".into(), n(expires_at));
         item.insert(TTL.into(), n(expires_at.div_ceil(1000)));
         self.put(item).await
+    }
+
+    async fn count_security_event(&self, kind: &str, now: u64) -> Result<u64, StoreError> {
+        // One item per kind, updated atomically: the set of items never grows with input.
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, s(security_pk(kind)))
+            .key(SK, s("SECURITY"))
+            .update_expression("ADD #count :one SET last_at = :now, kind = :kind")
+            .expression_attribute_names("#count", "count")
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":kind", s("security"))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| unavailable(describe("DynamoDB", "UpdateItem", &e)))?;
+        Ok(out
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get("count"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    async fn security_event_count(&self, kind: &str) -> Result<(u64, Option<u64>), StoreError> {
+        let Some(item) = self.get(security_pk(kind), "SECURITY").await? else {
+            return Ok((0, None));
+        };
+        let num = |name: &str| {
+            item.get(name)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        Ok((num("count").unwrap_or(0), num("last_at")))
     }
 
     async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use common::{unique, Fault, FaultProxy, Moto};
 use ferry_aws::{DynamoStore, EcrGrantMinter, EcrGrantSettings, EcrRepositories};
 use ferry_core::domain::{Install, RegistryTarget};
 use ferry_core::id::{AppName, ComponentName, Digest, InstallId, QueueName, Repository, SyncId};
-use ferry_core::ports::{GrantError, GrantMinter};
+use ferry_core::ports::{GrantError, GrantId, GrantMinter};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
 // The pull role is created through moto's IAM query API (no IAM SDK crate just for a test).
 use ferry_testkit::{create_role, Logs};
@@ -25,6 +25,7 @@ fn install(key: String) -> Install {
             namespace: "vendor".into(),
         },
         agent_public_key: key,
+        agent_report_key: String::new(),
         queue: QueueName::new("ferry-agent-i-acme").unwrap(),
         components: vec![ComponentName::new("web").unwrap()],
     }
@@ -60,11 +61,12 @@ async fn a_minted_grant_opens_to_an_ecr_credential_scoped_to_one_repository() {
     let repo = Repository::new("shop/web").unwrap();
     let digest = Digest::new(format!("sha256:{}", "cd".repeat(32))).unwrap();
     let sync = SyncId::new("s-grant-1").unwrap();
+    let grant_id = GrantId::new(sync.clone(), 1);
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
-    let sealed = minter.mint(&inst, &repo, &digest, &sync).await.unwrap();
+    let sealed = minter.mint(&inst, &repo, &digest, &grant_id).await.unwrap();
 
     // Opens with the agent's key, for this job only.
     let grant = ClearGrant::open(&agent, sealed.ciphertext(), &inst.id, &sync).unwrap();
@@ -158,11 +160,20 @@ async fn a_minted_grant_opens_to_an_ecr_credential_scoped_to_one_repository() {
         }
     }
 
-    // Revocation is recorded; revoking twice is fine.
-    assert!(!minter.is_revoked(&sync).await.unwrap());
-    minter.revoke(&sync).await.unwrap();
-    minter.revoke(&sync).await.unwrap();
-    assert!(minter.is_revoked(&sync).await.unwrap());
+    // Revocation is recorded per attempt and read back; revoking twice is fine; a revoked
+    // attempt is never minted again, the next attempt is.
+    assert!(!minter.is_revoked(&grant_id).await.unwrap());
+    minter.revoke(&grant_id).await.unwrap();
+    minter.revoke(&grant_id).await.unwrap();
+    assert!(minter.is_revoked(&grant_id).await.unwrap());
+    let again = minter
+        .mint(&inst, &repo, &digest, &grant_id)
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("was revoked"), "{again}");
+    let next = GrantId::new(sync.clone(), 2);
+    assert!(!minter.is_revoked(&next).await.unwrap());
+    minter.mint(&inst, &repo, &digest, &next).await.unwrap();
 }
 
 #[tokio::test]
@@ -170,6 +181,8 @@ async fn a_bad_agent_key_is_refused() {
     let moto = Moto::start().await;
     let config = moto.config().await;
     let store = DynamoStore::new(&config, unique("ferry-jobs"));
+    // The minter reads the revocation record before it mints.
+    store.create_table().await.unwrap();
     let minter = EcrGrantMinter::new(
         &config,
         EcrGrantSettings {
@@ -185,7 +198,7 @@ async fn a_bad_agent_key_is_refused() {
             &install("not-a-key".into()),
             &Repository::new("shop/web").unwrap(),
             &Digest::new(format!("sha256:{}", "cd".repeat(32))).unwrap(),
-            &SyncId::new("s-1").unwrap(),
+            &GrantId::new(SyncId::new("s-1").unwrap(), 1),
         )
         .await
         .unwrap_err();

@@ -28,8 +28,14 @@ async fn revocations_are_recorded() {
     let store = DynamoStore::new(&moto.config().await, unique("ferry-jobs"));
     store.create_table().await.unwrap();
     let sync = ferry_core::id::SyncId::new("s-1").unwrap();
-    assert!(!store.is_grant_revoked(&sync).await.unwrap());
-    store.revoke_grant(&sync, 1_000).await.unwrap();
-    store.revoke_grant(&sync, 2_000).await.unwrap();
-    assert!(store.is_grant_revoked(&sync).await.unwrap());
+    let first = ferry_core::ports::GrantId::new(sync.clone(), 1);
+    let second = ferry_core::ports::GrantId::new(sync, 2);
+    assert!(!store.is_grant_revoked(&first).await.unwrap());
+    store.revoke_grant(&first, 1_000).await.unwrap();
+    store.revoke_grant(&first, 2_000).await.unwrap();
+    assert!(store.is_grant_revoked(&first).await.unwrap());
+    assert!(
+        !store.is_grant_revoked(&second).await.unwrap(),
+        "revocation is per attempt: the next attempt's grant is not revoked"
+    );
 }

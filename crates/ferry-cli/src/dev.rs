@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
-use ferry_agent::{Agent, AgentConfig, QueueReporter, SYNC_REPORTED_QUEUE};
+use ferry_agent::{Agent, AgentConfig, QueueReporter, VendorTrust, SYNC_REPORTED_QUEUE};
 use ferry_build::{ArtifactBuilder, BuildConfig, DynEventBus, InProcessBuilder};
 use ferry_core::domain::{Build, Install, SyncJob};
 use ferry_core::id::{AppName, BuildId, ComponentName, InstallId, QueueName};
@@ -84,6 +84,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     // Registry with the real authorizer: the builder is `vendor`, each agent `agent:<id>`.
     let vendor_secret = state::load_or_create_secret(&state.vendor_secret_path())?;
+    let vendor_key = Arc::new(state::load_or_create_vendor_key(&state.vendor_key_path())?);
     let mut policy = AccessPolicy::new();
     policy.add_identity(Identity::Vendor, &vendor_secret);
     let listener = tokio::net::TcpListener::bind(args.registry_addr)
@@ -99,6 +100,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .authorizer(access.clone())
         .extra_routes(token_router(access.clone()))
         .namespace("vendor")
+        // As on ECR (the customer stack's repositories are IMMUTABLE): a synced tag never moves.
+        .immutable_tags("installs/")
         .build()
         .with_context(|| format!("opening {}", state.registry_root().display()))?;
     let registry = server.spawn_on(listener)?;
@@ -127,6 +130,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         SystemClock,
         RandomIds,
         ImsOptions::default(),
+        vendor_key.clone(),
     )
     .await
     .context("creating the IMS queues")?;
@@ -143,7 +147,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
         state::provision_install(&state, &db, &id, &app.app, names.clone(), None, &host).await?;
     }
 
-    let agents = Agents::new(state.clone(), db.clone(), access.clone(), host.clone());
+    let vendor = VendorTrust {
+        registry: host.clone(),
+        public_key: vendor_key.public_key_string(),
+    };
+    let agents = Agents::new(state.clone(), db.clone(), access.clone(), vendor);
     agents.refresh(&registry).await?;
 
     let started_ms = ferry_local::db::unix_ms();
@@ -334,7 +342,8 @@ struct Agents {
     state: StateDir,
     db: Db,
     access: Arc<AccessControl>,
-    host: String,
+    /// The registry the agents pull from and write to, and the key their jobs are signed with.
+    vendor: VendorTrust,
     running: tokio::sync::Mutex<BTreeMap<InstallId, tokio::task::JoinHandle<()>>>,
     /// Installs whose agent runs elsewhere (registered with --public-key), or broken ones.
     skipped: tokio::sync::Mutex<HashSet<InstallId>>,
@@ -342,12 +351,12 @@ struct Agents {
 }
 
 impl Agents {
-    fn new(state: StateDir, db: Db, access: Arc<AccessControl>, host: String) -> Agents {
+    fn new(state: StateDir, db: Db, access: Arc<AccessControl>, vendor: VendorTrust) -> Agents {
         Agents {
             state,
             db,
             access,
-            host,
+            vendor,
             running: Default::default(),
             skipped: Default::default(),
             stop: CancellationToken::new(),
@@ -420,7 +429,8 @@ impl Agents {
         let mut config = AgentConfig::new(
             id.clone(),
             install.queue.clone(),
-            self.host.clone(),
+            self.vendor.clone(),
+            self.vendor.registry.clone(),
             Secret::new(secret.as_str()),
         )
         .with_receive(ReceiveOptions::new(1, 20, 60)?);

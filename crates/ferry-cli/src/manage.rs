@@ -101,8 +101,12 @@ pub enum InstallCommand {
         components: Vec<String>,
         /// The agent's public key (ferry-x25519-pub:…) when the agent runs elsewhere; without
         /// it a key is generated and `ferry dev` runs the agent.
-        #[arg(long)]
+        #[arg(long, requires = "report_key")]
         public_key: Option<String>,
+        /// The agent's report key (ferry-agent-ed25519:…, printed by `ferry-agent keygen`
+        /// with the public key): only reports signed with it are accepted.
+        #[arg(long, requires = "public_key")]
+        report_key: Option<String>,
         #[command(flatten)]
         common: StateArgs,
     },
@@ -269,6 +273,7 @@ pub async fn install(cmd: InstallCommand) -> Result<()> {
         app,
         components,
         public_key,
+        report_key,
         common,
     } = cmd;
     let state = common.state();
@@ -306,9 +311,15 @@ pub async fn install(cmd: InstallCommand) -> Result<()> {
         .read_info()
         .map(|i| i.registry)
         .unwrap_or_else(|| "127.0.0.1".into());
-    let external = public_key.is_some();
-    let install =
-        state::provision_install(&state, &db, &id, &app, names, public_key, &registry).await?;
+    let keys = match (public_key, report_key) {
+        (Some(public_key), Some(report_key)) => Some(state::AgentPublicKeys {
+            public_key,
+            report_key,
+        }),
+        _ => None,
+    };
+    let external = keys.is_some();
+    let install = state::provision_install(&state, &db, &id, &app, names, keys, &registry).await?;
     if common.json {
         println!(
             "{}",
@@ -328,6 +339,7 @@ pub async fn install(cmd: InstallCommand) -> Result<()> {
         );
         println!("  queue            {}", install.queue);
         println!("  public key       {}", install.agent_public_key);
+        println!("  report key       {}", install.agent_report_key);
         println!(
             "  identity         agent:{id}, secret in {} (0600)",
             state.agent_secret_path(&id).display()

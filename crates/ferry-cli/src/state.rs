@@ -14,6 +14,7 @@ use ferry_core::domain::{Build, Component, Install, LineageRecord, RegistryTarge
 use ferry_core::id::{AppName, ComponentName, InstallId, QueueName};
 use ferry_core::ports::JobStore as _;
 use ferry_core::seal::AgentKeypair;
+use ferry_core::trust::VendorKey;
 use ferry_local::db::{Db, DbError};
 use ferry_local::queue::{QueueConfig, SqliteQueue};
 use ferry_local::store::SqliteStore;
@@ -69,6 +70,10 @@ impl StateDir {
     }
     pub fn vendor_secret_path(&self) -> PathBuf {
         self.keys_dir().join("vendor.secret")
+    }
+    /// The IMS's vendor key: signs job messages, keys sync ids (0600).
+    pub fn vendor_key_path(&self) -> PathBuf {
+        self.keys_dir().join("vendor.key")
     }
     pub fn agent_key_path(&self, install: &InstallId) -> PathBuf {
         self.keys_dir().join(format!("agent-{install}.key"))
@@ -251,12 +256,34 @@ pub fn load_or_create_agent_key(path: &Path) -> Result<AgentKeypair> {
     Ok(kp)
 }
 
+/// The vendor key of this state dir, created (0600) on first use.
+pub fn load_or_create_vendor_key(path: &Path) -> Result<VendorKey> {
+    if path.exists() {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        return VendorKey::from_secret_string(text.trim())
+            .with_context(|| format!("{} does not hold a vendor key", path.display()));
+    }
+    let key = VendorKey::generate().context("generating the vendor key")?;
+    let text = key.to_secret_string();
+    create_secret_file(path, format!("{}\n", text.as_str()).as_bytes())?;
+    Ok(key)
+}
+
 pub fn read_agent_key(path: &Path) -> Result<AgentKeypair> {
     let text = Zeroizing::new(
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
     );
     AgentKeypair::from_secret_string(text.trim())
         .with_context(|| format!("{} does not hold an agent key", path.display()))
+}
+
+/// The two public keys of an agent that runs elsewhere (`ferry-agent keygen` prints both).
+#[derive(Debug, Clone)]
+pub struct AgentPublicKeys {
+    pub public_key: String,
+    pub report_key: String,
 }
 
 /// The queue of an install's agent.
@@ -297,7 +324,7 @@ pub async fn provision_install(
     id: &InstallId,
     app: &AppName,
     components: Vec<ComponentName>,
-    public_key: Option<String>,
+    keys: Option<AgentPublicKeys>,
     registry: &str,
 ) -> Result<Install> {
     let store = SqliteStore::new(db.clone());
@@ -305,15 +332,20 @@ pub async fn provision_install(
     let queue_name = install_queue(id)?;
     create_install_queue(&queue, &queue_name).await?;
     load_or_create_secret(&state.agent_secret_path(id))?;
-    let agent_public_key = match public_key {
+    let (agent_public_key, agent_report_key) = match keys {
         Some(k) => {
-            // Refuse a key that cannot be sealed to now, not at the first sync.
-            ferry_core::seal::seal(&k, b"probe", b"probe").with_context(|| {
+            // Refuse keys that cannot be used now, not at the first sync or report.
+            ferry_core::seal::seal(&k.public_key, b"probe", b"probe").with_context(|| {
                 "--public-key is not an agent public key (want ferry-x25519-pub:…)".to_string()
             })?;
-            k
+            ferry_core::trust::check_agent_report_key(&k.report_key)
+                .context("--report-key is not an agent report key")?;
+            (k.public_key, k.report_key)
         }
-        None => load_or_create_agent_key(&state.agent_key_path(id))?.public_key_string(),
+        None => {
+            let kp = load_or_create_agent_key(&state.agent_key_path(id))?;
+            (kp.public_key_string(), kp.report_key().public_key_string())
+        }
     };
     let install = Install {
         id: id.clone(),
@@ -323,6 +355,7 @@ pub async fn provision_install(
             namespace: format!("installs/{id}"),
         },
         agent_public_key,
+        agent_report_key,
         queue: queue_name,
         components,
     };

@@ -84,6 +84,7 @@ fn install(i: &str, a: &str, components: &[&str]) -> Install {
             namespace: "vendor".into(),
         },
         agent_public_key: format!("key-{i}"),
+        agent_report_key: format!("report-key-{i}"),
         queue: id(QueueName::new(format!("q-{i}"))),
         components: components.iter().map(|c| comp(c)).collect(),
     }
@@ -125,6 +126,49 @@ where
     store_idempotency(&make().await).await;
     store_lineage(&make().await).await;
     store_queries_paginate(&make().await).await;
+    store_security_counters(&make().await).await;
+}
+
+async fn store_security_counters<S: JobStore>(s: &S) {
+    assert_eq!(
+        ok(
+            s.security_event_count("report_unauthenticated").await,
+            "security_event_count"
+        ),
+        (0, None),
+        "contract: a fresh store has counted nothing"
+    );
+    assert_eq!(
+        ok(
+            s.count_security_event("report_unauthenticated", 10).await,
+            "count_security_event"
+        ),
+        1
+    );
+    assert_eq!(
+        ok(
+            s.count_security_event("report_unauthenticated", 20).await,
+            "count_security_event"
+        ),
+        2,
+        "contract: each call adds one"
+    );
+    assert_eq!(
+        ok(
+            s.security_event_count("report_unauthenticated").await,
+            "security_event_count"
+        ),
+        (2, Some(20)),
+        "contract: the count and the last time read back"
+    );
+    assert_eq!(
+        ok(
+            s.security_event_count("report_unknown_sync").await,
+            "security_event_count"
+        ),
+        (0, None),
+        "contract: counters of different kinds are apart"
+    );
 }
 
 async fn store_catalog<S: JobStore>(s: &S) {
@@ -711,6 +755,15 @@ mod tests {
             }
             async fn idempotency_release(&self, k: &str) -> Result<(), StoreError> {
                 self.0.idempotency_release(k).await
+            }
+            async fn count_security_event(&self, k: &str, now: u64) -> Result<u64, StoreError> {
+                self.0.count_security_event(k, now).await
+            }
+            async fn security_event_count(
+                &self,
+                k: &str,
+            ) -> Result<(u64, Option<u64>), StoreError> {
+                self.0.security_event_count(k).await
             }
             async fn builds_by_component(
                 &self,

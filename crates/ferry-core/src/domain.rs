@@ -170,6 +170,12 @@ pub struct Install {
     pub registry: RegistryTarget,
     /// The agent's public key; grants are sealed to it. Public, so safe to show.
     pub agent_public_key: String,
+    /// The agent's report-signing key (`ferry-agent-ed25519:…`, printed by `ferry-agent keygen`):
+    /// a `sync.reported` counts only if it verifies against this. Public, so safe to show. An
+    /// install stored before the field existed has it empty, and its reports are refused until
+    /// it is registered again with the key.
+    #[serde(default)]
+    pub agent_report_key: String,
     /// The install's agent queue.
     pub queue: QueueName,
     /// Components this install receives.

@@ -1,6 +1,7 @@
 //! The wire contract: Ferry events and the agent's job message, and their strict parsers.
 //!
-//! Every event is one JSON object with `"version": 1`, a `"type"`, an optional producer `"id"`
+//! Every event is one JSON object with a `"version"` (2 for the signed `sync.reported`, 1 for
+//! the rest), a `"type"`, an optional producer `"id"`
 //! and the type's fields at the top level (samples in `events/`). An EventBridge envelope
 //! (`detail-type` + `detail`) is unwrapped first. Parsing is strict and field by field so each
 //! error names the field and says what to do. This module must never panic on input, and never
@@ -16,12 +17,19 @@ use crate::id::{
     AppName, BuildId, ComponentName, Digest, EventId, IdError, InstallId, Repository, SyncId,
 };
 
-/// The only schema version this build understands.
+/// The schema version of the vendor-side events (build.requested, build.completed,
+/// sync.requested).
 pub const EVENT_VERSION: u64 = 1;
+/// The schema version of the messages that cross the tenant boundary, which are signed:
+/// `sync.reported` (by the install's agent) and `sync.job` (by the vendor). Version 1 of
+/// these was unsigned and is refused.
+pub const SIGNED_VERSION: u64 = 2;
 /// Larger input is refused before parsing (the SQS and EventBridge entry limit).
 pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 const MAX_TEXT: usize = 1024;
 const MAX_ERROR_TEXT: usize = 8 * 1024;
+/// An Ed25519 signature is 86 base64url characters; anything much longer is not one.
+const MAX_SIGNATURE_TEXT: usize = 256;
 
 pub const BUILD_REQUESTED: &str = "build.requested";
 pub const BUILD_COMPLETED: &str = "build.completed";
@@ -44,12 +52,16 @@ pub enum EventError {
     MissingType,
     #[error("unknown event type {found:?}; expected one of: {KNOWN_TYPES}")]
     UnknownType { found: String },
-    #[error("{event_type} event has no \"version\"; add \"version\": 1")]
-    MissingVersion { event_type: &'static str },
-    #[error("{event_type} event has version {found}, but this Ferry reads only version 1; send a version 1 event or upgrade Ferry")]
+    #[error("{event_type} event has no \"version\"; add \"version\": {expected}")]
+    MissingVersion {
+        event_type: &'static str,
+        expected: u64,
+    },
+    #[error("{event_type} has version {found}, but this Ferry reads only version {expected}; send a version {expected} message (an agent or producer older than this IMS must be upgraded) or upgrade Ferry")]
     UnsupportedVersion {
         event_type: &'static str,
         found: String,
+        expected: u64,
     },
     #[error("{event_type} event is missing required field \"{field}\"; add it (see events/{event_type}.json)")]
     MissingField {
@@ -132,10 +144,11 @@ pub struct SyncReported {
     pub duration_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// The attempt the agent worked on (from the job message). Optional; when present, a
-    /// report for an older attempt is recognised as stale and ignored.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<u32>,
+    /// The attempt the agent worked on (from the job message): a report is about one attempt,
+    /// and a report for an older one is recognised as stale.
+    pub attempt: u32,
+    /// The agent's Ed25519 signature (base64url) over [`crate::trust::report_signing_bytes`].
+    pub signature: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -148,6 +161,11 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The schema version this payload is written with.
+    pub fn schema_version(&self) -> u64 {
+        schema_version(self.event_type())
+    }
+
     pub fn event_type(&self) -> &'static str {
         match self {
             Payload::BuildRequested(_) => BUILD_REQUESTED,
@@ -179,7 +197,7 @@ struct Wire<'a> {
 impl Serialize for Event {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         Wire {
-            version: EVENT_VERSION,
+            version: self.payload.schema_version(),
             event_type: self.payload.event_type(),
             id: self.id.as_ref(),
             payload: &self.payload,
@@ -209,18 +227,30 @@ impl Event {
     pub fn idempotency_key(&self) -> String {
         match &self.id {
             Some(id) => format!("{}#{}", self.event_type(), id),
-            None => {
-                // Serializing these plain structs cannot fail; fall back to Debug regardless.
-                let canonical = serde_json::to_vec(&self.payload)
-                    .unwrap_or_else(|_| format!("{:?}", self.payload).into_bytes());
-                let hash = hex::encode(Sha256::digest(&canonical));
-                format!("{}#sha256:{hash}", self.event_type())
-            }
+            None => format!("{}#sha256:{}", self.event_type(), self.payload_hash()),
         }
+    }
+
+    /// The hex sha256 of the canonical payload (the producer id left out). It is stored with
+    /// the idempotency record, so the same key arriving with another payload is refused
+    /// loudly instead of being taken for a replay.
+    pub fn payload_hash(&self) -> String {
+        // Serializing these plain structs cannot fail; fall back to Debug regardless.
+        let canonical = serde_json::to_vec(&self.payload)
+            .unwrap_or_else(|_| format!("{:?}", self.payload).into_bytes());
+        hex::encode(Sha256::digest(&canonical))
     }
 
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)
+    }
+}
+
+/// The one schema version each type is read and written with.
+fn schema_version(event_type: &str) -> u64 {
+    match event_type {
+        SYNC_REPORTED | SYNC_JOB => SIGNED_VERSION,
+        _ => EVENT_VERSION,
     }
 }
 
@@ -397,14 +427,21 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
         },
         _ => return Err(EventError::MissingType),
     };
+    let expected = schema_version(ty);
     match map.remove("version") {
-        None | Some(Value::Null) => return Err(EventError::MissingVersion { event_type: ty }),
-        Some(v) if v.as_u64() == Some(EVENT_VERSION) => {}
+        None | Some(Value::Null) => {
+            return Err(EventError::MissingVersion {
+                event_type: ty,
+                expected,
+            })
+        }
+        Some(v) if v.as_u64() == Some(expected) => {}
         Some(v) => {
             let found: String = v.to_string().chars().take(40).collect();
             return Err(EventError::UnsupportedVersion {
                 event_type: ty,
                 found,
+                expected,
             });
         }
     }
@@ -473,15 +510,14 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
                 bytes_skipped: f.req_u64("bytes_skipped")?,
                 duration_ms: f.req_u64("duration_ms")?,
                 error: f.opt_text("error", MAX_ERROR_TEXT)?,
-                attempt: match f.opt_u64("attempt")? {
-                    None => None,
-                    Some(a) => Some(
-                        u32::try_from(a)
-                            .ok()
-                            .filter(|a| *a >= 1)
-                            .ok_or_else(|| f.invalid("attempt", "expected 1 to 4294967295"))?,
-                    ),
+                attempt: {
+                    let a = f.req_u64("attempt")?;
+                    u32::try_from(a)
+                        .ok()
+                        .filter(|a| *a >= 1)
+                        .ok_or_else(|| f.invalid("attempt", "expected 1 to 4294967295"))?
                 },
+                signature: f.req_text("signature", MAX_SIGNATURE_TEXT)?,
             };
             Payload::SyncReported(ev)
         }
@@ -491,7 +527,8 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
 }
 
 /// The message the IMS puts on an install's queue for its agent. It carries the grant sealed
-/// to that agent's key, never a clear one.
+/// to that agent's key, never a clear one, and the vendor's signature over every field
+/// ([`crate::trust::verify_job`]), so an agent acts only on jobs its vendor sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncJobMessage {
@@ -506,6 +543,9 @@ pub struct SyncJobMessage {
     /// Echo this in sync.reported so a late report for an old attempt is ignored.
     pub attempt: u32,
     pub grant: SealedGrant,
+    /// The vendor's Ed25519 signature (base64url) over [`crate::trust::job_signing_bytes`];
+    /// empty until [`crate::trust::VendorKey::sign_job`] sets it.
+    pub signature: String,
 }
 
 impl SyncJobMessage {
@@ -519,7 +559,7 @@ impl SyncJobMessage {
         grant: SealedGrant,
     ) -> SyncJobMessage {
         SyncJobMessage {
-            version: EVENT_VERSION,
+            version: SIGNED_VERSION,
             message_type: SYNC_JOB.to_string(),
             sync_id,
             build_id,
@@ -528,6 +568,7 @@ impl SyncJobMessage {
             digest,
             attempt,
             grant,
+            signature: String::new(),
         }
     }
 }
@@ -545,10 +586,11 @@ pub fn parse_sync_job(bytes: &[u8]) -> Result<SyncJobMessage, EventError> {
             found: msg.message_type.chars().take(80).collect(),
         });
     }
-    if msg.version != EVENT_VERSION {
+    if msg.version != SIGNED_VERSION {
         return Err(EventError::UnsupportedVersion {
             event_type: SYNC_JOB,
             found: msg.version.to_string(),
+            expected: SIGNED_VERSION,
         });
     }
     Ok(msg)

@@ -6,9 +6,19 @@
 //! is a conditional write on (status, version). A replayed event returns `Outcome::Replayed` and
 //! changes nothing. This module must never read a clock or do I/O except through the ports, and
 //! never put a clear grant anywhere: it only forwards [`SealedGrant`]s from the minter.
+//!
+//! Trust (ARCHITECTURE.md invariant 10): a `sync.reported` is authenticated against the report
+//! key of the install that owns the job before anything is read into a decision, and its
+//! idempotency key is derived here from the authenticated (sync, attempt, status), never taken
+//! from the sender. Every idempotency record keeps a hash of the payload it was claimed for, so
+//! a key reused with another payload is refused loudly. Job messages are signed with the vendor
+//! key, and sync ids are keyed with it.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
+
+use sha2::{Digest as _, Sha256};
 
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
@@ -23,11 +33,12 @@ use crate::event::{
 };
 use crate::id::{AppName, BuildId, ComponentName, EventId, InstallId, SyncId};
 use crate::ports::{
-    Batch, BuildSpec, Builder, BuilderError, BusError, Clock, EventBus, GrantError, GrantMinter,
-    IdGenerator, IdempotencyClaim, JobStore, PageRequest, Queue, QueueError, StoreError,
-    WriteError, MAX_PAGE,
+    Batch, BuildSpec, Builder, BuilderError, BusError, Clock, EventBus, GrantError, GrantId,
+    GrantMinter, IdGenerator, IdempotencyClaim, JobStore, PageRequest, Queue, QueueError,
+    StoreError, WriteError, MAX_PAGE,
 };
 use crate::state::{Expected, JobError, JobStatus, TransitionError};
+use crate::trust::{verify_report, VendorKey};
 
 /// Tunables; the defaults suit a Lambda with a 5 minute timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +74,9 @@ pub struct Ports<S, Q, E, B, G, C> {
     pub minter: G,
     pub clock: C,
     pub config: Config,
+    /// Signs job messages and keys sync ids. Only build-completed and sync-requested (and
+    /// sync-reported, which re-dispatches after `grant_expired`) use it.
+    pub vendor_key: Arc<VendorKey>,
 }
 
 /// What a handler did; stored in the idempotency record and logged.
@@ -105,6 +119,51 @@ pub enum Outcome {
     Replayed {
         first: Option<Box<Outcome>>,
     },
+    /// A report that could not be authenticated as the job's install agent (or is about a sync
+    /// that does not exist): nothing changed, it was counted as a security event, and it is
+    /// not retried.
+    ReportRefused {
+        sync_id: SyncId,
+        event: SecurityEvent,
+        reason: String,
+    },
+}
+
+/// The kinds of security event the IMS counts (`JobStore::count_security_event`). A fixed set,
+/// so what a sender sends can never add counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityEvent {
+    /// A report whose signature does not verify against the job's install agent, or that
+    /// names another install than the job's, or whose install has no report key.
+    ReportUnauthenticated,
+    /// A report about a sync id that does not exist (guessed, or from another deployment).
+    ReportUnknownSync,
+    /// An idempotency key arrived again with a different payload.
+    IdempotencyKeyReused,
+}
+
+impl SecurityEvent {
+    pub const ALL: [SecurityEvent; 3] = [
+        SecurityEvent::ReportUnauthenticated,
+        SecurityEvent::ReportUnknownSync,
+        SecurityEvent::IdempotencyKeyReused,
+    ];
+
+    /// The counter's name in the store and the `security_event` field of the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityEvent::ReportUnauthenticated => "report_unauthenticated",
+            SecurityEvent::ReportUnknownSync => "report_unknown_sync",
+            SecurityEvent::IdempotencyKeyReused => "idempotency_key_reused",
+        }
+    }
+}
+
+impl fmt::Display for SecurityEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +183,8 @@ pub enum HandlerError {
     },
     #[error("{message}")]
     Mismatch { message: String },
+    #[error("idempotency key {key} was already used for a different payload; the producer must use a new id for a new request (this one was refused, not taken for a replay)")]
+    KeyReused { key: String },
     #[error(
         "event {key} is being handled by another worker (until {until} ms); it will be retried"
     )]
@@ -174,12 +235,35 @@ impl HandlerError {
 // ---------------------------------------------------------------------------------------------
 // Plumbing: idempotency and conditional writes
 
-/// Runs `work` at most once per `key` (until the record's TTL), Powertools-style.
+/// What an idempotency record stores on completion: the outcome and the hash of the payload
+/// the key was claimed for.
+#[derive(Serialize, Deserialize)]
+struct StoredResult {
+    payload: String,
+    outcome: Outcome,
+}
+
+/// Counts and logs one security event. The count is the signal (an alarm in AWS); the log
+/// line carries the reason, never a secret.
+async fn security_event<S: JobStore>(
+    store: &S,
+    now: u64,
+    event: SecurityEvent,
+    reason: &str,
+) -> Result<(), HandlerError> {
+    let count = store.count_security_event(event.as_str(), now).await?;
+    tracing::warn!(security_event = event.as_str(), count, %reason, "refused");
+    Ok(())
+}
+
+/// Runs `work` at most once per `key` (until the record's TTL), Powertools-style. A live record
+/// for `key` whose payload hash is not `payload` is refused ([`HandlerError::KeyReused`]).
 async fn idempotent<S, C, F, Fut>(
     store: &S,
     clock: &C,
     config: &Config,
     key: &str,
+    payload: &str,
     work: F,
 ) -> Result<Outcome, HandlerError>
 where
@@ -206,16 +290,37 @@ where
             })
         }
         IdempotencyClaim::Completed { result } => {
+            let first = match serde_json::from_str::<StoredResult>(&result) {
+                Ok(stored) if stored.payload != payload => {
+                    security_event(
+                        store,
+                        now,
+                        SecurityEvent::IdempotencyKeyReused,
+                        &format!("key {key} arrived again with a different payload"),
+                    )
+                    .await?;
+                    return Err(HandlerError::KeyReused {
+                        key: key.to_string(),
+                    });
+                }
+                Ok(stored) => Some(Box::new(stored.outcome)),
+                // A record written before payload hashes were kept: its outcome, if any.
+                Err(_) => serde_json::from_str::<Outcome>(&result).ok().map(Box::new),
+            };
             tracing::info!(idempotency_key = key, "replayed event; nothing to do");
-            let first = serde_json::from_str::<Outcome>(&result).ok().map(Box::new);
             return Ok(Outcome::Replayed { first });
         }
     }
     match work().await {
         Ok(outcome) => {
-            let result = serde_json::to_string(&outcome).map_err(|e| HandlerError::Encode {
+            let stored = StoredResult {
+                payload: payload.to_string(),
+                outcome,
+            };
+            let result = serde_json::to_string(&stored).map_err(|e| HandlerError::Encode {
                 message: e.to_string(),
             })?;
+            let outcome = stored.outcome;
             let expires = clock.now_ms().saturating_add(config.idempotency_ttl_ms);
             store.idempotency_complete(key, &result, expires).await?;
             Ok(outcome)
@@ -366,6 +471,13 @@ async fn publish_all<E: EventBus>(bus: &E, events: Vec<Event>) -> Result<(), Han
 // ---------------------------------------------------------------------------------------------
 // Entry points
 
+/// The idempotency key an event is handled under, and the hash of its payload.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub key: &'a str,
+    pub payload: &'a str,
+}
+
 /// Routes one parsed event to its handler.
 pub async fn dispatch<S, Q, E, B, G, C>(
     ports: &Ports<S, Q, E, B, G, C>,
@@ -380,11 +492,17 @@ where
     C: Clock,
 {
     let key = event.idempotency_key();
+    let payload = event.payload_hash();
+    let claim = Claim {
+        key: &key,
+        payload: &payload,
+    };
     match &event.payload {
-        Payload::BuildRequested(ev) => handle_build_requested(ports, &key, ev).await,
-        Payload::BuildCompleted(ev) => handle_build_completed(ports, &key, ev).await,
-        Payload::SyncRequested(ev) => handle_sync_requested(ports, &key, ev).await,
-        Payload::SyncReported(ev) => handle_sync_reported(ports, &key, ev).await,
+        Payload::BuildRequested(ev) => handle_build_requested(ports, claim, ev).await,
+        Payload::BuildCompleted(ev) => handle_build_completed(ports, claim, ev).await,
+        Payload::SyncRequested(ev) => handle_sync_requested(ports, claim, ev).await,
+        // Its key is derived from the authenticated attempt, never from the sender's id.
+        Payload::SyncReported(ev) => handle_sync_reported(ports, ev).await,
     }
 }
 
@@ -425,7 +543,7 @@ pub async fn request_build<E: EventBus, I: IdGenerator>(
 /// Validates the component, creates the build (Queued), starts the builder, marks it Running.
 pub async fn handle_build_requested<S, Q, E, B, G, C>(
     ports: &Ports<S, Q, E, B, G, C>,
-    key: &str,
+    claim: Claim<'_>,
     ev: &BuildRequested,
 ) -> Result<Outcome, HandlerError>
 where
@@ -433,9 +551,15 @@ where
     B: Builder,
     C: Clock,
 {
-    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
-        build_requested(ports, key, ev)
-    })
+    let key = claim.key;
+    idempotent(
+        &ports.store,
+        &ports.clock,
+        &ports.config,
+        key,
+        claim.payload,
+        || build_requested(ports, key, ev),
+    )
     .instrument(tracing::info_span!("build.requested", key))
     .await
 }
@@ -559,7 +683,7 @@ async fn create_or_existing_build<S: JobStore>(
 /// install, in batches of at most 10, with sync ids derived from (build, install).
 pub async fn handle_build_completed<S, Q, E, B, G, C>(
     ports: &Ports<S, Q, E, B, G, C>,
-    key: &str,
+    claim: Claim<'_>,
     ev: &BuildCompleted,
 ) -> Result<Outcome, HandlerError>
 where
@@ -567,9 +691,14 @@ where
     E: EventBus,
     C: Clock,
 {
-    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
-        build_completed(ports, ev)
-    })
+    idempotent(
+        &ports.store,
+        &ports.clock,
+        &ports.config,
+        claim.key,
+        claim.payload,
+        || build_completed(ports, ev),
+    )
     .instrument(tracing::info_span!("build.completed", build_id = %ev.build_id))
     .await
 }
@@ -662,7 +791,12 @@ where
                 .installs_by_component(&stored.app, &stored.component, &page)
                 .await?;
             for install in got.items {
-                events.push(sync_request_event(&stored, artifact, &install.id)?);
+                events.push(sync_request_event(
+                    &ports.vendor_key,
+                    &stored,
+                    artifact,
+                    &install.id,
+                )?);
             }
             match got.next {
                 Some(cursor) => page = PageRequest::after(MAX_PAGE, cursor),
@@ -681,11 +815,12 @@ where
 }
 
 fn sync_request_event(
+    vendor_key: &VendorKey,
     build: &Build,
     artifact: &Artifact,
     install: &InstallId,
 ) -> Result<Event, HandlerError> {
-    let sync_id = SyncId::for_build_and_install(&build.id, install);
+    let sync_id = vendor_key.sync_id(&build.id, install);
     let event_id = EventId::new(sync_id.as_str()).map_err(|e| HandlerError::Encode {
         message: e.to_string(),
     })?;
@@ -707,7 +842,7 @@ fn sync_request_event(
 /// Creates the sync job, mints a sealed grant and enqueues the job on the install's queue.
 pub async fn handle_sync_requested<S, Q, E, B, G, C>(
     ports: &Ports<S, Q, E, B, G, C>,
-    key: &str,
+    claim: Claim<'_>,
     ev: &SyncRequested,
 ) -> Result<Outcome, HandlerError>
 where
@@ -716,9 +851,14 @@ where
     G: GrantMinter,
     C: Clock,
 {
-    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
-        sync_requested(ports, ev)
-    })
+    idempotent(
+        &ports.store,
+        &ports.clock,
+        &ports.config,
+        claim.key,
+        claim.payload,
+        || sync_requested(ports, ev),
+    )
     .instrument(
         tracing::info_span!("sync.requested", sync_id = %ev.sync_id, install_id = %ev.install_id),
     )
@@ -811,9 +951,11 @@ where
     C: Clock,
 {
     let now = ports.clock.now_ms();
+    let attempt = job.state.attempts;
+    let grant_id = GrantId::new(job.id.clone(), attempt);
     let grant: SealedGrant = match ports
         .minter
-        .mint(install, &job.repository, &job.digest, &job.id)
+        .mint(install, &job.repository, &job.digest, &grant_id)
         .await
     {
         Ok(g) => g,
@@ -822,17 +964,14 @@ where
                 "no grant could be minted for install {}: {message}",
                 install.id
             );
-            apply(&ports.store, &ports.config, job.clone(), |j| {
-                Ok(if j.status().is_terminal() {
-                    Decision::Keep
-                } else {
-                    Decision::Write(j.fail(
-                        now,
-                        JobError::new("grant_refused", reason.clone()),
-                        None,
-                    )?)
-                })
-            })
+            fail_unless_finished(
+                &ports.store,
+                &ports.config,
+                now,
+                job.clone(),
+                "grant_refused",
+                &reason,
+            )
             .await?;
             return Ok(Outcome::SyncRejected {
                 sync_id: job.id,
@@ -841,9 +980,8 @@ where
         }
         Err(e) => return Err(HandlerError::Grant(e)),
     };
-    let attempt = job.state.attempts;
     let expires_at = grant.expires_at;
-    let message = SyncJobMessage::new(
+    let mut message = SyncJobMessage::new(
         job.id.clone(),
         job.build_id.clone(),
         job.install_id.clone(),
@@ -852,6 +990,7 @@ where
         attempt,
         grant,
     );
+    ports.vendor_key.sign_job(&mut message);
     let body = serde_json::to_string(&message).map_err(|e| HandlerError::Encode {
         message: e.to_string(),
     })?;
@@ -876,11 +1015,15 @@ where
 // ---------------------------------------------------------------------------------------------
 // sync.reported
 
-/// Records the agent's outcome and the lineage, and revokes the grant. On `grant_expired`,
-/// re-mints and re-enqueues (attempts + 1) so the sync does not fail for a slow agent.
+/// Authenticates the agent's report, then records its outcome and the lineage and revokes the
+/// attempt's grant. On `grant_expired`, re-mints and re-enqueues (attempts + 1) so the sync
+/// does not fail for a slow agent.
+///
+/// Nothing in the report is trusted before [`authenticate_report`] has checked it against the
+/// report key of the install that owns the job; the idempotency key is then derived from the
+/// authenticated (sync, attempt, status), so no sender can claim another's key in advance.
 pub async fn handle_sync_reported<S, Q, E, B, G, C>(
     ports: &Ports<S, Q, E, B, G, C>,
-    key: &str,
     ev: &SyncReported,
 ) -> Result<Outcome, HandlerError>
 where
@@ -889,24 +1032,127 @@ where
     G: GrantMinter,
     C: Clock,
 {
-    idempotent(&ports.store, &ports.clock, &ports.config, key, || {
-        sync_reported(ports, ev)
-    })
+    async {
+        let (job, install) = match authenticate_report(&ports.store, ev).await? {
+            Ok(found) => found,
+            Err((event, reason)) => {
+                security_event(&ports.store, ports.clock.now_ms(), event, &reason).await?;
+                return Ok(Outcome::ReportRefused {
+                    sync_id: ev.sync_id.clone(),
+                    event,
+                    reason,
+                });
+            }
+        };
+        let key = report_idempotency_key(ev);
+        let payload = report_payload_hash(ev);
+        idempotent(
+            &ports.store,
+            &ports.clock,
+            &ports.config,
+            &key,
+            &payload,
+            || sync_reported(ports, job, install, ev),
+        )
+        .await
+    }
     .instrument(
-        tracing::info_span!("sync.reported", sync_id = %ev.sync_id, install_id = %ev.install_id),
+        tracing::info_span!("sync.reported", sync_id = %ev.sync_id, install_id = %ev.install_id, attempt = ev.attempt),
     )
     .await
 }
 
-async fn revoke_quietly<G: GrantMinter>(minter: &G, sync_id: &SyncId) {
+/// The job and its install when `ev` is the job's install agent's own signed report;
+/// otherwise the security event and the reason. Reads only.
+async fn authenticate_report<S: JobStore>(
+    store: &S,
+    ev: &SyncReported,
+) -> Result<Result<(SyncJob, Install), (SecurityEvent, String)>, HandlerError> {
+    let Some(job) = store.get_sync(&ev.sync_id).await? else {
+        // Reads are strongly consistent and a job exists before its message is sent, so an
+        // unknown id is not a race to wait out: it is refused, not retried.
+        return Ok(Err((
+            SecurityEvent::ReportUnknownSync,
+            format!(
+                "sync.reported for sync {} (claiming install {}): no such sync job",
+                ev.sync_id, ev.install_id
+            ),
+        )));
+    };
+    let unauthenticated = |why: String| Ok(Err((SecurityEvent::ReportUnauthenticated, why)));
+    if job.install_id != ev.install_id {
+        return unauthenticated(format!(
+            "sync.reported for sync {} claims install {}, but the job belongs to install {}",
+            ev.sync_id, ev.install_id, job.install_id
+        ));
+    }
+    let Some(install) = store.get_install(&job.install_id).await? else {
+        return unauthenticated(format!(
+            "sync.reported for sync {}: install {} is no longer registered, so no key can \
+             authenticate it",
+            ev.sync_id, job.install_id
+        ));
+    };
+    if install.agent_report_key.is_empty() {
+        return unauthenticated(format!(
+            "install {} has no agent report key; register it again with its agent's report key \
+             (`ferry-agent keygen` prints it)",
+            install.id
+        ));
+    }
+    if let Err(e) = verify_report(&install.agent_report_key, ev) {
+        return unauthenticated(format!("sync.reported for sync {}: {e}", ev.sync_id));
+    }
+    Ok(Ok((job, install)))
+}
+
+fn status_name(s: SyncReportStatus) -> &'static str {
+    match s {
+        SyncReportStatus::Succeeded => "succeeded",
+        SyncReportStatus::Failed => "failed",
+        SyncReportStatus::GrantExpired => "grant_expired",
+    }
+}
+
+/// One key per (sync, attempt, status) of an authenticated report: a redelivered job reported
+/// again is a replay.
+fn report_idempotency_key(ev: &SyncReported) -> String {
+    format!(
+        "sync.reported#{}#{}#{}",
+        ev.sync_id,
+        ev.attempt,
+        status_name(ev.status)
+    )
+}
+
+/// What must not differ between two reports under one key: the counters may (a redelivered job
+/// finds its blobs already copied), the install and digest may not.
+fn report_payload_hash(ev: &SyncReported) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        ev.install_id.as_str(),
+        ev.sync_id.as_str(),
+        &ev.attempt.to_string(),
+        status_name(ev.status),
+        ev.digest.as_str(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+async fn revoke_quietly<G: GrantMinter>(minter: &G, grant: &GrantId) {
     // Grants expire within 15 minutes anyway; a failed revoke must not fail the report.
-    if let Err(e) = minter.revoke(sync_id).await {
-        tracing::warn!(sync_id = %sync_id, error = %e, "could not revoke grant; it will expire");
+    if let Err(e) = minter.revoke(grant).await {
+        tracing::warn!(grant = %grant, error = %e, "could not revoke grant; it will expire");
     }
 }
 
 async fn sync_reported<S, Q, E, B, G, C>(
     ports: &Ports<S, Q, E, B, G, C>,
+    job: SyncJob,
+    install: Install,
     ev: &SyncReported,
 ) -> Result<Outcome, HandlerError>
 where
@@ -915,24 +1161,6 @@ where
     G: GrantMinter,
     C: Clock,
 {
-    let store = &ports.store;
-    let config = &ports.config;
-    let now = ports.clock.now_ms();
-    let job = store
-        .get_sync(&ev.sync_id)
-        .await?
-        .ok_or_else(|| HandlerError::UnknownSync {
-            sync_id: ev.sync_id.clone(),
-        })?;
-    if job.install_id != ev.install_id {
-        return Err(HandlerError::Mismatch {
-            message: format!(
-                "sync.reported for sync {} names install {}, but the job belongs to install {}; \
-                 check the reporting agent's install id",
-                ev.sync_id, ev.install_id, job.install_id
-            ),
-        });
-    }
     if job.digest != ev.digest {
         return Err(HandlerError::Mismatch {
             message: format!(
@@ -947,138 +1175,186 @@ where
         bytes_skipped: ev.bytes_skipped,
         duration_ms: ev.duration_ms,
     };
-    let reported_attempt = ev.attempt.unwrap_or(job.state.attempts);
-    let stale = Outcome::StaleReport {
-        sync_id: job.id.clone(),
-        reported_attempt,
-    };
-
+    let grant = GrantId::new(job.id.clone(), ev.attempt);
     match ev.status {
         // A success from any attempt is true: the install holds the digest.
-        SyncReportStatus::Succeeded => {
-            let stored = apply(store, config, job, |j| match j.status() {
-                JobStatus::Succeeded => Ok(Decision::Keep),
-                s if s.is_terminal() => Err(finished_conflict(j, s, "succeeded")),
-                _ => Ok(Decision::Write(j.succeed(now, stats)?)),
-            })
-            .await?;
-            let since = stored.state.finished_at.unwrap_or(now);
-            store
-                .record_lineage(&LineageRecord {
-                    digest: stored.digest.clone(),
-                    install_id: stored.install_id.clone(),
-                    repository: stored.repository.clone(),
-                    build_id: stored.build_id.clone(),
-                    sync_id: stored.id.clone(),
-                    since,
-                })
-                .await?;
-            revoke_quietly(&ports.minter, &stored.id).await;
-            tracing::info!(bytes_copied = ev.bytes_copied, "sync succeeded");
-            Ok(Outcome::SyncRecorded {
-                sync_id: stored.id,
-                status: JobStatus::Succeeded,
-            })
-        }
+        SyncReportStatus::Succeeded => report_succeeded(ports, job, &grant, stats).await,
         SyncReportStatus::Failed => {
-            if reported_attempt != job.state.attempts {
-                return Ok(stale);
+            if ev.attempt != job.state.attempts
+                || ports
+                    .minter
+                    .is_revoked(&grant)
+                    .await
+                    .map_err(HandlerError::Grant)?
+            {
+                return Ok(stale(&job, ev.attempt));
             }
             let message = ev.error.clone().unwrap_or_else(|| {
                 "the agent reported a failure without detail; see the agent's logs".to_string()
             });
-            let stored = apply(store, config, job, |j| match j.status() {
-                JobStatus::Failed => Ok(Decision::Keep),
-                s if s.is_terminal() => Err(finished_conflict(j, s, "failed")),
-                _ => Ok(Decision::Write(j.fail(
-                    now,
-                    JobError::new("sync_failed", message.clone()),
-                    Some(stats),
-                )?)),
-            })
-            .await?;
-            revoke_quietly(&ports.minter, &stored.id).await;
-            tracing::warn!(error = %message, "sync failed");
-            Ok(Outcome::SyncRecorded {
-                sync_id: stored.id,
-                status: JobStatus::Failed,
-            })
+            report_failed(ports, job, &grant, stats, message).await
         }
         SyncReportStatus::GrantExpired => {
-            revoke_quietly(&ports.minter, &job.id).await;
-            if job.status().is_terminal() {
-                return Ok(stale);
-            }
-            // A Queued job one attempt ahead is our own requeue, cut short by a crash: resume.
-            let resuming = job.status() == JobStatus::Queued
-                && reported_attempt.checked_add(1) == Some(job.state.attempts);
-            if !resuming && reported_attempt != job.state.attempts {
-                return Ok(stale);
-            }
-            let Some(install) = store.get_install(&job.install_id).await? else {
-                let reason = format!(
-                    "install {} is no longer registered, so no new grant can be minted",
-                    job.install_id
-                );
-                apply(store, config, job.clone(), |j| {
-                    Ok(if j.status().is_terminal() {
-                        Decision::Keep
-                    } else {
-                        Decision::Write(j.fail(
-                            now,
-                            JobError::new("unknown_install", reason.clone()),
-                            None,
-                        )?)
-                    })
-                })
-                .await?;
-                return Ok(Outcome::SyncRejected {
-                    sync_id: job.id,
-                    reason,
-                });
-            };
-            if !resuming && job.state.attempts >= config.max_sync_attempts {
-                let reason = format!(
-                    "the grant expired on all {} attempts; check that the install agent is running \
-                     and polling its queue, then request the sync again",
-                    job.state.attempts
-                );
-                let stored = apply(store, config, job, |j| {
-                    Ok(if j.status().is_terminal() {
-                        Decision::Keep
-                    } else {
-                        Decision::Write(j.fail(
-                            now,
-                            JobError::new("grant_expired", reason.clone()),
-                            None,
-                        )?)
-                    })
-                })
-                .await?;
-                return Ok(Outcome::SyncRecorded {
-                    status: stored.status(),
-                    sync_id: stored.id,
-                });
-            }
-            let target = reported_attempt.saturating_add(1);
-            let requeued = apply(store, config, job, |j| {
-                if j.status().is_terminal() || j.state.attempts >= target {
-                    Ok(Decision::Keep)
-                } else {
-                    Ok(Decision::Write(j.requeue(now)?))
-                }
-            })
-            .await?;
-            if requeued.status() != JobStatus::Queued || requeued.state.attempts != target {
-                // Someone else finished or dispatched it meanwhile.
-                return Ok(stale);
-            }
-            tracing::info!(
-                attempt = target,
-                "grant expired; re-minting and re-enqueueing"
-            );
-            let outcome = dispatch_sync(ports, &install, requeued).await?;
-            Ok(outcome)
+            report_grant_expired(ports, job, &install, ev.attempt).await
         }
     }
+}
+
+fn stale(job: &SyncJob, reported_attempt: u32) -> Outcome {
+    Outcome::StaleReport {
+        sync_id: job.id.clone(),
+        reported_attempt,
+    }
+}
+
+/// Succeeded (from any attempt), lineage put-if-absent, then the attempt's grant revoked.
+async fn report_succeeded<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    job: SyncJob,
+    grant: &GrantId,
+    stats: SyncStats,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    G: GrantMinter,
+    C: Clock,
+{
+    let (store, now) = (&ports.store, ports.clock.now_ms());
+    let stored = apply(store, &ports.config, job, |j| match j.status() {
+        JobStatus::Succeeded => Ok(Decision::Keep),
+        s if s.is_terminal() => Err(finished_conflict(j, s, "succeeded")),
+        _ => Ok(Decision::Write(j.succeed(now, stats)?)),
+    })
+    .await?;
+    let since = stored.state.finished_at.unwrap_or(now);
+    store
+        .record_lineage(&LineageRecord {
+            digest: stored.digest.clone(),
+            install_id: stored.install_id.clone(),
+            repository: stored.repository.clone(),
+            build_id: stored.build_id.clone(),
+            sync_id: stored.id.clone(),
+            since,
+        })
+        .await?;
+    revoke_quietly(&ports.minter, grant).await;
+    tracing::info!(bytes_copied = stats.bytes_copied, "sync succeeded");
+    Ok(Outcome::SyncRecorded {
+        sync_id: stored.id,
+        status: JobStatus::Succeeded,
+    })
+}
+
+/// Failed (current, unrevoked attempt only), then the attempt's grant revoked.
+async fn report_failed<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    job: SyncJob,
+    grant: &GrantId,
+    stats: SyncStats,
+    message: String,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    G: GrantMinter,
+    C: Clock,
+{
+    let now = ports.clock.now_ms();
+    let stored = apply(&ports.store, &ports.config, job, |j| match j.status() {
+        JobStatus::Failed => Ok(Decision::Keep),
+        s if s.is_terminal() => Err(finished_conflict(j, s, "failed")),
+        _ => Ok(Decision::Write(j.fail(
+            now,
+            JobError::new("sync_failed", message.clone()),
+            Some(stats),
+        )?)),
+    })
+    .await?;
+    revoke_quietly(&ports.minter, grant).await;
+    tracing::warn!(error = %message, "sync failed");
+    Ok(Outcome::SyncRecorded {
+        sync_id: stored.id,
+        status: JobStatus::Failed,
+    })
+}
+
+/// Fails a non-terminal job with `code`; a terminal one is kept as it is.
+async fn fail_unless_finished<S: JobStore>(
+    store: &S,
+    config: &Config,
+    now: u64,
+    job: SyncJob,
+    code: &str,
+    reason: &str,
+) -> Result<SyncJob, HandlerError> {
+    apply(store, config, job, |j| {
+        Ok(if j.status().is_terminal() {
+            Decision::Keep
+        } else {
+            Decision::Write(j.fail(now, JobError::new(code, reason.to_string()), None)?)
+        })
+    })
+    .await
+}
+
+/// The attempt's grant is revoked (only that attempt's: the next one gets a fresh grant), then
+/// the job is re-queued with attempts + 1 and dispatched again, or failed after
+/// `max_sync_attempts`.
+async fn report_grant_expired<S, Q, E, B, G, C>(
+    ports: &Ports<S, Q, E, B, G, C>,
+    job: SyncJob,
+    install: &Install,
+    reported_attempt: u32,
+) -> Result<Outcome, HandlerError>
+where
+    S: JobStore,
+    Q: Queue,
+    G: GrantMinter,
+    C: Clock,
+{
+    let (store, config, now) = (&ports.store, &ports.config, ports.clock.now_ms());
+    revoke_quietly(
+        &ports.minter,
+        &GrantId::new(job.id.clone(), reported_attempt),
+    )
+    .await;
+    if job.status().is_terminal() {
+        return Ok(stale(&job, reported_attempt));
+    }
+    // A Queued job one attempt ahead is our own requeue, cut short by a crash: resume.
+    let resuming = job.status() == JobStatus::Queued
+        && reported_attempt.checked_add(1) == Some(job.state.attempts);
+    if !resuming && reported_attempt != job.state.attempts {
+        return Ok(stale(&job, reported_attempt));
+    }
+    if !resuming && job.state.attempts >= config.max_sync_attempts {
+        let reason = format!(
+            "the grant expired on all {} attempts; check that the install agent is running \
+             and polling its queue, then request the sync again",
+            job.state.attempts
+        );
+        let stored =
+            fail_unless_finished(store, config, now, job, "grant_expired", &reason).await?;
+        return Ok(Outcome::SyncRecorded {
+            status: stored.status(),
+            sync_id: stored.id,
+        });
+    }
+    let target = reported_attempt.saturating_add(1);
+    let requeued = apply(store, config, job, |j| {
+        if j.status().is_terminal() || j.state.attempts >= target {
+            Ok(Decision::Keep)
+        } else {
+            Ok(Decision::Write(j.requeue(now)?))
+        }
+    })
+    .await?;
+    if requeued.status() != JobStatus::Queued || requeued.state.attempts != target {
+        // Someone else finished or dispatched it meanwhile.
+        return Ok(stale(&requeued, reported_attempt));
+    }
+    tracing::info!(
+        attempt = target,
+        "grant expired; re-minting and re-enqueueing"
+    );
+    dispatch_sync(ports, install, requeued).await
 }

@@ -16,6 +16,7 @@ pub mod id;
 pub mod ports;
 pub mod seal;
 pub mod state;
+pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;

@@ -283,6 +283,21 @@ pub trait JobStore: Send + Sync {
         digest: &Digest,
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<LineageRecord>, StoreError>> + Send;
+
+    /// Adds one to the counter of security events of `kind` (a name the code chooses, from
+    /// [`crate::handlers::SecurityEvent`]: never anything a sender controls, so the counters
+    /// stay a fixed, small set however much is sent) and records `now` as its last time.
+    /// Returns the new count.
+    fn count_security_event(
+        &self,
+        kind: &str,
+        now: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// The counter of `kind` and its last time (0, `None` when none was counted).
+    fn security_event_count(
+        &self,
+        kind: &str,
+    ) -> impl Future<Output = Result<(u64, Option<u64>), StoreError>> + Send;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,17 +484,44 @@ pub enum GrantError {
 }
 
 pub trait GrantMinter: Send + Sync {
-    /// A read-only pull grant for exactly `repository`, lasting at most 15 minutes, sealed to
-    /// `install.agent_public_key`. The clear credential never leaves the minter.
+    /// The read-only pull grant of one attempt of one sync: exactly `repository`, lasting at
+    /// most 15 minutes, sealed to `install.agent_public_key`. The clear credential never leaves
+    /// the minter. Refused for a grant id that was revoked.
     fn mint(
         &self,
         install: &Install,
         repository: &Repository,
         digest: &Digest,
-        sync_id: &SyncId,
+        grant: &GrantId,
     ) -> impl Future<Output = Result<SealedGrant, GrantError>> + Send;
-    /// Invalidates every grant minted for `sync_id`; revoking twice is fine.
-    fn revoke(&self, sync_id: &SyncId) -> impl Future<Output = Result<(), GrantError>> + Send;
+    /// Invalidates the grant of this attempt (not the sync's later attempts, so a re-mint
+    /// after `grant_expired` works); revoking twice is fine. What "invalidates" means is the
+    /// backend's: the embedded registry refuses the token; ECR cannot revoke a token, so on
+    /// AWS it is a record that [`GrantMinter::is_revoked`] reads.
+    fn revoke(&self, grant: &GrantId) -> impl Future<Output = Result<(), GrantError>> + Send;
+    /// Whether the grant of this attempt was revoked.
+    fn is_revoked(&self, grant: &GrantId) -> impl Future<Output = Result<bool, GrantError>> + Send;
+}
+
+/// One attempt of one sync: what a grant is minted for and revoked by. Its text form
+/// `<sync id>.a<attempt>` is the grant's job id in the embedded registry and part of the STS
+/// session name on AWS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrantId {
+    pub sync_id: SyncId,
+    pub attempt: u32,
+}
+
+impl GrantId {
+    pub fn new(sync_id: SyncId, attempt: u32) -> GrantId {
+        GrantId { sync_id, attempt }
+    }
+}
+
+impl fmt::Display for GrantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.a{}", self.sync_id, self.attempt)
+    }
 }
 
 /// The time, for handlers that must not read a clock themselves.

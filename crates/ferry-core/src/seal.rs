@@ -105,12 +105,18 @@ impl AgentKeypair {
 
     /// The private key in text form, for a key file (mode 0600). Handle as a secret.
     pub fn to_secret_string(&self) -> Zeroizing<String> {
-        let mut raw = Zeroizing::new([0u8; KEY_LEN]);
-        self.secret.write_exact(raw.as_mut());
+        let raw = self.secret_bytes();
         Zeroizing::new(format!(
             "{SECRET_KEY_PREFIX}{}",
             URL_SAFE_NO_PAD.encode(raw.as_ref())
         ))
+    }
+
+    /// The raw private key, for deriving this agent's other keys (`trust`). Never leaves the crate.
+    pub(crate) fn secret_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+        self.secret.write_exact(raw.as_mut());
+        raw
     }
 
     /// Parses what [`AgentKeypair::to_secret_string`] wrote (surrounding whitespace allowed).

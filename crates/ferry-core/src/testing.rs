@@ -25,11 +25,12 @@ use crate::id::{
 };
 use crate::ports::{
     Batch, BuildSpec, Builder, BuilderError, BusError, Clock, Conflict, Cursor, EntryFailure,
-    EventBus, GrantError, GrantMinter, IdGenerator, IdempotencyClaim, JobStore, MessageId, Page,
-    PageRequest, Queue, QueueError, ReceiptHandle, ReceiveOptions, ReceivedMessage, StoreError,
-    WriteError, MAX_MESSAGE_BYTES,
+    EventBus, GrantError, GrantId, GrantMinter, IdGenerator, IdempotencyClaim, JobStore, MessageId,
+    Page, PageRequest, Queue, QueueError, ReceiptHandle, ReceiveOptions, ReceivedMessage,
+    StoreError, WriteError, MAX_MESSAGE_BYTES,
 };
 use crate::state::Expected;
+use crate::trust::VendorKey;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking test thread must not turn every later assertion into a poison error.
@@ -109,6 +110,7 @@ struct StoreState {
     syncs: BTreeMap<SyncId, SyncJob>,
     lineage: BTreeMap<(Digest, InstallId), LineageRecord>,
     idempotency: BTreeMap<String, IdemRecord>,
+    security: BTreeMap<String, (u64, u64)>,
     writes: u64,
 }
 
@@ -368,6 +370,23 @@ impl JobStore for MemStore {
             },
         );
         Ok(())
+    }
+
+    async fn count_security_event(&self, kind: &str, now: u64) -> Result<u64, StoreError> {
+        yield_now().await;
+        let mut s = lock(&self.0);
+        let entry = s.security.entry(kind.to_string()).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 = now;
+        Ok(entry.0)
+    }
+
+    async fn security_event_count(&self, kind: &str) -> Result<(u64, Option<u64>), StoreError> {
+        yield_now().await;
+        Ok(lock(&self.0)
+            .security
+            .get(kind)
+            .map_or((0, None), |(n, at)| (*n, Some(*at))))
     }
 
     async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {
@@ -816,13 +835,14 @@ pub struct Minted {
     pub repository: Repository,
     pub digest: Digest,
     pub sync_id: SyncId,
+    pub attempt: u32,
     pub grant: SealedGrant,
 }
 
 #[derive(Debug, Default)]
 struct MinterState {
     minted: Vec<Minted>,
-    revoked: Vec<SyncId>,
+    revoked: Vec<GrantId>,
     refuse: Option<String>,
 }
 
@@ -845,7 +865,17 @@ impl MemMinter {
         lock(&self.state).minted.clone()
     }
 
+    /// The syncs whose grants were revoked (any attempt), in order.
     pub fn revoked(&self) -> Vec<SyncId> {
+        lock(&self.state)
+            .revoked
+            .iter()
+            .map(|g| g.sync_id.clone())
+            .collect()
+    }
+
+    /// The grants revoked, per attempt, in order.
+    pub fn revoked_grants(&self) -> Vec<GrantId> {
         lock(&self.state).revoked.clone()
     }
 
@@ -860,12 +890,17 @@ impl GrantMinter for MemMinter {
         install: &Install,
         repository: &Repository,
         digest: &Digest,
-        sync_id: &SyncId,
+        grant_id: &GrantId,
     ) -> Result<SealedGrant, GrantError> {
         let mut s = lock(&self.state);
         if let Some(message) = &s.refuse {
             return Err(GrantError::Refused {
                 message: message.clone(),
+            });
+        }
+        if s.revoked.contains(grant_id) {
+            return Err(GrantError::Refused {
+                message: format!("grant {grant_id} was revoked"),
             });
         }
         let n = s.minted.len() + 1;
@@ -875,15 +910,20 @@ impl GrantMinter for MemMinter {
             install: install.id.clone(),
             repository: repository.clone(),
             digest: digest.clone(),
-            sync_id: sync_id.clone(),
+            sync_id: grant_id.sync_id.clone(),
+            attempt: grant_id.attempt,
             grant: grant.clone(),
         });
         Ok(grant)
     }
 
-    async fn revoke(&self, sync_id: &SyncId) -> Result<(), GrantError> {
-        lock(&self.state).revoked.push(sync_id.clone());
+    async fn revoke(&self, grant: &GrantId) -> Result<(), GrantError> {
+        lock(&self.state).revoked.push(grant.clone());
         Ok(())
+    }
+
+    async fn is_revoked(&self, grant: &GrantId) -> Result<bool, GrantError> {
+        Ok(lock(&self.state).revoked.contains(grant))
     }
 }
 
@@ -903,5 +943,40 @@ pub fn fake_ports(start_ms: u64) -> FakePorts {
         minter: MemMinter::new(clock.clone()),
         clock,
         config: Config::default(),
+        vendor_key: Arc::new(test_vendor_key()),
     }
+}
+
+/// A test install's agent key pair, derived from its id so tests need not carry keys around
+/// (tests only: a real agent generates its key with `ferry-agent keygen`).
+pub fn test_agent_key(install: &InstallId) -> crate::seal::AgentKeypair {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let seed = sha2::Sha256::digest(format!("agent-key-of-{install}"));
+    let text = format!(
+        "{}{}",
+        crate::seal::SECRET_KEY_PREFIX,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed)
+    );
+    crate::seal::AgentKeypair::from_secret_string(&text)
+        .unwrap_or_else(|e| panic!("test agent key: {e}"))
+}
+
+/// A report signed by the test agent key of its install ([`test_agent_key`]).
+pub fn signed_by_test_agent(mut report: crate::event::SyncReported) -> crate::event::SyncReported {
+    test_agent_key(&report.install_id)
+        .report_key()
+        .sign(&mut report);
+    report
+}
+
+/// The vendor key every fake port set shares: a fixed secret, so sync ids are stable across
+/// test runs (tests only; a real vendor key comes from `VendorKey::generate`).
+pub fn test_vendor_key() -> VendorKey {
+    let text = format!(
+        "{}{}",
+        crate::trust::VENDOR_SECRET_PREFIX,
+        "dGVzdC12ZW5kb3Ita2V5LWZvci1mZXJyeS10ZXN0cyE"
+    );
+    VendorKey::from_secret_string(&text).unwrap_or_else(|e| panic!("test vendor key: {e}"))
 }

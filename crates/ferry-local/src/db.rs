@@ -77,6 +77,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX messages_visible ON messages (queue, visible_at, seq);
     "#,
+    // 2: counters of refused, unauthenticated input (a fixed set of kinds, never sender data).
+    r#"
+    CREATE TABLE security_events (
+        kind TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::domain::{Install, SealedGrant};
-use ferry_core::id::{Digest, Repository, SyncId};
-use ferry_core::ports::{GrantError, GrantMinter};
+use ferry_core::id::{Digest, Repository};
+use ferry_core::ports::{GrantError, GrantId, GrantMinter};
 use ferry_core::seal::{ClearGrant, GrantScheme};
 use ferry_registry::access::{AccessControl, AuthError};
 
@@ -71,14 +71,16 @@ impl GrantMinter for LocalGrantMinter {
         install: &Install,
         repository: &Repository,
         digest: &Digest,
-        sync_id: &SyncId,
+        grant_id: &GrantId,
     ) -> Result<SealedGrant, GrantError> {
         let access = self.access.clone();
+        let sync_id = &grant_id.sync_id;
+        // The registry's job id is per attempt, so revoking attempt 1 leaves attempt 2 mintable.
         let (inst, repo, dig, job, ttl) = (
             install.id.as_str().to_string(),
             repository.as_str().to_string(),
             digest.as_str().to_string(),
-            sync_id.as_str().to_string(),
+            grant_id.to_string(),
             self.ttl,
         );
         // Minting reads the revocation list and signs: keep it off the async workers.
@@ -101,18 +103,22 @@ impl GrantMinter for LocalGrantMinter {
         let ciphertext = clear
             .seal(&install.agent_public_key, &install.id, sync_id)
             .map_err(|e| refused(format!("install {}: {e}", install.id)))?;
-        tracing::info!(sync_id = %sync_id, install = %install.id, expires_at, "grant minted and sealed");
+        tracing::info!(grant = %grant_id, install = %install.id, expires_at, "grant minted and sealed");
         Ok(SealedGrant::new(ciphertext, expires_at))
     }
 
-    async fn revoke(&self, sync_id: &SyncId) -> Result<(), GrantError> {
+    async fn revoke(&self, grant: &GrantId) -> Result<(), GrantError> {
         let access = self.access.clone();
-        let job = sync_id.as_str().to_string();
+        let job = grant.to_string();
         tokio::task::spawn_blocking(move || access.revoke_grant(&job))
             .await
             .map_err(join_error)?
             .map_err(from_auth)?;
-        tracing::info!(sync_id = %sync_id, "grant revoked");
+        tracing::info!(grant = %grant, "grant revoked");
         Ok(())
+    }
+
+    async fn is_revoked(&self, grant: &GrantId) -> Result<bool, GrantError> {
+        Ok(self.access.is_grant_revoked(&grant.to_string()))
     }
 }

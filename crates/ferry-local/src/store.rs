@@ -560,6 +560,43 @@ impl JobStore for SqliteStore {
             .map_err(store_err)
     }
 
+    async fn count_security_event(&self, kind: &str, now: u64) -> Result<u64, StoreError> {
+        let kind = kind.to_string();
+        self.db
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO security_events (kind, count, last_at) VALUES (?1, 1, ?2)
+                     ON CONFLICT (kind) DO UPDATE SET count = count + 1, last_at = excluded.last_at",
+                    params![kind, to_i64(now)],
+                )?;
+                let n: i64 = tx.query_row(
+                    "SELECT count FROM security_events WHERE kind = ?1",
+                    [&kind],
+                    |r| r.get(0),
+                )?;
+                Ok(to_u64(n))
+            })
+            .await
+            .map_err(store_err)
+    }
+
+    async fn security_event_count(&self, kind: &str) -> Result<(u64, Option<u64>), StoreError> {
+        let kind = kind.to_string();
+        self.db
+            .write(move |tx| {
+                let row: Option<(i64, i64)> = tx
+                    .query_row(
+                        "SELECT count, last_at FROM security_events WHERE kind = ?1",
+                        [&kind],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                Ok(row.map_or((0, None), |(n, at)| (to_u64(n), Some(to_u64(at)))))
+            })
+            .await
+            .map_err(store_err)
+    }
+
     async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
         self.db

@@ -23,6 +23,7 @@ use ferry_core::ports::{
     ReceiveOptions, ReceivedMessage, WriteError, MAX_BATCH, MAX_WAIT_SECONDS,
 };
 use ferry_core::state::JobError;
+use ferry_core::trust::VendorKey;
 use ferry_core::{process_batch, Record};
 
 use crate::bus::{ims_queues, LocalBus};
@@ -418,6 +419,7 @@ where
     I: IdGenerator,
 {
     /// Wires the ports over `db` and creates the IMS queues and their dead-letter queues.
+    /// `vendor_key` signs the job messages and keys the sync ids (see `ferry_core::trust`).
     pub async fn new(
         db: Db,
         builder: B,
@@ -425,6 +427,7 @@ where
         clock: C,
         ids: I,
         options: ImsOptions,
+        vendor_key: Arc<VendorKey>,
     ) -> Result<Self, QueueError> {
         let queue = SqliteQueue::new(db.clone());
         for name in ims_queues() {
@@ -457,6 +460,7 @@ where
             minter,
             clock,
             config: options.handlers,
+            vendor_key,
         };
         Ok(LocalIms {
             ports: Arc::new(ports),

@@ -71,6 +71,7 @@ async fn env(visibility: Duration, max_receive_count: u32) -> Env {
         clock.clone(),
         SeqIds::default(),
         options,
+        std::sync::Arc::new(ferry_core::testing::test_vendor_key()),
     )
     .await
     .unwrap();
@@ -100,6 +101,9 @@ async fn env(visibility: Duration, max_receive_count: u32) -> Env {
                     namespace: "vendor".into(),
                 },
                 agent_public_key: format!("agent-key-{i}"),
+                agent_report_key: ferry_core::testing::test_agent_key(&InstallId::new(i).unwrap())
+                    .report_key()
+                    .public_key_string(),
                 queue: agent_queue(i),
                 components: vec![web()],
             })
@@ -203,17 +207,20 @@ fn completed(build: &BuildId) -> Event {
 }
 
 fn reported(job: &SyncJobMessage) -> Event {
-    Event::new(Payload::SyncReported(SyncReported {
-        sync_id: job.sync_id.clone(),
-        install_id: job.install_id.clone(),
-        status: SyncReportStatus::Succeeded,
-        digest: job.digest.clone(),
-        bytes_copied: 1234,
-        bytes_skipped: 0,
-        duration_ms: 10,
-        error: None,
-        attempt: Some(job.attempt),
-    }))
+    Event::new(Payload::SyncReported(
+        ferry_core::testing::signed_by_test_agent(SyncReported {
+            sync_id: job.sync_id.clone(),
+            install_id: job.install_id.clone(),
+            status: SyncReportStatus::Succeeded,
+            digest: job.digest.clone(),
+            bytes_copied: 1234,
+            bytes_skipped: 0,
+            duration_ms: 10,
+            error: None,
+            attempt: job.attempt,
+            signature: String::new(),
+        }),
+    ))
 }
 
 async fn take_job(env: &Env, install: &str) -> SyncJobMessage {

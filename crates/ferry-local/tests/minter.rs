@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ferry_core::domain::{Install, RegistryTarget};
 use ferry_core::id::{AppName, Digest as CoreDigest, InstallId, QueueName, Repository, SyncId};
-use ferry_core::ports::{GrantError, GrantMinter};
+use ferry_core::ports::{GrantError, GrantId, GrantMinter};
 use ferry_core::seal::{AgentKeypair, ClearGrant};
 use ferry_local::minter::LocalGrantMinter;
 use ferry_oci::{
@@ -57,6 +57,7 @@ fn install(id: &str, key: &AgentKeypair) -> Install {
             namespace: format!("installs/{id}"),
         },
         agent_public_key: key.public_key_string(),
+        agent_report_key: key.report_key().public_key_string(),
         queue: QueueName::new(format!("install-{id}")).unwrap(),
         components: vec![],
     }
@@ -83,7 +84,12 @@ async fn sealed_grant_never_holds_the_token_in_clear_and_opens_only_for_its_job(
     let a = install("a", &key);
     let repo = Repository::new("vendor/demo/app").unwrap();
     let sync = SyncId::new("s-1").unwrap();
-    let sealed = env.minter.mint(&a, &repo, &digest(), &sync).await.unwrap();
+    let grant_id = GrantId::new(sync.clone(), 1);
+    let sealed = env
+        .minter
+        .mint(&a, &repo, &digest(), &grant_id)
+        .await
+        .unwrap();
     let grant = ClearGrant::open(&key, sealed.ciphertext(), &a.id, &sync).unwrap();
     assert_eq!(grant.repository, "vendor/demo/app");
     assert_eq!(grant.digest, digest().as_str());
@@ -116,7 +122,12 @@ async fn a_revoked_grant_is_refused_by_the_registry() {
     let a = install("a", &key);
     let repo = Repository::new("vendor/demo/app").unwrap();
     let sync = SyncId::new("s-rev").unwrap();
-    let sealed = env.minter.mint(&a, &repo, &digest(), &sync).await.unwrap();
+    let grant_id = GrantId::new(sync.clone(), 1);
+    let sealed = env
+        .minter
+        .mint(&a, &repo, &digest(), &grant_id)
+        .await
+        .unwrap();
     let token = ClearGrant::open(&key, sealed.ciphertext(), &a.id, &sync)
         .unwrap()
         .token
@@ -129,18 +140,30 @@ async fn a_revoked_grant_is_refused_by_the_registry() {
         matches!(before, ferry_oci::Error::NotFound { .. }),
         "{before}"
     );
-    env.minter.revoke(&sync).await.unwrap();
-    env.minter.revoke(&sync).await.unwrap();
+    env.minter.revoke(&grant_id).await.unwrap();
+    env.minter.revoke(&grant_id).await.unwrap();
     let after = c.get_manifest(&r, digest().as_str()).await.unwrap_err();
     assert!(matches!(after, ferry_oci::Error::Auth { .. }), "{after}");
     assert!(!after.to_string().contains(&token));
-    // And no new grant is minted for a revoked job.
+    // And no new grant is minted for a revoked attempt...
     let again = env
         .minter
-        .mint(&a, &repo, &digest(), &sync)
+        .mint(&a, &repo, &digest(), &grant_id)
         .await
         .unwrap_err();
     assert!(matches!(again, GrantError::Refused { .. }), "{again}");
+    assert!(env.minter.is_revoked(&grant_id).await.unwrap());
+    // ...but the sync's next attempt gets a fresh one (the re-mint after grant_expired).
+    let next = GrantId::new(sync.clone(), 2);
+    assert!(!env.minter.is_revoked(&next).await.unwrap());
+    let fresh = env.minter.mint(&a, &repo, &digest(), &next).await.unwrap();
+    let token2 = ClearGrant::open(&key, fresh.ciphertext(), &a.id, &sync)
+        .unwrap()
+        .token
+        .clone();
+    let c2 = bearer(&env.host, &token2);
+    let ok = c2.get_manifest(&r, digest().as_str()).await.unwrap_err();
+    assert!(matches!(ok, ferry_oci::Error::NotFound { .. }), "{ok}");
 }
 
 #[tokio::test]
@@ -151,7 +174,12 @@ async fn install_b_cannot_open_a_grant_nor_push_with_a_stolen_token() {
     let a = install("a", &key_a);
     let repo = Repository::new("vendor/demo/app").unwrap();
     let sync = SyncId::new("s-iso").unwrap();
-    let sealed = env.minter.mint(&a, &repo, &digest(), &sync).await.unwrap();
+    let grant_id = GrantId::new(sync.clone(), 1);
+    let sealed = env
+        .minter
+        .mint(&a, &repo, &digest(), &grant_id)
+        .await
+        .unwrap();
     for id in ["a", "b"] {
         let id = InstallId::new(id).unwrap();
         assert!(ClearGrant::open(&key_b, sealed.ciphertext(), &id, &sync).is_err());
@@ -187,10 +215,11 @@ async fn a_bad_agent_key_or_a_non_vendor_repository_is_refused() {
     let key = AgentKeypair::generate().unwrap();
     let mut a = install("a", &key);
     let sync = SyncId::new("s-bad").unwrap();
+    let grant_id = GrantId::new(sync.clone(), 1);
     let installs_repo = Repository::new("installs/a/demo/app").unwrap();
     let e = env
         .minter
-        .mint(&a, &installs_repo, &digest(), &sync)
+        .mint(&a, &installs_repo, &digest(), &grant_id)
         .await
         .unwrap_err();
     assert!(matches!(e, GrantError::Refused { .. }), "{e}");
@@ -198,7 +227,7 @@ async fn a_bad_agent_key_or_a_non_vendor_repository_is_refused() {
     let repo = Repository::new("vendor/demo/app").unwrap();
     let e = env
         .minter
-        .mint(&a, &repo, &digest(), &sync)
+        .mint(&a, &repo, &digest(), &grant_id)
         .await
         .unwrap_err();
     assert!(matches!(e, GrantError::Refused { .. }), "{e}");

@@ -588,6 +588,11 @@ impl AccessControl {
         Ok(())
     }
 
+    /// Whether the grant of `job_id` (or the token `jti`) was revoked.
+    pub fn is_grant_revoked(&self, job_or_jti: &str) -> bool {
+        self.revocations.is_revoked(job_or_jti)
+    }
+
     /// Forgets revocations that can no longer match a live token.
     pub fn prune_revocations(&self) -> Result<usize, AuthError> {
         Ok(self.revocations.prune(self.now())?)

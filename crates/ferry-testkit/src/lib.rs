@@ -148,6 +148,23 @@ pub async fn create_role(endpoint: &str, name: &str) -> String {
     body[start..end].to_owned()
 }
 
+/// Creates a Secrets Manager secret `name` holding `text` in moto (the vendor key, an agent
+/// key), as the stacks' `AWS::SecretsManager::Secret` would.
+pub async fn create_secret(endpoint: &str, name: &str, text: &str) {
+    let resp = reqwest::Client::new()
+        .post(endpoint)
+        .header("authorization", moto_auth("secretsmanager"))
+        .header("x-amz-target", "secretsmanager.CreateSecret")
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(serde_json::json!({"Name": name, "SecretString": text}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body = resp.text().await.unwrap();
+    assert!(status.is_success(), "CreateSecret {name}: {status} {body}");
+}
+
 /// Forwards one request (its parts and body) to `upstream`, keeping method, path, query and
 /// headers (but `host` and `content-length`). Returns the response head to answer with (all
 /// upstream headers but `content-length` and `transfer-encoding`) and the upstream body.

@@ -6,11 +6,14 @@
 //! default chain does) and never log a value it reads, apart from resource names.
 //!
 //! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT` (or
-//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`. The handlers do
+//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`, and
+//! `FERRY_VENDOR_KEY_SECRET` (the Secrets Manager secret holding the vendor key, read once at
+//! cold start; its value is never logged, its public half is). The handlers do
 //! not need `FERRY_REPORT_QUEUE_URL`, `FERRY_INSTALL_QUEUE_PREFIX` or
 //! `FERRY_REPOSITORY_PREFIX`: an install record names its own queue, and a component its
 //! repository.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::RngCore as _;
@@ -19,6 +22,7 @@ use ferry_aws::{
     CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
 };
 use ferry_core::ports::{Clock, IdGenerator};
+use ferry_core::trust::VendorKey;
 use ferry_core::{Config, Ports};
 
 pub const TABLE_ENV: &str = "FERRY_TABLE";
@@ -29,6 +33,8 @@ pub const CODEBUILD_PROJECT_ENV: &str = "FERRY_CODEBUILD_PROJECT";
 pub const PULL_ROLE_ENV: &str = "FERRY_PULL_ROLE_ARN";
 /// `<account>.dkr.ecr.<region>.<suffix>`: grants name this host, account and region.
 pub const VENDOR_REGISTRY_ENV: &str = "FERRY_VENDOR_REGISTRY";
+/// The id or ARN of the Secrets Manager secret that holds the vendor key.
+pub const VENDOR_KEY_SECRET_ENV: &str = "FERRY_VENDOR_KEY_SECRET";
 
 /// The configuration could not be read; the function cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +50,8 @@ pub enum ConfigError {
         value: String,
         reason: &'static str,
     },
+    #[error("the vendor key in secret {secret} could not be used: {reason}")]
+    VendorKey { secret: String, reason: String },
 }
 
 /// Resource names and grant settings, as read from the environment.
@@ -53,6 +61,8 @@ pub struct Settings {
     pub event_bus: String,
     pub build_project: String,
     pub grants: EcrGrantSettings,
+    /// The secret holding the vendor key.
+    pub vendor_key_secret: String,
 }
 
 fn required(
@@ -125,7 +135,13 @@ impl Settings {
             "set it to <account>.dkr.ecr.<region>.amazonaws.com",
         )?;
         let (registry_account_id, region) = parse_vendor_registry(&registry)?;
+        let vendor_key_secret = required(
+            &get,
+            VENDOR_KEY_SECRET_ENV,
+            "set it to the ARN of the secret holding the vendor key",
+        )?;
         Ok(Settings {
+            vendor_key_secret,
             table,
             event_bus,
             build_project,
@@ -189,11 +205,15 @@ impl Deps {
     /// What every function's `main` calls: settings and SDK config from the environment.
     pub async fn from_env() -> Result<Deps, ConfigError> {
         let settings = Settings::from_env()?;
-        Ok(Deps::connect(&settings, &AwsOverrides::default()).await)
+        Deps::connect(&settings, &AwsOverrides::default()).await
     }
 
-    /// Builds the clients for `settings`, with ferry-aws's HTTP client, retries and timeouts.
-    pub async fn connect(settings: &Settings, overrides: &AwsOverrides) -> Deps {
+    /// Builds the clients for `settings`, with ferry-aws's HTTP client, retries and timeouts,
+    /// and reads the vendor key from its secret.
+    pub async fn connect(
+        settings: &Settings,
+        overrides: &AwsOverrides,
+    ) -> Result<Deps, ConfigError> {
         let mut loader = ferry_aws::config::loader();
         if let Some(url) = &overrides.endpoint_url {
             loader = loader.endpoint_url(url.clone());
@@ -205,14 +225,25 @@ impl Deps {
             loader = loader.test_credentials();
         }
         let config = loader.load().await;
+        let vendor_key_error = |reason: String| ConfigError::VendorKey {
+            secret: settings.vendor_key_secret.clone(),
+            reason,
+        };
+        let text = ferry_aws::agent::read_secret_string(&config, &settings.vendor_key_secret)
+            .await
+            .map_err(|e| vendor_key_error(e.to_string()))?;
+        let vendor_key =
+            VendorKey::from_secret_string(&text).map_err(|e| vendor_key_error(e.to_string()))?;
+        drop(text);
         let store = DynamoStore::new(&config, settings.table.clone());
         tracing::info!(
             table = %settings.table,
             event_bus = %settings.event_bus,
             build_project = %settings.build_project,
+            vendor_public_key = %vendor_key.public_key_string(),
             "clients ready"
         );
-        Deps {
+        Ok(Deps {
             ports: Ports {
                 store: store.clone(),
                 queue: SqsQueue::new(&config),
@@ -221,9 +252,10 @@ impl Deps {
                 minter: EcrGrantMinter::new(&config, settings.grants.clone(), store),
                 clock: SystemClock,
                 config: Config::default(),
+                vendor_key: Arc::new(vendor_key),
             },
             ids: RandomIds,
-        }
+        })
     }
 }
 
@@ -250,6 +282,7 @@ mod tests {
             "FERRY_VENDOR_REGISTRY",
             "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
         ),
+        ("FERRY_VENDOR_KEY_SECRET", "ferry-vendor-key"),
     ];
 
     #[test]

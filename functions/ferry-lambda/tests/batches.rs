@@ -7,8 +7,7 @@ mod common;
 
 use common::{batch, failed_ids, record, unique, Moto};
 use ferry_core::domain::{Component, ComponentKind, Install, RegistryTarget};
-use ferry_core::event::parse_sync_job;
-use ferry_core::id::SyncId;
+use ferry_core::event::{parse_sync_job, Event, Payload, SyncReportStatus, SyncReported};
 use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository};
 use ferry_core::ports::{JobStore, PageRequest, Queue, ReceiveOptions};
 use ferry_core::seal::AgentKeypair;
@@ -230,13 +229,14 @@ async fn build_to_sync_through_the_four_functions_and_replays_are_no_ops() {
             namespace: "vendor".into(),
         },
         agent_public_key: agent.public_key_string(),
+        agent_report_key: agent.report_key().public_key_string(),
         queue: install_queue.clone(),
         components: vec![web()],
     };
     store.put_install(&install).await.unwrap();
 
     let build = BuildId::new("b-flow").unwrap();
-    let sync = SyncId::for_build_and_install(&build, &install.id);
+    let sync = deps.ports.vendor_key.sync_id(&build, &install.id);
     let requested = vec![record("m-1", &build_requested("b-flow"))];
     let completed = vec![
         record("m-2", &codebuild_succeeded("cb-evt-1", "b-flow")),
@@ -255,14 +255,22 @@ async fn build_to_sync_through_the_four_functions_and_replays_are_no_ops() {
         "m-3",
         &in_envelope("sync.requested", "eb-sync", &sync_requested),
     )];
+    let mut report = SyncReported {
+        sync_id: sync.clone(),
+        install_id: install.id.clone(),
+        status: SyncReportStatus::Succeeded,
+        digest: Digest::new(DIGEST).unwrap(),
+        bytes_copied: 10,
+        bytes_skipped: 0,
+        duration_ms: 5,
+        error: None,
+        attempt: 1,
+        signature: String::new(),
+    };
+    agent.report_key().sign(&mut report);
     let reported = vec![record(
         "m-4",
-        &serde_json::json!({
-            "version": 1, "type": "sync.reported", "sync_id": sync.as_str(),
-            "install_id": "i-acme", "status": "succeeded", "digest": DIGEST,
-            "bytes_copied": 10, "bytes_skipped": 0, "duration_ms": 5, "attempt": 1,
-        })
-        .to_string(),
+        &Event::new(Payload::SyncReported(report)).to_json().unwrap(),
     )];
     let steps = [
         (Kind::BuildRequested, &requested),

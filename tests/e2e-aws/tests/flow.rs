@@ -19,13 +19,17 @@ use std::time::{Duration, Instant};
 
 use common::{aws_json, create_role, DockerRegistry, FaultProxy, Logs, Moto, ACCOUNT, REGION};
 use ferry_agent::aws::{aws_agent, load_keypair, AwsAgentOptions, KeySource};
+use ferry_agent::VendorTrust;
 use ferry_aws::{DynamoStore, EcrGrantSettings, EcrRepositories, EventBridgeBus, SqsQueue};
 use ferry_core::domain::{Component, ComponentKind, Install, RegistryTarget};
 use ferry_core::event::BuildRequested;
+use ferry_core::event::{SyncReportStatus, SyncReported};
+use ferry_core::handlers::SecurityEvent;
 use ferry_core::id::{AppName, ComponentName, EventId, InstallId, QueueName, Repository};
 use ferry_core::ports::{Batch, BuildSpec, EventBus, JobStore, PageRequest, Queue, ReceiveOptions};
 use ferry_core::seal::AgentKeypair;
 use ferry_core::state::JobStatus;
+use ferry_core::trust::VendorKey;
 use ferry_core::{Event, Payload};
 use ferry_lambda::{handle_sqs_batch, AwsOverrides, Context, Deps, Kind, LambdaEvent, Settings};
 use tokio_util::sync::CancellationToken;
@@ -287,6 +291,7 @@ async fn a_build_reaches_every_install_through_aws() {
                     namespace: "ferry".into(),
                 },
                 agent_public_key: kp.public_key_string(),
+                agent_report_key: kp.report_key().public_key_string(),
                 queue,
                 components: vec![component.name.clone()],
             })
@@ -301,7 +306,9 @@ async fn a_build_reaches_every_install_through_aws() {
         });
     }
 
-    // The functions' ports, as a Lambda would build them (grants name the vendor registry).
+    // The functions' ports, as a Lambda would build them (grants name the vendor registry), with
+    // the vendor key in Secrets Manager as the stack keeps it.
+    let vendor_key = VendorKey::generate().unwrap();
     let settings = Settings {
         table: table.into(),
         event_bus: "ferry".into(),
@@ -312,7 +319,14 @@ async fn a_build_reaches_every_install_through_aws() {
             region: REGION.into(),
             registry_host: Some(vendor.host()),
         },
+        vendor_key_secret: "ferry-vendor-key".into(),
     };
+    ferry_testkit::create_secret(
+        &moto.endpoint(),
+        &settings.vendor_key_secret,
+        &vendor_key.to_secret_string(),
+    )
+    .await;
     let deps = Deps::connect(
         &settings,
         &AwsOverrides {
@@ -321,7 +335,8 @@ async fn a_build_reaches_every_install_through_aws() {
             test_credentials: true,
         },
     )
-    .await;
+    .await
+    .unwrap();
 
     // ---- 2. build.requested, put three times, and one poison record -----------------------
     let poison_id = sqs
@@ -497,6 +512,63 @@ async fn a_build_reaches_every_install_through_aws() {
         .items;
     assert_eq!(syncs.len(), 2, "two installs, two syncs: {syncs:?}");
 
+    // ---- 4b. a hostile tenant: install a forges reports about install b's sync ------------
+    let victim = &installs[1];
+    let victim_sync = store
+        .syncs_by_install(&victim.id, &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let attacker_key = AgentKeypair::from_secret_string(&installs[0].secret_text)
+        .unwrap()
+        .report_key();
+    let forged = |claimed: &InstallId| {
+        let mut r = SyncReported {
+            sync_id: victim_sync.id.clone(),
+            install_id: claimed.clone(),
+            status: SyncReportStatus::Succeeded,
+            digest: victim_sync.digest.clone(),
+            bytes_copied: 1,
+            bytes_skipped: 0,
+            duration_ms: 1,
+            error: None,
+            attempt: victim_sync.state.attempts,
+            signature: String::new(),
+        };
+        attacker_key.sign(&mut r);
+        Event::new(Payload::SyncReported(r)).to_json().unwrap()
+    };
+    for claimed in [&installs[0].id, &victim.id] {
+        sqs.send(&q("sync-reported"), &forged(claimed))
+            .await
+            .unwrap();
+    }
+    let seen_forged = drive(
+        &deps,
+        &sqs,
+        &q("sync-reported"),
+        Kind::SyncReported,
+        &arns["sync-reported"],
+    )
+    .await;
+    assert!(
+        seen_forged.failures.is_empty(),
+        "refused, not retried into the DLQ: {seen_forged:?}"
+    );
+    assert_eq!(seen_forged.records, 2);
+    let after = store.get_sync(&victim_sync.id).await.unwrap().unwrap();
+    assert_eq!(after, victim_sync, "the victim's sync is untouched");
+    assert_eq!(
+        store
+            .security_event_count(SecurityEvent::ReportUnauthenticated.as_str())
+            .await
+            .unwrap()
+            .0,
+        2,
+        "both forgeries were counted"
+    );
+
     // ---- 5. the agents, AWS mode, from their own queues ------------------------------------
     let report_url = sqs.url(&q("sync-reported")).await.unwrap();
     let mut secrets = Vec::new();
@@ -510,7 +582,10 @@ async fn a_build_reaches_every_install_through_aws() {
                 report_queue_url: report_url.clone(),
                 install_registry: inst.registry.host(),
                 install_namespace: Some("ferry".into()),
-                vendor_registry: None,
+                vendor: VendorTrust {
+                    registry: vendor.host(),
+                    public_key: vendor_key.public_key_string(),
+                },
                 receive: ReceiveOptions::new(1, 1, 30).unwrap(),
                 shutdown_grace: Duration::from_secs(5),
             },

@@ -7,14 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_agent::{Agent, AgentConfig, QueueReporter};
+use ferry_agent::{Agent, AgentConfig, QueueReporter, VendorTrust};
 use ferry_core::domain::{Install, RegistryTarget};
 use ferry_core::event::SyncJobMessage;
 use ferry_core::id::{
     AppName, BuildId, Digest as CoreDigest, InstallId, QueueName, Repository, SyncId,
 };
-use ferry_core::ports::{GrantMinter, Queue, ReceiveOptions};
+use ferry_core::ports::{GrantId, GrantMinter, Queue, ReceiveOptions};
 use ferry_core::seal::{AgentKeypair, ClearGrant};
+use ferry_core::trust::VendorKey;
 use ferry_local::minter::LocalGrantMinter;
 use ferry_local::queue::{QueueConfig, SqliteQueue};
 use ferry_oci::{
@@ -34,6 +35,8 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Signs the job messages, as the IMS would; agents pin its public key.
+    pub vendor_key: Arc<VendorKey>,
     pub ac: Arc<AccessControl>,
     pub host: String,
     pub minter: LocalGrantMinter,
@@ -84,6 +87,7 @@ pub async fn start() -> Env {
     }
     Env {
         minter: LocalGrantMinter::new(ac.clone(), host.clone()),
+        vendor_key: Arc::new(ferry_core::testing::test_vendor_key()),
         dir,
         ac,
         host,
@@ -181,6 +185,7 @@ impl Env {
                 namespace: format!("installs/{id}"),
             },
             agent_public_key: key.public_key_string(),
+            agent_report_key: key.report_key().public_key_string(),
             queue: qn(&format!("install-{id}")),
             components: vec![],
         }
@@ -197,8 +202,13 @@ impl Env {
         let repo = Repository::new(VENDOR_REPO).unwrap();
         let d = CoreDigest::new(digest.as_str()).unwrap();
         let sync = SyncId::new(sync).unwrap();
-        let grant = self.minter.mint(install, &repo, &d, &sync).await.unwrap();
-        SyncJobMessage::new(
+        let grant_id = GrantId::new(sync.clone(), attempt);
+        let grant = self
+            .minter
+            .mint(install, &repo, &d, &grant_id)
+            .await
+            .unwrap();
+        let mut msg = SyncJobMessage::new(
             sync,
             BuildId::new("b-1").unwrap(),
             install.id.clone(),
@@ -206,7 +216,17 @@ impl Env {
             d,
             attempt,
             grant,
-        )
+        );
+        self.vendor_key.sign_job(&mut msg);
+        msg
+    }
+
+    /// What every test agent trusts: this registry and the test vendor key.
+    pub fn vendor_trust(&self) -> VendorTrust {
+        VendorTrust {
+            registry: self.host.clone(),
+            public_key: self.vendor_key.public_key_string(),
+        }
     }
 
     pub async fn send(&self, queue: &str, msg: &SyncJobMessage) {
@@ -304,6 +324,7 @@ pub fn agent(env: &Env, id: &str, secret: &str, key: &AgentKeypair) -> TestAgent
     let mut config = AgentConfig::new(
         InstallId::new(id).unwrap(),
         qn(&format!("install-{id}")),
+        env.vendor_trust(),
         env.host.clone(),
         Secret::new(secret),
     )

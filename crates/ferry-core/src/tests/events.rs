@@ -52,10 +52,7 @@ fn samples_carry_the_documented_fields() {
     else {
         panic!("sync.reported sample parsed as another type")
     };
-    assert_eq!(
-        (r.status, r.attempt),
-        (SyncReportStatus::Succeeded, Some(1))
-    );
+    assert_eq!((r.status, r.attempt), (SyncReportStatus::Succeeded, 1));
     assert_eq!(r.bytes_copied, 48_213_771);
 }
 
@@ -195,6 +192,38 @@ fn field_errors_name_the_field() {
         .contains("expected a string, found a number"));
 }
 
+/// The samples are really signed: the report by the sample agent of install `acme-prod-eu`
+/// (its secret is public, in this test, so the samples can be re-signed), the job by the test
+/// vendor key.
+const SAMPLE_AGENT_SECRET: &str =
+    "FERRY-X25519-SECRET-1:bALPian7OSN4gCpB-1zHIEZwXH1Ea71GwiQKkRmK1zw";
+pub(crate) const SAMPLE_REPORT_KEY: &str =
+    "ferry-agent-ed25519:cB0RifRyi8qCWC7Lp4f-ir2MTcztUGI58XHOSk1wH08";
+
+#[test]
+fn the_signed_samples_verify_and_version_1_is_refused() {
+    let agent = crate::seal::AgentKeypair::from_secret_string(SAMPLE_AGENT_SECRET).unwrap();
+    assert_eq!(agent.report_key().public_key_string(), SAMPLE_REPORT_KEY);
+    let Payload::SyncReported(r) = parse_event(&sample_bytes("sync.reported")).unwrap().payload
+    else {
+        panic!("sync.reported sample parsed as another type")
+    };
+    crate::trust::verify_report(SAMPLE_REPORT_KEY, &r).unwrap();
+    let job = parse_sync_job(&sample_bytes("sync.job")).unwrap();
+    crate::trust::verify_job(&crate::testing::test_vendor_key().public_key_string(), &job).unwrap();
+
+    let mut v = sample("sync.reported");
+    v["version"] = json!(1);
+    let msg = err_of(v).to_string();
+    assert!(msg.contains("reads only version 2"), "{msg}");
+    let mut v = sample("sync.reported");
+    v.as_object_mut().unwrap().remove("signature");
+    assert!(err_of(v).to_string().contains("\"signature\""));
+    let mut v = sample("sync.job");
+    v["version"] = json!(1);
+    assert!(parse_sync_job(v.to_string().as_bytes()).is_err());
+}
+
 #[test]
 fn build_completed_digest_rules() {
     let mut v = sample("build.completed");
@@ -251,7 +280,7 @@ proptest! {
         let key = &keys[pick % keys.len()];
         let mut cut = v.clone();
         cut.as_object_mut().unwrap().remove(key);
-        let optional = ["id", "build_id", "media_type", "error", "attempt"];
+        let optional = ["id", "build_id", "media_type", "error"];
         match parse_event(cut.to_string().as_bytes()) {
             Ok(_) => prop_assert!(
                 optional.contains(&key.as_str()) && !(name == "sync.requested" && key == "build_id")

@@ -16,16 +16,18 @@ use crate::testing::{fake_ports, FakePorts, SeqIds, FAKE_GRANT_TTL_MS};
 
 const T0: u64 = 1_700_000_000_000;
 
-fn digest(n: u8) -> Digest {
+pub(super) fn digest(n: u8) -> Digest {
     Digest::new(format!("sha256:{}", hex::encode([n; 32]))).unwrap()
 }
 
-fn install_id(n: usize) -> InstallId {
+pub(super) fn install_id(n: usize) -> InstallId {
     InstallId::new(format!("i-{n:02}")).unwrap()
 }
 
+pub(super) use crate::testing::test_agent_key as agent_key;
+
 /// shop/web (docker-build) and `n` installs subscribed to it, each with its own queue.
-async fn setup(n: usize) -> FakePorts {
+pub(super) async fn setup(n: usize) -> FakePorts {
     let p = fake_ports(T0);
     p.store
         .put_component(&Component {
@@ -52,6 +54,7 @@ async fn setup(n: usize) -> FakePorts {
                     namespace: "vendor".into(),
                 },
                 agent_public_key: format!("agent-key-{id}"),
+                agent_report_key: agent_key(&id).report_key().public_key_string(),
                 queue,
                 components: vec![ComponentName::new("web").unwrap()],
             })
@@ -61,7 +64,7 @@ async fn setup(n: usize) -> FakePorts {
     p
 }
 
-fn build_requested(build_id: &str) -> Event {
+pub(super) fn build_requested(build_id: &str) -> Event {
     Event::with_id(
         EventId::new(format!("req-{build_id}")).unwrap(),
         Payload::BuildRequested(BuildRequested {
@@ -74,7 +77,7 @@ fn build_requested(build_id: &str) -> Event {
     )
 }
 
-fn build_succeeded(build_id: &str, d: Digest) -> Event {
+pub(super) fn build_succeeded(build_id: &str, d: Digest) -> Event {
     Event::new(Payload::BuildCompleted(BuildCompleted {
         build_id: BuildId::new(build_id).unwrap(),
         status: BuildOutcome::Succeeded,
@@ -96,8 +99,23 @@ fn build_failed(build_id: &str) -> Event {
     }))
 }
 
-fn report(msg: &SyncJobMessage, status: SyncReportStatus, attempt: Option<u32>) -> Event {
-    Event::new(Payload::SyncReported(SyncReported {
+/// The report the job's own agent would send, signed with its key.
+pub(super) fn report(
+    msg: &SyncJobMessage,
+    status: SyncReportStatus,
+    attempt: Option<u32>,
+) -> Event {
+    let mut r = unsigned_report(msg, status, attempt);
+    agent_key(&msg.install_id).report_key().sign(&mut r);
+    Event::new(Payload::SyncReported(r))
+}
+
+pub(super) fn unsigned_report(
+    msg: &SyncJobMessage,
+    status: SyncReportStatus,
+    attempt: Option<u32>,
+) -> SyncReported {
+    SyncReported {
         sync_id: msg.sync_id.clone(),
         install_id: msg.install_id.clone(),
         status,
@@ -106,12 +124,13 @@ fn report(msg: &SyncJobMessage, status: SyncReportStatus, attempt: Option<u32>) 
         bytes_skipped: 10,
         duration_ms: 42,
         error: (status == SyncReportStatus::Failed).then(|| "disk full".to_string()),
-        attempt,
-    }))
+        attempt: attempt.unwrap_or(msg.attempt),
+        signature: String::new(),
+    }
 }
 
 /// Every job message on every install queue, parsed, in send order per queue.
-fn job_messages(p: &FakePorts, n: usize) -> Vec<SyncJobMessage> {
+pub(super) fn job_messages(p: &FakePorts, n: usize) -> Vec<SyncJobMessage> {
     let mut out = Vec::new();
     for i in 0..n {
         let q = QueueName::new(format!("agent-{}", install_id(i))).unwrap();
@@ -122,14 +141,14 @@ fn job_messages(p: &FakePorts, n: usize) -> Vec<SyncJobMessage> {
     out
 }
 
-async fn run(p: &FakePorts, ev: &Event) -> Outcome {
+pub(super) async fn run(p: &FakePorts, ev: &Event) -> Outcome {
     dispatch(p, ev)
         .await
         .unwrap_or_else(|e| panic!("{}: {e}", ev.event_type()))
 }
 
 /// Counts of every side effect, for "a replay adds nothing" assertions.
-fn effects(p: &FakePorts) -> (String, usize, u64, usize, usize, usize) {
+pub(super) fn effects(p: &FakePorts) -> (String, usize, u64, usize, usize, usize) {
     (
         p.store.snapshot(),
         p.bus.accepted().len(),
@@ -218,10 +237,7 @@ async fn full_flow_build_to_three_installs_with_every_event_replayed() {
             "the message carries the sealed grant as minted"
         );
         assert_eq!(grant.install, m.install_id);
-        assert_eq!(
-            m.sync_id,
-            SyncId::for_build_and_install(&m.build_id, &m.install_id)
-        );
+        assert_eq!(m.sync_id, p.vendor_key.sync_id(&m.build_id, &m.install_id));
     }
 
     p.clock.advance(5_000);
@@ -385,22 +401,19 @@ async fn grant_expired_re_mints_and_re_enqueues() {
         "the old grant is revoked"
     );
 
-    // A late duplicate about attempt 1 (different bytes, so not a replay) is stale.
-    let mut late = report(&first, SyncReportStatus::GrantExpired, Some(1));
-    if let Payload::SyncReported(r) = &mut late.payload {
-        r.duration_ms = 99;
-    }
-    let out = run(&p, &late).await;
-    assert!(
-        matches!(
-            out,
-            Outcome::StaleReport {
-                reported_attempt: 1,
-                ..
-            }
-        ),
-        "{out:?}"
+    assert_eq!(
+        p.minter.revoked_grants(),
+        vec![crate::ports::GrantId::new(first.sync_id.clone(), 1)],
+        "only attempt 1's grant is revoked, so attempt 2's could be minted"
     );
+
+    // A late duplicate about attempt 1 (other counters, so not byte-identical) is the same
+    // report of the same attempt: a replay, with no second mint.
+    let mut late = unsigned_report(&first, SyncReportStatus::GrantExpired, Some(1));
+    late.duration_ms = 99;
+    agent_key(&first.install_id).report_key().sign(&mut late);
+    let out = run(&p, &Event::new(Payload::SyncReported(late))).await;
+    assert!(matches!(out, Outcome::Replayed { .. }), "{out:?}");
     assert_eq!(p.minter.minted().len(), 2);
 
     let out = run(&p, &report(second, SyncReportStatus::Succeeded, Some(2))).await;
@@ -591,12 +604,14 @@ async fn illegal_transitions_are_rejected_with_useful_errors() {
 
     run(&p, &p.bus.accepted()[0]).await;
     let m = job_messages(&p, 1).remove(0);
-    let mut wrong = report(&m, SyncReportStatus::Succeeded, Some(1));
-    if let Payload::SyncReported(r) = &mut wrong.payload {
-        r.install_id = InstallId::new("i-99").unwrap();
-    }
-    let err = dispatch(&p, &wrong).await.unwrap_err();
-    assert!(err.to_string().contains("belongs to install i-00"), "{err}");
+    let mut wrong = unsigned_report(&m, SyncReportStatus::Succeeded, Some(1));
+    wrong.install_id = InstallId::new("i-99").unwrap();
+    agent_key(&wrong.install_id).report_key().sign(&mut wrong);
+    let out = run(&p, &Event::new(Payload::SyncReported(wrong))).await;
+    assert!(
+        matches!(&out, Outcome::ReportRefused { reason, .. } if reason.contains("belongs to install i-00")),
+        "{out:?}"
+    );
     run(&p, &report(&m, SyncReportStatus::Failed, Some(1))).await;
     let err = dispatch(&p, &report(&m, SyncReportStatus::Succeeded, Some(1)))
         .await

@@ -2,3 +2,4 @@
 
 mod events;
 mod flow;
+mod trust;

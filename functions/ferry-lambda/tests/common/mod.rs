@@ -98,6 +98,7 @@ pub fn settings(pull_role_arn: &str) -> Settings {
         ("FERRY_BUILD_PROJECT", project),
         ("FERRY_PULL_ROLE_ARN", pull_role_arn.to_owned()),
         ("FERRY_VENDOR_REGISTRY", registry),
+        ("FERRY_VENDOR_KEY_SECRET", unique("ferry-vendor-key")),
     ]);
     Settings::from_lookup(|k| env.get(k).cloned()).unwrap()
 }
@@ -111,7 +112,13 @@ pub async fn deps(moto: &Moto) -> (Deps, Settings) {
         region: Some(REGION),
         test_credentials: true,
     };
-    let deps = Deps::connect(&settings, &overrides).await;
+    ferry_testkit::create_secret(
+        &moto.endpoint(),
+        &settings.vendor_key_secret,
+        &ferry_core::testing::test_vendor_key().to_secret_string(),
+    )
+    .await;
+    let deps = Deps::connect(&settings, &overrides).await.unwrap();
     deps.ports.store.create_table().await.unwrap();
     moto.create_codebuild_project(&settings.build_project).await;
     (deps, settings)
