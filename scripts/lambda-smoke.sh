@@ -80,6 +80,7 @@ export FERRY_TABLE=ferry-jobs FERRY_EVENT_BUS=ferry
 export FERRY_BUILD_PROJECT=ferry-build FERRY_CODEBUILD_PROJECT=ferry-build
 export FERRY_VENDOR_REGISTRY=123456789012.dkr.ecr.us-east-1.amazonaws.com
 export FERRY_REPOSITORY_PREFIX=ferry FERRY_INSTALL_QUEUE_PREFIX=ferry-install-
+export FERRY_VENDOR_KEY_SECRET=ferry-vendor-key
 export RUST_LOG=info
 
 # The records follow docs/design/aws.md (item shapes), with the samples' ids from events/.
@@ -115,6 +116,9 @@ install = {
     "registry": {"endpoint": "111122223333.dkr.ecr.eu-west-1.amazonaws.com", "namespace": "vendor"},
     # Any 32 bytes are an X25519 public key; nobody opens this smoke's grants.
     "agent_public_key": "ferry-x25519-pub:" + base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("="),
+    # The sample agent's report key: events/sqs/sync-reported.json is signed with it, so the
+    # sample report is authenticated and lands (ferry-core's event tests check the pairing).
+    "agent_report_key": "ferry-agent-ed25519:cB0RifRyi8qCWC7Lp4f-ir2MTcztUGI58XHOSk1wH08",
     "queue": queue,
     "components": ["web"],
 }
@@ -131,6 +135,11 @@ for item in (
     ddb.put_item(TableName=os.environ["FERRY_TABLE"], Item=item)
 
 boto3.client("events").create_event_bus(Name=os.environ["FERRY_EVENT_BUS"])
+# The vendor key, as the stack's GenerateSecretString makes it (64 alphanumerics).
+boto3.client("secretsmanager").create_secret(
+    Name=os.environ["FERRY_VENDOR_KEY_SECRET"],
+    SecretString=base64.b32encode(os.urandom(40)).decode().rstrip("="),
+)
 boto3.client("codebuild").create_project(
     name=os.environ["FERRY_BUILD_PROJECT"],
     source={"type": "S3", "location": "ferry-sources/bundle.zip"},

@@ -37,6 +37,7 @@ ENV_CONTRACT = [
     "FERRY_PULL_ROLE_ARN",
     "FERRY_REPORT_QUEUE_URL",
     "FERRY_VENDOR_REGISTRY",
+    "FERRY_VENDOR_KEY_SECRET",
     "FERRY_INSTALL_QUEUE_PREFIX",
 ]
 # The only action IAM allows on Resource "*" in these stacks (it has no resource type).
@@ -124,7 +125,8 @@ def is_write(action: str) -> bool:
 def vendor_writes(t: dict) -> list[str]:
     """Allow statements whose principal is the vendor (VendorAccountId, a vendor-side ARN
     parameter, or a literal account other than this one) and that allow a write action."""
-    vendor_params = {"VendorAccountId", "InboundQueueArn", "ReportQueueArn", "VendorRegistry"}
+    vendor_params = {"VendorAccountId", "InboundQueueArn", "ReportQueueArn", "VendorRegistry",
+                     "VendorPublicKey"}
     bad = []
     for name, where, st in statements(t):
         if st["Effect"] != "Allow" or "Principal" not in st:
@@ -382,7 +384,8 @@ def test_install_queues_are_granted_to_registration_by_name_prefix(vendor):
 
 def test_outputs_give_customers_and_functions_what_they_need(vendor):
     for out in ["EventBusName", "EventBusArn", "JobTableName", "ReportQueueArn", "ReportQueueUrl",
-                "PullRoleArn", "VendorAccountId", "VendorRegistry", "BuildRequestedQueueUrl"]:
+                "PullRoleArn", "VendorAccountId", "VendorRegistry", "BuildRequestedQueueUrl",
+                "VendorKeySecretArn"]:
         assert out in vendor["Outputs"], out
 
 
@@ -570,6 +573,7 @@ def test_customer_stack_in_moto_cloudformation(moto):
     params = {
         "InstallId": "acme", "VendorAccountId": vendor_account,
         "VendorRegistry": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com",
+        "VendorPublicKey": "ferry-vendor-ed25519:" + "A" * 43,
         "InboundQueueArn": inbound, "ReportQueueArn": report,
         "PullPrincipalArns": f"arn:aws:iam::{vendor_account}:role/app-task",
         "AgentImage": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com/ferry/ferry-agent@sha256:" + "a" * 64,

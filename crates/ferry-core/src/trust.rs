@@ -376,6 +376,9 @@ mod tests {
     use crate::domain::SealedGrant;
     use crate::id::{Digest, Repository};
 
+    /// One way of altering a signed message after signing.
+    type Tamper<T> = Box<dyn Fn(&mut T)>;
+
     fn job() -> SyncJobMessage {
         SyncJobMessage::new(
             SyncId::new("s-1").unwrap(),
@@ -457,7 +460,7 @@ mod tests {
         verify_job(&k.public_key_string(), &m).unwrap();
         let other = VendorKey::generate().unwrap();
         assert!(verify_job(&other.public_key_string(), &m).is_err());
-        let tampered: Vec<Box<dyn Fn(&mut SyncJobMessage)>> = vec![
+        let tampered: Vec<Tamper<SyncJobMessage>> = vec![
             Box::new(|m| m.repository = Repository::new("vendor/evil").unwrap()),
             Box::new(|m| m.digest = Digest::new(format!("sha256:{}", "b".repeat(64))).unwrap()),
             Box::new(|m| m.install_id = InstallId::new("other").unwrap()),
@@ -494,7 +497,7 @@ mod tests {
         verify_report(&key.public_key_string(), &r).unwrap();
         let stranger = AgentKeypair::generate().unwrap().report_key();
         assert!(verify_report(&stranger.public_key_string(), &r).is_err());
-        let tampered: Vec<Box<dyn Fn(&mut SyncReported)>> = vec![
+        let tampered: Vec<Tamper<SyncReported>> = vec![
             Box::new(|r| r.install_id = InstallId::new("victim").unwrap()),
             Box::new(|r| r.sync_id = SyncId::new("s-9").unwrap()),
             Box::new(|r| r.attempt = 2),
