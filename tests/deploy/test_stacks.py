@@ -253,6 +253,8 @@ def test_each_dlq_has_an_alarm(vendor):
     alarmed = set()
     for a in resources(vendor, "AWS::CloudWatch::Alarm").values():
         p = a["Properties"]
+        if p["MetricName"] == "SecurityEvents":
+            continue  # test_security_events_are_counted_and_alarmed
         assert p["MetricName"] == "ApproximateNumberOfMessagesVisible"
         assert p["Threshold"] == 0 and p["ComparisonOperator"] == "GreaterThanThreshold"
         alarmed |= refs(p["Dimensions"])
@@ -630,3 +632,29 @@ def test_customer_stack_in_moto_cloudformation(moto):
     assert ecr.describe_repositories()["repositories"] == []
     with pytest.raises(iam.exceptions.NoSuchEntityException):
         iam.get_role(RoleName="ferry-agent-acme")
+
+
+def test_security_events_are_counted_and_alarmed(vendor):
+    """Refused reports (docs/design/trust.md) are logged with security_event by sync-reported;
+    a metric filter on its log group counts them and an alarm fires on the first."""
+    filters = resources(vendor, "AWS::Logs::MetricFilter")
+    (f,) = [f for f in filters.values() if "security_event" in f["Properties"]["FilterPattern"]]
+    assert refs(f["Properties"]["LogGroupName"]) == {"SyncReportedLogGroup"}
+    metric = f["Properties"]["MetricTransformations"][0]
+    alarms = [a["Properties"] for a in resources(vendor, "AWS::CloudWatch::Alarm").values()
+              if a["Properties"]["MetricName"] == metric["MetricName"]]
+    assert len(alarms) == 1
+    assert alarms[0]["Namespace"] == metric["MetricNamespace"]
+    assert alarms[0]["Threshold"] == 0 and alarms[0]["ComparisonOperator"] == "GreaterThanThreshold"
+
+
+def test_only_the_ims_functions_read_the_vendor_key(vendor):
+    """The vendor key signs jobs: the four function roles may read it, and nothing else."""
+    readers = []
+    for name, where, st in statements(vendor):
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        if st["Effect"] == "Allow" and "secretsmanager:GetSecretValue" in actions:
+            assert refs(st["Resource"]) == {"VendorKeySecret"}, (name, st)
+            readers.append(name)
+    assert sorted(readers) == sorted(f"{f}Policy" for f in
+                                     ["BuildRequested", "BuildCompleted", "SyncRequested", "SyncReported"])
