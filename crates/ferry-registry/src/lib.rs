@@ -14,7 +14,7 @@ mod body;
 pub mod errors;
 mod graph;
 pub mod limits;
-mod listener;
+pub mod listener;
 pub mod lock;
 pub mod server;
 pub mod storage;

@@ -18,7 +18,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// A client must send its whole request head (request line and headers) within this time.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A kept-alive connection with no request in progress is closed after this long.
+/// A kept-alive connection with no request in progress is closed after this long. The header
+/// timer also runs while a connection waits for its next request, so in practice an idle
+/// connection is closed after the shorter of the two.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A request body that delivers no byte for this long fails (the request is answered with an
@@ -40,7 +42,7 @@ pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// Bytes of manifest bodies buffered in memory across all requests at once. A manifest PUT
 /// reserves its `Content-Length` (or each chunk as it arrives) from this budget before it
 /// buffers; when the budget is spent the PUT gets `429 TOO_MANY_REQUESTS` at once.
-pub const DEFAULT_MANIFEST_MEMORY_BYTES: usize = 32 * 1024 * 1024;
+pub const DEFAULT_MANIFEST_MEMORY_BYTES: usize = 16 * 1024 * 1024;
 
 /// After refusing a request without reading its body (401, 404, 416, ...), the server reads
 /// and discards up to this many body bytes so the client can reuse the connection; a longer

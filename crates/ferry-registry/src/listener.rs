@@ -4,9 +4,10 @@
 //!
 //! - At most [`Limits::max_connections`] connections are served. When full, the connection
 //!   that has been idle longest (between requests, or still sending its request head, which is
-//!   what a slow-loris client does) is closed to make room; if every connection is busy the new
-//!   one gets a canned `503` and is closed at once. The accept loop never waits for a slot
-//!   longer than [`EVICTION_WAIT`].
+//!   what a slow-loris client does) is closed and its slot handed to the new one; if every
+//!   connection is busy the new one gets a canned `503` and is closed at once. The accept loop
+//!   never waits for a slot: waiting made every eviction cost a scheduler round trip, and a
+//!   flood of half-open connections then queued real clients behind it.
 //! - The request head must arrive within [`Limits::header_read_timeout`] (hyper's timer), and
 //!   is at most [`Limits::max_header_bytes`].
 //! - A connection with no request in progress is closed after [`Limits::idle_timeout`]; one
@@ -39,9 +40,6 @@ use tower::ServiceExt as _;
 
 use crate::limits::Limits;
 
-/// How long the accept loop waits for an evicted connection to give its slot back.
-pub const EVICTION_WAIT: Duration = Duration::from_millis(250);
-
 /// The first pause after `accept` fails for lack of file descriptors; doubled on each failure.
 pub const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -50,6 +48,24 @@ pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// After the shutdown signal, connections get this long to finish their requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Connections the kernel queues for `accept`. A flood of connects overflowing a short queue
+/// makes every client behind it wait for a SYN retransmit (1 s); the kernel caps it at
+/// `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a listener on `addr` with a [`LISTEN_BACKLOG`]-deep accept queue.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Sent to a connection refused because every slot is busy.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 98\r\n\r\n{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"the registry is at its connection limit; retry\"}]}";
@@ -78,24 +94,23 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     backoff = MIN_ACCEPT_BACKOFF;
-                    let Some(slot) = admit(&slots, &tracker).await else {
+                    let Some(slot) = admit(&slots, &tracker) else {
                         let _ = stream.try_write(REFUSAL);
                         continue;
                     };
-                    let conn = tracker.register();
+                    let conn = tracker.register(slot);
                     connections.spawn(serve_connection(
                         stream,
                         router.clone(),
                         limits.clone(),
                         conn,
-                        slot,
                         stop_rx.clone(),
                         tracker.clone(),
                     ));
                 }
                 Err(e) if out_of_descriptors(&e) => {
                     tracing::warn!(error = %e, "out of file descriptors; closing an idle connection and backing off");
-                    tracker.evict_oldest_idle();
+                    drop(tracker.evict_oldest_idle());
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 }
@@ -121,26 +136,31 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23) | Some(24))
 }
 
-/// A free slot, or one freed by closing the longest-idle connection; `None` when every
-/// connection is busy.
-async fn admit(slots: &Arc<Semaphore>, tracker: &Tracker) -> Option<OwnedSemaphorePermit> {
-    if let Ok(slot) = slots.clone().try_acquire_owned() {
-        return Some(slot);
+/// A free slot, or the slot of the longest-idle connection, which is told to close; `None`
+/// when every connection is busy.
+fn admit(slots: &Arc<Semaphore>, tracker: &Tracker) -> Option<OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => Some(slot),
+        Err(_) => tracker.evict_oldest_idle(),
     }
-    if !tracker.evict_oldest_idle() {
-        return None;
-    }
-    tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned())
-        .await
-        .ok()?
-        .ok()
 }
 
 /// The open connections, for eviction.
-#[derive(Default)]
 struct Tracker {
+    /// The one clock every connection's activity is measured on, so they compare.
+    epoch: Instant,
     next_id: AtomicU64,
     connections: Mutex<std::collections::HashMap<u64, Arc<ConnState>>>,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            connections: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
 }
 
 impl Tracker {
@@ -149,9 +169,9 @@ impl Tracker {
         self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn register(&self) -> Arc<ConnState> {
+    fn register(&self, slot: OwnedSemaphorePermit) -> Arc<ConnState> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(ConnState::new(id));
+        let state = Arc::new(ConnState::new(id, self.epoch, slot));
         self.lock().insert(id, state.clone());
         state
     }
@@ -160,29 +180,28 @@ impl Tracker {
         self.lock().remove(&id);
     }
 
-    /// Closes the connection idle the longest (no request in progress); `false` if none is.
-    fn evict_oldest_idle(&self) -> bool {
+    /// Tells the connection idle the longest (no request in progress) to close, and takes
+    /// its slot; `None` if no connection is idle. The victim's socket closes as soon as its
+    /// task runs, so the open connections exceed the cap only by evictions in flight.
+    fn evict_oldest_idle(&self) -> Option<OwnedSemaphorePermit> {
         let connections = self.lock();
         let victim = connections
             .values()
             .filter(|c| c.busy.load(Ordering::SeqCst) == 0 && !c.evicted.load(Ordering::SeqCst))
-            .min_by_key(|c| c.last_activity_ms());
-        match victim {
-            Some(victim) => {
-                victim.evicted.store(true, Ordering::SeqCst);
-                victim.evict.notify_one();
-                true
-            }
-            None => false,
-        }
+            .min_by_key(|c| c.last_activity_ms())?;
+        victim.evicted.store(true, Ordering::SeqCst);
+        victim.evict.notify_one();
+        let slot = victim.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        slot
     }
 }
 
 /// What the accept loop and the watchdog know about one connection.
 struct ConnState {
     id: u64,
-    started: Instant,
-    /// Milliseconds after `started` of the last byte moved or request begun or ended.
+    /// The tracker's epoch (shared by every connection).
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last byte moved or request begun or ended.
     last_activity: AtomicU64,
     /// Requests in progress, counting a response whose body is still being sent.
     busy: AtomicUsize,
@@ -190,23 +209,28 @@ struct ConnState {
     responding: AtomicBool,
     evicted: AtomicBool,
     evict: tokio::sync::Notify,
+    /// The connection's place under the cap; taken by whoever evicts it.
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl ConnState {
-    fn new(id: u64) -> Self {
-        ConnState {
+    fn new(id: u64, epoch: Instant, slot: OwnedSemaphorePermit) -> Self {
+        let state = ConnState {
             id,
-            started: Instant::now(),
+            epoch,
             last_activity: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             responding: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
-        }
+            slot: Mutex::new(Some(slot)),
+        };
+        state.touch();
+        state
     }
 
     fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_activity.store(ms, Ordering::Relaxed);
     }
 
@@ -215,7 +239,7 @@ impl ConnState {
     }
 
     fn quiet_for(&self) -> Duration {
-        let now = self.started.elapsed();
+        let now = self.epoch.elapsed();
         now.saturating_sub(Duration::from_millis(self.last_activity_ms()))
     }
 
@@ -238,7 +262,6 @@ async fn serve_connection(
     router: Router,
     limits: Arc<Limits>,
     state: Arc<ConnState>,
-    _slot: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
 ) {
@@ -303,6 +326,7 @@ async fn serve_connection(
         }
     }
     tracker.remove(state.id);
+    // Dropping the state (last Arc) gives its slot back, unless an eviction took it.
 }
 
 /// Ends a request's busy period when the response body is done (or dropped).

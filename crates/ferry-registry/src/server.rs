@@ -379,7 +379,7 @@ impl RegistryServer {
 
     /// Binds `127.0.0.1:0` and serves in a background task.
     pub async fn spawn(self) -> std::io::Result<RunningRegistry> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = crate::listener::bind(([127, 0, 0, 1], 0).into()).await?;
         self.spawn_on(listener)
     }
 
