@@ -167,7 +167,8 @@ fn load_or_create_secret(path: &Path) -> Result<(String, bool)> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    ferry_registry::storage::create_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let secret = format!(
         "{}{}",
         ferry_registry::token::random_id(),

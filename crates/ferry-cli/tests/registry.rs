@@ -292,7 +292,7 @@ fn auth_writes_secrets_to_0600_files_and_never_prints_them() {
 fn gc_is_refused_while_serve_holds_the_root() {
     let work = tempfile::tempdir().expect("tempdir");
     let root = work.path().join("registry");
-    let served = Served::start(&root, &[]);
+    let served = Served::start(&root, &["--auth"]);
     let lock = root.join("registry.lock");
 
     let out = ferry()
@@ -339,9 +339,16 @@ fn gc_is_refused_while_serve_holds_the_root() {
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
-        assert_eq!(mode(&root), 0o700);
-        assert_eq!(mode(&root.join("blobs")), 0o700);
-        assert_eq!(mode(&lock), 0o600);
+        for dir in ["", "blobs", "blobs/sha256", "auth", "auth/credentials"] {
+            assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+        }
+        for file in [
+            "registry.lock",
+            "auth/signing.key",
+            "auth/credentials/vendor",
+        ] {
+            assert_eq!(mode(&root.join(file)), 0o600, "{file}");
+        }
     }
 }
 

@@ -50,14 +50,7 @@ impl RootLock {
             lock: lock.clone(),
             source,
         };
-        let mut dir = fs::DirBuilder::new();
-        dir.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt as _;
-            dir.mode(0o700);
-        }
-        dir.create(root).map_err(io)?;
+        crate::storage::create_private_dir(root).map_err(io)?;
         let mut opts = fs::OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]

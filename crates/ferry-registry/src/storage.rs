@@ -424,11 +424,11 @@ impl Storage {
     /// [`Storage::open`] with the upload-session limits of `limits`.
     pub fn open_with(root: impl Into<PathBuf>, limits: &Limits) -> Result<Self> {
         let root = root.into();
-        create_private_dir(&root)?;
+        create_storage_dir(&root)?;
         // An existing root may predate private modes: tighten it, which covers everything below.
         set_private_dir_mode(&root)?;
         for dir in ["blobs/sha256", "repositories", "uploads", "tmp"] {
-            create_private_dir(&root.join(dir))?;
+            create_storage_dir(&root.join(dir))?;
         }
         for dir in ["uploads", "tmp"] {
             let path = root.join(dir);
@@ -557,7 +557,7 @@ impl Storage {
     /// Writes `bytes` to a temp file, fsyncs it, then renames it over `path`.
     fn atomic_write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         if let Some(parent) = path.parent() {
-            create_private_dir(parent)?;
+            create_storage_dir(parent)?;
         }
         let tmp = self.inner.root.join("tmp").join(random_id());
         let write = || -> io::Result<()> {
@@ -1726,8 +1726,9 @@ fn private_file_options() -> fs::OpenOptions {
     opts
 }
 
-/// Creates `path` and its missing parents with mode 0700.
-fn create_private_dir(path: &Path) -> Result<()> {
+/// Creates `path` and its missing parents with mode 0700 (registry state is for the registry's
+/// user only). The one way every part of the registry creates a directory.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -1735,9 +1736,12 @@ fn create_private_dir(path: &Path) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt as _;
         builder.mode(0o700);
     }
-    builder
-        .create(path)
-        .map_err(|e| StorageError::io("creating a directory", path, e))
+    builder.create(path)
+}
+
+/// [`create_private_dir`] with a storage error.
+fn create_storage_dir(path: &Path) -> Result<()> {
+    create_private_dir(path).map_err(|e| StorageError::io("creating a directory", path, e))
 }
 
 /// Sets an existing directory's mode to 0700.
