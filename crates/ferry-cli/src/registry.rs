@@ -2,7 +2,9 @@
 //! process, and its offline garbage collector.
 //!
 //! With `--auth`, identity secrets are generated once and written to 0600 files under the
-//! root; only their paths are ever printed. This module must never print or log a secret,
+//! root; only their paths are ever printed. Both commands hold the root's lock file
+//! (`ferry_registry::lock`) for as long as they run, so GC never sweeps under a live server.
+//! This module must never print or log a secret, never touch a root another process holds,
 //! and never exit 0 when the registry could not be served.
 
 use std::io::Write as _;
@@ -16,6 +18,8 @@ use clap::{Args, Subcommand};
 use ferry_registry::access::endpoint::token_router;
 use ferry_registry::access::identity::{valid_install_id, Identity};
 use ferry_registry::access::{AccessControl, AccessPolicy, AuthConfig};
+use ferry_registry::limits::Limits;
+use ferry_registry::lock::RootLock;
 use ferry_registry::server::{RegistryConfig, RegistryServer};
 use ferry_registry::storage::Storage;
 
@@ -23,7 +27,7 @@ use ferry_registry::storage::Storage;
 pub enum RegistryCommand {
     /// Serve the embedded OCI registry (distribution-spec 1.1) from a directory.
     Serve(ServeArgs),
-    /// Remove unreferenced blobs (run it while the registry is stopped).
+    /// Remove unreferenced blobs. Refused while a `serve` holds the root.
     Gc(GcArgs),
 }
 
@@ -47,6 +51,58 @@ pub struct ServeArgs {
     /// The token service name (audience), with --auth.
     #[arg(long, default_value = "ferry-registry", requires = "auth")]
     service: String,
+    // Boxed: the limit flags would make `Serve` much larger than `Gc`.
+    #[command(flatten)]
+    limits: Box<LimitArgs>,
+}
+
+/// What one client may consume. Every flag left out keeps its default from
+/// `ferry_registry::limits` (the one place defaults are defined).
+#[derive(Args, Default)]
+pub struct LimitArgs {
+    /// Connections served at once [default: 512]; when full, the longest-idle one is closed to
+    /// make room. Keep it well under the open-file limit (`ulimit -n`).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Time a client has to send a request's line and headers [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    header_timeout: Option<Duration>,
+    /// A kept-alive connection with no request is closed after this [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// A request body, or a response the client stops reading, that stalls this long fails
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    body_timeout: Option<Duration>,
+    /// Upload sessions one identity may hold open at once [default: 64]; more get 429 with
+    /// Retry-After.
+    #[arg(long, value_name = "N")]
+    upload_sessions_per_identity: Option<usize>,
+    /// An upload session with no request for this long is dropped [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    upload_idle_timeout: Option<Duration>,
+    /// Bytes of manifest bodies buffered across all requests at once [default: 16777216,
+    /// 16 MiB; at least 4 MiB]; more get 429.
+    #[arg(long, value_name = "BYTES")]
+    manifest_memory: Option<usize>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            header_read_timeout: self.header_timeout.unwrap_or(d.header_read_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+            body_timeout: self.body_timeout.unwrap_or(d.body_timeout),
+            upload_sessions_per_identity: self
+                .upload_sessions_per_identity
+                .unwrap_or(d.upload_sessions_per_identity),
+            upload_idle_timeout: self.upload_idle_timeout.unwrap_or(d.upload_idle_timeout),
+            manifest_memory_bytes: self.manifest_memory.unwrap_or(d.manifest_memory_bytes),
+            ..d
+        }
+    }
 }
 
 #[derive(Args)]
@@ -111,7 +167,8 @@ fn load_or_create_secret(path: &Path) -> Result<(String, bool)> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    ferry_registry::storage::create_private_dir(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let secret = format!(
         "{}{}",
         ferry_registry::token::random_id(),
@@ -139,7 +196,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
             bail!("--agent {agent:?} is not a valid install id (lowercase letters, digits, single . _ -)");
         }
     }
-    let listener = tokio::net::TcpListener::bind(args.addr)
+    // Before storage is opened: opening deletes leftover uploads, which must not be another
+    // server's live ones.
+    let _lock = RootLock::acquire(&args.root)?;
+    let listener = ferry_registry::listener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let addr = listener.local_addr().context("reading the bound address")?;
@@ -147,6 +207,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 
     let mut config = RegistryConfig::new(&args.root);
     config.immutable_tags = args.immutable_tags.clone();
+    config.limits = args.limits.limits();
     let mut builder = RegistryServer::from_config(config);
     let mut notes = Vec::new();
     if args.auth {
@@ -236,6 +297,8 @@ async fn gc(args: GcArgs) -> Result<()> {
             args.root.display()
         );
     }
+    // Held until GC is done, and taken before storage is opened (see `serve`).
+    let _lock = RootLock::acquire(&args.root)?;
     let storage = Storage::open(&args.root)
         .with_context(|| format!("opening registry storage at {}", args.root.display()))?;
     let report = storage
@@ -265,6 +328,20 @@ mod tests {
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn limit_flags_default_to_the_library_defaults_and_override_one_by_one() {
+        assert_eq!(LimitArgs::default().limits(), Limits::default());
+        let args = LimitArgs {
+            max_connections: Some(7),
+            upload_idle_timeout: Some(Duration::from_secs(90)),
+            ..LimitArgs::default()
+        };
+        let l = args.limits();
+        assert_eq!(l.max_connections, 7);
+        assert_eq!(l.upload_idle_timeout, Duration::from_secs(90));
+        assert_eq!(l.body_timeout, Limits::default().body_timeout);
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unsupported => "UNSUPPORTED",
-            ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
             ErrorCode::TagInvalid => "TAG_INVALID",
         }
     }
@@ -158,6 +158,14 @@ pub enum StorageError {
     UploadOutOfOrder { expected: u64, got: u64 },
     #[error("upload is invalid: {0}")]
     UploadInvalid(String),
+    #[error("Content-Range must be <start>-<end> in bytes with end >= start and a length that fits in 64 bits; the upload is at byte {expected}, resume from there")]
+    RangeInvalid { expected: u64 },
+    #[error("{owner} already holds {limit} open upload sessions, the most one identity may; finish or cancel (DELETE) one, or retry after {retry_after_secs} s when idle ones have expired")]
+    TooManyUploads {
+        owner: String,
+        limit: usize,
+        retry_after_secs: u64,
+    },
     #[error("request body failed mid-transfer: {0}")]
     BodyInterrupted(String),
     #[error("corrupt metadata at {path}: {reason}")]
@@ -217,7 +225,21 @@ impl From<StorageError> for OciError {
             }
             StorageError::TagImmutable { .. } => (StatusCode::CONFLICT, ErrorCode::TagInvalid),
             StorageError::UploadUnknown(_) => (StatusCode::NOT_FOUND, ErrorCode::BlobUploadUnknown),
-            StorageError::UploadOutOfOrder { expected, .. } => {
+            StorageError::TooManyUploads {
+                retry_after_secs, ..
+            } => {
+                return OciError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::TooManyRequests,
+                    message,
+                )
+                .with_header(
+                    axum::http::header::RETRY_AFTER,
+                    retry_after_secs.to_string(),
+                );
+            }
+            StorageError::UploadOutOfOrder { expected, .. }
+            | StorageError::RangeInvalid { expected } => {
                 let range = if *expected == 0 {
                     "0-0".to_string()
                 } else {

@@ -10,7 +10,12 @@
 //! missing, and never log or echo a token.
 
 pub mod access;
+mod body;
 pub mod errors;
+mod graph;
+pub mod limits;
+pub mod listener;
+pub mod lock;
 pub mod server;
 pub mod storage;
 pub mod token;

@@ -1,8 +1,11 @@
 //! The HTTP server: distribution-spec 1.1 on axum over [`crate::storage::Storage`].
 //!
 //! Every handler asks the [`Authorizer`] before it touches storage, and answers with the
-//! refusal the authorizer gives. It must never echo or log an `Authorization` header, never
-//! buffer a blob in memory, and never stop serving because one request failed.
+//! refusal the authorizer gives. Connections are served by [`crate::listener`] (caps and
+//! timeouts) and request bodies pass through [`crate::body`] (body timeout, bounded drain).
+//! It must never echo or log an `Authorization` header, never buffer a blob in memory, never
+//! buffer more manifest bytes than [`Limits::manifest_memory_bytes`], never run a graph walk
+//! on an async worker, and never stop serving because one request failed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +30,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::access::{Action, Target};
 use crate::errors::{ErrorCode, OciError, StorageError};
+use crate::limits::{Limits, MAX_REFERRERS_PAGE_BYTES};
 use crate::storage::{digest_hex, validate_repository, Storage, MAX_MANIFEST_BYTES, OCI_INDEX};
 
 /// Read-only view of the manifest graph, given to the [`Authorizer`] so a grant limited to one
@@ -86,6 +90,31 @@ impl Challenge {
             Challenge::Basic { realm } => format!("Basic realm=\"{realm}\""),
         }
     }
+
+    /// Adds the scopes of `other` (a Bearer challenge for the same realm) to this one, space
+    /// separated as the distribution token spec allows: a mount asks for push on the target
+    /// and pull on `from` in one challenge, so a client following it gets one token for both.
+    pub fn merge_scope(&mut self, other: &Challenge) {
+        if let (
+            Challenge::Bearer { realm, scope, .. },
+            Challenge::Bearer {
+                realm: other_realm,
+                scope: other_scope,
+                ..
+            },
+        ) = (&mut *self, other)
+        {
+            if realm == other_realm
+                && !other_scope.is_empty()
+                && !scope.split(' ').any(|s| s == other_scope)
+            {
+                if !scope.is_empty() {
+                    scope.push(' ');
+                }
+                scope.push_str(other_scope);
+            }
+        }
+    }
 }
 
 /// A refusal. The server turns it into the HTTP response; messages must never contain a token.
@@ -98,7 +127,7 @@ pub enum Denied {
     },
     /// 403 `DENIED`: valid credentials that do not allow this.
     Forbidden { message: String },
-    /// 429 `TOO_MANY_REQUESTS` with `Retry-After`.
+    /// 429 `TOOMANYREQUESTS` with `Retry-After`.
     TooManyRequests {
         retry_after_secs: u64,
         message: String,
@@ -174,6 +203,8 @@ pub struct RegistryConfig {
     /// Namespaces (e.g. `vendor`, `installs/acme`). When any are configured (here or
     /// persisted), requests for repositories outside them get `NAME_UNKNOWN`.
     pub namespaces: Vec<String>,
+    /// Connection, time, session and memory bounds; see [`Limits`].
+    pub limits: Limits,
 }
 
 impl RegistryConfig {
@@ -182,6 +213,7 @@ impl RegistryConfig {
             root: root.into(),
             immutable_tags: Vec::new(),
             namespaces: Vec::new(),
+            limits: Limits::default(),
         }
     }
 }
@@ -231,9 +263,16 @@ impl RegistryServerBuilder {
         self
     }
 
+    /// Connection, time, session and memory bounds (default [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
     /// Opens storage (deriving all state from disk) and builds the router.
     pub fn build(self) -> Result<RegistryServer, ServeError> {
-        let storage = Storage::open(&self.config.root)?;
+        let limits = Arc::new(self.config.limits.clone().sanitized());
+        let storage = Storage::open_with(&self.config.root, &limits)?;
         for prefix in &self.config.immutable_tags {
             storage.set_immutable(prefix)?;
         }
@@ -243,6 +282,7 @@ impl RegistryServerBuilder {
         let state = AppState {
             storage: storage.clone(),
             authorizer: self.authorizer,
+            manifest_budget: Arc::new(tokio::sync::Semaphore::new(limits.manifest_memory_bytes)),
         };
         let mut router = Router::new()
             .route("/v2", any(base))
@@ -255,8 +295,16 @@ impl RegistryServerBuilder {
         let router = router
             .fallback(unknown_endpoint)
             .layer(axum::middleware::map_response(api_version_header))
+            .layer(axum::middleware::from_fn_with_state(
+                limits.clone(),
+                crate::body::guard_request_body,
+            ))
             .layer(DefaultBodyLimit::disable());
-        Ok(RegistryServer { storage, router })
+        Ok(RegistryServer {
+            storage,
+            router,
+            limits,
+        })
     }
 }
 
@@ -265,6 +313,7 @@ impl RegistryServerBuilder {
 pub struct RegistryServer {
     storage: Storage,
     router: Router,
+    limits: Arc<Limits>,
 }
 
 impl RegistryServer {
@@ -285,7 +334,14 @@ impl RegistryServer {
         &self.storage
     }
 
-    /// The axum router, to embed in another server.
+    /// The limits this server enforces (zeros already replaced by defaults).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The axum router, to embed in another server. It enforces the body timeout, the drain
+    /// and the manifest budget itself; connection caps and header/idle timeouts belong to the
+    /// embedding server.
     pub fn router(&self) -> Router {
         self.router.clone()
     }
@@ -305,25 +361,25 @@ impl RegistryServer {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        // Sessions of clients that vanished would otherwise hold files until restart.
+        // Sessions of clients that vanished would otherwise count against their identity's
+        // cap and keep their files until restart.
         let storage = self.storage.clone();
+        let sweep = self.limits.upload_sweep_interval();
         let janitor = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(UPLOAD_SWEEP_INTERVAL);
+            let mut tick = tokio::time::interval(sweep);
             loop {
                 tick.tick().await;
-                storage.expire_uploads(UPLOAD_IDLE_LIMIT);
+                storage.expire_idle_uploads();
             }
         });
-        let result = axum::serve(listener, self.router)
-            .with_graceful_shutdown(signal)
-            .await;
+        let result = crate::listener::serve(listener, self.router, self.limits, signal).await;
         janitor.abort();
         result
     }
 
     /// Binds `127.0.0.1:0` and serves in a background task.
     pub async fn spawn(self) -> std::io::Result<RunningRegistry> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = crate::listener::bind(([127, 0, 0, 1], 0).into()).await?;
         self.spawn_on(listener)
     }
 
@@ -420,11 +476,9 @@ impl std::fmt::Debug for RunningRegistry {
 struct AppState {
     storage: Storage,
     authorizer: Arc<dyn Authorizer>,
+    /// One permit per byte of manifest body buffered ([`Limits::manifest_memory_bytes`]).
+    manifest_budget: Arc<tokio::sync::Semaphore>,
 }
-
-/// Upload sessions idle this long are dropped.
-const UPLOAD_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3600);
-const UPLOAD_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 const DOCKER_UPLOAD_UUID: &str = "docker-upload-uuid";
@@ -568,25 +622,49 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The authorizer's verdict. It runs on a blocking thread: for a grant it may walk the
+    /// manifest graph on disk (cached per grant, but the first request walks).
+    async fn verdict(
+        &self,
+        repository: &str,
+        action: Action,
+        target: &Target,
+    ) -> Result<Principal, Denied> {
+        let authorizer = self.app.authorizer.clone();
+        let storage = self.app.storage.clone();
+        let header = authorization(&self.headers).map(str::to_string);
+        let (repository, target) = (repository.to_string(), target.clone());
+        tokio::task::spawn_blocking(move || {
+            authorizer.authorize(header.as_deref(), &repository, action, &target, &storage)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(Denied::Forbidden {
+                message: "internal error while checking access; retry".to_string(),
+            })
+        })
+    }
+
     /// Authorizes, then checks the namespace. Returns the refusal response on failure.
-    fn authorize(
+    async fn authorize(
         &self,
         repository: &str,
         action: Action,
         target: Target,
     ) -> Result<Principal, Reject> {
         let principal = self
-            .app
-            .authorizer
-            .authorize(
-                authorization(&self.headers),
-                repository,
-                action,
-                &target,
-                &self.app.storage,
-            )
+            .verdict(repository, action, &target)
+            .await
             .map_err(denied_response)?;
-        if target != Target::Catalog && !self.app.storage.in_namespace(repository) {
+        if target != Target::Catalog {
+            self.authorize_namespace(repository)?;
+        }
+        Ok(principal)
+    }
+
+    /// After authorization: a repository outside every namespace is `NAME_UNKNOWN`.
+    fn authorize_namespace(&self, repository: &str) -> Result<(), Reject> {
+        if !self.app.storage.in_namespace(repository) {
             return Err(OciError::new(
                 StatusCode::NOT_FOUND,
                 ErrorCode::NameUnknown,
@@ -596,7 +674,7 @@ impl Ctx {
             )
             .into_response().into());
         }
-        Ok(principal)
+        Ok(())
     }
 }
 
@@ -748,7 +826,7 @@ fn paginate(items: Vec<String>, n: Option<usize>, last: Option<&str>) -> (Vec<St
 }
 
 async fn catalog(ctx: &Ctx) -> Handled {
-    ctx.authorize("", Action::Pull, Target::Catalog)?;
+    ctx.authorize("", Action::Pull, Target::Catalog).await?;
     let (n, last) = page(ctx)?;
     let storage = ctx.app.storage.clone();
     let all = blocking(move || storage.list_repositories()).await?;
@@ -771,7 +849,8 @@ async fn catalog(ctx: &Ctx) -> Handled {
 }
 
 async fn tags(ctx: &Ctx, name: &str) -> Handled {
-    ctx.authorize(name, Action::Pull, Target::Repository)?;
+    ctx.authorize(name, Action::Pull, Target::Repository)
+        .await?;
     let (n, last) = page(ctx)?;
     let storage = ctx.app.storage.clone();
     let repo = name.to_string();
@@ -791,7 +870,8 @@ async fn tags(ctx: &Ctx, name: &str) -> Handled {
 }
 
 async fn get_manifest(ctx: &Ctx, name: &str, reference: &str, head: bool) -> Handled {
-    ctx.authorize(name, Action::Pull, Target::Manifest(reference.to_string()))?;
+    ctx.authorize(name, Action::Pull, Target::Manifest(reference.to_string()))
+        .await?;
     let storage = ctx.app.storage.clone();
     let (repo, r) = (name.to_string(), reference.to_string());
     let manifest = blocking(move || storage.get_manifest(&repo, &r)).await?;
@@ -810,25 +890,32 @@ async fn get_manifest(ctx: &Ctx, name: &str, reference: &str, head: bool) -> Han
 }
 
 async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Manifest(reference.to_string()))?;
+    ctx.authorize(name, Action::Push, Target::Manifest(reference.to_string()))
+        .await?;
     let too_large = |size: usize| {
         oci(StorageError::ManifestTooLarge {
             size,
             limit: MAX_MANIFEST_BYTES,
         })
     };
-    if let Some(len) = ctx
+    let declared = ctx
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared {
         if len > MAX_MANIFEST_BYTES {
             return Err(too_large(len).into());
         }
     }
-    // Read with a cap: a manifest is small by definition, a huge body is refused early.
-    let mut buf = BytesMut::new();
+    // Every byte buffered is first reserved from the server-wide manifest budget: the
+    // declared length up front (so a stalled body cannot grow past it), else chunk by chunk.
+    let budget = &ctx.app.manifest_budget;
+    let mut reserved = match declared {
+        Some(len) => Some(reserve_manifest_bytes(budget, len)?),
+        None => None,
+    };
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -836,8 +923,16 @@ async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Han
                 "the request body failed mid-transfer: {e}"
             )))
         })?;
-        if buf.len() + chunk.len() > MAX_MANIFEST_BYTES {
-            return Err(too_large(buf.len() + chunk.len()).into());
+        let total = buf.len().saturating_add(chunk.len());
+        if total > MAX_MANIFEST_BYTES {
+            return Err(too_large(total).into());
+        }
+        if declared.is_none() {
+            let more = reserve_manifest_bytes(budget, chunk.len())?;
+            match reserved.as_mut() {
+                Some(held) => held.merge(more),
+                None => reserved = Some(more),
+            }
         }
         buf.extend_from_slice(&chunk);
     }
@@ -851,6 +946,8 @@ async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Han
     let body = buf.freeze();
     let put =
         blocking(move || storage.put_manifest(&repo, &r, content_type.as_deref(), &body)).await?;
+    // The body is stored (or refused); its bytes go back to the budget.
+    drop(reserved);
     let mut headers = vec![
         header("location", format!("/v2/{name}/manifests/{}", put.digest)),
         header(DOCKER_CONTENT_DIGEST, &put.digest),
@@ -862,12 +959,33 @@ async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Han
     Ok(response_with(StatusCode::CREATED, headers, Body::empty()))
 }
 
+/// Takes `bytes` from the manifest budget, or refuses at once with 429: waiting would let
+/// stalled bodies queue up behind each other.
+fn reserve_manifest_bytes(
+    budget: &Arc<tokio::sync::Semaphore>,
+    bytes: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Reject> {
+    let busy = || -> Reject {
+        OciError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooManyRequests,
+            "the registry is receiving too many manifest bytes at once; retry shortly",
+        )
+        .with_header(RETRY_AFTER, "1")
+        .into_response()
+        .into()
+    };
+    let n = u32::try_from(bytes).map_err(|_| busy())?;
+    budget.clone().try_acquire_many_owned(n).map_err(|_| busy())
+}
+
 async fn delete_manifest(ctx: &Ctx, name: &str, reference: &str) -> Handled {
     ctx.authorize(
         name,
         Action::Delete,
         Target::Manifest(reference.to_string()),
-    )?;
+    )
+    .await?;
     let storage = ctx.app.storage.clone();
     let (repo, r) = (name.to_string(), reference.to_string());
     blocking(move || storage.delete_manifest(&repo, &r)).await?;
@@ -927,7 +1045,8 @@ fn parse_range(value: Option<&str>, size: u64) -> ByteRange {
 }
 
 async fn get_blob(ctx: &Ctx, name: &str, digest: &str, head: bool) -> Handled {
-    ctx.authorize(name, Action::Pull, Target::Blob(digest.to_string()))?;
+    ctx.authorize(name, Action::Pull, Target::Blob(digest.to_string()))
+        .await?;
     let (mut file, size) = ctx.app.storage.open_blob(name, digest).await.map_err(oci)?;
     let range = parse_range(ctx.headers.get(RANGE).and_then(|v| v.to_str().ok()), size);
     let mut headers = vec![
@@ -973,7 +1092,8 @@ async fn get_blob(ctx: &Ctx, name: &str, digest: &str, head: bool) -> Handled {
 }
 
 async fn delete_blob(ctx: &Ctx, name: &str, digest: &str) -> Handled {
-    ctx.authorize(name, Action::Delete, Target::Blob(digest.to_string()))?;
+    ctx.authorize(name, Action::Delete, Target::Blob(digest.to_string()))
+        .await?;
     let storage = ctx.app.storage.clone();
     let (repo, d) = (name.to_string(), digest.to_string());
     blocking(move || storage.delete_blob(&repo, &d)).await?;
@@ -1018,16 +1138,41 @@ fn created_blob(name: &str, digest: &str) -> Response {
 }
 
 async fn start_upload(ctx: &Ctx, name: &str, body: Body) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Repository)?;
+    let mount = match (ctx.query.get("mount"), ctx.query.get("from")) {
+        (Some(digest), Some(from)) if validate_repository(from).is_ok() => Some((digest, from)),
+        _ => None,
+    };
+    let principal = match ctx.verdict(name, Action::Push, &Target::Repository).await {
+        Ok(principal) => principal,
+        Err(Denied::Unauthorized {
+            mut challenge,
+            message,
+        }) => {
+            // Ask for pull on `from` in the same challenge (as the CNCF registry does), so a
+            // client that follows it holds a token that can actually mount.
+            if let Some((digest, from)) = mount {
+                if let Err(Denied::Unauthorized { challenge: c, .. }) = ctx
+                    .verdict(from, Action::Pull, &Target::Blob(digest.clone()))
+                    .await
+                {
+                    challenge.merge_scope(&c);
+                }
+            }
+            return Err(denied_response(Denied::Unauthorized { challenge, message }).into());
+        }
+        Err(denied) => return Err(denied_response(denied).into()),
+    };
+    // The namespace check, as every other handler gets it from `Ctx::authorize`.
+    ctx.authorize_namespace(name)?;
     let storage = &ctx.app.storage;
-    if let (Some(digest), Some(from)) = (ctx.query.get("mount"), ctx.query.get("from")) {
+    if let Some((digest, from)) = mount {
         digest_hex(digest).map_err(oci)?;
-        // Mount only when `from` is a valid name the caller may pull from; otherwise fall
-        // back to a normal upload session, as the spec allows.
-        let may_pull = validate_repository(from).is_ok()
-            && ctx
-                .authorize(from, Action::Pull, Target::Blob(digest.clone()))
-                .is_ok();
+        // Mount only when the caller may pull the blob from `from`; otherwise fall back to a
+        // normal upload session, as the spec allows.
+        let may_pull = ctx
+            .authorize(from, Action::Pull, Target::Blob(digest.clone()))
+            .await
+            .is_ok();
         if may_pull {
             let (s, repo, d, f) = (
                 storage.clone(),
@@ -1048,12 +1193,17 @@ async fn start_upload(ctx: &Ctx, name: &str, body: Body) -> Handled {
             .map_err(oci)?;
         return Ok(created_blob(name, digest));
     }
-    let id = storage.start_upload(name).await.map_err(oci)?;
+    let id = storage
+        .start_upload(name, &principal.subject)
+        .await
+        .map_err(oci)?;
     Ok(session_response(StatusCode::ACCEPTED, name, &id, 0))
 }
 
 /// The inclusive (start, end) from `Content-Range: <start>-<end>` (also accepts
-/// `bytes <start>-<end>/*`).
+/// `bytes <start>-<end>/*`). Only the syntax is checked here; whether the range fits the
+/// session (start = offset, a length that does not overflow) is checked by storage
+/// ([`crate::storage::range_len`]), which answers 416 with the session's current `Range`.
 fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Reject> {
     let Some(value) = headers.get(CONTENT_RANGE) else {
         return Ok(None);
@@ -1073,14 +1223,12 @@ fn content_range(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Reject> {
     let (start, end) = text.split_once('-').ok_or_else(invalid)?;
     let start = start.trim().parse::<u64>().map_err(|_| invalid())?;
     let end = end.trim().parse::<u64>().map_err(|_| invalid())?;
-    if end < start {
-        return Err(invalid());
-    }
     Ok(Some((start, end)))
 }
 
 async fn patch_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Repository)?;
+    ctx.authorize(name, Action::Push, Target::Repository)
+        .await?;
     let range = content_range(&ctx.headers)?;
     let status = ctx
         .app
@@ -1097,7 +1245,8 @@ async fn patch_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Handled {
 }
 
 async fn put_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Repository)?;
+    ctx.authorize(name, Action::Push, Target::Repository)
+        .await?;
     let Some(digest) = ctx.query.get("digest") else {
         return Err(OciError::new(
             StatusCode::BAD_REQUEST,
@@ -1115,7 +1264,8 @@ async fn put_upload(ctx: &Ctx, name: &str, id: &str, body: Body) -> Handled {
 }
 
 async fn upload_status(ctx: &Ctx, name: &str, id: &str) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Repository)?;
+    ctx.authorize(name, Action::Push, Target::Repository)
+        .await?;
     let status = ctx.app.storage.upload_status(name, id).await.map_err(oci)?;
     Ok(session_response(
         StatusCode::NO_CONTENT,
@@ -1126,7 +1276,8 @@ async fn upload_status(ctx: &Ctx, name: &str, id: &str) -> Handled {
 }
 
 async fn cancel_upload(ctx: &Ctx, name: &str, id: &str) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Repository)?;
+    ctx.authorize(name, Action::Push, Target::Repository)
+        .await?;
     ctx.app.storage.cancel_upload(name, id).await.map_err(oci)?;
     Ok(response_with(
         StatusCode::NO_CONTENT,
@@ -1136,11 +1287,38 @@ async fn cancel_upload(ctx: &Ctx, name: &str, id: &str) -> Handled {
 }
 
 async fn referrers(ctx: &Ctx, name: &str, digest: &str) -> Handled {
-    ctx.authorize(name, Action::Pull, Target::Repository)?;
+    ctx.authorize(name, Action::Pull, Target::Repository)
+        .await?;
     let artifact_type = ctx.query.get("artifactType").cloned();
+    let last = ctx.query.get("last").cloned();
     let storage = ctx.app.storage.clone();
     let (repo, d, filter) = (name.to_string(), digest.to_string(), artifact_type.clone());
-    let manifests = blocking(move || storage.referrers(&repo, &d, filter.as_deref())).await?;
+    let (manifests, more) = blocking(move || {
+        storage.referrers_page(
+            &repo,
+            &d,
+            filter.as_deref(),
+            last.as_deref(),
+            MAX_REFERRERS_PAGE_BYTES,
+        )
+    })
+    .await?;
+    let next = manifests
+        .last()
+        .and_then(|m| m.get("digest"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|_| more)
+        .map(|last| {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.append_pair("last", last);
+            if let Some(at) = &artifact_type {
+                query.append_pair("artifactType", at);
+            }
+            format!(
+                "</v2/{name}/referrers/{digest}?{}>; rel=\"next\"",
+                query.finish()
+            )
+        });
     let body = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
@@ -1150,6 +1328,9 @@ async fn referrers(ctx: &Ctx, name: &str, digest: &str) -> Handled {
     let mut headers = vec![header("content-type", OCI_INDEX)];
     if artifact_type.is_some() {
         headers.push(header(OCI_FILTERS_APPLIED, "artifactType"));
+    }
+    if let Some(next) = next {
+        headers.push(header("link", next));
     }
     Ok(response_with(StatusCode::OK, headers, Body::from(body)))
 }

@@ -14,8 +14,11 @@
 //! ```
 //!
 //! Every file becomes visible by rename after fsync, so a crash never leaves a partial blob or
-//! a half-written link. It must never make an unverified upload visible, never accept a
-//! manifest whose references are missing, and never hold a whole blob in memory.
+//! a half-written link. Files are created 0600 and directories 0700: blobs and metadata are
+//! for the registry process only. It must never make an unverified upload visible, never
+//! accept a manifest whose references are missing or that nests deeper than
+//! [`MAX_INDEX_DEPTH`], never hold a whole blob in memory, and never keep a file open for an
+//! upload session between requests.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -33,6 +36,8 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::errors::StorageError;
+use crate::graph::ClosureCache;
+use crate::limits::{Limits, MAX_INDEX_DEPTH};
 use crate::server::GraphLookup;
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -306,13 +311,21 @@ pub struct UploadStatus {
     pub offset: u64,
 }
 
+/// An upload session between requests: where its bytes are and how far they are hashed. No
+/// file handle is kept; each PATCH/PUT opens the file, cuts it back to `offset` (dropping
+/// whatever an interrupted request left past it), appends, and closes it.
 struct UploadState {
     repository: String,
     path: PathBuf,
-    file: tokio::fs::File,
     hasher: Sha256,
     offset: u64,
     last_activity: std::time::Instant,
+}
+
+/// A registered upload session and the identity that opened it (for the per-identity cap).
+struct UploadEntry {
+    owner: String,
+    state: Arc<tokio::sync::Mutex<Option<UploadState>>>,
 }
 
 /// What [`Storage::gc`] did.
@@ -349,7 +362,12 @@ struct Inner {
     /// Serialises tag check-and-write so two puts cannot race past an immutability check.
     tag_lock: Mutex<()>,
     settings: RwLock<Settings>,
-    uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<UploadState>>>>>,
+    uploads: Mutex<HashMap<String, UploadEntry>>,
+    /// [`Limits::upload_sessions_per_identity`] and [`Limits::upload_idle_timeout`].
+    upload_sessions_per_identity: usize,
+    upload_idle_timeout: Duration,
+    /// Reference closures served to grants; invalidated whenever a manifest link changes.
+    closures: ClosureCache,
 }
 
 impl std::fmt::Debug for Storage {
@@ -395,14 +413,22 @@ fn valid_upload_id(id: &str) -> bool {
 }
 
 impl Storage {
-    /// Opens (creating if needed) storage at `root`. Leftover temp files and upload sessions
-    /// from a previous run are removed: sessions live in memory and cannot be resumed.
+    /// Opens (creating if needed) storage at `root` with the default [`Limits`]. Leftover temp
+    /// files and upload sessions from a previous run are removed: sessions live in memory and
+    /// cannot be resumed. Only one process may open a root at a time
+    /// ([`crate::lock::RootLock`]): another's open would delete the first one's uploads.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(root, &Limits::default())
+    }
+
+    /// [`Storage::open`] with the upload-session limits of `limits`.
+    pub fn open_with(root: impl Into<PathBuf>, limits: &Limits) -> Result<Self> {
         let root = root.into();
+        create_storage_dir(&root)?;
+        // An existing root may predate private modes: tighten it, which covers everything below.
+        set_private_dir_mode(&root)?;
         for dir in ["blobs/sha256", "repositories", "uploads", "tmp"] {
-            let path = root.join(dir);
-            fs::create_dir_all(&path)
-                .map_err(|e| StorageError::io("creating the storage layout", &path, e))?;
+            create_storage_dir(&root.join(dir))?;
         }
         for dir in ["uploads", "tmp"] {
             let path = root.join(dir);
@@ -428,6 +454,9 @@ impl Storage {
                 tag_lock: Mutex::new(()),
                 settings: RwLock::new(settings),
                 uploads: Mutex::new(HashMap::new()),
+                upload_sessions_per_identity: limits.upload_sessions_per_identity.max(1),
+                upload_idle_timeout: limits.upload_idle_timeout,
+                closures: ClosureCache::new(crate::limits::CLOSURE_CACHE_ENTRIES),
             }),
         })
     }
@@ -528,12 +557,11 @@ impl Storage {
     /// Writes `bytes` to a temp file, fsyncs it, then renames it over `path`.
     fn atomic_write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| StorageError::io("creating a directory", parent, e))?;
+            create_storage_dir(parent)?;
         }
         let tmp = self.inner.root.join("tmp").join(random_id());
         let write = || -> io::Result<()> {
-            let mut file = fs::File::create(&tmp)?;
+            let mut file = private_file_options().open(&tmp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
             fs::rename(&tmp, path)?;
@@ -655,23 +683,49 @@ impl Storage {
 
     // ---- uploads ----------------------------------------------------------------------------
 
-    /// Starts an upload session and returns its id.
-    pub async fn start_upload(&self, repository: &str) -> Result<String> {
+    /// Starts an upload session for `owner` (the authenticated identity) and returns its id.
+    /// An owner already holding [`Limits::upload_sessions_per_identity`] sessions is refused
+    /// with [`StorageError::TooManyUploads`]. The session's file is created and closed again:
+    /// nothing stays open between requests.
+    pub async fn start_upload(&self, repository: &str, owner: &str) -> Result<String> {
         let id = random_id();
         let path = self.inner.root.join("uploads").join(&id);
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| StorageError::io("creating an upload file", &path, e))?;
-        let state = UploadState {
-            repository: repository.to_string(),
-            path,
-            file,
-            hasher: Sha256::new(),
-            offset: 0,
-            last_activity: std::time::Instant::now(),
-        };
-        mutex(&self.inner.uploads)
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(Some(state))));
+        {
+            // Counted and registered under one lock, so parallel POSTs cannot overshoot.
+            let mut uploads = mutex(&self.inner.uploads);
+            let held = uploads.values().filter(|e| e.owner == owner).count();
+            if held >= self.inner.upload_sessions_per_identity {
+                return Err(StorageError::TooManyUploads {
+                    owner: truncate(owner, 80),
+                    limit: self.inner.upload_sessions_per_identity,
+                    retry_after_secs: self.inner.upload_idle_timeout.as_secs().max(1),
+                });
+            }
+            let state = UploadState {
+                repository: repository.to_string(),
+                path: path.clone(),
+                hasher: Sha256::new(),
+                offset: 0,
+                last_activity: std::time::Instant::now(),
+            };
+            uploads.insert(
+                id.clone(),
+                UploadEntry {
+                    owner: owner.to_string(),
+                    state: Arc::new(tokio::sync::Mutex::new(Some(state))),
+                },
+            );
+        }
+        let created = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || private_file_options().open(&path).map(drop)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+        if let Err(e) = created {
+            mutex(&self.inner.uploads).remove(&id);
+            return Err(StorageError::io("creating an upload file", &path, e));
+        }
         Ok(id)
     }
 
@@ -681,8 +735,16 @@ impl Storage {
         }
         mutex(&self.inner.uploads)
             .get(id)
-            .cloned()
+            .map(|e| e.state.clone())
             .ok_or_else(|| StorageError::UploadUnknown(id.to_string()))
+    }
+
+    /// How many upload sessions `owner` holds open.
+    pub fn upload_sessions_of(&self, owner: &str) -> usize {
+        mutex(&self.inner.uploads)
+            .values()
+            .filter(|e| e.owner == owner)
+            .count()
     }
 
     /// Current offset of an upload session.
@@ -699,7 +761,7 @@ impl Storage {
 
     /// Appends a chunk. `range` is the inclusive `Content-Range` (start, end): the start must
     /// equal the current offset and the body must be exactly that long. If the body fails
-    /// midway or has the wrong length, the session is rolled back to before this chunk.
+    /// midway or has the wrong length, the session stays where it was before this chunk.
     pub async fn append_upload<S, E>(
         &self,
         repository: &str,
@@ -717,54 +779,55 @@ impl Storage {
             Some(state) if state.repository == repository => state,
             _ => return Err(StorageError::UploadUnknown(id.to_string())),
         };
-        if let Some((start, _)) = range {
-            if start != state.offset {
-                return Err(StorageError::UploadOutOfOrder {
-                    expected: state.offset,
-                    got: start,
-                });
-            }
-        }
-        state.last_activity = std::time::Instant::now();
-        let before_offset = state.offset;
-        let before_hasher = state.hasher.clone();
-        let written = write_stream(&mut state.file, &mut state.hasher, body)
-            .await
-            .and_then(|n| match range {
-                Some((a, b)) if n != b.saturating_sub(a) + 1 => {
-                    Err(StorageError::UploadInvalid(format!(
-                        "Content-Range {a}-{b} announces {} bytes but the body had {n}; resend the chunk",
-                        b.saturating_sub(a) + 1
-                    )))
+        let announced = match range {
+            Some((start, end)) => {
+                if start != state.offset {
+                    return Err(StorageError::UploadOutOfOrder {
+                        expected: state.offset,
+                        got: start,
+                    });
                 }
+                Some(range_len(start, end).ok_or(StorageError::RangeInvalid {
+                    expected: state.offset,
+                })?)
+            }
+            None => None,
+        };
+        state.last_activity = std::time::Instant::now();
+        // Hash into a copy: the session only moves forward once the whole chunk is on disk.
+        let mut hasher = state.hasher.clone();
+        let mut file = open_upload_at(&state.path, state.offset).await?;
+        let written = write_stream(&mut file, &mut hasher, body)
+            .await
+            .and_then(|n| match announced {
+                Some(len) if n != len => Err(StorageError::UploadInvalid(format!(
+                    "Content-Range announces {len} bytes but the body had {n}; resend the chunk"
+                ))),
                 _ => Ok(n),
-            });
-        match written {
-            Ok(n) => {
-                state.offset += n;
-                Ok(UploadStatus {
-                    offset: state.offset,
+            })
+            .and_then(|n| {
+                state.offset.checked_add(n).ok_or_else(|| {
+                    StorageError::UploadInvalid("the upload would exceed 2^64 bytes".into())
                 })
+            });
+        let flushed = match written {
+            Ok(offset) => file
+                .flush()
+                .await
+                .map(|()| offset)
+                .map_err(|e| StorageError::io("writing an upload", &state.path, e)),
+            Err(e) => Err(e),
+        };
+        match flushed {
+            Ok(offset) => {
+                state.hasher = hasher;
+                state.offset = offset;
+                state.last_activity = std::time::Instant::now();
+                Ok(UploadStatus { offset })
             }
             Err(err) => {
-                state.hasher = before_hasher;
-                let rollback = async {
-                    state.file.flush().await?;
-                    state.file.set_len(before_offset).await?;
-                    tokio::io::AsyncSeekExt::seek(
-                        &mut state.file,
-                        io::SeekFrom::Start(before_offset),
-                    )
-                    .await
-                    .map(|_| ())
-                };
-                if rollback.await.is_err() {
-                    // Cannot restore a consistent state: drop the session entirely.
-                    let path = state.path.clone();
-                    *guard = None;
-                    mutex(&self.inner.uploads).remove(id);
-                    let _ = tokio::fs::remove_file(path).await;
-                }
+                // Best effort: the next request cuts the file back to the offset anyway.
+                let _ = file.set_len(state.offset).await;
                 Err(err)
             }
         }
@@ -783,20 +846,34 @@ impl Storage {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let hex = digest_hex(digest)?.to_string();
+        digest_hex(digest)?;
         let session = self.session(id)?;
         let mut guard = session.lock().await;
         match guard.as_ref() {
             Some(state) if state.repository == repository => {}
             _ => return Err(StorageError::UploadUnknown(id.to_string())),
         }
-        let Some(mut state) = guard.take() else {
+        let Some(state) = guard.take() else {
             return Err(StorageError::UploadUnknown(id.to_string()));
         };
         mutex(&self.inner.uploads).remove(id);
+        self.finish_state(state, digest, body).await
+    }
+
+    /// Appends `body` to a session taken out of the table, verifies and commits it; removes
+    /// its file on failure.
+    async fn finish_state<S, E>(&self, mut state: UploadState, digest: &str, body: S) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let hex = digest_hex(digest)?.to_string();
         let result = async {
-            let n = write_stream(&mut state.file, &mut state.hasher, body).await?;
-            state.offset += n;
+            let mut file = open_upload_at(&state.path, state.offset).await?;
+            let n = write_stream(&mut file, &mut state.hasher, body).await?;
+            state.offset = state.offset.checked_add(n).ok_or_else(|| {
+                StorageError::UploadInvalid("the upload would exceed 2^64 bytes".into())
+            })?;
             let actual = hex::encode(state.hasher.clone().finalize());
             if actual != hex {
                 return Err(StorageError::DigestMismatch {
@@ -804,19 +881,16 @@ impl Storage {
                     actual: format!("sha256:{actual}"),
                 });
             }
-            state
-                .file
-                .flush()
+            file.flush()
                 .await
                 .map_err(|e| StorageError::io("flushing an upload", &state.path, e))?;
-            state
-                .file
-                .sync_all()
+            file.sync_all()
                 .await
                 .map_err(|e| StorageError::io("syncing an upload", &state.path, e))?;
+            drop(file);
             let storage = self.clone();
-            let repo = repository.to_string();
             let path = state.path.clone();
+            let repo = state.repository.clone();
             tokio::task::spawn_blocking(move || storage.commit_blob(&repo, &path, &hex))
                 .await
                 .map_err(|e| StorageError::UploadInvalid(format!("commit task failed: {e}")))??;
@@ -850,7 +924,7 @@ impl Storage {
         let sessions: Vec<(String, Arc<tokio::sync::Mutex<Option<UploadState>>>)> =
             mutex(&self.inner.uploads)
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.clone(), v.state.clone()))
                 .collect();
         let mut dropped = 0;
         for (id, session) in sessions {
@@ -859,7 +933,7 @@ impl Storage {
             };
             let stale = guard
                 .as_ref()
-                .is_some_and(|s| s.last_activity.elapsed() > idle);
+                .is_some_and(|s| s.last_activity.elapsed() >= idle);
             if stale {
                 if let Some(state) = guard.take() {
                     mutex(&self.inner.uploads).remove(&id);
@@ -871,15 +945,28 @@ impl Storage {
         dropped
     }
 
-    /// Monolithic upload: the whole blob in one body, verified against `digest`.
+    /// [`Storage::expire_uploads`] with the configured [`Limits::upload_idle_timeout`].
+    pub fn expire_idle_uploads(&self) -> usize {
+        self.expire_uploads(self.inner.upload_idle_timeout)
+    }
+
+    /// Monolithic upload: the whole blob in one body, verified against `digest`. It holds no
+    /// session between requests, so it does not count against the per-identity cap.
     pub async fn put_blob<S, E>(&self, repository: &str, digest: &str, body: S) -> Result<u64>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         digest_hex(digest)?;
-        let id = self.start_upload(repository).await?;
-        self.finish_upload(repository, &id, digest, body).await
+        let path = self.inner.root.join("uploads").join(random_id());
+        let state = UploadState {
+            repository: repository.to_string(),
+            path,
+            hasher: Sha256::new(),
+            offset: 0,
+            last_activity: std::time::Instant::now(),
+        };
+        self.finish_state(state, digest, body).await
     }
 
     // ---- manifests ----------------------------------------------------------------------
@@ -944,9 +1031,19 @@ impl Storage {
         Ok(digest)
     }
 
-    /// Reads a manifest by tag or digest.
+    /// Reads a manifest by tag or digest. A reference that is neither a valid tag nor a
+    /// supported digest names nothing here, so it is `ManifestUnknown` (the distribution spec
+    /// allows only 404 for reads), never `TAG_INVALID`/`DIGEST_INVALID`.
     pub fn get_manifest(&self, repository: &str, reference: &str) -> Result<StoredManifest> {
-        let digest = self.resolve(repository, reference)?;
+        let digest = self.resolve(repository, reference).map_err(|e| match e {
+            StorageError::TagInvalid { .. } | StorageError::DigestInvalid { .. } => {
+                StorageError::ManifestUnknown {
+                    repository: repository.to_string(),
+                    reference: truncate(reference, 140),
+                }
+            }
+            other => other,
+        })?;
         let hex = digest_hex(&digest)?;
         let link_path = self.revision_link(repository, hex);
         let link: RevisionLink = read_json(&link_path)?;
@@ -1026,6 +1123,15 @@ impl Storage {
                     digest: child.digest.clone(),
                 });
             }
+            // What a grant, GC or retention could not walk is refused here, not cut short there.
+            let child_depth = self.index_depth(repository, hex);
+            if child_depth.is_none_or(|d| d >= MAX_INDEX_DEPTH) {
+                return Err(StorageError::ManifestInvalid(format!(
+                    "this index would nest more than {MAX_INDEX_DEPTH} levels deep (its child {} nests {}); a sync grant could not serve it: flatten the index",
+                    child.digest,
+                    child_depth.map_or_else(|| format!("more than {MAX_INDEX_DEPTH}"), |d| d.to_string()),
+                )));
+            }
         }
         for blob in doc.config.iter().chain(&doc.layers) {
             let hex = digest_hex(&blob.digest)?;
@@ -1053,6 +1159,8 @@ impl Storage {
         })
         .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
         self.atomic_write(&self.revision_link(repository, &hex), &link)?;
+        // A manifest (re)appearing can complete a closure computed while it was missing.
+        self.inner.closures.invalidate();
 
         let subject = match &doc.subject {
             Some(subject) => {
@@ -1143,7 +1251,40 @@ impl Storage {
             }
         }
         Self::remove_if_exists(&self.revision_link(repository, hex))?;
+        self.inner.closures.invalidate();
         Ok(())
+    }
+
+    /// The manifests `hex` lists under `manifests` (an index's children), if it is a manifest
+    /// of `repository`.
+    fn child_manifests(&self, repository: &str, hex: &str) -> Vec<String> {
+        if !self.has_manifest(repository, hex) {
+            return Vec::new();
+        }
+        fs::read(self.blob_path(hex))
+            .ok()
+            .and_then(|body| serde_json::from_slice::<LooseManifest>(&body).ok())
+            .map(|doc| doc.manifests.into_iter().map(|d| d.digest).collect())
+            .unwrap_or_default()
+    }
+
+    /// How deep manifest `hex` nests (0 for an image manifest, 1 for an index of image
+    /// manifests, ...), or `None` when deeper than [`MAX_INDEX_DEPTH`]. Walks level by level,
+    /// each level a set, so a shared child is read once per level and the longest path counts.
+    fn index_depth(&self, repository: &str, hex: &str) -> Option<usize> {
+        let mut level: HashSet<String> = HashSet::from([hex.to_string()]);
+        for depth in 0..=MAX_INDEX_DEPTH {
+            let next: HashSet<String> = level
+                .iter()
+                .flat_map(|h| self.child_manifests(repository, h))
+                .filter_map(|d| digest_hex(&d).ok().map(str::to_string))
+                .collect();
+            if next.is_empty() {
+                return Some(depth);
+            }
+            level = next;
+        }
+        None
     }
 
     /// Direct references of a manifest stored in `repository` (children, config, layers).
@@ -1168,7 +1309,9 @@ impl Storage {
                     continue;
                 }
                 out.push(r.clone());
-                if depth < 16 {
+                // Manifests at levels 1..=MAX_INDEX_DEPTH are expanded: the deepest one a PUT
+                // accepts, so nothing accepted is ever cut short.
+                if depth < MAX_INDEX_DEPTH {
                     if let Ok(h) = digest_hex(&r) {
                         if let Some(children) = self.direct_references(repository, h) {
                             stack.push((children, depth + 1));
@@ -1252,26 +1395,49 @@ impl Storage {
     }
 
     /// Descriptors of manifests in `repository` whose subject is `digest`, optionally only
-    /// those with the given artifact type. Sorted by digest for stable output.
+    /// those with the given artifact type. Sorted by digest for stable output. All of them:
+    /// for retention; the server answers with [`Storage::referrers_page`].
     pub fn referrers(
         &self,
         repository: &str,
         digest: &str,
         artifact_type: Option<&str>,
     ) -> Result<Vec<Value>> {
+        Ok(self
+            .referrers_page(repository, digest, artifact_type, None, usize::MAX)?
+            .0)
+    }
+
+    /// One page of [`Storage::referrers`]: the descriptors whose digest sorts after `last`,
+    /// at most `max_bytes` of serialized JSON (but at least one, so paging always advances).
+    /// Returns the page and whether more remain.
+    pub fn referrers_page(
+        &self,
+        repository: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+        last: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<(Vec<Value>, bool)> {
         let subject_hex = digest_hex(digest)?;
+        let after = match last {
+            Some(last) => Some(digest_hex(last)?.to_string()),
+            None => None,
+        };
         let dir = self.referrers_dir(repository, subject_hex);
         let mut out = Vec::new();
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((out, false)),
             Err(e) => return Err(StorageError::io("listing referrers", dir, e)),
         };
         let mut names: Vec<String> = entries
             .flatten()
             .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|n| after.as_deref().is_none_or(|a| n.as_str() > a))
             .collect();
         names.sort();
+        let mut bytes = 0usize;
         for hex in names {
             if digest_hex(&format!("sha256:{hex}")).is_err() || !self.has_manifest(repository, &hex)
             {
@@ -1283,9 +1449,14 @@ impl Storage {
                     continue;
                 }
             }
+            let size = descriptor.to_string().len();
+            if !out.is_empty() && bytes.saturating_add(size) > max_bytes {
+                return Ok((out, true));
+            }
+            bytes = bytes.saturating_add(size);
             out.push(descriptor);
         }
-        Ok(out)
+        Ok((out, false))
     }
 
     // ---- garbage collection and retention -----------------------------------------------------
@@ -1333,6 +1504,7 @@ impl Storage {
                 continue;
             }
             if Self::remove_if_exists(&path)? {
+                self.inner.closures.invalidate();
                 report.blobs_removed += 1;
                 report.bytes_freed += meta.len();
             }
@@ -1454,8 +1626,14 @@ impl Storage {
 }
 
 impl GraphLookup for Storage {
+    /// Served from the closure cache; a miss walks the graph (blocking: the server calls the
+    /// authorizer on a blocking thread).
     fn manifest_references(&self, repository: &str, manifest_digest: &str) -> Option<Vec<String>> {
-        self.closure(repository, manifest_digest)
+        self.inner
+            .closures
+            .get_or_compute(repository, manifest_digest, || {
+                self.closure(repository, manifest_digest)
+            })
     }
 
     fn resolve_tag(&self, repository: &str, tag: &str) -> Option<String> {
@@ -1527,6 +1705,77 @@ fn list_hex_dir(dir: &Path) -> Result<Vec<String>> {
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
         .collect())
+}
+
+/// The length of the inclusive byte range `start..=end`, or `None` when `end < start` or the
+/// length does not fit in a u64 (`0-18446744073709551615`). Every client-supplied range goes
+/// through here.
+pub fn range_len(start: u64, end: u64) -> Option<u64> {
+    end.checked_sub(start)?.checked_add(1)
+}
+
+/// Options that create a file readable and writable by the registry's user only.
+fn private_file_options() -> fs::OpenOptions {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    opts
+}
+
+/// Creates `path` and its missing parents with mode 0700 (registry state is for the registry's
+/// user only). The one way every part of the registry creates a directory.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(path)
+}
+
+/// [`create_private_dir`] with a storage error.
+fn create_storage_dir(path: &Path) -> Result<()> {
+    create_private_dir(path).map_err(|e| StorageError::io("creating a directory", path, e))
+}
+
+/// Sets an existing directory's mode to 0700.
+fn set_private_dir_mode(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| StorageError::io("making the storage root private", path, e))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Opens an upload file for writing at `offset`, cutting off anything past it (bytes an
+/// interrupted request wrote but never committed). Creates the file (0600) only at offset 0:
+/// a session whose file vanished cannot silently continue.
+async fn open_upload_at(path: &Path, offset: u64) -> Result<tokio::fs::File> {
+    let mut opts = tokio::fs::OpenOptions::new();
+    opts.write(true).create(offset == 0);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut file = opts
+        .open(path)
+        .await
+        .map_err(|e| StorageError::io("opening an upload file", path, e))?;
+    file.set_len(offset)
+        .await
+        .map_err(|e| StorageError::io("truncating an upload file", path, e))?;
+    tokio::io::AsyncSeekExt::seek(&mut file, io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| StorageError::io("seeking in an upload file", path, e))?;
+    Ok(file)
 }
 
 /// Refreshes a file's mtime (GC grace starts again). Best effort.

@@ -199,7 +199,7 @@ impl TokenSigner {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::storage::create_private_dir(dir).map_err(io)?;
         // NamedTempFile is created 0600 on Unix, so the seed is never readable by others.
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         tmp.write_all(hex::encode(self.key.to_bytes()).as_bytes())

@@ -172,7 +172,7 @@ async fn refusals_are_oci_errors_with_challenge_and_no_secret() {
     let h = assert_no_secret(
         push(&r, THROTTLED, "vendor/app", b"data").await,
         429,
-        "TOO_MANY_REQUESTS",
+        "TOOMANYREQUESTS",
     )
     .await;
     assert_eq!(h["retry-after"], "7");

@@ -858,6 +858,68 @@ async fn agent_pushes_its_namespace_and_grant_pulls_exactly_its_graph() {
     assert!(refused.is_err());
 }
 
+#[tokio::test]
+async fn a_client_following_the_mount_challenge_gets_201() {
+    let env = start().await;
+    let push = env
+        .token("vendor", VENDOR, &["repository:vendor/src:pull,push"])
+        .await;
+    let blob = b"shared layer";
+    assert_eq!(
+        env.push_blob(Some(&push), "vendor/src", blob)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let mount = format!(
+        "/v2/vendor/app/blobs/uploads/?mount={}&from=vendor/src",
+        digest(blob)
+    );
+    // A plain client: no token yet, so it reads the challenge.
+    let resp = env.req(Method::POST, &mount, None).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let scope = challenge
+        .split("scope=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the challenge names a scope")
+        .to_string();
+    let scopes: Vec<&str> = scope.split(' ').collect();
+    assert!(
+        scopes.contains(&"repository:vendor/app:pull,push")
+            && scopes.contains(&"repository:vendor/src:pull"),
+        "{challenge}"
+    );
+    // It asks for exactly what the challenge names, and retries.
+    let token = env.token("vendor", VENDOR, &[scope.as_str()]).await;
+    let resp = env
+        .req(Method::POST, &mount, Some(&token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "mounted, not a new upload"
+    );
+    assert_eq!(
+        env.req(
+            Method::HEAD,
+            &format!("/v2/vendor/app/blobs/{}", digest(blob)),
+            Some(&token)
+        )
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        StatusCode::OK
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_endpoint_follows_the_distribution_token_spec() {
     let env = start().await;

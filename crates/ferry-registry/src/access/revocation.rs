@@ -124,7 +124,7 @@ impl RevocationList {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        crate::storage::create_private_dir(dir).map_err(io)?;
         let body = serde_json::to_vec_pretty(&FileFormat {
             version: 1,
             revoked: entries.clone(),
