@@ -11,6 +11,9 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
+/// The region type, so callers can pick one without depending on an SDK crate.
+pub use aws_config::Region;
+
 /// Attempts per call (first try + retries), in the SDK's standard retry mode.
 pub const MAX_ATTEMPTS: u32 = 4;
 /// First retry backoff; the SDK doubles it with full jitter up to `MAX_BACKOFF`.

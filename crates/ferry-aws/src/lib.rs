@@ -13,6 +13,8 @@ pub mod builder;
 pub mod bus;
 pub mod config;
 mod error;
+#[cfg(feature = "iam")]
+pub mod grants;
 pub mod minter;
 pub mod queue;
 pub mod store;

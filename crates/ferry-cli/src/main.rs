@@ -5,6 +5,7 @@
 
 mod copy;
 mod dev;
+mod grants;
 mod manage;
 mod progress;
 mod registry;
@@ -65,6 +66,11 @@ enum Command {
     Syncs(manage::SyncsArgs),
     /// Which installs hold an artifact digest, and since when.
     Lineage(manage::LineageArgs),
+    /// Pull grants: the incident kill switch.
+    Grants {
+        #[command(subcommand)]
+        command: grants::GrantsCommand,
+    },
 }
 
 fn init_logging(verbose: bool) {
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             Command::Builds(args) => manage::builds(args).await,
             Command::Syncs(args) => manage::syncs(args).await,
             Command::Lineage(args) => manage::lineage(args).await,
+            Command::Grants { command } => grants::run(command).await,
         }
     });
     match result {

@@ -13,10 +13,11 @@
 
 pub mod endpoint;
 pub mod identity;
+pub mod not_before;
 pub mod revocation;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::server::{Authorizer, Challenge, Denied, GraphLookup, Principal};
@@ -26,6 +27,8 @@ use crate::token::{
 };
 use identity::{Identity, IdentityStore};
 use revocation::{RevocationError, RevocationList};
+
+pub use not_before::revoke_grants_issued_before;
 
 /// What a request is about to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -368,6 +371,7 @@ pub struct AccessControl {
     verifier: TokenVerifier,
     policy: RwLock<AccessPolicy>,
     revocations: RevocationList,
+    grants_not_before: not_before::GrantsNotBefore,
     realm: RwLock<String>,
     clock: Clock,
 }
@@ -388,7 +392,9 @@ impl AccessControl {
     pub fn open(config: AuthConfig, policy: AccessPolicy) -> Result<Self, AuthError> {
         let signer = TokenSigner::load_or_generate(&config.state_dir.join("signing.key"))?;
         let revocations = RevocationList::open(config.state_dir.join("revocations.json"))?;
+        let grants_not_before = not_before::GrantsNotBefore::new(&config.state_dir);
         Ok(AccessControl {
+            grants_not_before,
             verifier: signer.verifier(config.service.clone()),
             service: config.service,
             token_ttl_secs: config.token_ttl_secs.clamp(1, MAX_TOKEN_TTL_SECS),
@@ -593,6 +599,27 @@ impl AccessControl {
         self.revocations.is_revoked(job_or_jti)
     }
 
+    /// Refuses every grant issued before `unix_secs` (the kill switch; see
+    /// [`not_before`]). Identity tokens are not affected.
+    pub fn revoke_grants_issued_before(&self, unix_secs: u64) -> Result<u64, AuthError> {
+        let dir = self.revocations.path().parent().unwrap_or(Path::new("."));
+        not_before::revoke_grants_issued_before(dir, unix_secs).map_err(|source| {
+            AuthError::Revocation(RevocationError::Io {
+                path: dir.join(not_before::FILE_NAME),
+                source,
+            })
+        })
+    }
+
+    /// One definition of "this token no longer counts": its `jti` or its grant's job id was
+    /// revoked, or it is a grant issued before the kill switch's moment.
+    fn is_token_revoked(&self, claims: &TokenClaims) -> bool {
+        self.revocations.is_revoked(&claims.jti)
+            || claims.grant.as_ref().is_some_and(|g| {
+                self.revocations.is_revoked(&g.job) || claims.iat < self.grants_not_before.get()
+            })
+    }
+
     /// Forgets revocations that can no longer match a live token.
     pub fn prune_revocations(&self) -> Result<usize, AuthError> {
         Ok(self.revocations.prune(self.now())?)
@@ -701,17 +728,9 @@ impl Authorizer for AccessControl {
             ));
         };
         match self.verifier.verify(token, self.now()) {
-            Ok(claims)
-                if !self.revocations.is_revoked(&claims.jti)
-                    && !claims
-                        .grant
-                        .as_ref()
-                        .is_some_and(|g| self.revocations.is_revoked(&g.job)) =>
-            {
-                Ok(Principal {
-                    subject: claims.sub,
-                })
-            }
+            Ok(claims) if !self.is_token_revoked(&claims) => Ok(Principal {
+                subject: claims.sub,
+            }),
             Ok(_) => refuse("this token was revoked; request a new one".to_string()),
             Err(e) => refuse(format!("{e}; request a new token from {realm}")),
         }
@@ -754,14 +773,11 @@ impl Authorizer for AccessControl {
                 format!("{e}; request a token with scope {scope} from {realm}"),
             )
         })?;
-        let job_revoked = claims
-            .grant
-            .as_ref()
-            .is_some_and(|g| self.revocations.is_revoked(&g.job));
-        if job_revoked || self.revocations.is_revoked(&claims.jti) {
+        if self.is_token_revoked(&claims) {
             return Err(self.unauthorized(
                 scope,
-                "this token was revoked (its sync was reported done); a new sync gets a new grant"
+                "this token was revoked (its sync attempt was reported, or every grant issued \
+                 before an incident was revoked); the next attempt gets a new grant"
                     .to_string(),
             ));
         }

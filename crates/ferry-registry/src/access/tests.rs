@@ -665,3 +665,50 @@ fn refusal_messages_never_contain_the_token() {
     }
     assert!(!format!("{:?}", f.ac).contains(&t.token));
 }
+
+#[test]
+fn revoke_all_refuses_older_grants_even_when_set_by_another_process_and_newer_ones_work() {
+    let f = fixture();
+    let old =
+        f.ac.mint_grant(
+            "a",
+            "vendor/app",
+            &d('a'),
+            "job-old",
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let h_old = bearer(&old);
+    let pull = |h: &str| {
+        auth(
+            &f.ac,
+            Some(h),
+            "vendor/app",
+            Action::Pull,
+            Target::Manifest(d('a')),
+        )
+    };
+    assert!(pull(&h_old).is_ok());
+    // Another process (the CLI) moves the moment forward through the state dir only.
+    let state_dir = f.ac.revocations.path().parent().unwrap().to_path_buf();
+    f.clock.store(T0 + 10, Ordering::SeqCst);
+    super::revoke_grants_issued_before(&state_dir, T0 + 10).unwrap();
+    match pull(&h_old) {
+        Err(Denied::Unauthorized { message, .. }) => assert!(message.contains("revoked")),
+        other => panic!("an older grant must be refused: {other:?}"),
+    }
+    // A grant minted afterwards works; identity tokens are not affected.
+    let new =
+        f.ac.mint_grant(
+            "a",
+            "vendor/app",
+            &d('a'),
+            "job-new",
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    assert!(pull(&bearer(&new)).is_ok());
+    // The server's own method does the same, and never moves the moment backward.
+    assert_eq!(f.ac.revoke_grants_issued_before(T0).unwrap(), T0 + 10);
+    assert!(pull(&bearer(&new)).is_ok());
+}
