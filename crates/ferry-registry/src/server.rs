@@ -2,7 +2,7 @@
 //!
 //! Every handler asks the [`Authorizer`] before it touches storage, and answers with the
 //! refusal the authorizer gives. Connections are served by [`crate::listener`] (caps and
-//! timeouts) and request bodies pass through [`crate::body`] (body timeout, bounded drain).
+//! timeouts) and request bodies pass through `body.rs` (body timeout, bounded drain).
 //! It must never echo or log an `Authorization` header, never buffer a blob in memory, never
 //! buffer more manifest bytes than [`Limits::manifest_memory_bytes`], never run a graph walk
 //! on an async worker, and never stop serving because one request failed.
