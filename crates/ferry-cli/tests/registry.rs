@@ -505,10 +505,11 @@ fn slow_loris_attacker_child() {
     let _ = std::io::stdin().read_to_string(&mut rest);
 }
 
-#[test]
-fn slow_loris_with_2000_half_open_connections_does_not_lock_out_a_real_client() {
+/// 2,000 half-sent requests against `ferry registry serve <extra>` under `ulimit -n <nofile>`:
+/// a real pull still completes within 2 s, and the server stays under 64 MiB.
+fn slow_loris(extra: &[&str], nofile: u32) {
     let work = tempfile::tempdir().expect("tempdir");
-    let served = Served::start_with_nofile(&work.path().join("registry"), &[], 1024);
+    let served = Served::start_with_nofile(&work.path().join("registry"), extra, nofile);
     let host = served.host.clone();
     let (manifest, layer) = push_small_image(&host, "vendor/app");
 
@@ -559,6 +560,17 @@ fn slow_loris_with_2000_half_open_connections_does_not_lock_out_a_real_client() 
     let _ = attacker.wait();
     // Still serving afterwards.
     pull(&host, "vendor/app", &manifest, &layer);
+}
+
+#[test]
+fn slow_loris_with_2000_half_open_connections_does_not_lock_out_a_real_client() {
+    slow_loris(&[], 1024);
+}
+
+#[test]
+fn a_connection_cap_above_the_open_file_limit_is_lowered_instead_of_running_out() {
+    // 5,000 connections cannot fit in 256 descriptors: the server serves fewer and survives.
+    slow_loris(&["--max-connections", "5000"], 256);
 }
 
 #[test]

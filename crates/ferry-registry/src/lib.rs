@@ -11,6 +11,7 @@
 
 pub mod access;
 mod body;
+pub mod budget;
 pub mod errors;
 mod graph;
 pub mod limits;

@@ -32,7 +32,7 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Upload sessions (`POST .../blobs/uploads/` without a digest) one identity may hold open at
-/// once. Beyond it: `429 TOO_MANY_REQUESTS` with `Retry-After`. Monolithic uploads
+/// once. Beyond it: `429 TOOMANYREQUESTS` with `Retry-After`. Monolithic uploads
 /// (`POST ?digest=`) hold no session and are not counted.
 pub const DEFAULT_UPLOAD_SESSIONS_PER_IDENTITY: usize = 64;
 
@@ -40,8 +40,9 @@ pub const DEFAULT_UPLOAD_SESSIONS_PER_IDENTITY: usize = 64;
 pub const DEFAULT_UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// Bytes of manifest bodies buffered in memory across all requests at once. A manifest PUT
-/// reserves its `Content-Length` (or each chunk as it arrives) from this budget before it
-/// buffers; when the budget is spent the PUT gets `429 TOO_MANY_REQUESTS` at once.
+/// reserves its `Content-Length` (or each chunk as it arrives) from this budget, and from its
+/// identity's share of it ([`crate::budget::MANIFEST_SHARE_DIVISOR`]), before it buffers;
+/// when either is spent the PUT gets `429 TOOMANYREQUESTS` at once.
 pub const DEFAULT_MANIFEST_MEMORY_BYTES: usize = 16 * 1024 * 1024;
 
 /// After refusing a request without reading its body (401, 404, 416, ...), the server reads

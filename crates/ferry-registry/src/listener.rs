@@ -12,8 +12,11 @@
 //!   is at most [`Limits::max_header_bytes`].
 //! - A connection with no request in progress is closed after [`Limits::idle_timeout`]; one
 //!   whose client stops reading the response is closed after [`Limits::body_timeout`].
-//! - Running out of file descriptors (`EMFILE`/`ENFILE`) never stops the server: it closes an
-//!   idle connection, backs off (up to [`MAX_ACCEPT_BACKOFF`]) and keeps accepting.
+//! - The cap is lowered, with a warning, to what the open-file limit allows (two descriptors
+//!   per connection, as a busy one may hold a blob or upload file, plus [`RESERVED_FDS`]).
+//! - Running out of file descriptors (`EMFILE`/`ENFILE`) anyway never stops the server: it
+//!   closes up to [`EMFILE_EVICTIONS`] idle connections, backs off (up to
+//!   [`MAX_ACCEPT_BACKOFF`]) and keeps accepting.
 //!
 //! It must never block the accept loop on a client, and never let one connection's failure
 //! end the server.
@@ -45,6 +48,12 @@ pub const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The longest pause after `accept` fails for lack of file descriptors.
 pub const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Descriptors kept out of the connection budget: the listener, storage files, logs.
+pub const RESERVED_FDS: u64 = 64;
+
+/// Idle connections closed each time `accept` runs out of file descriptors.
+pub const EMFILE_EVICTIONS: usize = 16;
 
 /// After the shutdown signal, connections get this long to finish their requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -82,7 +91,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     let tracker = Arc::new(Tracker::default());
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(connection_cap(limits.max_connections)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut signal = std::pin::pin!(signal);
@@ -110,7 +119,11 @@ where
                 }
                 Err(e) if out_of_descriptors(&e) => {
                     tracing::warn!(error = %e, "out of file descriptors; closing an idle connection and backing off");
-                    drop(tracker.evict_oldest_idle());
+                    for _ in 0..EMFILE_EVICTIONS {
+                        if tracker.evict_oldest_idle().is_none() {
+                            break;
+                        }
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                 }
@@ -129,6 +142,29 @@ where
         connections.shutdown().await;
     }
     Ok(())
+}
+
+/// `requested`, or less when the open-file limit cannot hold that many connections.
+fn connection_cap(requested: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if let Some(soft) = limit.current {
+            let fits = usize::try_from(soft.saturating_sub(RESERVED_FDS) / 2)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            if fits < requested {
+                tracing::warn!(
+                    requested,
+                    serving = fits,
+                    open_file_limit = soft,
+                    "the open-file limit cannot hold max-connections; serving fewer (raise `ulimit -n` for more)"
+                );
+                return fits;
+            }
+        }
+    }
+    requested
 }
 
 fn out_of_descriptors(e: &std::io::Error) -> bool {

@@ -2,7 +2,7 @@
 //!
 //! Every handler asks the [`Authorizer`] before it touches storage, and answers with the
 //! refusal the authorizer gives. Connections are served by [`crate::listener`] (caps and
-//! timeouts) and request bodies pass through [`crate::body`] (body timeout, bounded drain).
+//! timeouts) and request bodies pass through `body.rs` (body timeout, bounded drain).
 //! It must never echo or log an `Authorization` header, never buffer a blob in memory, never
 //! buffer more manifest bytes than [`Limits::manifest_memory_bytes`], never run a graph walk
 //! on an async worker, and never stop serving because one request failed.
@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::io::ReaderStream;
 
 use crate::access::{Action, Target};
+use crate::budget::{BudgetExceeded, ManifestBudget};
 use crate::errors::{ErrorCode, OciError, StorageError};
 use crate::limits::{Limits, MAX_REFERRERS_PAGE_BYTES};
 use crate::storage::{digest_hex, validate_repository, Storage, MAX_MANIFEST_BYTES, OCI_INDEX};
@@ -282,7 +283,7 @@ impl RegistryServerBuilder {
         let state = AppState {
             storage: storage.clone(),
             authorizer: self.authorizer,
-            manifest_budget: Arc::new(tokio::sync::Semaphore::new(limits.manifest_memory_bytes)),
+            manifest_budget: Arc::new(ManifestBudget::new(limits.manifest_memory_bytes)),
         };
         let mut router = Router::new()
             .route("/v2", any(base))
@@ -476,8 +477,8 @@ impl std::fmt::Debug for RunningRegistry {
 struct AppState {
     storage: Storage,
     authorizer: Arc<dyn Authorizer>,
-    /// One permit per byte of manifest body buffered ([`Limits::manifest_memory_bytes`]).
-    manifest_budget: Arc<tokio::sync::Semaphore>,
+    /// Bytes of manifest bodies buffered ([`Limits::manifest_memory_bytes`]).
+    manifest_budget: Arc<ManifestBudget>,
 }
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -890,7 +891,8 @@ async fn get_manifest(ctx: &Ctx, name: &str, reference: &str, head: bool) -> Han
 }
 
 async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Handled {
-    ctx.authorize(name, Action::Push, Target::Manifest(reference.to_string()))
+    let principal = ctx
+        .authorize(name, Action::Push, Target::Manifest(reference.to_string()))
         .await?;
     let too_large = |size: usize| {
         oci(StorageError::ManifestTooLarge {
@@ -908,13 +910,13 @@ async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Han
             return Err(too_large(len).into());
         }
     }
-    // Every byte buffered is first reserved from the server-wide manifest budget: the
-    // declared length up front (so a stalled body cannot grow past it), else chunk by chunk.
-    let budget = &ctx.app.manifest_budget;
-    let mut reserved = match declared {
-        Some(len) => Some(reserve_manifest_bytes(budget, len)?),
-        None => None,
-    };
+    // Every byte buffered is first reserved from the manifest budget: the declared length up
+    // front (so a stalled body cannot grow past it), else chunk by chunk.
+    let mut reserved = ctx
+        .app
+        .manifest_budget
+        .reserve(&principal.subject, declared.unwrap_or(0))
+        .map_err(budget_exceeded)?;
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
@@ -928,11 +930,7 @@ async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Han
             return Err(too_large(total).into());
         }
         if declared.is_none() {
-            let more = reserve_manifest_bytes(budget, chunk.len())?;
-            match reserved.as_mut() {
-                Some(held) => held.merge(more),
-                None => reserved = Some(more),
-            }
+            reserved.grow(chunk.len()).map_err(budget_exceeded)?;
         }
         buf.extend_from_slice(&chunk);
     }
@@ -959,24 +957,17 @@ async fn put_manifest(ctx: &Ctx, name: &str, reference: &str, body: Body) -> Han
     Ok(response_with(StatusCode::CREATED, headers, Body::empty()))
 }
 
-/// Takes `bytes` from the manifest budget, or refuses at once with 429: waiting would let
+/// A manifest that does not fit the budget is refused at once with 429: waiting would let
 /// stalled bodies queue up behind each other.
-fn reserve_manifest_bytes(
-    budget: &Arc<tokio::sync::Semaphore>,
-    bytes: usize,
-) -> Result<tokio::sync::OwnedSemaphorePermit, Reject> {
-    let busy = || -> Reject {
-        OciError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TooManyRequests,
-            "the registry is receiving too many manifest bytes at once; retry shortly",
-        )
-        .with_header(RETRY_AFTER, "1")
-        .into_response()
-        .into()
-    };
-    let n = u32::try_from(bytes).map_err(|_| busy())?;
-    budget.clone().try_acquire_many_owned(n).map_err(|_| busy())
+fn budget_exceeded(e: BudgetExceeded) -> Reject {
+    OciError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyRequests,
+        e.to_string(),
+    )
+    .with_header(RETRY_AFTER, "1")
+    .into_response()
+    .into()
 }
 
 async fn delete_manifest(ctx: &Ctx, name: &str, reference: &str) -> Handled {

@@ -499,6 +499,59 @@ async fn stalled_manifest_bodies_cannot_take_more_than_the_budget() {
 }
 
 #[tokio::test]
+async fn one_identity_stalling_manifests_cannot_take_the_budget_from_another() {
+    let r = Registry::start_with(|b| {
+        with_named_bearer(b).limits(Limits {
+            manifest_memory_bytes: 16 * 1024 * 1024,
+            ..Limits::default()
+        })
+    })
+    .await;
+    let put = |who: &'static str, tag: &'static str, body: Vec<u8>| {
+        r.client
+            .put(r.url(&format!("/v2/vendor/app/manifests/{tag}")))
+            .bearer_auth(who)
+            .header("content-type", OCI_MANIFEST)
+            .body(body)
+            .send()
+    };
+    let blob = |who: &'static str, data: &'static [u8]| {
+        r.client
+            .post(r.url(&format!(
+                "/v2/vendor/app/blobs/uploads/?digest={}",
+                digest(data)
+            )))
+            .bearer_auth(who)
+            .body(data.to_vec())
+            .send()
+    };
+    assert_eq!(blob("b", b"{}").await.unwrap().status(), 201);
+    assert_eq!(blob("b", b"layer").await.unwrap().status(), 201);
+    let m = image_manifest(&digest(b"{}"), 2, &digest(b"layer"), 5);
+    // "a" stalls a 4 MiB manifest: a quarter of the budget, its whole share.
+    let mut stalled = connect(&r).await;
+    let head = format!(
+        "PUT /v2/vendor/app/manifests/stall HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer a\r\nContent-Type: {OCI_MANIFEST}\r\nContent-Length: {}\r\n\r\n",
+        4 * 1024 * 1024
+    );
+    send(&mut stalled, head.as_bytes()).await;
+    send(&mut stalled, b"{").await;
+    let mut tries = 0;
+    loop {
+        let status = put("a", "a1", m.clone()).await.unwrap().status();
+        if status == 429 {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 10_000, "a was never held to its share: {status}");
+        tokio::task::yield_now().await;
+    }
+    // "b" is not affected.
+    assert_eq!(put("b", "b1", m.clone()).await.unwrap().status(), 201);
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn a_body_that_stalls_past_the_body_timeout_fails_and_the_session_survives() {
     let r = Registry::start_with(|b| {
         b.limits(Limits {
