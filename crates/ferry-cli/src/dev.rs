@@ -92,6 +92,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.registry_addr))?;
     let addr = listener.local_addr()?;
     let host = addr.to_string();
+    // Held while dev runs: `ferry registry gc` (or a second `ferry dev`) on this root is refused.
+    std::fs::create_dir_all(state.registry_root())
+        .with_context(|| format!("creating {}", state.registry_root().display()))?;
+    let _root_lock = ferry_registry::lock::RootLock::acquire(&state.registry_root())
+        .context("another process (ferry dev, or ferry registry serve|gc) holds this registry")?;
     let mut auth = AuthConfig::new("ferry-dev", state.registry_root().join("auth"));
     auth.realm = format!("http://{host}/token");
     let access =
