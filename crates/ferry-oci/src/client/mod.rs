@@ -46,6 +46,8 @@ const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 const MAX_REDIRECTS: usize = 5;
 const MAX_PAGES: usize = 10_000;
+/// The default of [`ClientConfig::max_listing_bytes`].
+pub const DEFAULT_MAX_LISTING_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -58,6 +60,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// A read that stalls this long is a failure (then retried or resumed).
     pub read_timeout: Duration,
+    /// What one paginated listing (tags, catalog, referrers: all its pages together) may bring
+    /// in before the client stops with an error: callers keep what the pages list, so the
+    /// total, not only each page, is bounded.
+    pub max_listing_bytes: usize,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +75,7 @@ impl Default for ClientConfig {
             user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
         }
     }
 }

@@ -1499,3 +1499,54 @@ async fn round_trip_against_docker_registry() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn an_endless_listing_is_cut_off_by_the_total_budget_not_held_in_memory() {
+    // Every page is ~200 KiB of tags and names a next page on the same origin, forever.
+    let page = {
+        let tags: Vec<String> = (0..10_000).map(|i| format!("t{i:014}")).collect();
+        serde_json::json!({"name": "team/app", "tags": tags}).to_string()
+    };
+    let budget = 2 * 1024 * 1024;
+    assert!(page.len() > budget / 16);
+    let server = serve(move |req: Seen| {
+        let page = page.clone();
+        async move {
+            let n: u64 = req
+                .uri
+                .split("last=")
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let link = format!(r#"</v2/team/app/tags/list?last={}>; rel="next""#, n + 1);
+            reply(
+                200,
+                &[
+                    ("link", link.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                page,
+            )
+        }
+    })
+    .await;
+    let client = RegistryClient::new(ClientConfig {
+        max_listing_bytes: budget,
+        ..ClientConfig::default()
+    })
+    .expect("client");
+    let err = client
+        .list_tags(&server.repo("team/app"))
+        .await
+        .expect_err("an endless listing must stop");
+    assert!(err.to_string().contains("add up to more than"), "{err}");
+    let pages = server.seen().len();
+    assert!(
+        pages <= budget / (budget / 16) + 1,
+        "stopped after the budget, not after {pages} pages"
+    );
+    assert_eq!(
+        ClientConfig::default().max_listing_bytes,
+        DEFAULT_MAX_LISTING_BYTES
+    );
+}

@@ -506,6 +506,7 @@ impl RegistryClient {
     ) -> Result<Option<()>> {
         let mut url = first;
         let mut seen = HashSet::new();
+        let mut total = 0usize;
         for page in 0..MAX_PAGES {
             if !seen.insert(url.to_string()) {
                 break; // a Link loop: stop rather than spin
@@ -545,6 +546,19 @@ impl RegistryClient {
                     status,
                     message: format!("a page is larger than {MAX_LIST_BYTES} bytes"),
                 })?;
+            total = total.saturating_add(body.len());
+            let budget = self.inner.config.max_listing_bytes;
+            if total > budget {
+                return Err(Error::Registry {
+                    step,
+                    target: target.to_string(),
+                    status,
+                    message: format!(
+                        "the listing's pages add up to more than {budget} bytes; Ferry stops \
+                         there rather than hold it in memory"
+                    ),
+                });
+            }
             on_page(&body)?;
             match next {
                 Some(n) => {
