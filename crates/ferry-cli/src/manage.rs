@@ -320,12 +320,16 @@ pub async fn install(cmd: InstallCommand) -> Result<()> {
     };
     let external = keys.is_some();
     let install = state::provision_install(&state, &db, &id, &app, names, keys, &registry).await?;
+    // What an agent running elsewhere must pin: the vendor key's public half and the registry.
+    let vendor_public_key =
+        state::load_or_create_vendor_key(&state.vendor_key_path())?.public_key_string();
     if common.json {
         println!(
             "{}",
             json!({"install": install, "identity": format!("agent:{id}"),
                 "identity_secret_file": state.agent_secret_path(&id),
-                "agent_key_file": if external { None } else { Some(state.agent_key_path(&id)) }})
+                "agent_key_file": if external { None } else { Some(state.agent_key_path(&id)) },
+                "vendor_registry": registry, "vendor_public_key": vendor_public_key})
         );
     } else {
         println!(
@@ -345,7 +349,8 @@ pub async fn install(cmd: InstallCommand) -> Result<()> {
             state.agent_secret_path(&id).display()
         );
         if external {
-            println!("  agent            runs elsewhere (its key was given)");
+            println!("  agent            runs elsewhere (its key was given); run it with");
+            println!("                   --vendor-registry {registry} --vendor-public-key {vendor_public_key}");
         } else {
             println!(
                 "  agent key        {} (0600); a running `ferry dev` starts its agent",

@@ -87,4 +87,76 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     let out = ferry(&["syncs", "--state-dir", missing.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ferry dev"));
+
+    // An install whose agent runs elsewhere: both its public keys are registered, and it is
+    // told what to pin (the vendor key of this state dir and its registry).
+    let agent = ferry_core::seal::AgentKeypair::generate().unwrap();
+    let (public, report) = (
+        agent.public_key_string(),
+        agent.report_key().public_key_string(),
+    );
+    let out = ferry(&[
+        "install",
+        "add",
+        "far-1",
+        "--app",
+        "demo",
+        "--public-key",
+        &public,
+        "--report-key",
+        &report,
+        "--json",
+        "--state-dir",
+        state,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(added["install"]["agent_report_key"], report.as_str());
+    let vendor_key = std::fs::read_to_string(dir.path().join("state/keys/vendor.key")).unwrap();
+    let vendor_key = ferry_core::trust::VendorKey::from_secret_string(&vendor_key).unwrap();
+    assert_eq!(
+        added["vendor_public_key"],
+        vendor_key.public_key_string().as_str()
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(vendor_key.to_secret_string().as_str()));
+    // A public key without its report key, or a report key of the wrong kind: refused.
+    let out = ferry(&[
+        "install",
+        "add",
+        "far-2",
+        "--app",
+        "demo",
+        "--public-key",
+        &public,
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap: --report-key is required with --public-key"
+    );
+    let out = ferry(&[
+        "install",
+        "add",
+        "far-3",
+        "--app",
+        "demo",
+        "--public-key",
+        &public,
+        "--report-key",
+        &public,
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an agent report key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
