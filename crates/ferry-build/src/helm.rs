@@ -165,7 +165,7 @@ pub fn package_chart(
     validate(&meta, &name, &version).map_err(&invalid)?;
     let config = encode_config(&meta).map_err(&invalid)?;
 
-    let ignore = HelmIgnore::load(dir)?;
+    let ignore = HelmIgnore::load(component, dir)?;
     let files = package::collect_files(component, dir, &|rel, is_dir| ignore.ignored(rel, is_dir))?;
     let archive = out.join(format!("{name}-{version}.tgz"));
     let (archive_digest, archive_size) = write_tgz(&name, &files, &archive)?;
@@ -342,66 +342,170 @@ fn encode_config(meta: &serde_json::Map<String, Value>) -> Result<Vec<u8>, Strin
     Ok(out.into_bytes())
 }
 
-/// `.helmignore`: comments, blank lines, `*`/`?` globs matched against the base name (or the
-/// whole relative path when the pattern has a `/`), and a trailing `/` for directories only.
-/// Negations (`!`) are not supported and are skipped with a warning.
+/// `.helmignore`, evaluated exactly as Helm's `pkg/ignore` does, quirks included:
+///
+/// - blank lines and `#` comments are skipped; a pattern containing `**` is an error (Helm
+///   refuses it too);
+/// - a trailing `/` makes a rule match directories only; a leading `/` or any `/` inside
+///   matches the whole relative path, otherwise only the base name; globs are Go's
+///   `filepath.Match` (`*`, `?`, `[...]` with ranges and `^`, `\` escapes; `*` never crosses `/`);
+/// - rules are tried in order and the first positive match ignores the path;
+/// - a negated rule `!pat` ignores every path that does **not** match it (and every file, when
+///   it is directory-only); a path that matches it goes on to the next rule. So `!` does not
+///   re-include what an earlier rule ignored: it narrows what is kept, as in Helm.
+#[derive(Debug)]
 struct HelmIgnore {
-    rules: Vec<(String, bool)>,
+    rules: Vec<IgnoreRule>,
+}
+
+#[derive(Debug)]
+struct IgnoreRule {
+    pattern: String,
+    negate: bool,
+    dir_only: bool,
+    /// Match the whole relative path rather than the base name.
+    whole_path: bool,
 }
 
 impl HelmIgnore {
-    fn load(dir: &Path) -> Result<HelmIgnore, BuildError> {
+    fn load(component: &Component, dir: &Path) -> Result<HelmIgnore, BuildError> {
         let path = dir.join(".helmignore");
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err("read .helmignore", &path)(e)),
         };
+        HelmIgnore::parse(&text).map_err(|reason| BuildError::InvalidChart {
+            component: component.name.to_string(),
+            file: path.clone(),
+            reason,
+        })
+    }
+
+    fn parse(text: &str) -> Result<HelmIgnore, String> {
         let mut rules = Vec::new();
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if line.starts_with('!') {
-                tracing::warn!(
-                    pattern = line,
-                    "negated .helmignore patterns are not supported; skipped"
-                );
-                continue;
+            if line.contains("**") {
+                return Err(format!(
+                    "pattern {line:?}: double-star (**) syntax is not supported (as in Helm)"
+                ));
             }
-            let dir_only = line.ends_with('/');
-            let pat = line.trim_end_matches('/').trim_start_matches('/');
-            if !pat.is_empty() {
-                rules.push((pat.to_string(), dir_only));
+            let (negate, rest) = match line.strip_prefix('!') {
+                Some(r) => (true, r),
+                None => (false, line),
+            };
+            let (dir_only, rest) = match rest.strip_suffix('/') {
+                Some(r) => (true, r),
+                None => (false, rest),
+            };
+            let whole_path = rest.contains('/');
+            let pattern = rest.trim_start_matches('/').to_string();
+            if glob(pattern.as_bytes(), b"abc").is_err() {
+                return Err(format!("pattern {line:?} is not a valid glob"));
             }
+            rules.push(IgnoreRule {
+                pattern,
+                negate,
+                dir_only,
+                whole_path,
+            });
         }
         Ok(HelmIgnore { rules })
     }
 
     fn ignored(&self, rel: &str, is_dir: bool) -> bool {
         let base = rel.rsplit('/').next().unwrap_or(rel);
-        self.rules.iter().any(|(pat, dir_only)| {
-            if *dir_only && !is_dir {
-                return false;
+        for r in &self.rules {
+            let subject = if r.whole_path { rel } else { base };
+            let matches = glob(r.pattern.as_bytes(), subject.as_bytes()).unwrap_or(false);
+            if r.negate {
+                if (r.dir_only && !is_dir) || !matches {
+                    return true;
+                }
+                continue;
             }
-            let subject = if pat.contains('/') { rel } else { base };
-            glob(pat.as_bytes(), subject.as_bytes())
-        })
+            if r.dir_only && !is_dir {
+                continue;
+            }
+            if matches {
+                return true;
+            }
+        }
+        false
     }
 }
 
-/// `*` matches any run without `/`, `?` one character other than `/`.
-fn glob(pat: &[u8], s: &[u8]) -> bool {
-    match (pat.first(), s.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob(&pat[1..], s) || (!s.is_empty() && s[0] != b'/' && glob(pat, &s[1..]))
+/// Go's `filepath.Match` on `/`-separated paths: `*` any run without `/`, `?` one character
+/// other than `/`, `[...]` a class (ranges, leading `^` negates), `\` escapes. `Err` for a
+/// malformed pattern (an unclosed class, a trailing `\`).
+fn glob(pat: &[u8], s: &[u8]) -> Result<bool, ()> {
+    match pat.first() {
+        None => Ok(s.is_empty()),
+        Some(b'*') => {
+            if glob(&pat[1..], s)? {
+                return Ok(true);
+            }
+            Ok(!s.is_empty() && s[0] != b'/' && glob(pat, &s[1..])?)
         }
-        (Some(b'?'), Some(c)) if *c != b'/' => glob(&pat[1..], &s[1..]),
-        (Some(p), Some(c)) if p == c => glob(&pat[1..], &s[1..]),
-        _ => false,
+        Some(b'?') => Ok(matches!(s.first(), Some(c) if *c != b'/') && glob(&pat[1..], &s[1..])?),
+        Some(b'[') => {
+            let (matched, rest) = class(&pat[1..], s.first().copied())?;
+            Ok(matched && glob(rest, &s[1..])?)
+        }
+        Some(b'\\') => {
+            let c = *pat.get(1).ok_or(())?;
+            Ok(s.first() == Some(&c) && glob(&pat[2..], &s[1..])?)
+        }
+        Some(p) => Ok(s.first() == Some(p) && glob(&pat[1..], &s[1..])?),
     }
+}
+
+/// One `[...]` class (after the `[`): whether `c` is in it, and the pattern after the `]`.
+fn class(pat: &[u8], c: Option<u8>) -> Result<(bool, &[u8]), ()> {
+    let (negated, mut p) = match pat.first() {
+        Some(b'^') => (true, &pat[1..]),
+        _ => (false, pat),
+    };
+    let mut hit = false;
+    let mut first = true;
+    loop {
+        let lo = match p.first() {
+            None => return Err(()),
+            Some(b']') if !first => break,
+            Some(b'\\') => {
+                let v = *p.get(1).ok_or(())?;
+                p = &p[2..];
+                v
+            }
+            Some(v) => {
+                p = &p[1..];
+                *v
+            }
+        };
+        first = false;
+        let hi = if p.first() == Some(&b'-') && p.get(1).is_some_and(|b| *b != b']') {
+            let v = match p.get(1) {
+                Some(b'\\') => *p.get(2).ok_or(())?,
+                Some(v) => *v,
+                None => return Err(()),
+            };
+            p = &p[if p.get(1) == Some(&b'\\') { 3 } else { 2 }..];
+            v
+        } else {
+            lo
+        };
+        if let Some(c) = c {
+            if lo <= c && c <= hi {
+                hit = true;
+            }
+        }
+    }
+    let matched = c.is_some_and(|c| c != b'/') && (hit != negated);
+    Ok((matched, &p[1..]))
 }
 
 #[cfg(test)]
@@ -443,18 +547,49 @@ mod tests {
 
     #[test]
     fn helmignore_globs() {
-        let ig = HelmIgnore {
-            rules: vec![
-                ("*.tmp".into(), false),
-                (".git".into(), true),
-                ("docs/*.md".into(), false),
-            ],
-        };
+        let ig = HelmIgnore::parse("*.tmp\n.git/\ndocs/*.md\n/top.txt\n").unwrap();
         assert!(ig.ignored("a/b/x.tmp", false));
         assert!(ig.ignored(".git", true));
         assert!(!ig.ignored(".git", false));
         assert!(ig.ignored("docs/a.md", false));
         assert!(!ig.ignored("README.md", false));
         assert!(!ig.ignored("values.yaml", false));
+        assert!(ig.ignored("top.txt", false));
+    }
+
+    #[test]
+    fn helmignore_negations_follow_helm() {
+        // A negation first: everything not matching it is ignored ("keep only").
+        let ig = HelmIgnore::parse("!*.yaml\n").unwrap();
+        assert!(!ig.ignored("values.yaml", false));
+        assert!(ig.ignored("README.md", false));
+        // A negation after a positive rule cannot re-include what the rule ignored: the first
+        // match wins, as in Helm.
+        let ig = HelmIgnore::parse("*.txt\n!keep.txt\n").unwrap();
+        assert!(ig.ignored("keep.txt", false));
+        assert!(ig.ignored("other.md", false), "it does not match !keep.txt");
+        // A directory-only negation ignores every file.
+        let ig = HelmIgnore::parse("!templates/\n").unwrap();
+        assert!(ig.ignored("templates/a.yaml", false));
+        assert!(!ig.ignored("templates", true));
+        // Helm refuses ** and malformed classes.
+        assert!(HelmIgnore::parse("a/**/b\n").unwrap_err().contains("**"));
+        assert!(HelmIgnore::parse("[abc\n").is_err());
+    }
+
+    #[test]
+    fn glob_is_go_filepath_match() {
+        let m = |p: &str, s: &str| glob(p.as_bytes(), s.as_bytes()).unwrap();
+        assert!(m("a[bc]d", "acd"));
+        assert!(!m("a[^bc]d", "acd"));
+        assert!(m("a[^bc]d", "axd"));
+        assert!(m("[a-c]x", "bx"));
+        assert!(!m("[a-c]x", "dx"));
+        assert!(m("\\*", "*"));
+        assert!(!m("\\*", "a"));
+        assert!(!m("a*", "a/b"), "* never crosses /");
+        assert!(!m("a?b", "a/b"));
+        assert!(!m("[^x]", "/"));
+        assert!(glob(b"a\\", b"a").is_err());
     }
 }
