@@ -42,7 +42,8 @@ pub struct ServeArgs {
     /// Require tokens: identities authenticate at /token with secrets kept under ROOT/auth.
     #[arg(long)]
     auth: bool,
-    /// With --auth, also create credentials for this install's agent (repeatable).
+    /// With --auth, also create credentials for this install's agent (`agent:<id>`, pull and
+    /// push in `installs/<id>/`) and its nodes (`node:<id>`, pull only there) (repeatable).
     #[arg(long = "agent", value_name = "INSTALL", requires = "auth")]
     agents: Vec<String>,
     /// Make tags immutable under this repository prefix (repeatable).
@@ -143,10 +144,12 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-/// Where an identity's secret lives: `ROOT/auth/credentials/<name>` (`agent-<id>` for agents).
+/// Where an identity's secret lives: `ROOT/auth/credentials/<name>` (`agent-<id>` for agents,
+/// `node-<id>` for an install's nodes).
 fn secret_path(root: &Path, identity: &Identity) -> PathBuf {
     let file = match identity {
         Identity::Agent(id) => format!("agent-{id}"),
+        Identity::Node(id) => format!("node-{id}"),
         other => other.name(),
     };
     root.join("auth").join("credentials").join(file)
@@ -212,7 +215,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut notes = Vec::new();
     if args.auth {
         let mut identities = vec![Identity::Vendor, Identity::Admin];
-        identities.extend(args.agents.iter().cloned().map(Identity::Agent));
+        for id in &args.agents {
+            identities.push(Identity::Agent(id.clone()));
+            identities.push(Identity::Node(id.clone()));
+        }
         let mut policy = AccessPolicy::new();
         for identity in &identities {
             let path = secret_path(&args.root, identity);

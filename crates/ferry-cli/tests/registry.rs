@@ -275,6 +275,67 @@ fn auth_writes_secrets_to_0600_files_and_never_prints_them() {
     assert!(ok, "{err}");
     assert_eq!(corpus::sha256(raw.as_bytes()), img.manifest.digest);
 
+    // The install's nodes (a real client, skopeo, standing in for a node runtime): pull what
+    // the agent wrote with `node:a`, and never push.
+    let node_file = root.join("auth/credentials/node-a");
+    let node_secret = std::fs::read_to_string(&node_file).expect("node secret file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&node_file)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let agent_secret =
+        std::fs::read_to_string(root.join("auth/credentials/agent-a")).expect("agent secret");
+    let install = format!("docker://{}/installs/a/app:v1", served.host);
+    let agent_creds = format!("agent:a:{agent_secret}");
+    let (ok, _, err) = skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &agent_creds,
+        &from,
+        &install,
+    ]);
+    assert!(ok, "the agent writes its install: {err}");
+    let node_creds = format!("node:a:{node_secret}");
+    let (ok, raw, err) = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &node_creds,
+        &install,
+    ]);
+    assert!(ok, "the node pulls its install: {err}");
+    assert_eq!(corpus::sha256(raw.as_bytes()), img.manifest.digest);
+    let (ok, _, _) = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &node_creds,
+        &from,
+        &format!("docker://{}/installs/a/other:v1", served.host),
+    ]);
+    assert!(!ok, "a node identity pushed");
+    let (ok, _, _) = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &node_creds,
+        &dst,
+    ]);
+    assert!(!ok, "a node identity read the vendor namespace");
+    assert!(
+        !served.banner.contains(&node_secret),
+        "a node secret was printed"
+    );
+
     let (code, rest, stderr) = served.terminate();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!rest.contains(&secret) && !stderr.contains(&secret));

@@ -231,6 +231,8 @@ impl AccessPolicy {
             (Identity::Agent(own), Namespace::Install(ns)) if *own == ns => {
                 vec![Action::Pull, Action::Push]
             }
+            // An install's nodes read what their agent wrote, and nothing else.
+            (Identity::Node(own), Namespace::Install(ns)) if *own == ns => vec![Action::Pull],
             (Identity::Admin, Namespace::Vendor) => Action::ALL.to_vec(),
             // Reading an install is fine for an operator; writing it is the agent's alone.
             (Identity::Admin, Namespace::Install(_)) => vec![Action::Pull],

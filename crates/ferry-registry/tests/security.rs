@@ -23,6 +23,7 @@ use sha2::{Digest as _, Sha256};
 const SERVICE: &str = "ferry-test-registry";
 const VENDOR: &str = "vendor-secret-0123456789";
 const AGENT_A: &str = "agent-a-secret-0123456789";
+const NODE_A: &str = "node-a-secret-0123456789abcdef";
 const AGENT_B: &str = "agent-b-secret-0123456789";
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -45,7 +46,8 @@ async fn start() -> Env {
     policy
         .add_identity(Identity::Vendor, VENDOR)
         .add_identity(Identity::Agent("a".into()), AGENT_A)
-        .add_identity(Identity::Agent("b".into()), AGENT_B);
+        .add_identity(Identity::Agent("b".into()), AGENT_B)
+        .add_identity(Identity::Node("a".into()), NODE_A);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
@@ -1109,4 +1111,94 @@ async fn skopeo_authenticates_through_the_token_endpoint() {
     assert!(!out.status.success(), "anonymous inspect must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains(VENDOR));
+}
+
+#[tokio::test]
+async fn node_identity_pulls_its_install_only_and_never_writes() {
+    let env = start().await;
+    let agent = env
+        .token("agent:a", AGENT_A, &["repository:installs/a/app:pull,push"])
+        .await;
+    let img = Image::new("amd64");
+    img.push(&env, &agent, "installs/a/app", "v1").await;
+    let agent_b = env
+        .token("agent:b", AGENT_B, &["repository:installs/b/app:pull,push"])
+        .await;
+    Image::new("arm64")
+        .push(&env, &agent_b, "installs/b/app", "v1")
+        .await;
+
+    // Through the token endpoint with Basic `node:a:<secret>` (the name holds a colon), asking
+    // for everything: the token carries pull on its own install only.
+    let node = env
+        .token(
+            "node:a",
+            NODE_A,
+            &[
+                "repository:installs/a/app:pull,push,delete",
+                "repository:installs/b/app:pull",
+                "repository:vendor/app:pull",
+            ],
+        )
+        .await;
+    let r = env
+        .req(
+            Method::GET,
+            &format!("/v2/installs/a/app/manifests/{}", img.digest()),
+            Some(&node),
+        )
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the node pulls its install");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), img.manifest.as_slice());
+
+    // Never push, delete, read another install or the vendor namespace.
+    let r = env
+        .push_blob(Some(&node), "installs/a/app", b"node-push")
+        .await;
+    assert!(
+        r.status() == StatusCode::FORBIDDEN || r.status() == StatusCode::UNAUTHORIZED,
+        "{}",
+        r.status()
+    );
+    let r = env
+        .req(
+            Method::DELETE,
+            &format!("/v2/installs/a/app/manifests/{}", img.digest()),
+            Some(&node),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status() == StatusCode::FORBIDDEN || r.status() == StatusCode::UNAUTHORIZED,
+        "{}",
+        r.status()
+    );
+    for path in ["/v2/installs/b/app/tags/list", "/v2/vendor/app/tags/list"] {
+        let r = env
+            .req(Method::GET, path, Some(&node))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status() == StatusCode::FORBIDDEN || r.status() == StatusCode::UNAUTHORIZED,
+            "{path}: {}",
+            r.status()
+        );
+    }
+    // And the manifest is still there: nothing the node did changed the install.
+    let r = env
+        .req(
+            Method::GET,
+            &format!("/v2/installs/a/app/manifests/{}", img.digest()),
+            Some(&agent),
+        )
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

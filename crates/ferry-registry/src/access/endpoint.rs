@@ -16,6 +16,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::json;
 
+use super::identity::Identity;
 use super::{AccessControl, RequestedScope};
 use crate::token::rfc3339;
 
@@ -55,11 +56,15 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     }
     let decoded = STANDARD.decode(rest.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
-    // Basic splits at the first colon, but agent names are `agent:<install>`; install ids
-    // never contain a colon, so for agents the split is at the second one. Clients that
-    // split `--creds agent:a:secret` at the first colon re-join it the same way on the wire.
-    let split_at = match text.strip_prefix("agent:") {
-        Some(rest) => "agent:".len() + rest.find(':')?,
+    // Basic splits at the first colon, but per-install names are `agent:<install>` and
+    // `node:<install>`; install ids never contain a colon, so for them the split is at the
+    // second one. Clients that split `--creds agent:a:secret` at the first colon re-join it
+    // the same way on the wire.
+    let prefixed = Identity::INSTALL_PREFIXES
+        .iter()
+        .find_map(|p| text.strip_prefix(p).map(|rest| (p.len(), rest)));
+    let split_at = match prefixed {
+        Some((len, rest)) => len + rest.find(':')?,
         None => text.find(':')?,
     };
     let (user, secret) = (&text[..split_at], &text[split_at + 1..]);
@@ -103,7 +108,7 @@ async fn token_handler(
     }
     let Some((user, secret)) = basic_credentials(&headers) else {
         return unauthorized(
-            "send HTTP Basic credentials <identity>:<secret> (identity is vendor, agent:<install> or admin)",
+            "send HTTP Basic credentials <identity>:<secret> (identity is vendor, agent:<install>, node:<install> or admin)",
         );
     };
     let Some(identity) = access.authenticate(&user, &secret) else {

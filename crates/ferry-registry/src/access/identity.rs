@@ -1,5 +1,5 @@
-//! Identities (`vendor`, `agent:<install>`, `admin`) and their secrets, kept only as salted
-//! sha256 hashes.
+//! Identities (`vendor`, `agent:<install>`, `node:<install>`, `admin`) and their secrets, kept
+//! only as salted sha256 hashes.
 //!
 //! This module must never keep a secret in clear, print one in `Debug`, or let the time a
 //! check takes reveal how much of a secret matched.
@@ -16,22 +16,31 @@ pub enum Identity {
     Vendor,
     /// An install's agent: the only writer of `installs/<id>/`.
     Agent(String),
+    /// An install's nodes (the cluster's container runtime): pull only, in `installs/<id>/`
+    /// only. Never push or delete, never another install, never the vendor namespace.
+    Node(String),
     /// Operator: reads everything, lists the catalog, deletes in the vendor namespace.
     Admin,
 }
 
 impl Identity {
-    /// Parses a wire name. `None` for anything that is not one of the three shapes.
+    /// Parses a wire name. `None` for anything that is not one of the four shapes.
     pub fn parse(name: &str) -> Option<Identity> {
         match name {
             "vendor" => Some(Identity::Vendor),
             "admin" => Some(Identity::Admin),
             _ => {
+                if let Some(id) = name.strip_prefix("node:") {
+                    return valid_install_id(id).then(|| Identity::Node(id.to_string()));
+                }
                 let id = name.strip_prefix("agent:")?;
                 valid_install_id(id).then(|| Identity::Agent(id.to_string()))
             }
         }
     }
+
+    /// The `<kind>:` prefix of the per-install identities, whose wire names hold a colon.
+    pub const INSTALL_PREFIXES: [&'static str; 2] = ["agent:", "node:"];
 
     /// The wire name.
     pub fn name(&self) -> String {
@@ -39,6 +48,7 @@ impl Identity {
             Identity::Vendor => "vendor".to_string(),
             Identity::Admin => "admin".to_string(),
             Identity::Agent(id) => format!("agent:{id}"),
+            Identity::Node(id) => format!("node:{id}"),
         }
     }
 }
@@ -173,13 +183,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_the_three_shapes_only() {
+    fn parses_the_four_shapes_only() {
         assert_eq!(Identity::parse("vendor"), Some(Identity::Vendor));
         assert_eq!(Identity::parse("admin"), Some(Identity::Admin));
         assert_eq!(
             Identity::parse("agent:acme-prod"),
             Some(Identity::Agent("acme-prod".into()))
         );
+        assert_eq!(
+            Identity::parse("node:acme-prod"),
+            Some(Identity::Node("acme-prod".into()))
+        );
+        assert_eq!(Identity::Node("x1".into()).name(), "node:x1");
+        assert_eq!(Identity::parse("node:A"), None);
+        assert_eq!(Identity::parse("node:a:b"), None);
         for bad in [
             "",
             "agent:",

@@ -42,6 +42,7 @@ fn policy() -> AccessPolicy {
     p.add_identity(Identity::Vendor, "vendor-secret")
         .add_identity(Identity::Agent("a".into()), "agent-a-secret")
         .add_identity(Identity::Agent("b".into()), "agent-b-secret")
+        .add_identity(Identity::Node("a".into()), "node-a-secret")
         .add_identity(Identity::Admin, "admin-secret");
     p
 }
@@ -102,6 +103,8 @@ fn namespace_policy_matrix() {
     let a = Identity::Agent("a".into());
     let b = Identity::Agent("b".into());
     let admin = Identity::Admin;
+    let node_a = Identity::Node("a".into());
+    let node_b = Identity::Node("b".into());
     let stranger = Identity::Agent("zz".into());
     let cases: &[(&Identity, &str, &[Action])] = &[
         (&vendor, "vendor/app", &[Pull, Push]),
@@ -119,6 +122,14 @@ fn namespace_policy_matrix() {
         (&admin, "vendor/app", &[Pull, Push, Delete]),
         (&admin, "installs/a/app", &[Pull]),
         (&admin, "other/app", &[]),
+        // An install's nodes: pull their own install only, never push or delete.
+        (&node_a, "installs/a/app", &[Pull]),
+        (&node_a, "installs/a/deep/app", &[Pull]),
+        (&node_a, "installs/b/app", &[]),
+        (&node_a, "vendor/app", &[]),
+        (&node_a, "other/app", &[]),
+        // Not registered: nothing.
+        (&node_b, "installs/b/app", &[]),
         // Unknown identity: nothing, even in "its" namespace.
         (&stranger, "installs/zz/app", &[]),
         // Invalid names never match.
