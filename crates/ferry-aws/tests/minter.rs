@@ -1,35 +1,24 @@
-//! EcrGrantMinter and EcrRepositories against moto (STS, ECR, IAM, DynamoDB).
+//! EcrGrantMinter against moto (STS, ECR, IAM, DynamoDB), with the SDK's TRACE logs captured
+//! to prove the clear token never reaches them.
+//!
+//! This test is alone in its binary on purpose: it captures logs with a thread-local
+//! subscriber, and tracing caches each callsite's interest process-wide, so another test
+//! hitting the same SDK callsites at the same time without a subscriber could turn the capture
+//! off and make the "logs were captured" check fail at random. The minter's other tests are in
+//! `minter_refusals.rs`.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use base64::Engine as _;
-use common::{unique, Fault, FaultProxy, Moto};
-use ferry_aws::{DynamoStore, EcrGrantMinter, EcrGrantSettings, EcrRepositories};
-use ferry_core::domain::{Install, RegistryTarget};
-use ferry_core::id::{AppName, ComponentName, Digest, InstallId, QueueName, Repository, SyncId};
-use ferry_core::ports::{GrantError, GrantId, GrantMinter};
+use common::{install, unique, Fault, FaultProxy, Moto, ACCOUNT};
+use ferry_aws::{DynamoStore, EcrGrantMinter, EcrGrantSettings};
+use ferry_core::id::{Digest, Repository, SyncId};
+use ferry_core::ports::{GrantId, GrantMinter};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
 // The pull role is created through moto's IAM query API (no IAM SDK crate just for a test).
 use ferry_testkit::{create_role, Logs};
-
-const ACCOUNT: &str = "123456789012";
-
-fn install(key: String) -> Install {
-    Install {
-        id: InstallId::new("i-acme").unwrap(),
-        app: AppName::new("shop").unwrap(),
-        registry: RegistryTarget {
-            endpoint: "111122223333.dkr.ecr.eu-west-1.amazonaws.com".into(),
-            namespace: "vendor".into(),
-        },
-        agent_public_key: key,
-        agent_report_key: String::new(),
-        queue: QueueName::new("ferry-agent-i-acme").unwrap(),
-        components: vec![ComponentName::new("web").unwrap()],
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_minted_grant_opens_to_an_ecr_credential_scoped_to_one_repository() {
@@ -174,46 +163,4 @@ async fn a_minted_grant_opens_to_an_ecr_credential_scoped_to_one_repository() {
     let next = GrantId::new(sync.clone(), 2);
     assert!(!minter.is_revoked(&next).await.unwrap());
     minter.mint(&inst, &repo, &digest, &next).await.unwrap();
-}
-
-#[tokio::test]
-async fn a_bad_agent_key_is_refused() {
-    let moto = Moto::start().await;
-    let config = moto.config().await;
-    let store = DynamoStore::new(&config, unique("ferry-jobs"));
-    // The minter reads the revocation record before it mints.
-    store.create_table().await.unwrap();
-    let minter = EcrGrantMinter::new(
-        &config,
-        EcrGrantSettings {
-            pull_role_arn: format!("arn:aws:iam::{ACCOUNT}:role/ferry-pull"),
-            registry_account_id: ACCOUNT.into(),
-            region: "us-east-1".into(),
-            registry_host: Some("registry.test".into()),
-        },
-        store,
-    );
-    let err = minter
-        .mint(
-            &install("not-a-key".into()),
-            &Repository::new("shop/web").unwrap(),
-            &Digest::new(format!("sha256:{}", "cd".repeat(32))).unwrap(),
-            &GrantId::new(SyncId::new("s-1").unwrap(), 1),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, GrantError::Refused { .. }), "{err:?}");
-    assert!(err.to_string().contains("i-acme"), "{err}");
-}
-
-#[tokio::test]
-async fn vendor_repositories_are_created_immutable_once() {
-    let moto = Moto::start().await;
-    let repos = EcrRepositories::new(&moto.config().await);
-    let name = Repository::new("shop/api").unwrap();
-    let first = repos.ensure_repository(&name).await.unwrap();
-    assert!(first.immutable, "{first:?}");
-    assert!(first.arn.ends_with(":repository/shop/api"), "{first:?}");
-    let again = repos.ensure_repository(&name).await.unwrap();
-    assert_eq!(again, first, "ensure_repository is idempotent");
 }

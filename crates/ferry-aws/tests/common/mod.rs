@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
+use ferry_core::domain::{Install, RegistryTarget};
+use ferry_core::id::{AppName, ComponentName, InstallId, QueueName};
 pub use ferry_testkit::unique;
 use ferry_testkit::Served;
 
@@ -137,5 +139,24 @@ impl FaultProxy {
 
     pub fn requests(&self) -> usize {
         self.seen.load(Ordering::SeqCst)
+    }
+}
+
+/// The vendor account the minter tests mint in.
+pub const ACCOUNT: &str = "123456789012";
+
+/// An install of app `shop` subscribed to `web`, whose agent's public key is `key`.
+pub fn install(key: String) -> Install {
+    Install {
+        id: InstallId::new("i-acme").unwrap(),
+        app: AppName::new("shop").unwrap(),
+        registry: RegistryTarget {
+            endpoint: "111122223333.dkr.ecr.eu-west-1.amazonaws.com".into(),
+            namespace: "vendor".into(),
+        },
+        agent_public_key: key,
+        agent_report_key: String::new(),
+        queue: QueueName::new("ferry-agent-i-acme").unwrap(),
+        components: vec![ComponentName::new("web").unwrap()],
     }
 }
