@@ -39,6 +39,7 @@ ENV_CONTRACT = [
     "FERRY_VENDOR_REGISTRY",
     "FERRY_VENDOR_KEY_SECRET",
     "FERRY_INSTALL_QUEUE_PREFIX",
+    "FERRY_MAX_RECEIVE_COUNT",
 ]
 # The only action IAM allows on Resource "*" in these stacks (it has no resource type).
 STAR_RESOURCE_OK = {"ecr:GetAuthorizationToken"}

@@ -8,6 +8,8 @@
 //! accept an unknown type, an unsupported version, a missing field, an unknown field or a digest
 //! that is not sha256.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -176,6 +178,49 @@ impl Payload {
     }
 }
 
+/// The job an event (or a queue message) is about. One definition, used by both backends'
+/// record loops to label logs and to record a dead-lettered message's error on its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobRef {
+    Build(BuildId),
+    Sync(SyncId),
+}
+
+impl JobRef {
+    /// The job's id, as logged and stored.
+    pub fn id(&self) -> &str {
+        match self {
+            JobRef::Build(b) => b.as_str(),
+            JobRef::Sync(s) => s.as_str(),
+        }
+    }
+
+    /// Best effort on a body that may not parse as an event: the job of the event if it
+    /// parses, else a valid `sync_id`, else a valid `build_id`, at the top level or in an
+    /// EventBridge `detail`. A message that is too broken to handle still names its job, so
+    /// that job can record why it was given up on.
+    pub fn from_body(body: &[u8]) -> Option<JobRef> {
+        if let Ok(event) = parse_event(body) {
+            return Some(event.job());
+        }
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let v = v.get("detail").filter(|d| d.is_object()).unwrap_or(&v);
+        let field = |name: &str| v.get(name).and_then(Value::as_str);
+        if let Some(s) = field("sync_id").and_then(|s| SyncId::new(s).ok()) {
+            return Some(JobRef::Sync(s));
+        }
+        field("build_id")
+            .and_then(|b| BuildId::new(b).ok())
+            .map(JobRef::Build)
+    }
+}
+
+impl fmt::Display for JobRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
 /// One parsed event: the producer's id, if any, and the typed payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -243,6 +288,21 @@ impl Event {
 
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)
+    }
+
+    /// The job this event belongs to: the build id (derived as `build.requested`'s handler
+    /// derives it when the request named none) or the sync id.
+    pub fn job(&self) -> JobRef {
+        match &self.payload {
+            Payload::BuildRequested(ev) => JobRef::Build(
+                ev.build_id
+                    .clone()
+                    .unwrap_or_else(|| BuildId::derived_from(&self.idempotency_key())),
+            ),
+            Payload::BuildCompleted(ev) => JobRef::Build(ev.build_id.clone()),
+            Payload::SyncRequested(ev) => JobRef::Sync(ev.sync_id.clone()),
+            Payload::SyncReported(ev) => JobRef::Sync(ev.sync_id.clone()),
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 //! default chain does) and never log a value it reads, apart from resource names.
 //!
 //! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT` (or
-//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`, and
+//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`,
+//! `FERRY_MAX_RECEIVE_COUNT` (the queues' maxReceiveCount), and
 //! `FERRY_VENDOR_KEY_SECRET` (the Secrets Manager secret holding the vendor key, read once at
 //! cold start; its value is never logged, its public half is). The handlers do
 //! not need `FERRY_REPORT_QUEUE_URL`, `FERRY_INSTALL_QUEUE_PREFIX` or
@@ -35,6 +36,9 @@ pub const PULL_ROLE_ENV: &str = "FERRY_PULL_ROLE_ARN";
 pub const VENDOR_REGISTRY_ENV: &str = "FERRY_VENDOR_REGISTRY";
 /// The id or ARN of the Secrets Manager secret that holds the vendor key.
 pub const VENDOR_KEY_SECRET_ENV: &str = "FERRY_VENDOR_KEY_SECRET";
+/// The `maxReceiveCount` of the functions' queues (template.yaml sets it from the same
+/// parameter): on that receive a failing record's job records its error before the DLQ.
+pub const MAX_RECEIVE_COUNT_ENV: &str = "FERRY_MAX_RECEIVE_COUNT";
 
 /// The configuration could not be read; the function cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +67,8 @@ pub struct Settings {
     pub grants: EcrGrantSettings,
     /// The secret holding the vendor key.
     pub vendor_key_secret: String,
+    /// The queues' `maxReceiveCount`.
+    pub max_receive_count: u32,
 }
 
 fn required(
@@ -140,8 +146,23 @@ impl Settings {
             VENDOR_KEY_SECRET_ENV,
             "set it to the ARN of the secret holding the vendor key",
         )?;
+        let max_receive_count = required(
+            &get,
+            MAX_RECEIVE_COUNT_ENV,
+            "set it to the maxReceiveCount of the functions' queues",
+        )?;
+        let max_receive_count = max_receive_count
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or(ConfigError::Invalid {
+                name: MAX_RECEIVE_COUNT_ENV,
+                value: max_receive_count.chars().take(20).collect(),
+                reason: "expected a whole number of at least 1 (the queues' maxReceiveCount)",
+            })?;
         Ok(Settings {
             vendor_key_secret,
+            max_receive_count,
             table,
             event_bus,
             build_project,
@@ -199,6 +220,8 @@ pub type AwsPorts =
 pub struct Deps {
     pub ports: AwsPorts,
     pub ids: RandomIds,
+    /// The queues' `maxReceiveCount`: a record failing on this receive is dead-lettered.
+    pub max_receive_count: u32,
 }
 
 impl Deps {
@@ -255,6 +278,7 @@ impl Deps {
                 vendor_key: Arc::new(vendor_key),
             },
             ids: RandomIds,
+            max_receive_count: settings.max_receive_count,
         })
     }
 }
@@ -283,6 +307,7 @@ mod tests {
             "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
         ),
         ("FERRY_VENDOR_KEY_SECRET", "ferry-vendor-key"),
+        ("FERRY_MAX_RECEIVE_COUNT", "5"),
     ];
 
     #[test]
@@ -327,6 +352,24 @@ mod tests {
             .collect();
         let err = Settings::from_lookup(env(&pairs)).unwrap_err();
         assert!(err.to_string().contains("FERRY_BUILD_PROJECT"), "{err}");
+    }
+
+    #[test]
+    fn the_max_receive_count_is_a_positive_number() {
+        assert_eq!(
+            Settings::from_lookup(env(FULL)).unwrap().max_receive_count,
+            5
+        );
+        for bad in ["0", "five", "-1"] {
+            let mut pairs = FULL.to_vec();
+            pairs.retain(|(k, _)| *k != "FERRY_MAX_RECEIVE_COUNT");
+            pairs.push(("FERRY_MAX_RECEIVE_COUNT", bad));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert!(
+                err.to_string().starts_with("FERRY_MAX_RECEIVE_COUNT is"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
