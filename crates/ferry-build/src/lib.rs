@@ -38,7 +38,7 @@ use serde::Serialize;
 pub use app::AppFile;
 pub use error::BuildError;
 pub use helm::{package_chart, ChartPackage};
-pub use inprocess::{DynEventBus, InProcessBuilder};
+pub use inprocess::InProcessBuilder;
 pub use tofu::package_module;
 
 /// Longest error text put into a build.completed event (the event schema allows 8 KiB).

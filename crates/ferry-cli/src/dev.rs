@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use ferry_agent::{Agent, AgentConfig, QueueReporter, VendorTrust, SYNC_REPORTED_QUEUE};
-use ferry_build::{ArtifactBuilder, BuildConfig, DynEventBus, InProcessBuilder};
+use ferry_build::{ArtifactBuilder, BuildConfig, InProcessBuilder};
 use ferry_core::domain::{Build, Install, SyncJob};
 use ferry_core::id::{AppName, BuildId, ComponentName, InstallId, QueueName};
 use ferry_core::ports::{BuildSpec, Builder, BuilderError, JobStore as _, ReceiveOptions};
@@ -120,7 +120,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             password: Secret::new(vendor_secret.as_str()),
         },
     );
-    let bus: Arc<dyn DynEventBus> = Arc::new(LocalBus::new(SqliteQueue::new(db.clone())));
+    let bus = Arc::new(LocalBus::new(SqliteQueue::new(db.clone())));
     let builder = DevBuilder::new(state.clone(), host.clone(), creds, bus);
     let minter = LocalGrantMinter::new(access.clone(), host.clone());
     let ims = LocalIms::new(
@@ -282,8 +282,8 @@ struct DevBuilder {
     state: StateDir,
     registry: String,
     credentials: CredentialStore,
-    bus: Arc<dyn DynEventBus>,
-    per_app: Arc<Mutex<HashMap<AppName, InProcessBuilder>>>,
+    bus: Arc<LocalBus<SqliteQueue>>,
+    per_app: Arc<Mutex<HashMap<AppName, InProcessBuilder<LocalBus<SqliteQueue>>>>>,
 }
 
 impl DevBuilder {
@@ -291,7 +291,7 @@ impl DevBuilder {
         state: StateDir,
         registry: String,
         credentials: CredentialStore,
-        bus: Arc<dyn DynEventBus>,
+        bus: Arc<LocalBus<SqliteQueue>>,
     ) -> DevBuilder {
         DevBuilder {
             state,
@@ -302,7 +302,10 @@ impl DevBuilder {
         }
     }
 
-    fn for_app(&self, app: &AppName) -> Result<InProcessBuilder, BuilderError> {
+    fn for_app(
+        &self,
+        app: &AppName,
+    ) -> Result<InProcessBuilder<LocalBus<SqliteQueue>>, BuilderError> {
         let mut map = self.per_app.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = map.get(app) {
             return Ok(b.clone());

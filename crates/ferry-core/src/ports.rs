@@ -535,6 +535,25 @@ pub trait IdGenerator: Send + Sync {
     fn new_id(&self) -> String;
 }
 
+/// One backend: which adapter fills each port. Handlers take one type parameter `P: Backend`
+/// and reach the adapters through [`crate::handlers::Ports<P>`], instead of one parameter per
+/// port. Implement it on a marker type (it is never instantiated); the adapters themselves
+/// live in `Ports`.
+pub trait Backend {
+    /// Jobs, installs, lineage and idempotency records (DynamoDB, SQLite).
+    type Store: JobStore;
+    /// The agents' queues (SQS, SQLite).
+    type Queue: Queue;
+    /// The event bus (EventBridge, the local bus).
+    type Bus: EventBus;
+    /// Starts builds (CodeBuild, the in-process builder).
+    type Builder: Builder;
+    /// Mints and revokes sealed grants (STS + ECR, the embedded registry).
+    type Minter: GrantMinter;
+    /// The time handlers stamp on state changes.
+    type Clock: Clock;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::fmt;
 
 use crate::event::{parse_event, Event, EventError, JobRef};
 use crate::handlers::{dispatch, HandlerError, Outcome, Ports};
-use crate::ports::{Builder, Clock, EventBus, GrantMinter, JobStore, Queue, WriteError};
+use crate::ports::{Backend, Clock as _, JobStore, WriteError};
 use crate::state::JobError;
 
 /// The code a job's error gets when its message was given up on.
@@ -96,19 +96,13 @@ pub fn decode_event(body: &[u8]) -> Result<Option<Event>, EventError> {
 /// (`None`: the queue has no dead-letter queue), the job the record names is failed with a
 /// `dead_lettered` error before the outcome is returned. The current span gets `event_type`
 /// and `job_id` recorded, if it has those fields.
-pub async fn handle_record<S, Q, E, B, G, C, F, D>(
-    ports: &Ports<S, Q, E, B, G, C>,
+pub async fn handle_record<P: Backend, F, D>(
+    ports: &Ports<P>,
     record: &Record,
     redrive: Option<&Redrive>,
     decode: F,
 ) -> RecordOutcome<RecordError<D>>
 where
-    S: JobStore,
-    Q: Queue,
-    E: EventBus,
-    B: Builder,
-    G: GrantMinter,
-    C: Clock,
     F: FnOnce(&[u8]) -> Result<Option<Event>, D>,
     D: fmt::Display,
 {
@@ -140,18 +134,12 @@ where
 
 /// Records why the record's job is given up on, so the job shows a clear error rather than
 /// staying Queued or Running forever. Best effort: the message is dead-lettered regardless.
-async fn dead_letter_job<S, Q, E, B, G, C, D>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn dead_letter_job<P: Backend, D>(
+    ports: &Ports<P>,
     record: &Record,
     redrive: &Redrive,
     failure: &RecordError<D>,
 ) where
-    S: JobStore,
-    Q: Queue,
-    E: EventBus,
-    B: Builder,
-    G: GrantMinter,
-    C: Clock,
     D: fmt::Display,
 {
     let Some(job) = JobRef::from_body(&record.body) else {

@@ -9,6 +9,7 @@
 //! `LocalIms` bundles the ports and runs one worker per queue. This module must never delete a
 //! message whose handling failed, and never let one record's failure stop the others.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tracing::Instrument as _;
 use ferry_core::handlers::{self, Config, HandlerError, Ports};
 use ferry_core::id::{AppName, BuildId, ComponentName, QueueName};
 use ferry_core::ports::{
-    Batch, Builder, Clock, GrantMinter, IdGenerator, Queue, QueueError, ReceiptHandle,
+    Backend, Batch, Builder, Clock, GrantMinter, IdGenerator, Queue, QueueError, ReceiptHandle,
     ReceiveOptions, ReceivedMessage, MAX_BATCH, MAX_WAIT_SECONDS,
 };
 use ferry_core::record::{
@@ -34,8 +35,24 @@ use crate::db::Db;
 use crate::queue::{QueueConfig, SqliteQueue};
 use crate::store::SqliteStore;
 
+/// The local backend: SQLite store and queues and the in-process bus, with builder `B`, grant
+/// minter `G` and clock `C` chosen by the caller (`ferry dev`, tests).
+pub struct Local<B, G, C>(PhantomData<Markers<B, G, C>>);
+
+/// `fn() -> ..`: the marker owns none of its parameters, so it is always `Send + Sync`.
+type Markers<B, G, C> = fn() -> (B, G, C);
+
+impl<B: Builder, G: GrantMinter, C: Clock> Backend for Local<B, G, C> {
+    type Store = SqliteStore;
+    type Queue = SqliteQueue;
+    type Bus = LocalBus<SqliteQueue>;
+    type Builder = B;
+    type Minter = G;
+    type Clock = C;
+}
+
 /// The handlers' ports on the local backend.
-pub type ImsPorts<B, G, C> = Ports<SqliteStore, SqliteQueue, LocalBus<SqliteQueue>, B, G, C>;
+pub type ImsPorts<B, G, C> = Ports<Local<B, G, C>>;
 
 /// The code a job's error gets when its message was given up on (defined in ferry-core).
 pub use ferry_core::record::DEAD_LETTERED;
@@ -239,7 +256,7 @@ impl Default for ImsOptions {
 
 /// The whole IMS on one machine: SQLite store and queues, the in-process bus, and a worker per
 /// IMS queue running ferry-core's handlers with builder `B` and grant minter `G`.
-pub struct LocalIms<B, G, C = SystemClock, I = RandomIds> {
+pub struct LocalIms<B: Builder, G: GrantMinter, C: Clock = SystemClock, I = RandomIds> {
     ports: Arc<ImsPorts<B, G, C>>,
     ids: I,
     options: ImsOptions,
@@ -286,7 +303,7 @@ where
                 )
                 .await?;
         }
-        let ports = Ports {
+        let ports: ImsPorts<B, G, C> = Ports {
             store: SqliteStore::new(db),
             bus: LocalBus::new(queue.clone()),
             queue,

@@ -22,7 +22,7 @@ use rand::RngCore as _;
 use ferry_aws::{
     CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
 };
-use ferry_core::ports::{Clock, IdGenerator};
+use ferry_core::ports::{Backend, Clock, IdGenerator};
 use ferry_core::trust::VendorKey;
 use ferry_core::{Config, Ports};
 
@@ -211,9 +211,21 @@ impl IdGenerator for RandomIds {
     }
 }
 
+/// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild, STS + ECR grants, the system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Aws;
+
+impl Backend for Aws {
+    type Store = DynamoStore;
+    type Queue = SqsQueue;
+    type Bus = EventBridgeBus;
+    type Builder = CodeBuildBuilder;
+    type Minter = EcrGrantMinter;
+    type Clock = SystemClock;
+}
+
 /// The ports on AWS.
-pub type AwsPorts =
-    Ports<DynamoStore, SqsQueue, EventBridgeBus, CodeBuildBuilder, EcrGrantMinter, SystemClock>;
+pub type AwsPorts = Ports<Aws>;
 
 /// Everything a handler needs: handles over SDK clients built once, borrowed per invocation.
 #[derive(Debug)]
