@@ -33,7 +33,7 @@ FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-repor
 ENV_CONTRACT = [
     "FERRY_TABLE",
     "FERRY_EVENT_BUS",
-    "FERRY_CODEBUILD_PROJECT",
+    "FERRY_BUILD_PROJECT",
     "FERRY_PULL_ROLE_ARN",
     "FERRY_REPORT_QUEUE_URL",
     "FERRY_VENDOR_REGISTRY",

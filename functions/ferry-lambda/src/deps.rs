@@ -5,8 +5,8 @@
 //! invocation borrows the result. This module must never read credentials itself (the SDK's
 //! default chain does) and never log a value it reads, apart from resource names.
 //!
-//! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT` (or
-//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`,
+//! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT`, `FERRY_PULL_ROLE_ARN`,
+//! `FERRY_VENDOR_REGISTRY`,
 //! `FERRY_MAX_RECEIVE_COUNT` (the queues' maxReceiveCount), and
 //! `FERRY_VENDOR_KEY_SECRET` (the Secrets Manager secret holding the vendor key, read once at
 //! cold start; its value is never logged, its public half is). The handlers do
@@ -14,23 +14,19 @@
 //! `FERRY_REPOSITORY_PREFIX`: an install record names its own queue, and a component its
 //! repository.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use rand::RngCore as _;
-
 use ferry_aws::{
     CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
 };
-use ferry_core::ports::{Backend, Clock, IdGenerator};
+use ferry_core::ports::Backend;
 use ferry_core::trust::VendorKey;
 use ferry_core::{Config, Ports};
+use std::sync::Arc;
 
 pub const TABLE_ENV: &str = "FERRY_TABLE";
 pub const BUS_ENV: &str = "FERRY_EVENT_BUS";
-/// The name ferry-aws's `CodeBuildBuilder` documents; the template sets both.
+/// The CodeBuild project's name (the one name for it; ferry-aws's `CodeBuildBuilder` documents
+/// it too).
 pub const BUILD_PROJECT_ENV: &str = "FERRY_BUILD_PROJECT";
-pub const CODEBUILD_PROJECT_ENV: &str = "FERRY_CODEBUILD_PROJECT";
 pub const PULL_ROLE_ENV: &str = "FERRY_PULL_ROLE_ARN";
 /// `<account>.dkr.ecr.<region>.<suffix>`: grants name this host, account and region.
 pub const VENDOR_REGISTRY_ENV: &str = "FERRY_VENDOR_REGISTRY";
@@ -122,14 +118,11 @@ impl Settings {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let table = required(&get, TABLE_ENV, "set it to the job table's name")?;
         let event_bus = required(&get, BUS_ENV, "set it to the Ferry event bus's name")?;
-        let build_project = match required(&get, BUILD_PROJECT_ENV, "") {
-            Ok(p) => p,
-            Err(_) => required(
-                &get,
-                CODEBUILD_PROJECT_ENV,
-                "set FERRY_BUILD_PROJECT (or FERRY_CODEBUILD_PROJECT) to the CodeBuild project's name",
-            )?,
-        };
+        let build_project = required(
+            &get,
+            BUILD_PROJECT_ENV,
+            "set it to the CodeBuild project's name",
+        )?;
         let pull_role_arn = required(
             &get,
             PULL_ROLE_ENV,
@@ -186,30 +179,8 @@ pub struct AwsOverrides {
     pub test_credentials: bool,
 }
 
-/// Unix milliseconds from the system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
-}
-
-/// 128 random bits as 32 lowercase hex characters (valid in every Ferry id).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RandomIds;
-
-impl IdGenerator for RandomIds {
-    fn new_id(&self) -> String {
-        let mut b = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-}
+/// The system clock and random ids, written once in ferry-clock.
+pub use ferry_clock::{RandomIds, SystemClock};
 
 /// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild, STS + ECR grants, the system clock.
 #[derive(Debug, Clone, Copy, Default)]
@@ -312,7 +283,7 @@ mod tests {
     const FULL: &[(&str, &str)] = &[
         ("FERRY_TABLE", "ferry-jobs"),
         ("FERRY_EVENT_BUS", "ferry"),
-        ("FERRY_CODEBUILD_PROJECT", "ferry-build"),
+        ("FERRY_BUILD_PROJECT", "ferry-build"),
         ("FERRY_PULL_ROLE_ARN", "arn:aws:iam::123456789012:role/pull"),
         (
             "FERRY_VENDOR_REGISTRY",
@@ -336,16 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn build_project_wins_over_the_codebuild_alias() {
-        let mut pairs = FULL.to_vec();
-        pairs.push(("FERRY_BUILD_PROJECT", "other"));
-        assert_eq!(
-            Settings::from_lookup(env(&pairs)).unwrap().build_project,
-            "other"
-        );
-    }
-
-    #[test]
     fn a_missing_or_empty_variable_is_named() {
         let pairs: Vec<_> = FULL
             .iter()
@@ -360,7 +321,7 @@ mod tests {
         let pairs: Vec<_> = FULL
             .iter()
             .copied()
-            .filter(|(k, _)| *k != "FERRY_CODEBUILD_PROJECT")
+            .filter(|(k, _)| *k != "FERRY_BUILD_PROJECT")
             .collect();
         let err = Settings::from_lookup(env(&pairs)).unwrap_err();
         assert!(err.to_string().contains("FERRY_BUILD_PROJECT"), "{err}");
@@ -402,6 +363,7 @@ mod tests {
 
     #[test]
     fn clock_and_ids_are_plausible() {
+        use ferry_core::ports::{Clock as _, IdGenerator as _};
         assert!(SystemClock.now_ms() > 1_600_000_000_000);
         let (a, b) = (RandomIds.new_id(), RandomIds.new_id());
         assert_ne!(a, b);
