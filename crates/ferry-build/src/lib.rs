@@ -10,9 +10,6 @@
 //! root, and never put a credential into an error, a log line or its output.
 //! See docs/design/build.md.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod app;
 mod docker;
 pub mod error;

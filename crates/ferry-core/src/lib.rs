@@ -5,9 +5,6 @@
 //! adapters (ferry-local, ferry-aws) implement the ports. This crate must never do I/O, read a
 //! clock or name an AWS type, so the same logic runs on both backends and in tests.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod domain;
 pub mod event;
 pub mod handlers;

@@ -1,8 +1,6 @@
 //! The dev system started in-process: request a build of each demo component and wait until
 //! every artifact is synced into every install, driving the library directly (no binary).
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::Path;
 use std::time::Duration;
 
