@@ -178,6 +178,7 @@ pub enum SecurityEvent {
 }
 
 impl SecurityEvent {
+    /// Every kind, in the order they are counted and reported.
     pub const ALL: [SecurityEvent; 3] = [
         SecurityEvent::ReportUnauthenticated,
         SecurityEvent::ReportUnknownSync,
@@ -200,6 +201,7 @@ impl fmt::Display for SecurityEvent {
     }
 }
 
+/// Why a handler did not finish; [`HandlerError::is_retryable`] says whether redelivery may help.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error("build {build_id} does not exist; check the build id, or send build.requested first")]
