@@ -77,10 +77,10 @@ export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 unset AWS_SESSION_TOKEN AWS_PROFILE
 export AWS_EC2_METADATA_DISABLED=true
 export FERRY_TABLE=ferry-jobs FERRY_EVENT_BUS=ferry
-export FERRY_BUILD_PROJECT=ferry-build FERRY_CODEBUILD_PROJECT=ferry-build
+export FERRY_BUILD_PROJECT=ferry-build
 export FERRY_VENDOR_REGISTRY=123456789012.dkr.ecr.us-east-1.amazonaws.com
 export FERRY_REPOSITORY_PREFIX=ferry FERRY_INSTALL_QUEUE_PREFIX=ferry-install-
-export FERRY_VENDOR_KEY_SECRET=ferry-vendor-key
+export FERRY_VENDOR_KEY_SECRET=ferry-vendor-key FERRY_MAX_RECEIVE_COUNT=5
 export RUST_LOG=info
 
 # The records follow docs/design/aws.md (item shapes), with the samples' ids from events/.

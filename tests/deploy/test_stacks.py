@@ -33,12 +33,13 @@ FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-repor
 ENV_CONTRACT = [
     "FERRY_TABLE",
     "FERRY_EVENT_BUS",
-    "FERRY_CODEBUILD_PROJECT",
+    "FERRY_BUILD_PROJECT",
     "FERRY_PULL_ROLE_ARN",
     "FERRY_REPORT_QUEUE_URL",
     "FERRY_VENDOR_REGISTRY",
     "FERRY_VENDOR_KEY_SECRET",
     "FERRY_INSTALL_QUEUE_PREFIX",
+    "FERRY_MAX_RECEIVE_COUNT",
 ]
 # The only action IAM allows on Resource "*" in these stacks (it has no resource type).
 STAR_RESOURCE_OK = {"ecr:GetAuthorizationToken"}

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
@@ -56,11 +56,9 @@ pub fn refresh_in(now_ms: u64, expires_at: Option<u64>) -> Duration {
     }
 }
 
+/// The system clock in unix ms (ferry-clock's, the one definition).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    ferry_clock::unix_ms()
 }
 
 struct CachedLogin {

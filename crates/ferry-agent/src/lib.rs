@@ -6,9 +6,6 @@
 //! a job message before its report was sent, and never make a half-copied artifact visible
 //! under a tag (the copy engine writes the tag last). See docs/design/agent.md.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod access;
 pub mod agent;
 #[cfg(feature = "aws")]

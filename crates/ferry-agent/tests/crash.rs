@@ -1,7 +1,6 @@
 //! Crash recovery: the `ferry-agent` binary is SIGKILLed mid-copy; the message reappears
 //! after its visibility timeout and a fresh agent finishes the sync. The tag is never visible
 //! before the artifact is complete.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

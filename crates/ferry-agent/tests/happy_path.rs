@@ -1,5 +1,4 @@
 //! Happy path and token hygiene. One test per binary: it installs the global log capture.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,4 @@
 //! Shutdown in the middle of a copy. One test per binary: it installs the global log capture.
-#![allow(clippy::unwrap_used)]
 
 mod common;
 

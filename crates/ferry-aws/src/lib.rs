@@ -5,9 +5,6 @@
 //! store or put into an error a secret: ECR tokens, STS credentials and clear grants stay
 //! inside [`minter`] and leave it only sealed to an install agent's key.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod agent;
 pub mod builder;
 pub mod bus;

@@ -7,7 +7,7 @@
 //! This module must never log, return or store the clear token or the STS credentials: they
 //! live in zeroizing buffers until sealed, and only [`SealedGrant`] leaves.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_config::SdkConfig;
 use aws_credential_types::Credentials;
@@ -100,11 +100,9 @@ fn session_name(grant: &GrantId) -> String {
     name
 }
 
+/// The system clock in unix ms (ferry-clock's, the one definition).
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    ferry_clock::unix_ms()
 }
 
 fn to_ms(t: &aws_smithy_types::DateTime) -> Option<u64> {

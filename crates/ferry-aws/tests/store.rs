@@ -1,7 +1,5 @@
 //! DynamoStore against moto: the ferry-core JobStore contract, unchanged.
 
-#![allow(clippy::unwrap_used)]
-
 mod common;
 
 use common::{unique, Moto};

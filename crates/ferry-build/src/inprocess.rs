@@ -8,16 +8,12 @@
 //! a credential into an event.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::event::{BuildCompleted, Event, Payload};
 use ferry_core::id::{BuildId, EventId};
-use ferry_core::ports::{
-    Batch, BuildSpec, Builder, BuilderError, BusError, EntryFailure, EventBus,
-};
+use ferry_core::ports::{Batch, BuildSpec, Builder, BuilderError, BusError, EventBus};
 use tokio::sync::watch;
 
 use crate::{ArtifactBuilder, BuiltArtifact};
@@ -25,34 +21,26 @@ use crate::{ArtifactBuilder, BuiltArtifact};
 /// Publishing a build.completed is retried this many times on transient bus errors.
 const PUBLISH_ATTEMPTS: u32 = 5;
 
-type PutResult = Result<Vec<Result<String, EntryFailure>>, BusError>;
-
-/// An object-safe view of [`EventBus`], so the builder can hold any bus behind an `Arc`.
-pub trait DynEventBus: Send + Sync {
-    fn put_events_dyn<'a>(
-        &'a self,
-        events: &'a Batch<Event>,
-    ) -> Pin<Box<dyn Future<Output = PutResult> + Send + 'a>>;
-}
-
-impl<T: EventBus> DynEventBus for T {
-    fn put_events_dyn<'a>(
-        &'a self,
-        events: &'a Batch<Event>,
-    ) -> Pin<Box<dyn Future<Output = PutResult> + Send + 'a>> {
-        Box::pin(self.put_events(events))
-    }
-}
-
-#[derive(Clone)]
-pub struct InProcessBuilder {
+/// Builds in-process and announces each result on the event bus `E`.
+pub struct InProcessBuilder<E> {
     builder: ArtifactBuilder,
-    bus: Arc<dyn DynEventBus>,
+    bus: Arc<E>,
     /// Every build started here, with its outcome once known (`None` while running).
     builds: Arc<Mutex<HashMap<BuildId, watch::Receiver<Option<BuildCompleted>>>>>,
 }
 
-impl std::fmt::Debug for InProcessBuilder {
+// By hand: a derive would require `E: Clone`, but only the `Arc` is cloned.
+impl<E> Clone for InProcessBuilder<E> {
+    fn clone(&self) -> Self {
+        InProcessBuilder {
+            builder: self.builder.clone(),
+            bus: self.bus.clone(),
+            builds: self.builds.clone(),
+        }
+    }
+}
+
+impl<E> std::fmt::Debug for InProcessBuilder<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InProcessBuilder")
             .field("builder", &self.builder)
@@ -60,8 +48,9 @@ impl std::fmt::Debug for InProcessBuilder {
     }
 }
 
-impl InProcessBuilder {
-    pub fn new(builder: ArtifactBuilder, bus: Arc<dyn DynEventBus>) -> InProcessBuilder {
+impl<E: EventBus + 'static> InProcessBuilder<E> {
+    /// Builds with `builder`; each result goes to `bus` as one `build.completed`.
+    pub fn new(builder: ArtifactBuilder, bus: Arc<E>) -> InProcessBuilder<E> {
         InProcessBuilder {
             builder,
             bus,
@@ -88,7 +77,7 @@ impl InProcessBuilder {
     }
 }
 
-impl Builder for InProcessBuilder {
+impl<E: EventBus + 'static> Builder for InProcessBuilder<E> {
     async fn start(&self, spec: &BuildSpec) -> Result<String, BuilderError> {
         let external = Self::external_id(&spec.build_id);
         let tx = {
@@ -116,7 +105,7 @@ impl Builder for InProcessBuilder {
 
 /// Publishes one build.completed, retrying transient failures with backoff. The event id is
 /// derived from the build id so a consumer sees a republished event as a replay.
-async fn publish(bus: &dyn DynEventBus, completed: &BuildCompleted) {
+async fn publish<E: EventBus>(bus: &E, completed: &BuildCompleted) {
     let payload = Payload::BuildCompleted(completed.clone());
     let event = match EventId::new(format!("{}.completed", completed.build_id)) {
         Ok(id) => Event::with_id(id, payload),
@@ -131,7 +120,7 @@ async fn publish(bus: &dyn DynEventBus, completed: &BuildCompleted) {
     };
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=PUBLISH_ATTEMPTS {
-        let failure = match bus.put_events_dyn(&batch).await {
+        let failure = match bus.put_events(&batch).await {
             Ok(results) => match results.into_iter().next() {
                 Some(Ok(_)) => return,
                 Some(Err(f)) if f.sender_fault => {

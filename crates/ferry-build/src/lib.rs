@@ -10,9 +10,6 @@
 //! root, and never put a credential into an error, a log line or its output.
 //! See docs/design/build.md.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod app;
 mod docker;
 pub mod error;
@@ -38,7 +35,7 @@ use serde::Serialize;
 pub use app::AppFile;
 pub use error::BuildError;
 pub use helm::{package_chart, ChartPackage};
-pub use inprocess::{DynEventBus, InProcessBuilder};
+pub use inprocess::InProcessBuilder;
 pub use tofu::package_module;
 
 /// Longest error text put into a build.completed event (the event schema allows 8 KiB).

@@ -1,6 +1,6 @@
 //! The docker-build kind with the real buildah (vfs storage, chroot isolation, FROM scratch, so
 //! it works offline). Without buildah the build must fail with ToolMissing naming the package.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::expect_used)]
 
 mod common;
 

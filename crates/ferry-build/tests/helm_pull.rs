@@ -4,7 +4,7 @@
 //!
 //! Needs `pip install helm-python-sdk`; set FERRY_HELM_PYTHON to the interpreter that has it
 //! (default `python3`). When it is not importable the test says so and checks nothing more.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::expect_used)]
 
 mod common;
 

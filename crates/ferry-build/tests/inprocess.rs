@@ -1,6 +1,6 @@
 //! InProcessBuilder: the Builder port for local runs. One build.completed per build id, even
 //! when started twice; failures are published with their error.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! `ferry dev --exit-when-synced` end to end through the binary, and a second management
 //! process reading the state it left.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -18,6 +18,7 @@ use crate::state::{JobError, JobState, JobStatus, TransitionError};
 /// The media type recorded when a builder does not report one.
 pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 
+/// A vendor product: a name and its components.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
     pub name: AppName,
@@ -61,6 +62,7 @@ pub enum ComponentKind {
 }
 
 impl ComponentKind {
+    /// The kind's name as the app file and the events spell it (`image`, `docker-build`, ...).
     pub fn name(&self) -> &'static str {
         match self {
             ComponentKind::Image { .. } => "image",
@@ -71,6 +73,7 @@ impl ComponentKind {
     }
 }
 
+/// One deployable part of an app: how it is built and the vendor repository it lands in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Component {
     pub app: AppName,
@@ -89,6 +92,7 @@ pub struct Artifact {
     pub media_type: String,
 }
 
+/// One attempt to turn a component at a source ref into an artifact, with its job state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Build {
     pub id: BuildId,
@@ -103,6 +107,7 @@ pub struct Build {
 }
 
 impl Build {
+    /// A new build, Queued, created at `now` (unix ms).
     pub fn new(
         id: BuildId,
         app: AppName,
@@ -123,6 +128,7 @@ impl Build {
         }
     }
 
+    /// Where the build's state machine stands.
     pub fn status(&self) -> JobStatus {
         self.state.status
     }
@@ -134,22 +140,26 @@ impl Build {
         }
     }
 
+    /// Running on the builder, which knows it as `external_id`.
     pub fn start(&self, now: u64, external_id: String) -> Result<Build, TransitionError> {
         let mut next = self.with_state(self.state.start(now)?);
         next.external_id = Some(external_id);
         Ok(next)
     }
 
+    /// Succeeded with `artifact`.
     pub fn succeed(&self, now: u64, artifact: Artifact) -> Result<Build, TransitionError> {
         let mut next = self.with_state(self.state.succeed(now)?);
         next.artifact = Some(artifact);
         Ok(next)
     }
 
+    /// Failed, with why.
     pub fn fail(&self, now: u64, error: JobError) -> Result<Build, TransitionError> {
         Ok(self.with_state(self.state.fail(now, error)?))
     }
 
+    /// Cancelled.
     pub fn cancel(&self, now: u64) -> Result<Build, TransitionError> {
         Ok(self.with_state(self.state.cancel(now)?))
     }
@@ -163,6 +173,7 @@ pub struct RegistryTarget {
     pub namespace: String,
 }
 
+/// One customer deployment of an app: its registry, its agent's keys and its queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Install {
     pub id: InstallId,
@@ -183,6 +194,7 @@ pub struct Install {
 }
 
 impl Install {
+    /// True when this install receives `app`'s `component`.
     pub fn subscribes_to(&self, app: &AppName, component: &ComponentName) -> bool {
         &self.app == app && self.components.contains(component)
     }
@@ -196,6 +208,7 @@ pub struct SyncStats {
     pub duration_ms: u64,
 }
 
+/// The job that copies one artifact (by digest) into one install, with its job state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncJob {
     pub id: SyncId,
@@ -210,6 +223,7 @@ pub struct SyncJob {
 }
 
 impl SyncJob {
+    /// A new sync job, Queued, created at `now` (unix ms).
     pub fn new(
         id: SyncId,
         build_id: BuildId,
@@ -230,6 +244,7 @@ impl SyncJob {
         }
     }
 
+    /// Where the sync's state machine stands.
     pub fn status(&self) -> JobStatus {
         self.state.status
     }
@@ -248,12 +263,14 @@ impl SyncJob {
         Ok(next)
     }
 
+    /// Succeeded, with the agent's transfer statistics.
     pub fn succeed(&self, now: u64, stats: SyncStats) -> Result<SyncJob, TransitionError> {
         let mut next = self.with_state(self.state.succeed(now)?);
         next.stats = Some(stats);
         Ok(next)
     }
 
+    /// Failed, with why and, if the agent got that far, its statistics.
     pub fn fail(
         &self,
         now: u64,
@@ -296,6 +313,7 @@ pub struct SealedGrant {
 }
 
 impl SealedGrant {
+    /// Wraps ciphertext the minter sealed to one agent's key; valid until `expires_at` (unix ms).
     pub fn new(ciphertext: Vec<u8>, expires_at: u64) -> SealedGrant {
         SealedGrant {
             ciphertext,

@@ -8,6 +8,8 @@
 //! accept an unknown type, an unsupported version, a missing field, an unknown field or a digest
 //! that is not sha256.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -31,13 +33,19 @@ const MAX_ERROR_TEXT: usize = 8 * 1024;
 /// An Ed25519 signature is 86 base64url characters; anything much longer is not one.
 const MAX_SIGNATURE_TEXT: usize = 256;
 
+/// The `type` of a build request.
 pub const BUILD_REQUESTED: &str = "build.requested";
+/// The `type` of a builder's result.
 pub const BUILD_COMPLETED: &str = "build.completed";
+/// The `type` of a request to sync one artifact into one install.
 pub const SYNC_REQUESTED: &str = "sync.requested";
+/// The `type` of an agent's signed report on a sync.
 pub const SYNC_REPORTED: &str = "sync.reported";
+/// The `type` of the job message on an install's queue (not an event).
 pub const SYNC_JOB: &str = "sync.job";
 const KNOWN_TYPES: &str = "build.requested, build.completed, sync.requested, sync.reported";
 
+/// Why bytes are not a valid event or job message; each variant names the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
     #[error("event is larger than {MAX_EVENT_BYTES} bytes ({size}); events carry ids and digests, not payloads")]
@@ -81,6 +89,7 @@ pub enum EventError {
     },
 }
 
+/// `build.requested`: build `component` of `app` at `source_ref`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BuildRequested {
     /// Set by producers that already chose an id; otherwise derived from the event identity.
@@ -92,6 +101,7 @@ pub struct BuildRequested {
     pub requested_by: String,
 }
 
+/// How a build ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BuildOutcome {
@@ -100,6 +110,7 @@ pub enum BuildOutcome {
     Cancelled,
 }
 
+/// `build.completed`: the builder's result; a digest and repository exactly when it succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BuildCompleted {
     pub build_id: BuildId,
@@ -115,6 +126,7 @@ pub struct BuildCompleted {
     pub error: Option<String>,
 }
 
+/// `sync.requested`: copy `digest` of `repository` into install `install_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SyncRequested {
     pub sync_id: SyncId,
@@ -124,6 +136,7 @@ pub struct SyncRequested {
     pub digest: Digest,
 }
 
+/// What an agent reports about one attempt of a sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncReportStatus {
@@ -133,6 +146,7 @@ pub enum SyncReportStatus {
     GrantExpired,
 }
 
+/// `sync.reported`: an agent's signed report on one attempt of a sync job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SyncReported {
     pub sync_id: SyncId,
@@ -151,6 +165,7 @@ pub struct SyncReported {
     pub signature: String,
 }
 
+/// The typed body of one event, one variant per event type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Payload {
@@ -166,6 +181,7 @@ impl Payload {
         schema_version(self.event_type())
     }
 
+    /// The event type this payload is (`build.requested`, ...).
     pub fn event_type(&self) -> &'static str {
         match self {
             Payload::BuildRequested(_) => BUILD_REQUESTED,
@@ -173,6 +189,49 @@ impl Payload {
             Payload::SyncRequested(_) => SYNC_REQUESTED,
             Payload::SyncReported(_) => SYNC_REPORTED,
         }
+    }
+}
+
+/// The job an event (or a queue message) is about. One definition, used by both backends'
+/// record loops to label logs and to record a dead-lettered message's error on its job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobRef {
+    Build(BuildId),
+    Sync(SyncId),
+}
+
+impl JobRef {
+    /// The job's id, as logged and stored.
+    pub fn id(&self) -> &str {
+        match self {
+            JobRef::Build(b) => b.as_str(),
+            JobRef::Sync(s) => s.as_str(),
+        }
+    }
+
+    /// Best effort on a body that may not parse as an event: the job of the event if it
+    /// parses, else a valid `sync_id`, else a valid `build_id`, at the top level or in an
+    /// EventBridge `detail`. A message that is too broken to handle still names its job, so
+    /// that job can record why it was given up on.
+    pub fn from_body(body: &[u8]) -> Option<JobRef> {
+        if let Ok(event) = parse_event(body) {
+            return Some(event.job());
+        }
+        let v: Value = serde_json::from_slice(body).ok()?;
+        let v = v.get("detail").filter(|d| d.is_object()).unwrap_or(&v);
+        let field = |name: &str| v.get(name).and_then(Value::as_str);
+        if let Some(s) = field("sync_id").and_then(|s| SyncId::new(s).ok()) {
+            return Some(JobRef::Sync(s));
+        }
+        field("build_id")
+            .and_then(|b| BuildId::new(b).ok())
+            .map(JobRef::Build)
+    }
+}
+
+impl fmt::Display for JobRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
     }
 }
 
@@ -207,10 +266,12 @@ impl Serialize for Event {
 }
 
 impl Event {
+    /// An event without a producer id (its idempotency key is the payload's hash).
     pub fn new(payload: Payload) -> Event {
         Event { id: None, payload }
     }
 
+    /// An event with producer id `id` (its idempotency key).
     pub fn with_id(id: EventId, payload: Payload) -> Event {
         Event {
             id: Some(id),
@@ -218,6 +279,7 @@ impl Event {
         }
     }
 
+    /// The event type (`build.requested`, ...).
     pub fn event_type(&self) -> &'static str {
         self.payload.event_type()
     }
@@ -241,8 +303,24 @@ impl Event {
         hex::encode(Sha256::digest(&canonical))
     }
 
+    /// The wire form: one JSON object, `version` and `type` first.
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string(self)
+    }
+
+    /// The job this event belongs to: the build id (derived as `build.requested`'s handler
+    /// derives it when the request named none) or the sync id.
+    pub fn job(&self) -> JobRef {
+        match &self.payload {
+            Payload::BuildRequested(ev) => JobRef::Build(
+                ev.build_id
+                    .clone()
+                    .unwrap_or_else(|| BuildId::derived_from(&self.idempotency_key())),
+            ),
+            Payload::BuildCompleted(ev) => JobRef::Build(ev.build_id.clone()),
+            Payload::SyncRequested(ev) => JobRef::Sync(ev.sync_id.clone()),
+            Payload::SyncReported(ev) => JobRef::Sync(ev.sync_id.clone()),
+        }
     }
 }
 
@@ -549,6 +627,7 @@ pub struct SyncJobMessage {
 }
 
 impl SyncJobMessage {
+    /// An unsigned job message for one attempt; [`crate::trust::VendorKey::sign_job`] signs it.
     pub fn new(
         sync_id: SyncId,
         build_id: BuildId,

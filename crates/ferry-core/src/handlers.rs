@@ -33,8 +33,8 @@ use crate::event::{
 };
 use crate::id::{AppName, BuildId, ComponentName, EventId, InstallId, SyncId};
 use crate::ports::{
-    Batch, BuildSpec, Builder, BuilderError, BusError, Clock, EventBus, GrantError, GrantId,
-    GrantMinter, IdGenerator, IdempotencyClaim, JobStore, PageRequest, Queue, QueueError,
+    Backend, Batch, BuildSpec, Builder, BuilderError, BusError, Clock, EventBus, GrantError,
+    GrantId, GrantMinter, IdGenerator, IdempotencyClaim, JobStore, PageRequest, Queue, QueueError,
     StoreError, WriteError, MAX_PAGE,
 };
 use crate::state::{Expected, JobError, JobStatus, TransitionError};
@@ -64,19 +64,53 @@ impl Default for Config {
     }
 }
 
-/// The ports a handler may use. Adapters are cheap handles (SDK clients, pools), owned here.
-#[derive(Debug, Clone)]
-pub struct Ports<S, Q, E, B, G, C> {
-    pub store: S,
-    pub queue: Q,
-    pub bus: E,
-    pub builder: B,
-    pub minter: G,
-    pub clock: C,
+/// The ports a handler may use, for one backend `P` (see [`Backend`]). Adapters are cheap
+/// handles (SDK clients, pools), owned here. Build one with a type annotation naming the
+/// backend (`let ports: Ports<MyBackend> = Ports { .. }`): the field types alone do not name it.
+pub struct Ports<P: Backend> {
+    pub store: P::Store,
+    pub queue: P::Queue,
+    pub bus: P::Bus,
+    pub builder: P::Builder,
+    pub minter: P::Minter,
+    pub clock: P::Clock,
     pub config: Config,
     /// Signs job messages and keys sync ids. Only build-completed and sync-requested (and
     /// sync-reported, which re-dispatches after `grant_expired`) use it.
     pub vendor_key: Arc<VendorKey>,
+}
+
+impl<P: Backend> Clone for Ports<P>
+where
+    P::Store: Clone,
+    P::Queue: Clone,
+    P::Bus: Clone,
+    P::Builder: Clone,
+    P::Minter: Clone,
+    P::Clock: Clone,
+{
+    fn clone(&self) -> Self {
+        Ports {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            bus: self.bus.clone(),
+            builder: self.builder.clone(),
+            minter: self.minter.clone(),
+            clock: self.clock.clone(),
+            config: self.config,
+            vendor_key: self.vendor_key.clone(),
+        }
+    }
+}
+
+impl<P: Backend> fmt::Debug for Ports<P> {
+    // The adapters are handles to services, not state worth printing; the key is redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ports")
+            .field("backend", &std::any::type_name::<P>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a handler did; stored in the idempotency record and logged.
@@ -144,6 +178,7 @@ pub enum SecurityEvent {
 }
 
 impl SecurityEvent {
+    /// Every kind, in the order they are counted and reported.
     pub const ALL: [SecurityEvent; 3] = [
         SecurityEvent::ReportUnauthenticated,
         SecurityEvent::ReportUnknownSync,
@@ -166,6 +201,7 @@ impl fmt::Display for SecurityEvent {
     }
 }
 
+/// Why a handler did not finish; [`HandlerError::is_retryable`] says whether redelivery may help.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     #[error("build {build_id} does not exist; check the build id, or send build.requested first")]
@@ -258,7 +294,7 @@ async fn security_event<S: JobStore>(
 
 /// Runs `work` at most once per `key` (until the record's TTL), Powertools-style. A live record
 /// for `key` whose payload hash is not `payload` is refused ([`HandlerError::KeyReused`]).
-async fn idempotent<S, C, F, Fut>(
+async fn idempotent<S: JobStore, C: Clock, F, Fut>(
     store: &S,
     clock: &C,
     config: &Config,
@@ -267,8 +303,6 @@ async fn idempotent<S, C, F, Fut>(
     work: F,
 ) -> Result<Outcome, HandlerError>
 where
-    S: JobStore,
-    C: Clock,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Outcome, HandlerError>>,
 {
@@ -479,18 +513,10 @@ pub struct Claim<'a> {
 }
 
 /// Routes one parsed event to its handler.
-pub async fn dispatch<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+pub async fn dispatch<P: Backend>(
+    ports: &Ports<P>,
     event: &Event,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    E: EventBus,
-    B: Builder,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let key = event.idempotency_key();
     let payload = event.payload_hash();
     let claim = Claim {
@@ -541,16 +567,11 @@ pub async fn request_build<E: EventBus, I: IdGenerator>(
 // build.requested
 
 /// Validates the component, creates the build (Queued), starts the builder, marks it Running.
-pub async fn handle_build_requested<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+pub async fn handle_build_requested<P: Backend>(
+    ports: &Ports<P>,
     claim: Claim<'_>,
     ev: &BuildRequested,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    B: Builder,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let key = claim.key;
     idempotent(
         &ports.store,
@@ -564,16 +585,11 @@ where
     .await
 }
 
-async fn build_requested<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn build_requested<P: Backend>(
+    ports: &Ports<P>,
     key: &str,
     ev: &BuildRequested,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    B: Builder,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let store = &ports.store;
     let now = ports.clock.now_ms();
     let build_id = ev
@@ -681,16 +697,11 @@ async fn create_or_existing_build<S: JobStore>(
 
 /// Records the outcome on the build; on success fans out one sync.requested per subscribed
 /// install, in batches of at most 10, with sync ids derived from (build, install).
-pub async fn handle_build_completed<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+pub async fn handle_build_completed<P: Backend>(
+    ports: &Ports<P>,
     claim: Claim<'_>,
     ev: &BuildCompleted,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    E: EventBus,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     idempotent(
         &ports.store,
         &ports.clock,
@@ -711,15 +722,10 @@ fn outcome_name(o: BuildOutcome) -> &'static str {
     }
 }
 
-async fn build_completed<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn build_completed<P: Backend>(
+    ports: &Ports<P>,
     ev: &BuildCompleted,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    E: EventBus,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let store = &ports.store;
     let now = ports.clock.now_ms();
     let build = store
@@ -781,37 +787,49 @@ where
     })
     .await?;
 
-    let mut syncs_requested = 0;
-    if let (JobStatus::Succeeded, Some(artifact)) = (stored.status(), &stored.artifact) {
-        // Runs again on a resumed event: the derived sync ids make the re-sent requests no-ops.
-        let mut events = Vec::new();
-        let mut page = PageRequest::first(MAX_PAGE);
-        loop {
-            let got = store
-                .installs_by_component(&stored.app, &stored.component, &page)
-                .await?;
-            for install in got.items {
-                events.push(sync_request_event(
-                    &ports.vendor_key,
-                    &stored,
-                    artifact,
-                    &install.id,
-                )?);
-            }
-            match got.next {
-                Some(cursor) => page = PageRequest::after(MAX_PAGE, cursor),
-                None => break,
-            }
-        }
-        syncs_requested = events.len();
-        publish_all(&ports.bus, events).await?;
-    }
+    let syncs_requested = match (stored.status(), &stored.artifact) {
+        (JobStatus::Succeeded, Some(artifact)) => fan_out(ports, &stored, artifact).await?,
+        _ => 0,
+    };
     tracing::info!(status = %stored.status(), syncs_requested, "build completion recorded");
     Ok(Outcome::BuildRecorded {
         status: stored.status(),
         build_id: stored.id,
         syncs_requested,
     })
+}
+
+/// Publishes one `sync.requested` per install subscribed to the build's component; returns
+/// how many. Runs again on a resumed event: the derived sync ids make the re-sent requests
+/// no-ops.
+async fn fan_out<P: Backend>(
+    ports: &Ports<P>,
+    build: &Build,
+    artifact: &Artifact,
+) -> Result<usize, HandlerError> {
+    let mut events = Vec::new();
+    let mut page = PageRequest::first(MAX_PAGE);
+    loop {
+        let got = ports
+            .store
+            .installs_by_component(&build.app, &build.component, &page)
+            .await?;
+        for install in got.items {
+            events.push(sync_request_event(
+                &ports.vendor_key,
+                build,
+                artifact,
+                &install.id,
+            )?);
+        }
+        match got.next {
+            Some(cursor) => page = PageRequest::after(MAX_PAGE, cursor),
+            None => break,
+        }
+    }
+    let n = events.len();
+    publish_all(&ports.bus, events).await?;
+    Ok(n)
 }
 
 fn sync_request_event(
@@ -840,17 +858,11 @@ fn sync_request_event(
 // sync.requested
 
 /// Creates the sync job, mints a sealed grant and enqueues the job on the install's queue.
-pub async fn handle_sync_requested<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+pub async fn handle_sync_requested<P: Backend>(
+    ports: &Ports<P>,
     claim: Claim<'_>,
     ev: &SyncRequested,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     idempotent(
         &ports.store,
         &ports.clock,
@@ -865,16 +877,10 @@ where
     .await
 }
 
-async fn sync_requested<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn sync_requested<P: Backend>(
+    ports: &Ports<P>,
     ev: &SyncRequested,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let store = &ports.store;
     let now = ports.clock.now_ms();
     let fresh = SyncJob::new(
@@ -939,17 +945,11 @@ async fn create_or_existing_sync<S: JobStore>(
 }
 
 /// Queued job → mint a sealed grant → enqueue the job message → Running.
-async fn dispatch_sync<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn dispatch_sync<P: Backend>(
+    ports: &Ports<P>,
     install: &Install,
     job: SyncJob,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let now = ports.clock.now_ms();
     let attempt = job.state.attempts;
     let grant_id = GrantId::new(job.id.clone(), attempt);
@@ -1022,16 +1022,10 @@ where
 /// Nothing in the report is trusted before [`authenticate_report`] has checked it against the
 /// report key of the install that owns the job; the idempotency key is then derived from the
 /// authenticated (sync, attempt, status), so no sender can claim another's key in advance.
-pub async fn handle_sync_reported<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+pub async fn handle_sync_reported<P: Backend>(
+    ports: &Ports<P>,
     ev: &SyncReported,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     async {
         let (job, install) = match authenticate_report(&ports.store, ev).await? {
             Ok(found) => found,
@@ -1149,18 +1143,12 @@ async fn revoke_quietly<G: GrantMinter>(minter: &G, grant: &GrantId) {
     }
 }
 
-async fn sync_reported<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn sync_reported<P: Backend>(
+    ports: &Ports<P>,
     job: SyncJob,
     install: Install,
     ev: &SyncReported,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     if job.digest != ev.digest {
         return Err(HandlerError::Mismatch {
             message: format!(
@@ -1208,17 +1196,12 @@ fn stale(job: &SyncJob, reported_attempt: u32) -> Outcome {
 }
 
 /// Succeeded (from any attempt), lineage put-if-absent, then the attempt's grant revoked.
-async fn report_succeeded<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn report_succeeded<P: Backend>(
+    ports: &Ports<P>,
     job: SyncJob,
     grant: &GrantId,
     stats: SyncStats,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let (store, now) = (&ports.store, ports.clock.now_ms());
     let stored = apply(store, &ports.config, job, |j| match j.status() {
         JobStatus::Succeeded => Ok(Decision::Keep),
@@ -1246,18 +1229,13 @@ where
 }
 
 /// Failed (current, unrevoked attempt only), then the attempt's grant revoked.
-async fn report_failed<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn report_failed<P: Backend>(
+    ports: &Ports<P>,
     job: SyncJob,
     grant: &GrantId,
     stats: SyncStats,
     message: String,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let now = ports.clock.now_ms();
     let stored = apply(&ports.store, &ports.config, job, |j| match j.status() {
         JobStatus::Failed => Ok(Decision::Keep),
@@ -1299,18 +1277,12 @@ async fn fail_unless_finished<S: JobStore>(
 /// The attempt's grant is revoked (only that attempt's: the next one gets a fresh grant), then
 /// the job is re-queued with attempts + 1 and dispatched again, or failed after
 /// `max_sync_attempts`.
-async fn report_grant_expired<S, Q, E, B, G, C>(
-    ports: &Ports<S, Q, E, B, G, C>,
+async fn report_grant_expired<P: Backend>(
+    ports: &Ports<P>,
     job: SyncJob,
     install: &Install,
     reported_attempt: u32,
-) -> Result<Outcome, HandlerError>
-where
-    S: JobStore,
-    Q: Queue,
-    G: GrantMinter,
-    C: Clock,
-{
+) -> Result<Outcome, HandlerError> {
     let (store, config, now) = (&ports.store, &ports.config, ports.clock.now_ms());
     revoke_quietly(
         &ports.minter,

@@ -76,12 +76,14 @@ macro_rules! id_type {
             /// What this id is called in error messages.
             pub const KIND: &'static str = $kind;
 
+            /// Validates `s` against this id's grammar.
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 check_id($kind, &s)?;
                 Ok($name(s))
             }
 
+            /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -182,6 +184,7 @@ impl SyncId {
 pub struct Digest(String);
 
 impl Digest {
+    /// Validates `s`: `sha256:` and 64 lowercase hex characters, nothing else.
     pub fn new(s: impl Into<String>) -> Result<Digest, IdError> {
         let s = s.into();
         let Some(hex_part) = s.strip_prefix("sha256:") else {
@@ -214,6 +217,7 @@ impl Digest {
         Ok(Digest(s))
     }
 
+    /// The digest as text (`sha256:<hex>`).
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -256,6 +260,7 @@ impl fmt::Debug for Digest {
 pub struct Repository(String);
 
 impl Repository {
+    /// Validates `s` against the OCI repository name grammar.
     pub fn new(s: impl Into<String>) -> Result<Repository, IdError> {
         let s = s.into();
         if s.is_empty() || s.len() > 255 {
@@ -271,6 +276,7 @@ impl Repository {
         Ok(Repository(s))
     }
 
+    /// The repository name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }

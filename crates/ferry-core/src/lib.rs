@@ -5,15 +5,12 @@
 //! adapters (ferry-local, ferry-aws) implement the ports. This crate must never do I/O, read a
 //! clock or name an AWS type, so the same logic runs on both backends and in tests.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
-pub mod batch;
 pub mod domain;
 pub mod event;
 pub mod handlers;
 pub mod id;
 pub mod ports;
+pub mod record;
 pub mod seal;
 pub mod state;
 pub mod trust;
@@ -26,6 +23,6 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{process_batch, BatchResult, Record};
-pub use event::{parse_event, Event, EventError, Payload};
+pub use event::{parse_event, Event, EventError, JobRef, Payload};
 pub use handlers::{dispatch, Config, HandlerError, Outcome, Ports};
+pub use record::{handle_record, Record, RecordError, RecordOutcome, Redrive};

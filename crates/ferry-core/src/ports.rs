@@ -26,6 +26,7 @@ use crate::state::Expected;
 /// The SQS and EventBridge batch limit.
 pub const MAX_BATCH: usize = 10;
 
+/// A batch outside 1..=10 entries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("a batch must hold 1 to {MAX_BATCH} entries, got {len}; split it with Batch::chunks")]
 pub struct BatchError {
@@ -37,6 +38,7 @@ pub struct BatchError {
 pub struct Batch<T>(Vec<T>);
 
 impl<T> Batch<T> {
+    /// Refuses an empty or oversized batch.
     pub fn new(items: Vec<T>) -> Result<Batch<T>, BatchError> {
         if items.is_empty() || items.len() > MAX_BATCH {
             return Err(BatchError { len: items.len() });
@@ -54,18 +56,22 @@ impl<T> Batch<T> {
         out
     }
 
+    /// The entries, in order.
     pub fn items(&self) -> &[T] {
         &self.0
     }
 
+    /// How many entries (1..=10).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Never true (a batch is never empty); here because clippy pairs it with `len`.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The entries, owned.
     pub fn into_inner(self) -> Vec<T> {
         self.0
     }
@@ -89,17 +95,21 @@ pub struct EntryFailure {
 pub struct Cursor(String);
 
 impl Cursor {
+    /// Wraps a cursor an adapter produced.
     pub fn new(s: impl Into<String>) -> Cursor {
         Cursor(s.into())
     }
 
+    /// The cursor as the adapter wrote it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 }
 
+/// The largest page a query returns.
 pub const MAX_PAGE: u32 = 100;
 
+/// One page of a query: how many items, and where to continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
     limit: u32,
@@ -115,6 +125,7 @@ impl PageRequest {
         }
     }
 
+    /// The page after `cursor`; `limit` is clamped to 1..=100.
     pub fn after(limit: u32, cursor: Cursor) -> PageRequest {
         PageRequest {
             cursor: Some(cursor),
@@ -122,6 +133,7 @@ impl PageRequest {
         }
     }
 
+    /// How many items at most (1..=100).
     pub fn limit(&self) -> u32 {
         self.limit
     }
@@ -135,6 +147,7 @@ pub struct Page<T> {
     pub next: Option<Cursor>,
 }
 
+/// Why a store call failed (transient outages are `Unavailable`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// Transient: throttling, timeouts, a lost connection. Retry later.
@@ -154,6 +167,7 @@ pub struct Conflict<T> {
     pub current: Option<T>,
 }
 
+/// Why a conditional write did not happen: a conflict (with the current item), or the store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WriteError<T: fmt::Debug> {
     #[error("conditional write failed: the item already exists or changed since it was read")]
@@ -174,12 +188,15 @@ pub enum IdempotencyClaim {
     Completed { result: String },
 }
 
+/// The job store port (one DynamoDB table, or SQLite): catalog, jobs, lineage, idempotency
+/// records and security-event counts. Writes to jobs are conditional on (status, version).
 pub trait JobStore: Send + Sync {
     /// Upserts a component (catalog data, last write wins).
     fn put_component(
         &self,
         component: &Component,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The component, if it exists.
     fn get_component(
         &self,
         app: &AppName,
@@ -188,6 +205,7 @@ pub trait JobStore: Send + Sync {
     /// Upserts an install (catalog data, last write wins).
     fn put_install(&self, install: &Install)
         -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The install, if it exists.
     fn get_install(
         &self,
         id: &InstallId,
@@ -198,6 +216,7 @@ pub trait JobStore: Send + Sync {
         &self,
         build: &Build,
     ) -> impl Future<Output = Result<(), WriteError<Build>>> + Send;
+    /// The build, if it exists.
     fn get_build(
         &self,
         id: &BuildId,
@@ -214,6 +233,7 @@ pub trait JobStore: Send + Sync {
         &self,
         sync: &SyncJob,
     ) -> impl Future<Output = Result<(), WriteError<SyncJob>>> + Send;
+    /// The sync job, if it exists.
     fn get_sync(
         &self,
         id: &SyncId,
@@ -303,6 +323,7 @@ pub trait JobStore: Send + Sync {
 // ---------------------------------------------------------------------------------------------
 // Queue
 
+/// The queue's id of a message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MessageId(pub String);
 
@@ -312,9 +333,12 @@ pub struct ReceiptHandle(pub String);
 
 /// The SQS message size limit.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The longest long poll (SQS's limit).
 pub const MAX_WAIT_SECONDS: u32 = 20;
+/// The longest visibility timeout (SQS's limit: 12 hours).
 pub const MAX_VISIBILITY_SECONDS: u32 = 12 * 60 * 60;
 
+/// Why a queue call failed (transient outages are `Unavailable`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     #[error("queue {queue} does not exist; create it (the install stack or `ferry dev` does)")]
@@ -339,6 +363,7 @@ pub struct ReceiveOptions {
 }
 
 impl ReceiveOptions {
+    /// Checks the limits: 1..=10 messages, wait ≤ 20 s, visibility ≤ 12 h.
     pub fn new(
         max_messages: u32,
         wait_seconds: u32,
@@ -368,6 +393,7 @@ impl ReceiveOptions {
         })
     }
 
+    /// Messages per receive (1..=10).
     pub fn max_messages(&self) -> u32 {
         self.max_messages
     }
@@ -377,11 +403,13 @@ impl ReceiveOptions {
         self.wait_seconds
     }
 
+    /// How long a received message stays hidden.
     pub fn visibility_seconds(&self) -> u32 {
         self.visibility_seconds
     }
 }
 
+/// One received message: its body and the handle to delete or extend it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
     pub message_id: MessageId,
@@ -391,7 +419,10 @@ pub struct ReceivedMessage {
     pub receive_count: u32,
 }
 
+/// The queue port (SQS, or SQLite with SQS semantics): at-least-once delivery, visibility
+/// timeouts, receive counts; the dead-letter redrive is the adapter's.
 pub trait Queue: Send + Sync {
+    /// Sends one message; returns its id.
     fn send(
         &self,
         queue: &QueueName,
@@ -409,6 +440,7 @@ pub trait Queue: Send + Sync {
         queue: &QueueName,
         options: &ReceiveOptions,
     ) -> impl Future<Output = Result<Vec<ReceivedMessage>, QueueError>> + Send;
+    /// Deletes a received message (it was handled).
     fn delete(
         &self,
         queue: &QueueName,
@@ -432,6 +464,7 @@ pub trait Queue: Send + Sync {
 // ---------------------------------------------------------------------------------------------
 // EventBus, Builder, GrantMinter, Clock, IdGenerator
 
+/// Why a bus call failed as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
     #[error("event bus unavailable: {message}")]
@@ -440,6 +473,8 @@ pub enum BusError {
     Invalid { message: String },
 }
 
+/// The event bus port (EventBridge `PutEvents`, or the local bus): publishes events to the
+/// queues whose rules match them.
 pub trait EventBus: Send + Sync {
     /// One result per entry, in order: the bus's id for the entry, or why it failed.
     fn put_events(
@@ -456,6 +491,7 @@ pub struct BuildSpec {
     pub source_ref: String,
 }
 
+/// Why the builder did not start a build.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BuilderError {
     /// The spec can never build (unknown project, bad source): the build fails.
@@ -466,6 +502,7 @@ pub enum BuilderError {
     Unavailable { message: String },
 }
 
+/// The builder port (CodeBuild, or the in-process builder): starts one build per build id.
 pub trait Builder: Send + Sync {
     /// Starts a build and returns the builder's id for it. Must be idempotent per
     /// `spec.build_id` (CodeBuild: pass it as the idempotency token) so a resumed handler
@@ -473,6 +510,7 @@ pub trait Builder: Send + Sync {
     fn start(&self, spec: &BuildSpec) -> impl Future<Output = Result<String, BuilderError>> + Send;
 }
 
+/// Why a grant could not be minted, revoked or checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
     /// The install cannot receive grants (bad agent key, missing role): the sync fails.
@@ -483,6 +521,8 @@ pub enum GrantError {
     Unavailable { message: String },
 }
 
+/// The grant minter port (STS + ECR, or the embedded registry): one-time, read-only,
+/// one-repository pull grants, sealed to the install's agent key, and their revocation.
 pub trait GrantMinter: Send + Sync {
     /// The read-only pull grant of one attempt of one sync: exactly `repository`, lasting at
     /// most 15 minutes, sealed to `install.agent_public_key`. The clear credential never leaves
@@ -513,6 +553,7 @@ pub struct GrantId {
 }
 
 impl GrantId {
+    /// The grant of `attempt` of sync `sync_id`.
     pub fn new(sync_id: SyncId, attempt: u32) -> GrantId {
         GrantId { sync_id, attempt }
     }
@@ -532,7 +573,27 @@ pub trait Clock: Send + Sync {
 
 /// Fresh ids for new requests (never used where a replay must derive the same id).
 pub trait IdGenerator: Send + Sync {
+    /// A fresh id, valid in every Ferry id grammar.
     fn new_id(&self) -> String;
+}
+
+/// One backend: which adapter fills each port. Handlers take one type parameter `P: Backend`
+/// and reach the adapters through [`crate::handlers::Ports<P>`], instead of one parameter per
+/// port. Implement it on a marker type (it is never instantiated); the adapters themselves
+/// live in `Ports`.
+pub trait Backend {
+    /// Jobs, installs, lineage and idempotency records (DynamoDB, SQLite).
+    type Store: JobStore;
+    /// The agents' queues (SQS, SQLite).
+    type Queue: Queue;
+    /// The event bus (EventBridge, the local bus).
+    type Bus: EventBus;
+    /// Starts builds (CodeBuild, the in-process builder).
+    type Builder: Builder;
+    /// Mints and revokes sealed grants (STS + ECR, the embedded registry).
+    type Minter: GrantMinter;
+    /// The time handlers stamp on state changes.
+    type Clock: Clock;
 }
 
 #[cfg(test)]

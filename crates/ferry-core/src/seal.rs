@@ -44,6 +44,7 @@ type PublicKey = <SuiteKem as Kem>::PublicKey;
 type PrivateKey = <SuiteKem as Kem>::PrivateKey;
 type EncappedKey = <SuiteKem as Kem>::EncappedKey;
 
+/// Why sealing or opening a grant, or reading a key, failed; never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
     #[error("agent public key is not valid: {reason}; it looks like {PUBLIC_KEY_PREFIX}<43 base64url characters> (from `ferry-agent keygen`)")]

@@ -15,6 +15,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Where a build or sync job stands; `Succeeded`, `Failed` and `Cancelled` are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -26,6 +27,7 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// True for the states nothing leaves.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -33,6 +35,7 @@ impl JobStatus {
         )
     }
 
+    /// The status as stored and printed (`queued`, `running`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::Queued => "queued",
@@ -58,6 +61,7 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// An error with a machine-readable `code` and a message for people.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         JobError {
             code: code.into(),
@@ -88,6 +92,7 @@ impl fmt::Display for Action {
     }
 }
 
+/// A transition the state machine does not allow (for example, leaving a terminal state).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot {action} a job that is {from}: {hint}")]
 pub struct TransitionError {
@@ -133,6 +138,7 @@ impl JobState {
         }
     }
 
+    /// The write condition that matches this state: its status and version.
     pub fn expected(&self) -> Expected {
         Expected {
             status: self.status,

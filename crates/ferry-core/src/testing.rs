@@ -930,7 +930,21 @@ impl GrantMinter for MemMinter {
 // ---------------------------------------------------------------------------------------------
 // All together
 
-pub type FakePorts = Ports<MemStore, MemQueue, MemBus, MemBuilder, MemMinter, ManualClock>;
+/// The in-memory backend: every port a fake.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fakes;
+
+impl crate::ports::Backend for Fakes {
+    type Store = MemStore;
+    type Queue = MemQueue;
+    type Bus = MemBus;
+    type Builder = MemBuilder;
+    type Minter = MemMinter;
+    type Clock = ManualClock;
+}
+
+/// The handlers' ports over the fakes.
+pub type FakePorts = Ports<Fakes>;
 
 /// Fresh fakes sharing one clock that starts at `start_ms`.
 pub fn fake_ports(start_ms: u64) -> FakePorts {

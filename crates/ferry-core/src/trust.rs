@@ -55,6 +55,7 @@ const LABEL_GENERATED_ROOT: &[u8] = b"ferry vendor secret from generated text v1
 const JOB_CONTEXT: &[u8] = b"ferry-sync-job-v2";
 const REPORT_CONTEXT: &[u8] = b"ferry-sync-reported-v2";
 
+/// Why a signature, key or keyed id could not be made or checked; never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustError {
     #[error("the vendor secret is not valid: {reason}; generate one with `ferry vendor-key init` (locally `ferry dev` does it)")]

@@ -1,44 +1,5 @@
-//! The real `Clock` and `IdGenerator` for the local backend: the system clock and random ids.
-//!
-//! Handlers get time and fresh ids only through these ports; this module must never be used
-//! where a replay has to derive the same id (handlers derive those themselves).
+//! The real `Clock` and `IdGenerator` for the local backend: the system clock and random ids,
+//! defined once in ferry-clock (shared with the Lambda functions and the agent) and
+//! re-exported here so `ferry_local::clock::*` keeps working.
 
-use rand::RngCore as _;
-
-use ferry_core::ports::{Clock, IdGenerator};
-
-/// Unix milliseconds from the system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        crate::db::unix_ms()
-    }
-}
-
-/// 128 random bits as 32 lowercase hex characters (valid in every Ferry id).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RandomIds;
-
-impl IdGenerator for RandomIds {
-    fn new_id(&self) -> String {
-        let mut b = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_fresh_and_valid() {
-        let (a, b) = (RandomIds.new_id(), RandomIds.new_id());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 32);
-        assert!(ferry_core::id::BuildId::new(format!("b-{a}")).is_ok());
-        assert!(SystemClock.now_ms() > 1_600_000_000_000);
-    }
-}
+pub use ferry_clock::{RandomIds, SystemClock};

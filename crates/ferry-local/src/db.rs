@@ -234,12 +234,7 @@ fn migrate(conn: &mut Connection, path: Option<&Path>) -> Result<(), DbError> {
 }
 
 /// Unix time in milliseconds from the system clock (queues need wall time shared by processes).
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use ferry_clock::unix_ms;
 
 /// SQLite integers are i64; our times and versions are u64 well below i64::MAX.
 pub(crate) fn to_i64(v: u64) -> i64 {

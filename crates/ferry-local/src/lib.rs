@@ -7,9 +7,6 @@
 //! conditional, a received message stays hidden for its visibility timeout, and a poison
 //! message reaches the dead-letter queue after N receives.
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod bus;
 pub mod clock;
 pub mod db;

@@ -1,30 +1,33 @@
 //! Queue workers: the local stand-in for the SQS-triggered Lambda functions of the IMS.
 //!
 //! `run_queue_worker` long-polls one IMS queue in batches of up to 10 and hands each record to
-//! ferry-core's `process_batch` + `handlers::dispatch`. Succeeded records are deleted; failed ones
-//! are left to reappear after the visibility timeout (partial batch failure), with their error
-//! noted on the message, so a poison message reaches the dead-letter queue after N receives. On
-//! the last receive the job the message names, if any, records a `dead_lettered` error.
+//! ferry-core's `handle_record` (the same record path the Lambda functions use). Succeeded
+//! records are deleted; failed ones are left to reappear after the visibility timeout (partial
+//! batch failure), with their error noted on the message, so a poison message reaches the
+//! dead-letter queue after N receives. On the last receive `handle_record` has the job the
+//! message names, if any, record a `dead_lettered` error.
 //! `LocalIms` bundles the ports and runs one worker per queue. This module must never delete a
 //! message whose handling failed, and never let one record's failure stop the others.
 
-use std::sync::{Arc, Mutex};
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use ferry_core::event::{Event, Payload};
 use ferry_core::handlers::{self, Config, HandlerError, Ports};
-use ferry_core::id::{AppName, BuildId, ComponentName, QueueName, SyncId};
+use ferry_core::id::{AppName, BuildId, ComponentName, QueueName};
 use ferry_core::ports::{
-    Batch, Builder, Clock, GrantMinter, IdGenerator, JobStore, Queue, QueueError, ReceiptHandle,
-    ReceiveOptions, ReceivedMessage, WriteError, MAX_BATCH, MAX_WAIT_SECONDS,
+    Backend, Batch, Builder, Clock, GrantMinter, IdGenerator, Queue, QueueError, ReceiptHandle,
+    ReceiveOptions, ReceivedMessage, MAX_BATCH, MAX_WAIT_SECONDS,
 };
-use ferry_core::state::JobError;
+use ferry_core::record::{
+    decode_event, handle_record, Record, RecordError, RecordOutcome, Redrive,
+};
 use ferry_core::trust::VendorKey;
-use ferry_core::{process_batch, Record};
+use ferry_core::EventError;
 
 use crate::bus::{ims_queues, LocalBus};
 use crate::clock::{RandomIds, SystemClock};
@@ -32,11 +35,27 @@ use crate::db::Db;
 use crate::queue::{QueueConfig, SqliteQueue};
 use crate::store::SqliteStore;
 
-/// The handlers' ports on the local backend.
-pub type ImsPorts<B, G, C> = Ports<SqliteStore, SqliteQueue, LocalBus<SqliteQueue>, B, G, C>;
+/// The local backend: SQLite store and queues and the in-process bus, with builder `B`, grant
+/// minter `G` and clock `C` chosen by the caller (`ferry dev`, tests).
+pub struct Local<B, G, C>(PhantomData<Markers<B, G, C>>);
 
-/// The code a job's error gets when its message was given up on.
-pub const DEAD_LETTERED: &str = "dead_lettered";
+/// `fn() -> ..`: the marker owns none of its parameters, so it is always `Send + Sync`.
+type Markers<B, G, C> = fn() -> (B, G, C);
+
+impl<B: Builder, G: GrantMinter, C: Clock> Backend for Local<B, G, C> {
+    type Store = SqliteStore;
+    type Queue = SqliteQueue;
+    type Bus = LocalBus<SqliteQueue>;
+    type Builder = B;
+    type Minter = G;
+    type Clock = C;
+}
+
+/// The handlers' ports on the local backend.
+pub type ImsPorts<B, G, C> = Ports<Local<B, G, C>>;
+
+/// The code a job's error gets when its message was given up on (defined in ferry-core).
+pub use ferry_core::record::DEAD_LETTERED;
 
 /// The dead-letter queue of an IMS queue.
 pub fn dlq_name(queue: &QueueName) -> Result<QueueName, QueueError> {
@@ -67,10 +86,6 @@ pub struct WorkerStats {
     pub received: u64,
     pub succeeded: u64,
     pub failed: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs until `shutdown` turns true. Returns an error only when the queue cannot be served at
@@ -125,7 +140,7 @@ where
     Ok(stats)
 }
 
-/// Handles one received batch; returns (succeeded, failed).
+/// Handles one received batch through ferry-core's `handle_record`; returns (succeeded, failed).
 async fn process_messages<B, G, C>(
     ports: &ImsPorts<B, G, C>,
     queue: &QueueName,
@@ -137,6 +152,10 @@ where
     G: GrantMinter,
     C: Clock,
 {
+    let redrive = config.dlq.as_ref().map(|dlq| Redrive {
+        max_receive_count: config.max_receive_count,
+        dlq: format!("dead-letter queue {dlq}"),
+    });
     let mut done: Vec<ReceiptHandle> = Vec::new();
     let mut failed = 0u64;
     for msg in messages {
@@ -148,16 +167,23 @@ where
             event_type = tracing::field::Empty,
             job_id = tracing::field::Empty,
         );
-        let outcome = handle_one(ports, &msg, span.clone())
+        let record = Record {
+            message_id: msg.message_id.0.clone(),
+            body: msg.body.clone().into_bytes(),
+            receive_count: msg.receive_count,
+        };
+        let outcome = handle_record(ports, &record, redrive.as_ref(), decode_event)
             .instrument(span.clone())
             .await;
         match outcome {
-            Ok(()) => done.push(msg.receipt_handle),
-            Err(failure) => {
+            RecordOutcome::Done(outcome) => {
+                let _entered = span.enter();
+                tracing::info!(?outcome, "handled event");
+                done.push(msg.receipt_handle);
+            }
+            RecordOutcome::Retry(error) | RecordOutcome::DeadLetter(error) => {
                 failed += 1;
-                give_back(ports, queue, config, &msg, &failure)
-                    .instrument(span)
-                    .await;
+                give_back(ports, queue, &msg, &error).instrument(span).await;
             }
         }
     }
@@ -178,204 +204,29 @@ where
     (succeeded, failed)
 }
 
-/// Why one record failed.
-struct Failure {
-    message: String,
-    /// False when the record itself is suspect (it contradicts the job), so its failure must
-    /// not be pinned on the job it names.
-    blames_job: bool,
-}
-
-async fn handle_one<B, G, C>(
-    ports: &ImsPorts<B, G, C>,
-    msg: &ReceivedMessage,
-    span: tracing::Span,
-) -> Result<(), Failure>
-where
-    B: Builder,
-    G: GrantMinter,
-    C: Clock,
-{
-    let record = Record {
-        message_id: msg.message_id.0.clone(),
-        body: msg.body.clone().into_bytes(),
-        receive_count: msg.receive_count,
-    };
-    let error: Mutex<Option<Failure>> = Mutex::new(None);
-    let result = process_batch(std::slice::from_ref(&record), |event: Event| {
-        span.record("event_type", event.event_type());
-        if let Some(job) = job_of_event(&event) {
-            span.record("job_id", job.id());
-        }
-        let error = &error;
-        async move {
-            let r = handlers::dispatch(ports, &event).await;
-            if let Err(e) = &r {
-                *lock(error) = Some(Failure {
-                    message: e.to_string(),
-                    blames_job: !matches!(e, HandlerError::Mismatch { .. }),
-                });
-            }
-            r
-        }
-    })
-    .await;
-    if result.failed_message_ids.is_empty() {
-        return Ok(());
-    }
-    let handler_error = lock(&error).take();
-    Err(handler_error.unwrap_or_else(|| Failure {
-        // The handler never ran, so the record did not parse: say why.
-        message: ferry_core::parse_event(&record.body)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "the record could not be handled".into()),
-        blames_job: true,
-    }))
-}
-
-/// Leaves a failed message for redelivery, noting why; on its last allowed receive, records the
-/// error on the job it names.
+/// Leaves a failed message for redelivery (or the dead-letter queue), noting why on it.
 async fn give_back<B, G, C>(
     ports: &ImsPorts<B, G, C>,
     queue: &QueueName,
-    config: &QueueConfig,
     msg: &ReceivedMessage,
-    failure: &Failure,
+    error: &RecordError<EventError>,
 ) where
     B: Builder,
     G: GrantMinter,
     C: Clock,
 {
+    tracing::warn!(
+        error = %error,
+        retryable = matches!(error, RecordError::Handler(e) if e.is_retryable()),
+        "event handling failed"
+    );
     if let Err(e) = ports
         .queue
-        .note_failure(queue, &msg.receipt_handle, &failure.message)
+        .note_failure(queue, &msg.receipt_handle, &error.to_string())
         .await
     {
         tracing::warn!(error = %e, "could not note the failure on the message");
     }
-    let last_receive = config.dlq.is_some() && msg.receive_count >= config.max_receive_count;
-    if !last_receive || !failure.blames_job {
-        return;
-    }
-    let Some(job) = job_of_body(&msg.body) else {
-        tracing::error!(error = %failure.message, "message will be dead-lettered; it names no job");
-        return;
-    };
-    let dlq = config
-        .dlq
-        .as_ref()
-        .map(|q| q.to_string())
-        .unwrap_or_default();
-    let error = JobError::new(
-        DEAD_LETTERED,
-        format!(
-            "a message for this job failed {} times and was moved to dead-letter queue {dlq}: {}; \
-             fix the cause, then resend the event (see `dlq_messages`)",
-            msg.receive_count, failure.message
-        ),
-    );
-    tracing::error!(job_id = job.id(), error = %failure.message, "message will be dead-lettered; recording the error on its job");
-    if let Err(e) = fail_job(&ports.store, ports.clock.now_ms(), &job, &error).await {
-        tracing::warn!(job_id = job.id(), error = %e, "could not record the dead-letter error on the job");
-    }
-}
-
-/// The job a message is about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum JobRef {
-    Build(BuildId),
-    Sync(SyncId),
-}
-
-impl JobRef {
-    fn id(&self) -> &str {
-        match self {
-            JobRef::Build(b) => b.as_str(),
-            JobRef::Sync(s) => s.as_str(),
-        }
-    }
-}
-
-fn job_of_event(event: &Event) -> Option<JobRef> {
-    Some(match &event.payload {
-        Payload::BuildRequested(ev) => JobRef::Build(
-            ev.build_id
-                .clone()
-                .unwrap_or_else(|| BuildId::derived_from(&event.idempotency_key())),
-        ),
-        Payload::BuildCompleted(ev) => JobRef::Build(ev.build_id.clone()),
-        Payload::SyncRequested(ev) => JobRef::Sync(ev.sync_id.clone()),
-        Payload::SyncReported(ev) => JobRef::Sync(ev.sync_id.clone()),
-    })
-}
-
-/// Best effort on a body that may not parse: a valid `sync_id`, else a valid `build_id`, at the
-/// top level or in an EventBridge `detail`.
-fn job_of_body(body: &str) -> Option<JobRef> {
-    if let Ok(event) = ferry_core::parse_event(body.as_bytes()) {
-        return job_of_event(&event);
-    }
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    let v = v.get("detail").filter(|d| d.is_object()).unwrap_or(&v);
-    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_str);
-    if let Some(s) = field("sync_id").and_then(|s| SyncId::new(s).ok()) {
-        return Some(JobRef::Sync(s));
-    }
-    field("build_id")
-        .and_then(|b| BuildId::new(b).ok())
-        .map(JobRef::Build)
-}
-
-/// Marks an existing, unfinished job Failed (conditionally; a few tries under contention).
-async fn fail_job<S: JobStore>(
-    store: &S,
-    now: u64,
-    job: &JobRef,
-    error: &JobError,
-) -> Result<(), HandlerError> {
-    for _ in 0..5 {
-        let r = match job {
-            JobRef::Build(id) => {
-                let Some(b) = store.get_build(id).await? else {
-                    return Ok(());
-                };
-                if b.status().is_terminal() {
-                    return Ok(());
-                }
-                store
-                    .update_build(&b.fail(now, error.clone())?, b.state.expected())
-                    .await
-                    .map_err(|e| matches!(e, WriteError::Conflict(_)))
-            }
-            JobRef::Sync(id) => {
-                let Some(s) = store.get_sync(id).await? else {
-                    return Ok(());
-                };
-                if s.status().is_terminal() {
-                    return Ok(());
-                }
-                store
-                    .update_sync(&s.fail(now, error.clone(), None)?, s.state.expected())
-                    .await
-                    .map_err(|e| matches!(e, WriteError::Conflict(_)))
-            }
-        };
-        match r {
-            Ok(()) => return Ok(()),
-            Err(true) => continue,
-            Err(false) => {
-                return Err(HandlerError::Contention {
-                    what: "job",
-                    id: job.id().to_string(),
-                })
-            }
-        }
-    }
-    Err(HandlerError::Contention {
-        what: "job",
-        id: job.id().to_string(),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,7 +256,7 @@ impl Default for ImsOptions {
 
 /// The whole IMS on one machine: SQLite store and queues, the in-process bus, and a worker per
 /// IMS queue running ferry-core's handlers with builder `B` and grant minter `G`.
-pub struct LocalIms<B, G, C = SystemClock, I = RandomIds> {
+pub struct LocalIms<B: Builder, G: GrantMinter, C: Clock = SystemClock, I = RandomIds> {
     ports: Arc<ImsPorts<B, G, C>>,
     ids: I,
     options: ImsOptions,
@@ -452,7 +303,7 @@ where
                 )
                 .await?;
         }
-        let ports = Ports {
+        let ports: ImsPorts<B, G, C> = Ports {
             store: SqliteStore::new(db),
             bus: LocalBus::new(queue.clone()),
             queue,
@@ -547,27 +398,5 @@ impl RunningIms {
             out.push((name, r));
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jobs_are_found_in_bodies_that_do_not_parse() {
-        let bad_digest = r#"{"version":1,"type":"build.completed","build_id":"b-7","status":"succeeded","digest":"sha256:nothex","repository":"shop/web"}"#;
-        assert!(ferry_core::parse_event(bad_digest.as_bytes()).is_err());
-        assert_eq!(
-            job_of_body(bad_digest),
-            Some(JobRef::Build(BuildId::new("b-7").unwrap()))
-        );
-        let wrapped = r#"{"detail-type":"x","detail":{"sync_id":"s-1","build_id":"b-1"}}"#;
-        assert_eq!(
-            job_of_body(wrapped),
-            Some(JobRef::Sync(SyncId::new("s-1").unwrap()))
-        );
-        assert_eq!(job_of_body("not json"), None);
-        assert_eq!(job_of_body(r#"{"build_id":"bad id!"}"#), None);
     }
 }

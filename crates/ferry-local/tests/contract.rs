@@ -1,5 +1,4 @@
 //! ferry-core's port contract suites against the SQLite store and queues, on temp files.
-#![allow(clippy::unwrap_used)]
 
 use ferry_core::contract::{job_store_contract, queue_contract, QueueFixture};
 use ferry_core::id::QueueName;

@@ -5,36 +5,36 @@
 //! invocation borrows the result. This module must never read credentials itself (the SDK's
 //! default chain does) and never log a value it reads, apart from resource names.
 //!
-//! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT` (or
-//! `FERRY_CODEBUILD_PROJECT`), `FERRY_PULL_ROLE_ARN`, `FERRY_VENDOR_REGISTRY`, and
+//! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT`, `FERRY_PULL_ROLE_ARN`,
+//! `FERRY_VENDOR_REGISTRY`,
+//! `FERRY_MAX_RECEIVE_COUNT` (the queues' maxReceiveCount), and
 //! `FERRY_VENDOR_KEY_SECRET` (the Secrets Manager secret holding the vendor key, read once at
 //! cold start; its value is never logged, its public half is). The handlers do
 //! not need `FERRY_REPORT_QUEUE_URL`, `FERRY_INSTALL_QUEUE_PREFIX` or
 //! `FERRY_REPOSITORY_PREFIX`: an install record names its own queue, and a component its
 //! repository.
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use rand::RngCore as _;
-
 use ferry_aws::{
     CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
 };
-use ferry_core::ports::{Clock, IdGenerator};
+use ferry_core::ports::Backend;
 use ferry_core::trust::VendorKey;
 use ferry_core::{Config, Ports};
+use std::sync::Arc;
 
 pub const TABLE_ENV: &str = "FERRY_TABLE";
 pub const BUS_ENV: &str = "FERRY_EVENT_BUS";
-/// The name ferry-aws's `CodeBuildBuilder` documents; the template sets both.
+/// The CodeBuild project's name (the one name for it; ferry-aws's `CodeBuildBuilder` documents
+/// it too).
 pub const BUILD_PROJECT_ENV: &str = "FERRY_BUILD_PROJECT";
-pub const CODEBUILD_PROJECT_ENV: &str = "FERRY_CODEBUILD_PROJECT";
 pub const PULL_ROLE_ENV: &str = "FERRY_PULL_ROLE_ARN";
 /// `<account>.dkr.ecr.<region>.<suffix>`: grants name this host, account and region.
 pub const VENDOR_REGISTRY_ENV: &str = "FERRY_VENDOR_REGISTRY";
 /// The id or ARN of the Secrets Manager secret that holds the vendor key.
 pub const VENDOR_KEY_SECRET_ENV: &str = "FERRY_VENDOR_KEY_SECRET";
+/// The `maxReceiveCount` of the functions' queues (template.yaml sets it from the same
+/// parameter): on that receive a failing record's job records its error before the DLQ.
+pub const MAX_RECEIVE_COUNT_ENV: &str = "FERRY_MAX_RECEIVE_COUNT";
 
 /// The configuration could not be read; the function cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,6 +63,8 @@ pub struct Settings {
     pub grants: EcrGrantSettings,
     /// The secret holding the vendor key.
     pub vendor_key_secret: String,
+    /// The queues' `maxReceiveCount`.
+    pub max_receive_count: u32,
 }
 
 fn required(
@@ -116,14 +118,11 @@ impl Settings {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let table = required(&get, TABLE_ENV, "set it to the job table's name")?;
         let event_bus = required(&get, BUS_ENV, "set it to the Ferry event bus's name")?;
-        let build_project = match required(&get, BUILD_PROJECT_ENV, "") {
-            Ok(p) => p,
-            Err(_) => required(
-                &get,
-                CODEBUILD_PROJECT_ENV,
-                "set FERRY_BUILD_PROJECT (or FERRY_CODEBUILD_PROJECT) to the CodeBuild project's name",
-            )?,
-        };
+        let build_project = required(
+            &get,
+            BUILD_PROJECT_ENV,
+            "set it to the CodeBuild project's name",
+        )?;
         let pull_role_arn = required(
             &get,
             PULL_ROLE_ENV,
@@ -140,8 +139,23 @@ impl Settings {
             VENDOR_KEY_SECRET_ENV,
             "set it to the ARN of the secret holding the vendor key",
         )?;
+        let max_receive_count = required(
+            &get,
+            MAX_RECEIVE_COUNT_ENV,
+            "set it to the maxReceiveCount of the functions' queues",
+        )?;
+        let max_receive_count = max_receive_count
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or(ConfigError::Invalid {
+                name: MAX_RECEIVE_COUNT_ENV,
+                value: max_receive_count.chars().take(20).collect(),
+                reason: "expected a whole number of at least 1 (the queues' maxReceiveCount)",
+            })?;
         Ok(Settings {
             vendor_key_secret,
+            max_receive_count,
             table,
             event_bus,
             build_project,
@@ -165,40 +179,32 @@ pub struct AwsOverrides {
     pub test_credentials: bool,
 }
 
-/// Unix milliseconds from the system clock.
+/// The system clock and random ids, written once in ferry-clock.
+pub use ferry_clock::{RandomIds, SystemClock};
+
+/// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild, STS + ECR grants, the system clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub struct Aws;
 
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    }
-}
-
-/// 128 random bits as 32 lowercase hex characters (valid in every Ferry id).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RandomIds;
-
-impl IdGenerator for RandomIds {
-    fn new_id(&self) -> String {
-        let mut b = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut b);
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
+impl Backend for Aws {
+    type Store = DynamoStore;
+    type Queue = SqsQueue;
+    type Bus = EventBridgeBus;
+    type Builder = CodeBuildBuilder;
+    type Minter = EcrGrantMinter;
+    type Clock = SystemClock;
 }
 
 /// The ports on AWS.
-pub type AwsPorts =
-    Ports<DynamoStore, SqsQueue, EventBridgeBus, CodeBuildBuilder, EcrGrantMinter, SystemClock>;
+pub type AwsPorts = Ports<Aws>;
 
 /// Everything a handler needs: handles over SDK clients built once, borrowed per invocation.
 #[derive(Debug)]
 pub struct Deps {
     pub ports: AwsPorts,
     pub ids: RandomIds,
+    /// The queues' `maxReceiveCount`: a record failing on this receive is dead-lettered.
+    pub max_receive_count: u32,
 }
 
 impl Deps {
@@ -255,6 +261,7 @@ impl Deps {
                 vendor_key: Arc::new(vendor_key),
             },
             ids: RandomIds,
+            max_receive_count: settings.max_receive_count,
         })
     }
 }
@@ -276,13 +283,14 @@ mod tests {
     const FULL: &[(&str, &str)] = &[
         ("FERRY_TABLE", "ferry-jobs"),
         ("FERRY_EVENT_BUS", "ferry"),
-        ("FERRY_CODEBUILD_PROJECT", "ferry-build"),
+        ("FERRY_BUILD_PROJECT", "ferry-build"),
         ("FERRY_PULL_ROLE_ARN", "arn:aws:iam::123456789012:role/pull"),
         (
             "FERRY_VENDOR_REGISTRY",
             "123456789012.dkr.ecr.eu-west-1.amazonaws.com",
         ),
         ("FERRY_VENDOR_KEY_SECRET", "ferry-vendor-key"),
+        ("FERRY_MAX_RECEIVE_COUNT", "5"),
     ];
 
     #[test]
@@ -295,16 +303,6 @@ mod tests {
         assert_eq!(
             s.grants.registry_host.as_deref(),
             Some("123456789012.dkr.ecr.eu-west-1.amazonaws.com")
-        );
-    }
-
-    #[test]
-    fn build_project_wins_over_the_codebuild_alias() {
-        let mut pairs = FULL.to_vec();
-        pairs.push(("FERRY_BUILD_PROJECT", "other"));
-        assert_eq!(
-            Settings::from_lookup(env(&pairs)).unwrap().build_project,
-            "other"
         );
     }
 
@@ -323,10 +321,28 @@ mod tests {
         let pairs: Vec<_> = FULL
             .iter()
             .copied()
-            .filter(|(k, _)| *k != "FERRY_CODEBUILD_PROJECT")
+            .filter(|(k, _)| *k != "FERRY_BUILD_PROJECT")
             .collect();
         let err = Settings::from_lookup(env(&pairs)).unwrap_err();
         assert!(err.to_string().contains("FERRY_BUILD_PROJECT"), "{err}");
+    }
+
+    #[test]
+    fn the_max_receive_count_is_a_positive_number() {
+        assert_eq!(
+            Settings::from_lookup(env(FULL)).unwrap().max_receive_count,
+            5
+        );
+        for bad in ["0", "five", "-1"] {
+            let mut pairs = FULL.to_vec();
+            pairs.retain(|(k, _)| *k != "FERRY_MAX_RECEIVE_COUNT");
+            pairs.push(("FERRY_MAX_RECEIVE_COUNT", bad));
+            let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+            assert!(
+                err.to_string().starts_with("FERRY_MAX_RECEIVE_COUNT is"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -347,6 +363,7 @@ mod tests {
 
     #[test]
     fn clock_and_ids_are_plausible() {
+        use ferry_core::ports::{Clock as _, IdGenerator as _};
         assert!(SystemClock.now_ms() > 1_600_000_000_000);
         let (a, b) = (RandomIds.new_id(), RandomIds.new_id());
         assert_ne!(a, b);

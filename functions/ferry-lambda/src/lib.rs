@@ -7,9 +7,6 @@
 //! It must never let one bad record fail the batch, never decide job state itself, and never
 //! name an AWS SDK type (those stay in ferry-aws).
 
-// Tests may unwrap: a panic is how a test reports.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
-
 pub mod deps;
 pub mod logging;
 pub mod sqs;

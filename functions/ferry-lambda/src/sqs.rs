@@ -1,7 +1,10 @@
-//! One SQS batch, record by record: parse the body, check it is this function's event type,
-//! call the ferry-core handler through `dispatch`, and answer with the ids of the records that
-//! failed (`batchItemFailures`, for `ReportBatchItemFailures`), so SQS redelivers only those
-//! and, after the queue's receive limit, moves them to the dead-letter queue.
+//! One SQS batch, record by record: each goes through ferry-core's `handle_record` (the same
+//! record path ferry-local's worker uses) with this function's decoder (parse the body, check
+//! it is this function's event type), and the answer lists the records that failed
+//! (`batchItemFailures`, for `ReportBatchItemFailures`), so SQS redelivers only those and,
+//! after the queue's receive limit (`FERRY_MAX_RECEIVE_COUNT`), moves them to the dead-letter
+//! queue. On that last receive `handle_record` has the record's job record a `dead_lettered`
+//! error first, so a poisoned job shows why it stopped.
 //!
 //! Bodies: the build-completed function reads CodeBuild "Build State Change" events (the
 //! EventBridge envelope, as the rule's SQS target delivers it), mapped by ferry-aws to
@@ -21,8 +24,10 @@ use tracing::Instrument as _;
 use ferry_aws::builder::StateChangeError;
 use ferry_aws::CodeBuildStateChange;
 use ferry_core::event::{BUILD_COMPLETED, BUILD_REQUESTED, SYNC_REPORTED, SYNC_REQUESTED};
-use ferry_core::id::BuildId;
-use ferry_core::{dispatch, parse_event, Event, EventError, HandlerError, Outcome, Payload};
+use ferry_core::{
+    handle_record, parse_event, Event, EventError, HandlerError, Outcome, Record, RecordOutcome,
+    Redrive,
+};
 
 use crate::deps::Deps;
 
@@ -115,20 +120,21 @@ struct Probe {
     detail_type: Option<String>,
 }
 
-fn is_codebuild_state_change(body: &str) -> bool {
-    serde_json::from_str::<Probe>(body).is_ok_and(|p| {
+fn is_codebuild_state_change(body: &[u8]) -> bool {
+    serde_json::from_slice::<Probe>(body).is_ok_and(|p| {
         p.source.as_deref() == Some("aws.codebuild")
             || p.detail_type.as_deref() == Some("CodeBuild Build State Change")
     })
 }
 
 /// The event in `body`, or `None` for a state change that needs no action (still running).
-fn parse_body(kind: Kind, body: &str) -> Result<Option<Event>, RecordError> {
+fn parse_body(kind: Kind, body: impl AsRef<[u8]>) -> Result<Option<Event>, RecordError> {
+    let body = body.as_ref();
     if kind == Kind::BuildCompleted && is_codebuild_state_change(body) {
-        let change = CodeBuildStateChange::parse(body.as_bytes())?;
+        let change = CodeBuildStateChange::parse(body)?;
         return Ok(change.to_build_completed()?);
     }
-    let event = parse_event(body.as_bytes())?;
+    let event = parse_event(body)?;
     if event.event_type() != kind.event_type() {
         return Err(RecordError::WrongType {
             function: kind.function_name(),
@@ -139,37 +145,49 @@ fn parse_body(kind: Kind, body: &str) -> Result<Option<Event>, RecordError> {
     Ok(Some(event))
 }
 
-/// The job the event is about: the build id (derived as the handler derives it when the
-/// request named none) or the sync id.
-fn job_id(event: &Event) -> String {
-    match &event.payload {
-        Payload::BuildRequested(ev) => ev
-            .build_id
-            .clone()
-            .unwrap_or_else(|| BuildId::derived_from(&event.idempotency_key()))
-            .to_string(),
-        Payload::BuildCompleted(ev) => ev.build_id.to_string(),
-        Payload::SyncRequested(ev) => ev.sync_id.to_string(),
-        Payload::SyncReported(ev) => ev.sync_id.to_string(),
-    }
-}
-
-async fn handle_record(
+/// One record through ferry-core's `handle_record`, with this function's decoder and the
+/// queue's redrive policy (so the last receive records the job's error, as locally).
+async fn handle_one(
     deps: &Deps,
     kind: Kind,
     record: &SqsMessage,
+    receive_count: u32,
 ) -> Result<Option<Outcome>, RecordError> {
     let body = record.body.as_deref().ok_or(RecordError::NoBody)?;
-    let Some(event) = parse_body(kind, body)? else {
-        tracing::info!("build still in progress; nothing to record");
-        return Ok(None);
+    let record = Record {
+        message_id: record.message_id.clone().unwrap_or_default(),
+        body: body.as_bytes().to_vec(),
+        receive_count,
     };
-    let span = tracing::Span::current();
-    span.record("event_type", event.event_type());
-    span.record("job_id", job_id(&event).as_str());
-    // Boxed: the handlers' futures are deep, and an unboxed chain overflows rustc's layout
-    // recursion limit in the binaries.
-    Ok(Some(Box::pin(dispatch(&deps.ports, &event)).await?))
+    let redrive = Redrive {
+        max_receive_count: deps.max_receive_count,
+        dlq: format!("the {} function's dead-letter queue", kind.function_name()),
+    };
+    let outcome = handle_record(&deps.ports, &record, Some(&redrive), |body: &[u8]| {
+        parse_body(kind, body)
+    })
+    .await;
+    match outcome {
+        RecordOutcome::Done(None) => {
+            tracing::info!("build still in progress; nothing to record");
+            Ok(None)
+        }
+        RecordOutcome::Done(Some(outcome)) => Ok(Some(outcome)),
+        RecordOutcome::Retry(e) => Err(e.into()),
+        RecordOutcome::DeadLetter(e) => {
+            tracing::error!(error = %e, "last allowed receive: SQS moves this record to the dead-letter queue");
+            Err(e.into())
+        }
+    }
+}
+
+impl From<ferry_core::RecordError<RecordError>> for RecordError {
+    fn from(e: ferry_core::RecordError<RecordError>) -> RecordError {
+        match e {
+            ferry_core::RecordError::Decode(e) => e,
+            ferry_core::RecordError::Handler(e) => RecordError::Handler(e),
+        }
+    }
 }
 
 /// Handles every record of `records` in order and returns the failures; never stops early.
@@ -194,7 +212,7 @@ pub async fn process_records(
             event_type = Empty,
             job_id = Empty,
         );
-        let result = handle_record(deps, kind, record)
+        let result = handle_one(deps, kind, record, receive_count)
             .instrument(span.clone())
             .await;
         let _entered = span.enter();
@@ -266,8 +284,8 @@ mod tests {
         assert_eq!(event.event_type(), BUILD_REQUESTED);
         assert_eq!(event.id.as_ref().map(|i| i.as_str()), Some("e-1"));
         // Derived the way the handler derives it.
-        assert!(job_id(&event).starts_with("b-"));
-        assert_eq!(job_id(&event), job_id(&event.clone()));
+        assert!(event.job().to_string().starts_with("b-"));
+        assert_eq!(event.job(), event.clone().job());
     }
 
     #[test]
@@ -306,7 +324,7 @@ mod tests {
             } else {
                 "s-3f1c2a9d0b7e4c15a8e2d6f4b9c01e7a"
             };
-            assert_eq!(job_id(&parsed), want, "{file}");
+            assert_eq!(parsed.job().to_string(), want, "{file}");
         }
     }
 

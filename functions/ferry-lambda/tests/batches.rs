@@ -5,11 +5,12 @@
 
 mod common;
 
-use common::{batch, failed_ids, record, unique, Moto};
+use common::{batch, failed_ids, record, record_received, unique, Moto};
 use ferry_core::domain::{Component, ComponentKind, Install, RegistryTarget};
 use ferry_core::event::{parse_sync_job, Event, Payload, SyncReportStatus, SyncReported};
 use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository};
 use ferry_core::ports::{JobStore, PageRequest, Queue, ReceiveOptions};
+use ferry_core::record::DEAD_LETTERED;
 use ferry_core::seal::AgentKeypair;
 use ferry_core::state::JobStatus;
 use ferry_lambda::{handle_sqs_batch, process_records, Kind, RecordError};
@@ -321,4 +322,69 @@ async fn build_to_sync_through_the_four_functions_and_replays_are_no_ops() {
         .await
         .unwrap();
     assert!(more.is_empty(), "a replay enqueued another job: {more:?}");
+}
+
+#[tokio::test]
+async fn a_poisoned_record_on_its_last_receive_leaves_its_job_with_the_error() {
+    let moto = Moto::start().await;
+    let (deps, _settings) = common::deps(&moto).await;
+    let store = &deps.ports.store;
+    store.put_component(&component()).await.unwrap();
+    let failures = process_records(
+        &deps,
+        Kind::BuildRequested,
+        &[record("m-req", &build_requested("b-poison"))],
+    )
+    .await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let id = BuildId::new("b-poison").unwrap();
+    assert_eq!(
+        store.get_build(&id).await.unwrap().unwrap().status(),
+        JobStatus::Running
+    );
+
+    // A completion that names its build but never parses (not a sha256 digest).
+    let poison = serde_json::json!({
+        "version": 1, "type": "build.completed", "id": "done-b-poison", "build_id": "b-poison",
+        "status": "succeeded", "digest": "sha256:nothex", "repository": "shop/web",
+    })
+    .to_string();
+    assert_eq!(deps.max_receive_count, 5);
+    // Before the last receive: redelivered, the job untouched.
+    for n in 1..5 {
+        let failures = process_records(
+            &deps,
+            Kind::BuildCompleted,
+            &[record_received("m-poison", &poison, n)],
+        )
+        .await;
+        assert_eq!(failures.len(), 1);
+        assert!(matches!(failures[0].error, RecordError::Malformed(_)));
+        assert_eq!(
+            store.get_build(&id).await.unwrap().unwrap().status(),
+            JobStatus::Running,
+            "receive {n}"
+        );
+    }
+    // The last receive: still a failure (SQS moves it to the DLQ), and the job says why.
+    let failures = process_records(
+        &deps,
+        Kind::BuildCompleted,
+        &[record_received("m-poison", &poison, 5)],
+    )
+    .await;
+    assert_eq!(failures.len(), 1);
+    let b = store.get_build(&id).await.unwrap().unwrap();
+    assert_eq!(b.status(), JobStatus::Failed);
+    let err = b.state.error.unwrap();
+    assert_eq!(err.code, DEAD_LETTERED);
+    assert!(
+        err.message.contains("digest")
+            && err
+                .message
+                .contains("build-completed function's dead-letter queue")
+            && err.message.contains("5 times"),
+        "{}",
+        err.message
+    );
 }

@@ -320,6 +320,8 @@ async fn a_build_reaches_every_install_through_aws() {
             registry_host: Some(vendor.host()),
         },
         vendor_key_secret: "ferry-vendor-key".into(),
+        // The template's MaxReceiveCount default.
+        max_receive_count: 5,
     };
     ferry_testkit::create_secret(
         &moto.endpoint(),

@@ -1,16 +1,16 @@
 //! The IMS handlers end to end over the in-memory fakes.
 
-use crate::batch::{process_batch, Record};
 use crate::domain::{Component, ComponentKind, Install, RegistryTarget};
 use crate::event::{
-    parse_sync_job, BuildCompleted, BuildOutcome, BuildRequested, Event, Payload, SyncJobMessage,
-    SyncReportStatus, SyncReported,
+    parse_sync_job, BuildCompleted, BuildOutcome, BuildRequested, Event, JobRef, Payload,
+    SyncJobMessage, SyncReportStatus, SyncReported,
 };
 use crate::handlers::{dispatch, request_build, HandlerError, Outcome};
 use crate::id::{
     AppName, BuildId, ComponentName, Digest, EventId, InstallId, QueueName, Repository, SyncId,
 };
 use crate::ports::{Clock, JobStore, PageRequest, WriteError};
+use crate::record::{decode_event, handle_record, Record, RecordOutcome, Redrive, DEAD_LETTERED};
 use crate::state::JobStatus;
 use crate::testing::{fake_ports, FakePorts, SeqIds, FAKE_GRANT_TTL_MS};
 
@@ -768,16 +768,18 @@ async fn one_bad_message_never_sinks_a_batch() {
         rec("m3", &build_succeeded("b-missing", digest(1))),
         rec("m4", &build_succeeded("b-1", digest(1))),
     ];
-    let result = process_batch(&records, |ev| {
-        let p = &p;
-        async move { dispatch(p, &ev).await }
-    })
-    .await;
-    assert_eq!(result.failed_message_ids, vec!["m2", "m3"]);
-    assert_eq!(
-        result.to_sqs_response(),
-        serde_json::json!({"batchItemFailures": [{"itemIdentifier": "m2"}, {"itemIdentifier": "m3"}]})
-    );
+    let mut failed = Vec::new();
+    for record in &records {
+        let outcome = handle_record(&p, record, None, decode_event).await;
+        if outcome.failure().is_some() {
+            assert!(
+                matches!(outcome, RecordOutcome::Retry(_)),
+                "no redrive: only retries"
+            );
+            failed.push(record.message_id.as_str());
+        }
+    }
+    assert_eq!(failed, vec!["m2", "m3"]);
     let b = p
         .store
         .get_build(&BuildId::new("b-1").unwrap())
@@ -789,6 +791,77 @@ async fn one_bad_message_never_sinks_a_batch() {
         JobStatus::Succeeded,
         "records after a bad one still ran"
     );
+}
+
+#[tokio::test]
+async fn a_record_failing_on_its_last_receive_records_the_error_on_its_job() {
+    let p = setup(1).await;
+    run(&p, &build_requested("b-1")).await;
+    let redrive = Redrive {
+        max_receive_count: 3,
+        dlq: "dead-letter queue q-dlq".into(),
+    };
+    // Names its build but does not parse (a bad digest).
+    let poisoned = |receive_count| {
+        Record {
+        message_id: "m-poison".into(),
+        body: br#"{"version":1,"type":"build.completed","build_id":"b-1","status":"succeeded","digest":"sha256:nothex","repository":"shop/web"}"#.to_vec(),
+        receive_count,
+    }
+    };
+    let id = BuildId::new("b-1").unwrap();
+    let outcome = handle_record(&p, &poisoned(2), Some(&redrive), decode_event).await;
+    assert!(matches!(outcome, RecordOutcome::Retry(_)), "{outcome:?}");
+    assert_eq!(
+        p.store.get_build(&id).await.unwrap().unwrap().status(),
+        JobStatus::Running
+    );
+
+    let outcome = handle_record(&p, &poisoned(3), Some(&redrive), decode_event).await;
+    assert!(
+        matches!(outcome, RecordOutcome::DeadLetter(_)),
+        "{outcome:?}"
+    );
+    let b = p.store.get_build(&id).await.unwrap().unwrap();
+    assert_eq!(b.status(), JobStatus::Failed);
+    let err = b.state.error.unwrap();
+    assert_eq!(err.code, DEAD_LETTERED);
+    assert!(
+        err.message.contains("q-dlq") && err.message.contains("digest"),
+        "{}",
+        err.message
+    );
+
+    // A body that names no job is dead-lettered all the same.
+    let garbage = Record {
+        message_id: "m-garbage".into(),
+        body: b"not json".to_vec(),
+        receive_count: 3,
+    };
+    let outcome = handle_record(&p, &garbage, Some(&redrive), decode_event).await;
+    assert!(
+        matches!(outcome, RecordOutcome::DeadLetter(_)),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn an_event_names_its_job_and_a_broken_body_still_does() {
+    let ev = build_requested("b-7");
+    assert_eq!(ev.job(), JobRef::Build(BuildId::new("b-7").unwrap()));
+    let bad_digest = r#"{"version":1,"type":"build.completed","build_id":"b-7","status":"succeeded","digest":"sha256:nothex","repository":"shop/web"}"#;
+    assert!(crate::parse_event(bad_digest.as_bytes()).is_err());
+    assert_eq!(
+        JobRef::from_body(bad_digest.as_bytes()),
+        Some(JobRef::Build(BuildId::new("b-7").unwrap()))
+    );
+    let wrapped = r#"{"detail-type":"x","detail":{"sync_id":"s-1","build_id":"b-1"}}"#;
+    assert_eq!(
+        JobRef::from_body(wrapped.as_bytes()),
+        Some(JobRef::Sync(SyncId::new("s-1").unwrap()))
+    );
+    assert_eq!(JobRef::from_body(b"not json"), None);
+    assert_eq!(JobRef::from_body(br#"{"build_id":"bad id!"}"#), None);
 }
 
 #[tokio::test]
@@ -817,10 +890,11 @@ fn handler_futures_are_send_so_they_run_on_a_multi_threaded_runtime() {
     let ev = build_requested("b-1");
     let fut = dispatch(&p, &ev);
     assert_send(&fut);
-    let records: Vec<Record> = Vec::new();
-    let batch = process_batch(&records, |ev| {
-        let p = &p;
-        async move { dispatch(p, &ev).await }
-    });
-    assert_send(&batch);
+    let record = Record {
+        message_id: "m".into(),
+        body: Vec::new(),
+        receive_count: 1,
+    };
+    let handled = handle_record(&p, &record, None, decode_event);
+    assert_send(&handled);
 }

@@ -99,6 +99,7 @@ pub fn settings(pull_role_arn: &str) -> Settings {
         ("FERRY_PULL_ROLE_ARN", pull_role_arn.to_owned()),
         ("FERRY_VENDOR_REGISTRY", registry),
         ("FERRY_VENDOR_KEY_SECRET", unique("ferry-vendor-key")),
+        ("FERRY_MAX_RECEIVE_COUNT", "5".to_owned()),
     ]);
     Settings::from_lookup(|k| env.get(k).cloned()).unwrap()
 }
@@ -124,14 +125,19 @@ pub async fn deps(moto: &Moto) -> (Deps, Settings) {
     (deps, settings)
 }
 
-/// One SQS record as Lambda delivers it.
+/// One SQS record as Lambda delivers it, on its first receive.
 pub fn record(message_id: &str, body: &str) -> SqsMessage {
+    record_received(message_id, body, 1)
+}
+
+/// One SQS record as Lambda delivers it on its `receive_count`th receive.
+pub fn record_received(message_id: &str, body: &str, receive_count: u32) -> SqsMessage {
     let mut m = SqsMessage::default();
     m.message_id = Some(message_id.to_owned());
     m.receipt_handle = Some(format!("rh-{message_id}"));
     m.body = Some(body.to_owned());
     m.attributes
-        .insert("ApproximateReceiveCount".into(), "1".into());
+        .insert("ApproximateReceiveCount".into(), receive_count.to_string());
     m.event_source = Some("aws:sqs".into());
     m.aws_region = Some(REGION.into());
     m
