@@ -616,13 +616,76 @@ impl Graph {
     }
 }
 
+/// What bounds the transfers touching one host: a registry host is bounded by its client's
+/// adaptive limit (shared by every copy and manifest request over that client); a layout
+/// directory by a semaphore of `max_per_host` permits for this copy.
+enum HostGate {
+    Registry {
+        client: RegistryClient,
+        registry: String,
+    },
+    Layout(Arc<Semaphore>),
+}
+
+/// A permit of either kind, held (never read) for one blob transfer.
+enum HeldPermit {
+    Registry {
+        _permit: crate::client::HostPermit,
+    },
+    Layout {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+impl HostGate {
+    fn of(e: &Endpoint, per_layout: usize) -> HostGate {
+        match e {
+            Endpoint::Registry { client, r } => HostGate::Registry {
+                client: client.clone(),
+                registry: r.repo.registry.clone(),
+            },
+            Endpoint::Layout { .. } => {
+                HostGate::Layout(Arc::new(Semaphore::new(per_layout.max(1))))
+            }
+        }
+    }
+
+    /// The most transfers this host can ever run at once.
+    fn capacity(&self, per_layout: usize) -> usize {
+        match self {
+            HostGate::Registry { client, .. } => client.host_max(),
+            HostGate::Layout(_) => per_layout.max(1),
+        }
+    }
+
+    async fn acquire(&self, digest: &Digest) -> Result<HeldPermit> {
+        match self {
+            HostGate::Registry { client, registry } => Ok(HeldPermit::Registry {
+                _permit: client.host_permit(registry).await,
+            }),
+            HostGate::Layout(sem) => sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map(|p| HeldPermit::Layout { _permit: p })
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "blob {digest}: the transfer scheduler was shut down"
+                    ))
+                }),
+        }
+    }
+}
+
 /// Everything a blob transfer task needs, shared by all of them.
 struct BlobCtx {
     src: Endpoint,
     src_key: String,
     dsts: Vec<Endpoint>,
     dst_keys: Vec<String>,
-    hosts: HashMap<String, Arc<Semaphore>>,
+    hosts: HashMap<String, HostGate>,
+    /// Transfer tasks worth running at once: enough to fill every host's upper bound.
+    task_limit: usize,
     retry: RetryPolicy,
     progress: Arc<dyn ProgressSink>,
 }
@@ -631,22 +694,30 @@ impl BlobCtx {
     fn new(
         src: Endpoint,
         dsts: Vec<Endpoint>,
-        per_host: usize,
+        per_layout: usize,
         retry: RetryPolicy,
         progress: Arc<dyn ProgressSink>,
     ) -> Self {
         let src_key = src.host_key();
         let dst_keys: Vec<String> = dsts.iter().map(Endpoint::host_key).collect();
-        let hosts = std::iter::once(&src_key)
-            .chain(dst_keys.iter())
-            .map(|k| (k.clone(), Arc::new(Semaphore::new(per_host.max(1)))))
-            .collect();
+        let mut hosts = HashMap::new();
+        for (k, e) in std::iter::once((&src_key, &src)).chain(dst_keys.iter().zip(&dsts)) {
+            hosts
+                .entry(k.clone())
+                .or_insert_with(|| HostGate::of(e, per_layout));
+        }
+        let task_limit = hosts
+            .values()
+            .map(|g| g.capacity(per_layout))
+            .sum::<usize>()
+            .max(1);
         BlobCtx {
             src,
             src_key,
             dsts,
             dst_keys,
             hosts,
+            task_limit,
             retry,
             progress,
         }
@@ -661,13 +732,8 @@ async fn copy_blobs(
     let mut jobs: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (d.clone(), *s)).collect();
     // Largest first: the long transfers start early and small ones fill the gaps.
     jobs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    // Enough tasks to saturate every host; the per-host semaphores do the real bounding.
-    let limit = ctx
-        .hosts
-        .values()
-        .map(|s| s.available_permits())
-        .sum::<usize>()
-        .max(1);
+    // Enough tasks to saturate every host; the per-host permits do the real bounding.
+    let limit = ctx.task_limit;
     let mut jobs = jobs.into_iter();
     // A JoinSet aborts whatever is still running when it is dropped on the first error.
     let mut running = tokio::task::JoinSet::new();
@@ -713,12 +779,8 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
     keys.dedup();
     let mut permits = Vec::with_capacity(keys.len());
     for k in keys {
-        if let Some(sem) = ctx.hosts.get(k) {
-            permits.push(sem.clone().acquire_owned().await.map_err(|_| {
-                Error::Config(format!(
-                    "blob {digest}: the transfer scheduler was shut down"
-                ))
-            })?);
+        if let Some(gate) = ctx.hosts.get(k) {
+            permits.push(gate.acquire(digest).await?);
         }
     }
 

@@ -13,7 +13,9 @@
 //! token flow and its cache.
 
 mod blob;
+mod limiter;
 mod manifest;
+mod ranged;
 mod referrers;
 mod tags;
 #[cfg(test)]
@@ -37,6 +39,15 @@ use crate::retry::RetryPolicy;
 
 use transport::header_str;
 
+pub use limiter::{
+    HostLimits, HostPermit, DEFAULT_DECREASE_COOLDOWN, DEFAULT_INITIAL_PER_HOST,
+    DEFAULT_MAX_PER_HOST, DEFAULT_MIN_PER_HOST,
+};
+pub use ranged::{
+    RangedReads, DEFAULT_RANGED_MAX_PARALLEL, DEFAULT_RANGED_PART_BUFFER, DEFAULT_RANGED_PART_SIZE,
+    DEFAULT_RANGED_THRESHOLD,
+};
+
 /// Manifests are buffered (their digest is over the exact bytes); anything bigger than this
 /// is refused rather than held in memory.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -58,6 +69,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// A read that stalls this long is a failure (then retried or resumed).
     pub read_timeout: Duration,
+    /// Concurrency per registry host, shared by everything this client does, adapted to
+    /// the link (see [`HostLimits`]).
+    pub per_host: HostLimits,
+    /// When and how large blobs are read as parallel `Range` requests (see [`RangedReads`]).
+    pub ranged: RangedReads,
 }
 
 impl Default for ClientConfig {
@@ -69,6 +85,8 @@ impl Default for ClientConfig {
             user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
+            per_host: HostLimits::default(),
+            ranged: RangedReads::default(),
         }
     }
 }
@@ -95,6 +113,7 @@ struct Inner {
     auth: AuthState,
     token_fetch: tokio::sync::Mutex<()>,
     requests: AtomicU64,
+    limiter: limiter::HostLimiter,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -129,10 +148,11 @@ impl RegistryClient {
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 http,
-                config,
                 auth: AuthState::default(),
                 token_fetch: tokio::sync::Mutex::new(()),
                 requests: AtomicU64::new(0),
+                limiter: limiter::HostLimiter::new(&config.per_host),
+                config,
             }),
         })
     }
@@ -164,6 +184,35 @@ impl RegistryClient {
     /// benchmarks and tests.
     pub fn request_count(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Waits for one unit of `registry`'s concurrency (the client-wide, adaptive per-host
+    /// limit). Blob requests do not take one themselves: a caller moving a blob holds one
+    /// per host for the whole transfer, and the client's own manifest requests share the
+    /// same limit. Never hold two permits of one host while waiting for a third, or
+    /// transfers can deadlock each other; take permits of several hosts in a fixed order.
+    pub async fn host_permit(&self, registry: &str) -> HostPermit {
+        self.inner.limiter.acquire(registry).await
+    }
+
+    /// A permit of `registry` if one is free right now (for optional extra parallelism).
+    pub(crate) fn try_host_permit(&self, registry: &str) -> Option<HostPermit> {
+        self.inner.limiter.try_acquire(registry)
+    }
+
+    /// `registry`'s current concurrency limit.
+    pub fn host_limit(&self, registry: &str) -> usize {
+        self.inner.limiter.limit(registry)
+    }
+
+    /// The most permits of `registry` ever held at once (for tests and benchmarks).
+    pub fn host_peak(&self, registry: &str) -> usize {
+        self.inner.limiter.peak(registry)
+    }
+
+    /// The hard upper bound of every host's limit.
+    pub fn host_max(&self) -> usize {
+        self.inner.limiter.max()
     }
 }
 
