@@ -844,10 +844,89 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
         }
     }
 
+    // Upload once per registry, mount the rest: a destination that is another repository of
+    // a registry this transfer already uploads to, under the same identity, gets a
+    // cross-repository mount from that repository once the upload has committed.
+    let (upload, followers) = split_for_mounts(ctx, &pending);
+    stream_with_retries(ctx, digest, size, upload).await?;
+    let mounts = followers
+        .iter()
+        .map(|&(i, leader)| async move { (i, mount_from_sibling(ctx, leader, i, digest).await) });
+    let fallback: Vec<usize> = futures::future::join_all(mounts)
+        .await
+        .into_iter()
+        .filter_map(|(i, mounted)| (!mounted).then_some(i))
+        .collect();
+    if !fallback.is_empty() {
+        // A registry that answered 202 (or refused) gets the bytes after all.
+        stream_with_retries(ctx, digest, size, fallback).await?;
+    }
+    // The permits are released only after BlobFinished, so events show the real overlap.
+    let outcome = finish(BlobOutcome::Copied);
+    drop(permits);
+    outcome
+}
+
+/// Splits the destinations that need a blob into those the bytes are streamed to and those
+/// that can mount it from one of them afterwards, as `(destination, leader)` pairs. A
+/// follower is a registry destination on the same registry as an earlier streamed one whose
+/// credentials are the same identity (the mount is authorised as the follower's identity and
+/// needs pull on the leader's repository, which the same credential covers).
+fn split_for_mounts(ctx: &BlobCtx, pending: &[usize]) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let mut upload: Vec<usize> = Vec::new();
+    let mut followers = Vec::new();
+    for &i in pending {
+        let leader = match &ctx.dsts[i] {
+            Endpoint::Registry { client, r } => upload.iter().copied().find(|&j| {
+                matches!(&ctx.dsts[j], Endpoint::Registry { r: lr, .. }
+                    if lr.repo.registry == r.repo.registry && client.same_identity(&lr.repo, &r.repo))
+            }),
+            Endpoint::Layout { .. } => None,
+        };
+        match leader {
+            Some(j) => followers.push((i, j)),
+            None => upload.push(i),
+        }
+    }
+    (upload, followers)
+}
+
+/// Mounts a just-uploaded blob from destination `leader`'s repository into destination
+/// `i`'s. Whether it is there now; a 202 or an error means it must be uploaded after all.
+async fn mount_from_sibling(ctx: &BlobCtx, leader: usize, i: usize, digest: &Digest) -> bool {
+    let (Endpoint::Registry { r: from, .. }, Endpoint::Registry { client, r: to }) =
+        (&ctx.dsts[leader], &ctx.dsts[i])
+    else {
+        return false;
+    };
+    if from.repo == to.repo {
+        return true; // the same repository under another tag: the upload already put it there
+    }
+    match client
+        .mount_blob(&to.repo, &from.repo.repository, digest)
+        .await
+    {
+        Ok(MountOutcome::Mounted) => true,
+        Ok(MountOutcome::NotMounted) => false,
+        Err(e) => {
+            tracing::debug!(%digest, error = %e, "mount between destinations failed; uploading instead");
+            false
+        }
+    }
+}
+
+/// Streams the blob to `targets`, retrying the destinations that failed (re-opening the
+/// source each time) while the cause is retryable and the policy allows.
+async fn stream_with_retries(
+    ctx: &BlobCtx,
+    digest: &Digest,
+    size: u64,
+    mut targets: Vec<usize>,
+) -> Result<()> {
     let mut attempt = 1;
     loop {
-        match fan_out(ctx, digest, size, &pending).await {
-            Ok(()) => break,
+        match fan_out(ctx, digest, size, &targets).await {
+            Ok(()) => return Ok(()),
             Err(failure) => {
                 if !failure.cause.is_retryable() || !ctx.retry.should_retry(attempt) {
                     return Err(failure.cause);
@@ -859,14 +938,10 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
                 });
                 tokio::time::sleep(ctx.retry.delay(attempt, None)).await;
                 attempt += 1;
-                pending = failure.failed;
+                targets = failure.failed;
             }
         }
     }
-    // The permits are released only after BlobFinished, so events show the real overlap.
-    let outcome = finish(BlobOutcome::Copied);
-    drop(permits);
-    outcome
 }
 
 /// Why one fan-out attempt failed, and which destinations still lack the blob.
