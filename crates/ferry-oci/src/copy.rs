@@ -136,6 +136,19 @@ impl CopyEngine {
             dsts.push(self.open(d, true).await?);
         }
 
+        // 0. Warm by digest: a source named by digest, that every destination already holds
+        // under its tag, needs nothing from the source at all (one HEAD per destination).
+        let early = self.warm_by_digest(&src, &dsts).await?;
+        if let Some((digest, held)) = &early {
+            if held.iter().all(|h| *h == Held::Tagged) {
+                return Ok(CopyReport {
+                    digest: Some(digest.clone()),
+                    duration: started.elapsed(),
+                    ..CopyReport::default()
+                });
+            }
+        }
+
         // 1. The root, narrowed to one platform if asked.
         let mut root = src.root_manifest().await?;
         if let Some(want) = &self.options.platform {
@@ -157,27 +170,24 @@ impl CopyEngine {
         }
 
         // Each destination's tag, decided once: used by the warm check and written last.
-        let source_tag = src.tag().map(str::to_string);
-        let tags: Vec<Option<String>> = dsts
-            .iter()
-            .map(|d| {
-                self.options
-                    .tag_override
-                    .clone()
-                    .or_else(|| d.tag().map(str::to_string))
-                    .or_else(|| d.digest().is_none().then(|| source_tag.clone()).flatten())
-            })
-            .collect();
+        let tags: Vec<Option<String>> =
+            dsts.iter().map(|d| self.destination_tag(&src, d)).collect();
 
         // 1b. Warm check: a destination that already holds the root holds its whole graph,
         // so it needs no blob or manifest HEADs, at most the tag.
         let mut held = Vec::with_capacity(dsts.len());
-        for (d, tag) in dsts.iter().zip(&tags) {
-            held.push(if self.options.referrers {
-                Held::Missing
-            } else {
-                d.holds_root(&root, tag.as_deref()).await?
-            });
+        match early {
+            // Already asked about this very digest (the source named it): not again.
+            Some((digest, early_held)) if digest == root.digest => held = early_held,
+            _ => {
+                for (d, tag) in dsts.iter().zip(&tags) {
+                    held.push(if self.options.referrers {
+                        Held::Missing
+                    } else {
+                        d.holds_root(&root.digest, tag.as_deref()).await?
+                    });
+                }
+            }
         }
 
         // 2. The graph.
@@ -254,6 +264,49 @@ impl CopyEngine {
         }
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// The warm check done before the source is touched, possible when the source names a
+    /// digest, no platform is selected (the root is then that digest), referrers are not
+    /// copied, and every destination is a registry that names no other digest. Returns the
+    /// digest and what each destination holds, or `None` when the check does not apply.
+    async fn warm_by_digest(
+        &self,
+        src: &Endpoint,
+        dsts: &[Endpoint],
+    ) -> Result<Option<(Digest, Vec<Held>)>> {
+        let Some(digest) = src.digest() else {
+            return Ok(None);
+        };
+        if self.options.platform.is_some() || self.options.referrers {
+            return Ok(None);
+        }
+        if dsts.iter().any(|d| {
+            matches!(d, Endpoint::Layout { .. }) || d.digest().is_some_and(|w| w != digest)
+        }) {
+            return Ok(None);
+        }
+        let mut held = Vec::with_capacity(dsts.len());
+        for d in dsts {
+            let tag = self.destination_tag(src, d);
+            held.push(d.holds_root(digest, tag.as_deref()).await?);
+        }
+        Ok(Some((digest.clone(), held)))
+    }
+
+    /// The tag written at `dst`: the override, else the destination's own, else (when the
+    /// destination names no digest) the source's.
+    fn destination_tag(&self, src: &Endpoint, dst: &Endpoint) -> Option<String> {
+        self.options
+            .tag_override
+            .clone()
+            .or_else(|| dst.tag().map(str::to_string))
+            .or_else(|| {
+                dst.digest()
+                    .is_none()
+                    .then(|| src.tag().map(str::to_string))
+                    .flatten()
+            })
     }
 
     async fn open(&self, reference: &Reference, destination: bool) -> Result<Endpoint> {
@@ -418,21 +471,21 @@ impl Endpoint {
     /// present (and Ferry writes children first), so holding the root by digest means
     /// holding its whole graph: one or two HEADs instead of one per blob and manifest.
     /// Layouts are cheap to check file by file, so they always take the full path.
-    async fn holds_root(&self, root: &Manifest, tag: Option<&str>) -> Result<Held> {
+    async fn holds_root(&self, root: &Digest, tag: Option<&str>) -> Result<Held> {
         let Endpoint::Registry { client, r } = self else {
             return Ok(Held::Missing);
         };
         if let Some(tag) = tag {
             if let Some(existing) = client.head_manifest(&r.repo, tag).await? {
-                if existing.digest == root.digest {
+                if &existing.digest == root {
                     return Ok(Held::Tagged);
                 }
             }
         }
         let present = client
-            .head_manifest(&r.repo, root.digest.as_str())
+            .head_manifest(&r.repo, root.as_str())
             .await?
-            .is_some_and(|d| d.digest == root.digest);
+            .is_some_and(|d| &d.digest == root);
         Ok(match (present, tag) {
             (false, _) => Held::Absent,
             (true, Some(_)) => Held::Present,

@@ -675,3 +675,41 @@ async fn the_host_limit_holds_for_the_whole_client_under_429s() {
     assert!(client.host_peak(&addr) <= 4);
     assert!((1..=4).contains(&client.host_limit(&addr)));
 }
+
+#[tokio::test]
+async fn a_warm_re_copy_by_digest_is_one_request_and_never_touches_the_source() {
+    let src = DockerRegistry::start();
+    let dst = DockerRegistry::start();
+    let img = push_multi_layer(src.addr(), "warm/app", "v1", 72);
+    let from = format!("{}/warm/app@{}", src.addr(), img.manifest.digest);
+    for to in [
+        format!("{}/warm/app:v1", dst.addr()),
+        format!("{}/warm/app@{}", dst.addr(), img.manifest.digest),
+    ] {
+        copy_with(
+            client_with(CredentialStore::new()),
+            &from,
+            std::slice::from_ref(&to),
+            CopyOptions::default(),
+        )
+        .await
+        .expect("cold copy");
+        let (s, d) = (src.mark(), dst.mark());
+        let report = copy_with(
+            client_with(CredentialStore::new()),
+            &from,
+            std::slice::from_ref(&to),
+            CopyOptions::default(),
+        )
+        .await
+        .expect("warm copy");
+        assert_eq!(
+            report.digest.map(|d| d.to_string()),
+            Some(img.manifest.digest.clone())
+        );
+        assert_eq!(src.requests_since(s), vec![], "{to}: the source was asked");
+        let at_dst = dst.requests_since(d);
+        assert_eq!(at_dst.len(), 1, "{to}: {at_dst:?}");
+        assert_eq!(at_dst[0].method, "HEAD");
+    }
+}

@@ -151,6 +151,9 @@ impl HostLimiter {
             Ok(h) => h,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(h) = hosts.get(key) {
+            return h.clone();
+        }
         hosts
             .entry(key.to_string())
             .or_insert_with(|| {
