@@ -14,7 +14,8 @@
 #
 # Env: WAN_RTTS (ms, "20 100"), WAN_WINDOW_KIB (per connection, 4096), WAN_BIG_MIB (1024),
 # WAN_SERVICE_MIB (135, the largest of 30 layers is 48/135 of it), WAN_LAYERS (30),
-# WAN_RSS_MIB ("256 2048"; empty skips (e)), WAN_FANOUT (4).
+# WAN_RSS_MIB ("256 2048"; empty skips (e)), WAN_FANOUT (4), WAN_FERRY_ARGS (extra `ferry copy`
+# flags, e.g. "--range-part-mib 4", for tuning runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +33,8 @@ done
 echo "building ferry and the delay proxy (release)…" >&2
 cargo build --release -q -p ferry-cli -p ferry-testkit --bin ferry --bin delay-proxy
 FERRY="$PWD/target/release/ferry"
+# shellcheck disable=SC2206
+FERRY_ARGS=(${WAN_FERRY_ARGS:-})
 PROXY="$PWD/target/release/delay-proxy"
 
 WORK=$(mktemp -d /tmp/ferry-wan.XXXXXX)
@@ -161,7 +164,7 @@ for rtt in $RTTS; do
   # (a) one large layer, (b) the service image: ferry, then skopeo.
   for img in big svc; do
     s0=$(mark src); d0=$(mark "f$rtt")
-    timed "f_$img" "$FERRY" copy "$px/$img:v1" "$fd/$img:v1"
+    timed "f_$img" "$FERRY" copy "${FERRY_ARGS[@]}" "$px/$img:v1" "$fd/$img:v1"
     fs=$(count src "$s0" "$ANY"); fdr=$(count "f$rtt" "$d0" "$ANY")
     s0=$(mark src); d0=$(mark "s$rtt")
     timed "s_$img" "${SKOPEO[@]}" "docker://$px/$img:v1" "docker://$sd/$img:v1"
@@ -174,7 +177,7 @@ for rtt in $RTTS; do
 
   # (c) warm re-copy of the service image by digest.
   s0=$(mark src); d0=$(mark "f$rtt")
-  timed f_warm "$FERRY" copy "$px/svc@$SVC_DIGEST" "$fd/svc:v1"
+  timed f_warm "$FERRY" copy "${FERRY_ARGS[@]}" "$px/svc@$SVC_DIGEST" "$fd/svc:v1"
   fs=$(count src "$s0" "$ANY"); fdr=$(count "f$rtt" "$d0" "$ANY")
   s0=$(mark src); d0=$(mark "s$rtt")
   timed s_warm "${SKOPEO[@]}" "docker://$px/svc@$SVC_DIGEST" "docker://$sd/svc:v1"
@@ -185,7 +188,7 @@ for rtt in $RTTS; do
   # (d) fan-out of the service image to FANOUT repositories of one (fresh) registry.
   dests=(); for i in $(seq "$FANOUT"); do dests+=("$ffd/fan$i/svc:v1"); done
   s0=$(mark src); d0=$(mark "ff$rtt")
-  timed f_fan "$FERRY" copy "$px/svc:v1" "${dests[@]}"
+  timed f_fan "$FERRY" copy "${FERRY_ARGS[@]}" "$px/svc:v1" "${dests[@]}"
   fs=$(count src "$s0" "$ANY"); fdr=$(count "ff$rtt" "$d0" "$ANY"); fput=$(count "ff$rtt" "$d0" "$BLOB_PUT")
   s0=$(mark src); d0=$(mark "sf$rtt"); T_s_fan=0; M_s_fan=0
   for i in $(seq "$FANOUT"); do
@@ -205,7 +208,7 @@ if [ -n "$RSS_MIB" ]; then
     make_image "$WORK/one$mib" v1 $((mib * 1024)) >/dev/null
     skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$WORK/one$mib:v1" "docker://$REG_src/one$mib:v1"
     rm -rf "$WORK/one$mib"
-    timed rss_on "$FERRY" copy "$px/one$mib:v1" "$REG_rss/on$mib:v1"
+    timed rss_on "$FERRY" copy "${FERRY_ARGS[@]}" "$px/one$mib:v1" "$REG_rss/on$mib:v1"
     timed rss_off "$FERRY" copy --range-threshold-mib 0 "$px/one$mib:v1" "$REG_rss/off$mib:v1"
     row "(e) ${mib} MiB layer @${rtt}ms: ferry, ranged" "$T_rss_on" "$M_rss_on" "-" "-" ""
     row "(e) ${mib} MiB layer @${rtt}ms: ferry, one stream" "$T_rss_off" "$M_rss_off" "-" "-" "--range-threshold-mib 0"

@@ -39,6 +39,12 @@ pub struct CopyArgs {
     /// Blobs of at least this many MiB are read as parallel Range requests (0: never).
     #[arg(long, default_value_t = 32, value_name = "MIB")]
     range_threshold_mib: u64,
+    /// MiB per Range request of a ranged read.
+    #[arg(long, default_value_t = 8, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    range_part_mib: u64,
+    /// Range requests of one blob in flight at once (also bounded by the host limit).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(2..=64))]
+    range_parallel: u16,
     /// Allow plain HTTP and unverified TLS for every registry (loopback is always allowed).
     #[arg(long)]
     insecure: bool,
@@ -172,6 +178,8 @@ pub async fn run(args: CopyArgs) -> Result<()> {
         },
         ranged: RangedReads {
             threshold: args.range_threshold_mib.saturating_mul(1024 * 1024),
+            part_size: args.range_part_mib.saturating_mul(1024 * 1024),
+            max_parallel: usize::from(args.range_parallel),
             ..RangedReads::default()
         },
         ..ClientConfig::default()
@@ -281,6 +289,8 @@ mod tests {
             max_per_host: 4,
             max_per_host_ceiling: 16,
             range_threshold_mib: 32,
+            range_part_mib: 8,
+            range_parallel: 8,
             insecure: false,
             json: false,
             src_creds: Some(src_creds.into()),

@@ -3,9 +3,10 @@
 //! Each registry host has a limit that starts at [`HostLimits::initial`] and moves between
 //! [`HostLimits::min`] and [`HostLimits::max`] by AIMD: it is halved when the host throttles
 //! (429 or 503, at most once per [`HostLimits::decrease_cooldown`], so one burst of refusals
-//! seen by every in-flight request halves it once), and it grows by one after `limit`
-//! successes seen while the host was saturated (congestion avoidance: the link is only probed
-//! when the limit is what holds the work back).
+//! seen by every in-flight request halves it once), and it grows while the host is saturated
+//! (the limit is what holds the work back): by one per success until the host first throttles
+//! (slow start, so a long link gets its connections within a few round trips), then by one
+//! per `limit` successes (congestion avoidance).
 //!
 //! The bound is the client's, not a copy's: manifest requests take a permit inside the client,
 //! and the copy engine takes one per blob transfer (its requests run under it), so concurrent
@@ -90,6 +91,8 @@ struct HostState {
     in_flight: usize,
     peak: usize,
     successes: usize,
+    /// No throttle seen yet: grow by one per saturated success.
+    slow_start: bool,
     last_decrease: Option<Instant>,
 }
 
@@ -165,6 +168,7 @@ impl HostLimiter {
                         in_flight: 0,
                         peak: 0,
                         successes: 0,
+                        slow_start: true,
                         last_decrease: None,
                     }),
                 })
@@ -216,6 +220,7 @@ impl HostLimiter {
         }
         st.last_decrease = Some(now);
         st.successes = 0;
+        st.slow_start = false;
         let target = (st.limit / 2).max(self.limits.min);
         let cut = st.limit - target;
         if cut == 0 {
@@ -232,7 +237,8 @@ impl HostLimiter {
         );
     }
 
-    /// A request to the host succeeded: grow by one after `limit` successes while saturated.
+    /// A request to the host succeeded: while saturated, grow by one (slow start), or by one
+    /// per `limit` successes once the host has throttled.
     pub(crate) fn succeeded(&self, key: &str) {
         let host = self.host(key);
         let Ok(mut st) = host.state.lock() else {
@@ -242,7 +248,7 @@ impl HostLimiter {
             return;
         }
         st.successes += 1;
-        if st.successes < st.limit {
+        if !st.slow_start && st.successes < st.limit {
             return;
         }
         st.successes = 0;
@@ -302,23 +308,43 @@ mod tests {
 
     #[tokio::test]
     async fn grows_only_while_saturated_and_never_above_max() {
-        let l = HostLimiter::new(&limits(2, 3));
+        let l = HostLimiter::new(&limits(2, 6));
         // Not saturated: no growth.
         for _ in 0..10 {
             l.succeeded("h");
         }
         assert_eq!(l.limit("h"), 2);
         let mut held: Vec<HostPermit> = (0..2).filter_map(|_| l.try_acquire("h")).collect();
-        for _ in 0..2 {
-            l.succeeded("h");
-        }
+        // Slow start: one more per saturated success.
+        l.succeeded("h");
         assert_eq!(l.limit("h"), 3);
         held.extend(l.try_acquire("h"));
-        assert_eq!(held.len(), 3);
-        for _ in 0..100 {
+        l.succeeded("h");
+        assert_eq!(l.limit("h"), 4);
+        held.extend(l.try_acquire("h"));
+        // After a throttle: halved, then one more per `limit` saturated successes.
+        l.throttled("h");
+        assert_eq!(l.limit("h"), 2);
+        held.truncate(2);
+        for _ in 0..1 {
             l.succeeded("h");
         }
-        assert_eq!(l.limit("h"), 3, "bounded above");
+        assert_eq!(
+            l.limit("h"),
+            2,
+            "congestion avoidance waits for `limit` successes"
+        );
+        l.succeeded("h");
+        assert_eq!(l.limit("h"), 3);
+        held.extend(l.try_acquire("h"));
+        for _ in 0..100 {
+            if let Some(p) = l.try_acquire("h") {
+                held.push(p);
+            }
+            l.succeeded("h");
+        }
+        assert_eq!(l.limit("h"), 6, "bounded above");
+        assert_eq!(held.len(), 6);
         assert!(l.try_acquire("h").is_none());
     }
 
