@@ -669,13 +669,15 @@ impl Graph {
     }
 }
 
-/// What bounds the transfers touching one host: a registry host is bounded by its client's
-/// adaptive limit (shared by every copy and manifest request over that client); a layout
-/// directory by a semaphore of `max_per_host` permits for this copy.
+/// What bounds the transfers touching one host: a registry host by its client's adaptive
+/// limit (shared by every copy and manifest request over that client) and, unless it is on a
+/// long link, by `max_per_host` transfers of this copy (each costs about 2 MiB; on a short
+/// link more buy nothing); a layout directory by `max_per_host` permits of this copy.
 enum HostGate {
     Registry {
         client: RegistryClient,
         registry: String,
+        cap: Arc<Semaphore>,
     },
     Layout(Arc<Semaphore>),
 }
@@ -683,6 +685,7 @@ enum HostGate {
 /// A permit of either kind, held (never read) for one blob transfer.
 enum HeldPermit {
     Registry {
+        _cap: tokio::sync::OwnedSemaphorePermit,
         _permit: crate::client::HostPermit,
     },
     Layout {
@@ -693,10 +696,18 @@ enum HeldPermit {
 impl HostGate {
     fn of(e: &Endpoint, per_layout: usize) -> HostGate {
         match e {
-            Endpoint::Registry { client, r } => HostGate::Registry {
-                client: client.clone(),
-                registry: r.repo.registry.clone(),
-            },
+            Endpoint::Registry { client, r } => {
+                let cap = if client.is_long_link(&r.repo.registry) {
+                    client.host_max()
+                } else {
+                    per_layout.max(1)
+                };
+                HostGate::Registry {
+                    client: client.clone(),
+                    registry: r.repo.registry.clone(),
+                    cap: Arc::new(Semaphore::new(cap)),
+                }
+            }
             Endpoint::Layout { .. } => {
                 HostGate::Layout(Arc::new(Semaphore::new(per_layout.max(1))))
             }
@@ -706,26 +717,36 @@ impl HostGate {
     /// The most transfers this host can ever run at once.
     fn capacity(&self, per_layout: usize) -> usize {
         match self {
-            HostGate::Registry { client, .. } => client.host_max(),
+            HostGate::Registry { cap, .. } => cap.available_permits(),
             HostGate::Layout(_) => per_layout.max(1),
         }
     }
 
     async fn acquire(&self, digest: &Digest) -> Result<HeldPermit> {
+        let closed = |_| {
+            Error::Config(format!(
+                "blob {digest}: the transfer scheduler was shut down"
+            ))
+        };
         match self {
-            HostGate::Registry { client, registry } => Ok(HeldPermit::Registry {
-                _permit: client.host_permit(registry).await,
-            }),
+            HostGate::Registry {
+                client,
+                registry,
+                cap,
+            } => {
+                // This copy's cap first, then the client's limit: always in this order.
+                let cap = cap.clone().acquire_owned().await.map_err(closed)?;
+                Ok(HeldPermit::Registry {
+                    _cap: cap,
+                    _permit: client.host_permit(registry).await,
+                })
+            }
             HostGate::Layout(sem) => sem
                 .clone()
                 .acquire_owned()
                 .await
                 .map(|p| HeldPermit::Layout { _permit: p })
-                .map_err(|_| {
-                    Error::Config(format!(
-                        "blob {digest}: the transfer scheduler was shut down"
-                    ))
-                }),
+                .map_err(closed),
         }
     }
 }

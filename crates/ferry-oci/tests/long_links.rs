@@ -52,6 +52,11 @@ fn ranged_client(max_parallel: usize, credentials: CredentialStore) -> RegistryC
         credentials,
         retry: fast_retry(),
         ranged: ranged_config(max_parallel),
+        // Loopback is a short link; these tests want ranged reads all the same.
+        per_host: HostLimits {
+            long_link: Duration::ZERO,
+            ..HostLimits::default()
+        },
         ..ClientConfig::default()
     })
     .expect("client")
@@ -637,6 +642,7 @@ async fn the_host_limit_holds_for_the_whole_client_under_429s() {
         max: 4,
         min: 1,
         decrease_cooldown: Duration::ZERO,
+        long_link: Duration::ZERO,
     };
     let repo = RepoRef::new(addr.clone(), "app");
     // The first request is refused with 429: a client that does not retry sees its limit

@@ -218,7 +218,8 @@ impl RegistryClient {
     /// The stream yields raw bytes, unverified. With `size` known, a connection that drops
     /// mid-stream is resumed with `Range` transparently (bounded by the retry policy).
     ///
-    /// A blob of known size at or above [`RangedReads::threshold`](super::RangedReads) is read
+    /// A blob of known size at or above [`RangedReads::threshold`](super::RangedReads), from a
+    /// host on a long link ([`RegistryClient::is_long_link`]), is read
     /// as parallel `Range` requests and reassembled in order (see `ranged.rs`); the caller's
     /// host permit covers the first range, and further ranges run only on permits that are
     /// free at the time. A source that answers the first range with 200 is read as one stream.
@@ -228,7 +229,9 @@ impl RegistryClient {
         digest: &Digest,
         size: Option<u64>,
     ) -> Result<ByteStream> {
-        if let Some(size) = size.filter(|s| self.inner.config.ranged.applies(*s)) {
+        let ranged =
+            |s: &u64| self.inner.config.ranged.applies(*s) && self.is_long_link(&repo.registry);
+        if let Some(size) = size.filter(ranged) {
             return self.get_blob_ranged(repo, digest, size).await;
         }
         let (resp, _) = self.open_blob(repo, digest, 0, None).await?;

@@ -34,6 +34,10 @@ pub const DEFAULT_MAX_PER_HOST: usize = 16;
 pub const DEFAULT_MIN_PER_HOST: usize = 1;
 /// After a decrease, further throttle signals within this time do not decrease again.
 pub const DEFAULT_DECREASE_COOLDOWN: Duration = Duration::from_millis(500);
+/// A host whose fastest answer so far took at least this long is on a long link: only there
+/// are large blobs read as parallel ranges and blob transfers allowed beyond the configured
+/// start value (on a short link they buy nothing and cost about 2 MiB of memory each).
+pub const DEFAULT_LONG_LINK: Duration = Duration::from_millis(10);
 
 /// How many requests (and blob transfers) a client runs at once against one host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,9 @@ pub struct HostLimits {
     pub min: usize,
     /// At most one decrease per this interval.
     pub decrease_cooldown: Duration,
+    /// The fastest answer at or above which a host counts as on a long link (zero: every
+    /// host does).
+    pub long_link: Duration,
 }
 
 impl Default for HostLimits {
@@ -55,6 +62,7 @@ impl Default for HostLimits {
             max: DEFAULT_MAX_PER_HOST,
             min: DEFAULT_MIN_PER_HOST,
             decrease_cooldown: DEFAULT_DECREASE_COOLDOWN,
+            long_link: DEFAULT_LONG_LINK,
         }
     }
 }
@@ -69,6 +77,7 @@ impl HostLimits {
             max,
             min,
             decrease_cooldown: self.decrease_cooldown,
+            long_link: self.long_link,
         }
     }
 }
@@ -94,6 +103,8 @@ struct HostState {
     /// No throttle seen yet: grow by one per saturated success.
     slow_start: bool,
     last_decrease: Option<Instant>,
+    /// The fastest exchange (request to answer headers) seen so far.
+    fastest: Option<Duration>,
 }
 
 struct Host {
@@ -170,6 +181,7 @@ impl HostLimiter {
                         successes: 0,
                         slow_start: true,
                         last_decrease: None,
+                        fastest: None,
                     }),
                 })
             })
@@ -260,6 +272,27 @@ impl HostLimiter {
         }
     }
 
+    /// Records how long one exchange with the host took.
+    pub(crate) fn observe_latency(&self, key: &str, took: Duration) {
+        if let Ok(mut st) = self.host(key).state.lock() {
+            st.fastest = Some(st.fastest.map_or(took, |f| f.min(took)));
+        }
+    }
+
+    /// Whether the host is on a long link (see [`HostLimits::long_link`]); a host not yet
+    /// spoken to is not, unless the threshold is zero.
+    pub(crate) fn long_link(&self, key: &str) -> bool {
+        if self.limits.long_link.is_zero() {
+            return true;
+        }
+        self.host(key)
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.fastest)
+            .is_some_and(|f| f >= self.limits.long_link)
+    }
+
     /// The host's current limit.
     pub(crate) fn limit(&self, key: &str) -> usize {
         self.host(key).state.lock().map(|s| s.limit).unwrap_or(0)
@@ -286,6 +319,7 @@ mod tests {
             max,
             min: 1,
             decrease_cooldown: Duration::ZERO,
+            long_link: Duration::ZERO,
         }
     }
 
@@ -379,6 +413,7 @@ mod tests {
             max: 0,
             min: 0,
             decrease_cooldown: Duration::ZERO,
+            long_link: Duration::ZERO,
         }
         .normalised();
         assert_eq!((n.initial, n.max, n.min), (1, 1, 1));

@@ -40,7 +40,7 @@ use crate::retry::RetryPolicy;
 use transport::header_str;
 
 pub use limiter::{
-    HostLimits, HostPermit, DEFAULT_DECREASE_COOLDOWN, DEFAULT_INITIAL_PER_HOST,
+    HostLimits, HostPermit, DEFAULT_DECREASE_COOLDOWN, DEFAULT_INITIAL_PER_HOST, DEFAULT_LONG_LINK,
     DEFAULT_MAX_PER_HOST, DEFAULT_MIN_PER_HOST,
 };
 pub use ranged::{
@@ -208,6 +208,13 @@ impl RegistryClient {
     /// The most permits of `registry` ever held at once (for tests and benchmarks).
     pub fn host_peak(&self, registry: &str) -> usize {
         self.inner.limiter.peak(registry)
+    }
+
+    /// Whether `registry` is on a long link: its fastest answer so far took at least
+    /// [`HostLimits::long_link`]. Large blobs are read as parallel ranges only from such a
+    /// host, and the copy engine runs more than `max_per_host` transfers only against one.
+    pub fn is_long_link(&self, registry: &str) -> bool {
+        self.inner.limiter.long_link(registry)
     }
 
     /// The hard upper bound of every host's limit.

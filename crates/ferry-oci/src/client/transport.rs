@@ -427,9 +427,13 @@ impl RegistryClient {
             } else {
                 None
             };
+            let sent = std::time::Instant::now();
             let answer = self.dispatch(call, auth.as_ref()).await;
             drop(permit);
             if let Ok(resp) = &answer {
+                self.inner
+                    .limiter
+                    .observe_latency(&call.repo.registry, sent.elapsed());
                 self.observe(&call.repo.registry, resp.status());
             }
             match answer {
