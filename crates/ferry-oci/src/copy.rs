@@ -670,8 +670,8 @@ impl Graph {
 }
 
 /// What bounds the transfers touching one host: a registry host by its client's adaptive
-/// limit (shared by every copy and manifest request over that client) and, unless it is on a
-/// long link, by `max_per_host` transfers of this copy (each costs about 2 MiB; on a short
+/// limit (shared by every copy and manifest request over that client) and, unless the copy
+/// reads from a host on a long link, by `max_per_host` transfers of this copy (each costs about 2 MiB; on a short
 /// link more buy nothing); a layout directory by `max_per_host` permits of this copy.
 enum HostGate {
     Registry {
@@ -694,10 +694,13 @@ enum HeldPermit {
 }
 
 impl HostGate {
-    fn of(e: &Endpoint, per_layout: usize) -> HostGate {
+    /// `long`: the copy reads from a host on a long link, where a transfer's time is mostly
+    /// waiting on that link, so more transfers than `max_per_host` are worth running (their
+    /// chunks are small, so they cost little memory), at the destinations too.
+    fn of(e: &Endpoint, per_layout: usize, long: bool) -> HostGate {
         match e {
             Endpoint::Registry { client, r } => {
-                let cap = if client.is_long_link(&r.repo.registry) {
+                let cap = if long {
                     client.host_max()
                 } else {
                     per_layout.max(1)
@@ -774,11 +777,15 @@ impl BlobCtx {
     ) -> Self {
         let src_key = src.host_key();
         let dst_keys: Vec<String> = dsts.iter().map(Endpoint::host_key).collect();
+        let long = match &src {
+            Endpoint::Registry { client, r } => client.is_long_link(&r.repo.registry),
+            Endpoint::Layout { .. } => false,
+        };
         let mut hosts = HashMap::new();
         for (k, e) in std::iter::once((&src_key, &src)).chain(dst_keys.iter().zip(&dsts)) {
             hosts
                 .entry(k.clone())
-                .or_insert_with(|| HostGate::of(e, per_layout));
+                .or_insert_with(|| HostGate::of(e, per_layout, long));
         }
         let task_limit = hosts
             .values()
