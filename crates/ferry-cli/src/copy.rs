@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use ferry_oci::client::{HostLimits, RangedReads};
 use ferry_oci::media::Platform;
 use ferry_oci::progress::{NoProgress, ProgressSink};
 use ferry_oci::{
@@ -28,9 +29,22 @@ pub struct CopyArgs {
     /// Copy referrers (signatures, SBOMs, attestations) too.
     #[arg(long)]
     referrers: bool,
-    /// Concurrent blob transfers per registry host.
+    /// Concurrent blob transfers per registry host to start with; the limit then adapts
+    /// to the link (halved on 429/503, grown while saturated) up to --max-per-host-ceiling.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_per_host: u16,
+    /// The most concurrent requests per registry host the adaptive limit may reach.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_per_host_ceiling: u16,
+    /// Blobs of at least this many MiB are read as parallel Range requests (0: never).
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    range_threshold_mib: u64,
+    /// MiB per Range request of a ranged read.
+    #[arg(long, default_value_t = 8, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    range_part_mib: u64,
+    /// Range requests of one blob in flight at once (also bounded by the host limit).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(2..=64))]
+    range_parallel: u16,
     /// Allow plain HTTP and unverified TLS for every registry (loopback is always allowed).
     #[arg(long)]
     insecure: bool,
@@ -157,6 +171,17 @@ pub async fn run(args: CopyArgs) -> Result<()> {
     let config = ClientConfig {
         insecure: args.insecure,
         credentials: credentials(&args, &source, &destinations)?,
+        per_host: HostLimits {
+            initial: usize::from(args.max_per_host),
+            max: usize::from(args.max_per_host_ceiling.max(args.max_per_host)),
+            ..HostLimits::default()
+        },
+        ranged: RangedReads {
+            threshold: args.range_threshold_mib.saturating_mul(1024 * 1024),
+            part_size: args.range_part_mib.saturating_mul(1024 * 1024),
+            max_parallel: usize::from(args.range_parallel),
+            ..RangedReads::default()
+        },
         ..ClientConfig::default()
     };
     let client = RegistryClient::new(config).context("setting up the registry client")?;
@@ -262,6 +287,10 @@ mod tests {
             platform: None,
             referrers: false,
             max_per_host: 4,
+            max_per_host_ceiling: 16,
+            range_threshold_mib: 32,
+            range_part_mib: 8,
+            range_parallel: 8,
             insecure: false,
             json: false,
             src_creds: Some(src_creds.into()),

@@ -136,6 +136,19 @@ impl CopyEngine {
             dsts.push(self.open(d, true).await?);
         }
 
+        // 0. Warm by digest: a source named by digest, that every destination already holds
+        // under its tag, needs nothing from the source at all (one HEAD per destination).
+        let early = self.warm_by_digest(&src, &dsts).await?;
+        if let Some((digest, held)) = &early {
+            if held.iter().all(|h| *h == Held::Tagged) {
+                return Ok(CopyReport {
+                    digest: Some(digest.clone()),
+                    duration: started.elapsed(),
+                    ..CopyReport::default()
+                });
+            }
+        }
+
         // 1. The root, narrowed to one platform if asked.
         let mut root = src.root_manifest().await?;
         if let Some(want) = &self.options.platform {
@@ -157,27 +170,24 @@ impl CopyEngine {
         }
 
         // Each destination's tag, decided once: used by the warm check and written last.
-        let source_tag = src.tag().map(str::to_string);
-        let tags: Vec<Option<String>> = dsts
-            .iter()
-            .map(|d| {
-                self.options
-                    .tag_override
-                    .clone()
-                    .or_else(|| d.tag().map(str::to_string))
-                    .or_else(|| d.digest().is_none().then(|| source_tag.clone()).flatten())
-            })
-            .collect();
+        let tags: Vec<Option<String>> =
+            dsts.iter().map(|d| self.destination_tag(&src, d)).collect();
 
         // 1b. Warm check: a destination that already holds the root holds its whole graph,
         // so it needs no blob or manifest HEADs, at most the tag.
         let mut held = Vec::with_capacity(dsts.len());
-        for (d, tag) in dsts.iter().zip(&tags) {
-            held.push(if self.options.referrers {
-                Held::Missing
-            } else {
-                d.holds_root(&root, tag.as_deref()).await?
-            });
+        match early {
+            // Already asked about this very digest (the source named it): not again.
+            Some((digest, early_held)) if digest == root.digest => held = early_held,
+            _ => {
+                for (d, tag) in dsts.iter().zip(&tags) {
+                    held.push(if self.options.referrers {
+                        Held::Missing
+                    } else {
+                        d.holds_root(&root.digest, tag.as_deref()).await?
+                    });
+                }
+            }
         }
 
         // 2. The graph.
@@ -254,6 +264,49 @@ impl CopyEngine {
         }
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// The warm check done before the source is touched, possible when the source names a
+    /// digest, no platform is selected (the root is then that digest), referrers are not
+    /// copied, and every destination is a registry that names no other digest. Returns the
+    /// digest and what each destination holds, or `None` when the check does not apply.
+    async fn warm_by_digest(
+        &self,
+        src: &Endpoint,
+        dsts: &[Endpoint],
+    ) -> Result<Option<(Digest, Vec<Held>)>> {
+        let Some(digest) = src.digest() else {
+            return Ok(None);
+        };
+        if self.options.platform.is_some() || self.options.referrers {
+            return Ok(None);
+        }
+        if dsts.iter().any(|d| {
+            matches!(d, Endpoint::Layout { .. }) || d.digest().is_some_and(|w| w != digest)
+        }) {
+            return Ok(None);
+        }
+        let mut held = Vec::with_capacity(dsts.len());
+        for d in dsts {
+            let tag = self.destination_tag(src, d);
+            held.push(d.holds_root(digest, tag.as_deref()).await?);
+        }
+        Ok(Some((digest.clone(), held)))
+    }
+
+    /// The tag written at `dst`: the override, else the destination's own, else (when the
+    /// destination names no digest) the source's.
+    fn destination_tag(&self, src: &Endpoint, dst: &Endpoint) -> Option<String> {
+        self.options
+            .tag_override
+            .clone()
+            .or_else(|| dst.tag().map(str::to_string))
+            .or_else(|| {
+                dst.digest()
+                    .is_none()
+                    .then(|| src.tag().map(str::to_string))
+                    .flatten()
+            })
     }
 
     async fn open(&self, reference: &Reference, destination: bool) -> Result<Endpoint> {
@@ -418,21 +471,21 @@ impl Endpoint {
     /// present (and Ferry writes children first), so holding the root by digest means
     /// holding its whole graph: one or two HEADs instead of one per blob and manifest.
     /// Layouts are cheap to check file by file, so they always take the full path.
-    async fn holds_root(&self, root: &Manifest, tag: Option<&str>) -> Result<Held> {
+    async fn holds_root(&self, root: &Digest, tag: Option<&str>) -> Result<Held> {
         let Endpoint::Registry { client, r } = self else {
             return Ok(Held::Missing);
         };
         if let Some(tag) = tag {
             if let Some(existing) = client.head_manifest(&r.repo, tag).await? {
-                if existing.digest == root.digest {
+                if &existing.digest == root {
                     return Ok(Held::Tagged);
                 }
             }
         }
         let present = client
-            .head_manifest(&r.repo, root.digest.as_str())
+            .head_manifest(&r.repo, root.as_str())
             .await?
-            .is_some_and(|d| d.digest == root.digest);
+            .is_some_and(|d| &d.digest == root);
         Ok(match (present, tag) {
             (false, _) => Held::Absent,
             (true, Some(_)) => Held::Present,
@@ -616,13 +669,100 @@ impl Graph {
     }
 }
 
+/// What bounds the transfers touching one host: a registry host by its client's adaptive
+/// limit (shared by every copy and manifest request over that client) and, unless the copy
+/// reads from a host on a long link, by `max_per_host` transfers of this copy (each costs about 2 MiB; on a short
+/// link more buy nothing); a layout directory by `max_per_host` permits of this copy.
+enum HostGate {
+    Registry {
+        client: RegistryClient,
+        registry: String,
+        cap: Arc<Semaphore>,
+    },
+    Layout(Arc<Semaphore>),
+}
+
+/// A permit of either kind, held (never read) for one blob transfer.
+enum HeldPermit {
+    Registry {
+        _cap: tokio::sync::OwnedSemaphorePermit,
+        _permit: crate::client::HostPermit,
+    },
+    Layout {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+impl HostGate {
+    /// `long`: the copy reads from a host on a long link, where a transfer's time is mostly
+    /// waiting on that link, so more transfers than `max_per_host` are worth running (their
+    /// chunks are small, so they cost little memory), at the destinations too.
+    fn of(e: &Endpoint, per_layout: usize, long: bool) -> HostGate {
+        match e {
+            Endpoint::Registry { client, r } => {
+                let cap = if long {
+                    client.host_max()
+                } else {
+                    per_layout.max(1)
+                };
+                HostGate::Registry {
+                    client: client.clone(),
+                    registry: r.repo.registry.clone(),
+                    cap: Arc::new(Semaphore::new(cap)),
+                }
+            }
+            Endpoint::Layout { .. } => {
+                HostGate::Layout(Arc::new(Semaphore::new(per_layout.max(1))))
+            }
+        }
+    }
+
+    /// The most transfers this host can ever run at once.
+    fn capacity(&self, per_layout: usize) -> usize {
+        match self {
+            HostGate::Registry { cap, .. } => cap.available_permits(),
+            HostGate::Layout(_) => per_layout.max(1),
+        }
+    }
+
+    async fn acquire(&self, digest: &Digest) -> Result<HeldPermit> {
+        let closed = |_| {
+            Error::Config(format!(
+                "blob {digest}: the transfer scheduler was shut down"
+            ))
+        };
+        match self {
+            HostGate::Registry {
+                client,
+                registry,
+                cap,
+            } => {
+                // This copy's cap first, then the client's limit: always in this order.
+                let cap = cap.clone().acquire_owned().await.map_err(closed)?;
+                Ok(HeldPermit::Registry {
+                    _cap: cap,
+                    _permit: client.host_permit(registry).await,
+                })
+            }
+            HostGate::Layout(sem) => sem
+                .clone()
+                .acquire_owned()
+                .await
+                .map(|p| HeldPermit::Layout { _permit: p })
+                .map_err(closed),
+        }
+    }
+}
+
 /// Everything a blob transfer task needs, shared by all of them.
 struct BlobCtx {
     src: Endpoint,
     src_key: String,
     dsts: Vec<Endpoint>,
     dst_keys: Vec<String>,
-    hosts: HashMap<String, Arc<Semaphore>>,
+    hosts: HashMap<String, HostGate>,
+    /// Transfer tasks worth running at once: enough to fill every host's upper bound.
+    task_limit: usize,
     retry: RetryPolicy,
     progress: Arc<dyn ProgressSink>,
 }
@@ -631,22 +771,34 @@ impl BlobCtx {
     fn new(
         src: Endpoint,
         dsts: Vec<Endpoint>,
-        per_host: usize,
+        per_layout: usize,
         retry: RetryPolicy,
         progress: Arc<dyn ProgressSink>,
     ) -> Self {
         let src_key = src.host_key();
         let dst_keys: Vec<String> = dsts.iter().map(Endpoint::host_key).collect();
-        let hosts = std::iter::once(&src_key)
-            .chain(dst_keys.iter())
-            .map(|k| (k.clone(), Arc::new(Semaphore::new(per_host.max(1)))))
-            .collect();
+        let long = match &src {
+            Endpoint::Registry { client, r } => client.is_long_link(&r.repo.registry),
+            Endpoint::Layout { .. } => false,
+        };
+        let mut hosts = HashMap::new();
+        for (k, e) in std::iter::once((&src_key, &src)).chain(dst_keys.iter().zip(&dsts)) {
+            hosts
+                .entry(k.clone())
+                .or_insert_with(|| HostGate::of(e, per_layout, long));
+        }
+        let task_limit = hosts
+            .values()
+            .map(|g| g.capacity(per_layout))
+            .sum::<usize>()
+            .max(1);
         BlobCtx {
             src,
             src_key,
             dsts,
             dst_keys,
             hosts,
+            task_limit,
             retry,
             progress,
         }
@@ -661,13 +813,8 @@ async fn copy_blobs(
     let mut jobs: Vec<(Digest, u64)> = blobs.iter().map(|(d, s)| (d.clone(), *s)).collect();
     // Largest first: the long transfers start early and small ones fill the gaps.
     jobs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    // Enough tasks to saturate every host; the per-host semaphores do the real bounding.
-    let limit = ctx
-        .hosts
-        .values()
-        .map(|s| s.available_permits())
-        .sum::<usize>()
-        .max(1);
+    // Enough tasks to saturate every host; the per-host permits do the real bounding.
+    let limit = ctx.task_limit;
     let mut jobs = jobs.into_iter();
     // A JoinSet aborts whatever is still running when it is dropped on the first error.
     let mut running = tokio::task::JoinSet::new();
@@ -713,12 +860,8 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
     keys.dedup();
     let mut permits = Vec::with_capacity(keys.len());
     for k in keys {
-        if let Some(sem) = ctx.hosts.get(k) {
-            permits.push(sem.clone().acquire_owned().await.map_err(|_| {
-                Error::Config(format!(
-                    "blob {digest}: the transfer scheduler was shut down"
-                ))
-            })?);
+        if let Some(gate) = ctx.hosts.get(k) {
+            permits.push(gate.acquire(digest).await?);
         }
     }
 
@@ -782,10 +925,89 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
         }
     }
 
+    // Upload once per registry, mount the rest: a destination that is another repository of
+    // a registry this transfer already uploads to, under the same identity, gets a
+    // cross-repository mount from that repository once the upload has committed.
+    let (upload, followers) = split_for_mounts(ctx, &pending);
+    stream_with_retries(ctx, digest, size, upload).await?;
+    let mounts = followers
+        .iter()
+        .map(|&(i, leader)| async move { (i, mount_from_sibling(ctx, leader, i, digest).await) });
+    let fallback: Vec<usize> = futures::future::join_all(mounts)
+        .await
+        .into_iter()
+        .filter_map(|(i, mounted)| (!mounted).then_some(i))
+        .collect();
+    if !fallback.is_empty() {
+        // A registry that answered 202 (or refused) gets the bytes after all.
+        stream_with_retries(ctx, digest, size, fallback).await?;
+    }
+    // The permits are released only after BlobFinished, so events show the real overlap.
+    let outcome = finish(BlobOutcome::Copied);
+    drop(permits);
+    outcome
+}
+
+/// Splits the destinations that need a blob into those the bytes are streamed to and those
+/// that can mount it from one of them afterwards, as `(destination, leader)` pairs. A
+/// follower is a registry destination on the same registry as an earlier streamed one whose
+/// credentials are the same identity (the mount is authorised as the follower's identity and
+/// needs pull on the leader's repository, which the same credential covers).
+fn split_for_mounts(ctx: &BlobCtx, pending: &[usize]) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let mut upload: Vec<usize> = Vec::new();
+    let mut followers = Vec::new();
+    for &i in pending {
+        let leader = match &ctx.dsts[i] {
+            Endpoint::Registry { client, r } => upload.iter().copied().find(|&j| {
+                matches!(&ctx.dsts[j], Endpoint::Registry { r: lr, .. }
+                    if lr.repo.registry == r.repo.registry && client.same_identity(&lr.repo, &r.repo))
+            }),
+            Endpoint::Layout { .. } => None,
+        };
+        match leader {
+            Some(j) => followers.push((i, j)),
+            None => upload.push(i),
+        }
+    }
+    (upload, followers)
+}
+
+/// Mounts a just-uploaded blob from destination `leader`'s repository into destination
+/// `i`'s. Whether it is there now; a 202 or an error means it must be uploaded after all.
+async fn mount_from_sibling(ctx: &BlobCtx, leader: usize, i: usize, digest: &Digest) -> bool {
+    let (Endpoint::Registry { r: from, .. }, Endpoint::Registry { client, r: to }) =
+        (&ctx.dsts[leader], &ctx.dsts[i])
+    else {
+        return false;
+    };
+    if from.repo == to.repo {
+        return true; // the same repository under another tag: the upload already put it there
+    }
+    match client
+        .mount_blob(&to.repo, &from.repo.repository, digest)
+        .await
+    {
+        Ok(MountOutcome::Mounted) => true,
+        Ok(MountOutcome::NotMounted) => false,
+        Err(e) => {
+            tracing::debug!(%digest, error = %e, "mount between destinations failed; uploading instead");
+            false
+        }
+    }
+}
+
+/// Streams the blob to `targets`, retrying the destinations that failed (re-opening the
+/// source each time) while the cause is retryable and the policy allows.
+async fn stream_with_retries(
+    ctx: &BlobCtx,
+    digest: &Digest,
+    size: u64,
+    mut targets: Vec<usize>,
+) -> Result<()> {
     let mut attempt = 1;
     loop {
-        match fan_out(ctx, digest, size, &pending).await {
-            Ok(()) => break,
+        match fan_out(ctx, digest, size, &targets).await {
+            Ok(()) => return Ok(()),
             Err(failure) => {
                 if !failure.cause.is_retryable() || !ctx.retry.should_retry(attempt) {
                     return Err(failure.cause);
@@ -797,14 +1019,10 @@ async fn transfer_blob(ctx: &BlobCtx, digest: &Digest, size: u64) -> Result<Blob
                 });
                 tokio::time::sleep(ctx.retry.delay(attempt, None)).await;
                 attempt += 1;
-                pending = failure.failed;
+                targets = failure.failed;
             }
         }
     }
-    // The permits are released only after BlobFinished, so events show the real overlap.
-    let outcome = finish(BlobOutcome::Copied);
-    drop(permits);
-    outcome
 }
 
 /// Why one fan-out attempt failed, and which destinations still lack the blob.

@@ -109,7 +109,7 @@ impl BlobState {
             tokio::time::sleep(delay).await;
             match self
                 .client
-                .open_blob(&self.repo, &self.digest, self.received)
+                .open_blob(&self.repo, &self.digest, self.received, None)
                 .await
             {
                 Ok((resp, from_offset)) => {
@@ -157,13 +157,15 @@ impl RegistryClient {
         }
     }
 
-    /// Opens a blob body at `offset`. Returns the response and whether it starts at
-    /// `offset` (206) or at zero (200, a server that ignored `Range`).
+    /// Opens a blob body at `offset`, up to and including byte `last` if given. Returns the
+    /// response and whether it starts at `offset` (206, or 200 for offset 0) or at zero (200,
+    /// a server that ignored `Range`). A 206 that starts anywhere else is an error.
     pub(super) async fn open_blob(
         &self,
         repo: &RepoRef,
         digest: &Digest,
         offset: u64,
+        last: Option<u64>,
     ) -> Result<(Response, bool)> {
         let target = format!("{repo}@{digest}");
         let url = self.url(repo, &format!("blobs/{digest}"))?;
@@ -176,17 +178,18 @@ impl RegistryClient {
             pull_scope(repo),
         );
         call.follow_redirects = true;
-        if offset > 0 {
+        if offset > 0 || last.is_some() {
+            let last = last.map(|l| l.to_string()).unwrap_or_default();
             call.headers.insert(
                 reqwest::header::RANGE,
-                HeaderValue::from_str(&format!("bytes={offset}-"))
+                HeaderValue::from_str(&format!("bytes={offset}-{last}"))
                     .map_err(|_| Error::Config("bad range".into()))?,
             );
         }
         let resp = self.send(&call).await?;
         match resp.status() {
             StatusCode::OK => Ok((resp, offset == 0)),
-            StatusCode::PARTIAL_CONTENT if offset > 0 => {
+            StatusCode::PARTIAL_CONTENT if offset > 0 || last.is_some() => {
                 let start = header_str(resp.headers(), "content-range")
                     .and_then(|v| v.strip_prefix("bytes "))
                     .and_then(|v| v.split('-').next())
@@ -214,13 +217,35 @@ impl RegistryClient {
     /// GET a blob as a stream, from its first byte.
     /// The stream yields raw bytes, unverified. With `size` known, a connection that drops
     /// mid-stream is resumed with `Range` transparently (bounded by the retry policy).
+    ///
+    /// A blob of known size at or above [`RangedReads::threshold`](super::RangedReads), from a
+    /// host on a long link ([`RegistryClient::is_long_link`]), is read
+    /// as parallel `Range` requests and reassembled in order (see `ranged.rs`); the caller's
+    /// host permit covers the first range, and further ranges run only on permits that are
+    /// free at the time. A source that answers the first range with 200 is read as one stream.
     pub async fn get_blob(
         &self,
         repo: &RepoRef,
         digest: &Digest,
         size: Option<u64>,
     ) -> Result<ByteStream> {
-        let (resp, _) = self.open_blob(repo, digest, 0).await?;
+        let ranged =
+            |s: &u64| self.inner.config.ranged.applies(*s) && self.is_long_link(&repo.registry);
+        if let Some(size) = size.filter(ranged) {
+            return self.get_blob_ranged(repo, digest, size).await;
+        }
+        let (resp, _) = self.open_blob(repo, digest, 0, None).await?;
+        Ok(self.resumable_stream(repo, digest, size, resp))
+    }
+
+    /// A body from offset 0 as a stream that resumes with `Range` when the connection drops.
+    pub(super) fn resumable_stream(
+        &self,
+        repo: &RepoRef,
+        digest: &Digest,
+        size: Option<u64>,
+        resp: Response,
+    ) -> ByteStream {
         let state = BlobState {
             client: self.clone(),
             repo: repo.clone(),
@@ -231,7 +256,7 @@ impl RegistryClient {
             body: Some(Box::pin(resp.bytes_stream())),
             resumes: 0,
         };
-        Ok(Box::pin(futures::stream::unfold(state, BlobState::next)))
+        Box::pin(futures::stream::unfold(state, BlobState::next))
     }
 
     /// Upload a blob: one POST, then one streaming PUT with `Content-Length: size` and
@@ -290,6 +315,7 @@ impl RegistryClient {
             .await
             .map_err(|e| Self::transport(Step::PutBlob, &target, e))?;
         let status = resp.status();
+        self.observe(&repo.registry, status);
         if status == StatusCode::UNAUTHORIZED {
             self.inner.auth.forget_token(
                 &repo.registry,

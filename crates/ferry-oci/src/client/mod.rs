@@ -13,7 +13,9 @@
 //! token flow and its cache.
 
 mod blob;
+mod limiter;
 mod manifest;
+mod ranged;
 mod referrers;
 mod tags;
 #[cfg(test)]
@@ -36,6 +38,15 @@ use crate::reference::RepoRef;
 use crate::retry::RetryPolicy;
 
 use transport::header_str;
+
+pub use limiter::{
+    HostLimits, HostPermit, DEFAULT_DECREASE_COOLDOWN, DEFAULT_INITIAL_PER_HOST, DEFAULT_LONG_LINK,
+    DEFAULT_MAX_PER_HOST, DEFAULT_MIN_PER_HOST,
+};
+pub use ranged::{
+    RangedReads, DEFAULT_RANGED_MAX_PARALLEL, DEFAULT_RANGED_PART_BUFFER, DEFAULT_RANGED_PART_SIZE,
+    DEFAULT_RANGED_THRESHOLD,
+};
 
 /// Manifests are buffered (their digest is over the exact bytes); anything bigger than this
 /// is refused rather than held in memory.
@@ -64,6 +75,11 @@ pub struct ClientConfig {
     /// in before the client stops with an error: callers keep what the pages list, so the
     /// total, not only each page, is bounded.
     pub max_listing_bytes: usize,
+    /// Concurrency per registry host, shared by everything this client does, adapted to
+    /// the link (see [`HostLimits`]).
+    pub per_host: HostLimits,
+    /// When and how large blobs are read as parallel `Range` requests (see [`RangedReads`]).
+    pub ranged: RangedReads,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +92,8 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             max_listing_bytes: DEFAULT_MAX_LISTING_BYTES,
+            per_host: HostLimits::default(),
+            ranged: RangedReads::default(),
         }
     }
 }
@@ -102,6 +120,7 @@ struct Inner {
     auth: AuthState,
     token_fetch: tokio::sync::Mutex<()>,
     requests: AtomicU64,
+    limiter: limiter::HostLimiter,
 }
 
 impl fmt::Debug for RegistryClient {
@@ -136,10 +155,11 @@ impl RegistryClient {
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 http,
-                config,
                 auth: AuthState::default(),
                 token_fetch: tokio::sync::Mutex::new(()),
                 requests: AtomicU64::new(0),
+                limiter: limiter::HostLimiter::new(&config.per_host),
+                config,
             }),
         })
     }
@@ -171,6 +191,42 @@ impl RegistryClient {
     /// benchmarks and tests.
     pub fn request_count(&self) -> u64 {
         self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Waits for one unit of `registry`'s concurrency (the client-wide, adaptive per-host
+    /// limit). Blob requests do not take one themselves: a caller moving a blob holds one
+    /// per host for the whole transfer, and the client's own manifest requests share the
+    /// same limit. Never hold two permits of one host while waiting for a third, or
+    /// transfers can deadlock each other; take permits of several hosts in a fixed order.
+    pub async fn host_permit(&self, registry: &str) -> HostPermit {
+        self.inner.limiter.acquire(registry).await
+    }
+
+    /// A permit of `registry` if one is free right now (for optional extra parallelism).
+    pub(crate) fn try_host_permit(&self, registry: &str) -> Option<HostPermit> {
+        self.inner.limiter.try_acquire(registry)
+    }
+
+    /// `registry`'s current concurrency limit.
+    pub fn host_limit(&self, registry: &str) -> usize {
+        self.inner.limiter.limit(registry)
+    }
+
+    /// The most permits of `registry` ever held at once (for tests and benchmarks).
+    pub fn host_peak(&self, registry: &str) -> usize {
+        self.inner.limiter.peak(registry)
+    }
+
+    /// Whether `registry` is on a long link: its fastest answer so far took at least
+    /// [`HostLimits::long_link`]. Large blobs are read as parallel ranges only from such a
+    /// host, and the copy engine runs more than `max_per_host` transfers only against one.
+    pub fn is_long_link(&self, registry: &str) -> bool {
+        self.inner.limiter.long_link(registry)
+    }
+
+    /// The hard upper bound of every host's limit.
+    pub fn host_max(&self) -> usize {
+        self.inner.limiter.max()
     }
 }
 

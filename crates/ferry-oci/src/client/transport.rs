@@ -21,6 +21,7 @@ use crate::error::{Error, Result, Step};
 use crate::reference::{is_loopback, RepoRef};
 use crate::retry::parse_retry_after;
 
+use super::limiter;
 use super::{
     pull_scope, RegistryClient, MAX_ERROR_BYTES, MAX_LIST_BYTES, MAX_PAGES, MAX_REDIRECTS,
 };
@@ -419,7 +420,23 @@ impl RegistryClient {
             let auth = self
                 .authorization(call.repo, &call.scopes, call.step, &call.target)
                 .await?;
-            match self.dispatch(call, auth.as_ref()).await {
+            // Manifest and listing requests take a permit of the client-wide host limit for
+            // the exchange; blob requests run under the caller's transfer permit.
+            let permit = if limiter::self_limited(call.step) {
+                Some(self.inner.limiter.acquire(&call.repo.registry).await)
+            } else {
+                None
+            };
+            let sent = std::time::Instant::now();
+            let answer = self.dispatch(call, auth.as_ref()).await;
+            drop(permit);
+            if let Ok(resp) = &answer {
+                self.inner
+                    .limiter
+                    .observe_latency(&call.repo.registry, sent.elapsed());
+                self.observe(&call.repo.registry, resp.status());
+            }
+            match answer {
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
                     if reauthed {
                         let err = self
@@ -468,6 +485,16 @@ impl RegistryClient {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// Feeds an answer's status to the host's adaptive limit: 429 and 503 are the registry
+    /// asking for less; a success while saturated lets the limit probe upwards.
+    pub(super) fn observe(&self, registry: &str, status: StatusCode) {
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+            self.inner.limiter.throttled(registry);
+        } else if status.is_success() {
+            self.inner.limiter.succeeded(registry);
         }
     }
 
