@@ -294,18 +294,17 @@ async fn security_event<S: JobStore>(
 
 /// Runs `work` at most once per `key` (until the record's TTL), Powertools-style. A live record
 /// for `key` whose payload hash is not `payload` is refused ([`HandlerError::KeyReused`]).
-async fn idempotent<S: JobStore, C: Clock, F, Fut>(
-    store: &S,
-    clock: &C,
-    config: &Config,
-    key: &str,
-    payload: &str,
+async fn idempotent<P: Backend, F, Fut>(
+    ports: &Ports<P>,
+    claim: Claim<'_>,
     work: F,
 ) -> Result<Outcome, HandlerError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Outcome, HandlerError>>,
 {
+    let (store, clock, config) = (&ports.store, &ports.clock, &ports.config);
+    let (key, payload) = (claim.key, claim.payload);
     let now = clock.now_ms();
     let claim = store
         .idempotency_begin(
@@ -573,16 +572,9 @@ pub async fn handle_build_requested<P: Backend>(
     ev: &BuildRequested,
 ) -> Result<Outcome, HandlerError> {
     let key = claim.key;
-    idempotent(
-        &ports.store,
-        &ports.clock,
-        &ports.config,
-        key,
-        claim.payload,
-        || build_requested(ports, key, ev),
-    )
-    .instrument(tracing::info_span!("build.requested", key))
-    .await
+    idempotent(ports, claim, || build_requested(ports, key, ev))
+        .instrument(tracing::info_span!("build.requested", key))
+        .await
 }
 
 async fn build_requested<P: Backend>(
@@ -702,16 +694,9 @@ pub async fn handle_build_completed<P: Backend>(
     claim: Claim<'_>,
     ev: &BuildCompleted,
 ) -> Result<Outcome, HandlerError> {
-    idempotent(
-        &ports.store,
-        &ports.clock,
-        &ports.config,
-        claim.key,
-        claim.payload,
-        || build_completed(ports, ev),
-    )
-    .instrument(tracing::info_span!("build.completed", build_id = %ev.build_id))
-    .await
+    idempotent(ports, claim, || build_completed(ports, ev))
+        .instrument(tracing::info_span!("build.completed", build_id = %ev.build_id))
+        .await
 }
 
 fn outcome_name(o: BuildOutcome) -> &'static str {
@@ -863,13 +848,7 @@ pub async fn handle_sync_requested<P: Backend>(
     claim: Claim<'_>,
     ev: &SyncRequested,
 ) -> Result<Outcome, HandlerError> {
-    idempotent(
-        &ports.store,
-        &ports.clock,
-        &ports.config,
-        claim.key,
-        claim.payload,
-        || sync_requested(ports, ev),
+    idempotent(ports, claim, || sync_requested(ports, ev),
     )
     .instrument(
         tracing::info_span!("sync.requested", sync_id = %ev.sync_id, install_id = %ev.install_id),
@@ -1040,13 +1019,7 @@ pub async fn handle_sync_reported<P: Backend>(
         };
         let key = report_idempotency_key(ev);
         let payload = report_payload_hash(ev);
-        idempotent(
-            &ports.store,
-            &ports.clock,
-            &ports.config,
-            &key,
-            &payload,
-            || sync_reported(ports, job, install, ev),
+        idempotent(ports, Claim { key: &key, payload: &payload }, || sync_reported(ports, job, install, ev),
         )
         .await
     }
