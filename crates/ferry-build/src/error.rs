@@ -56,6 +56,13 @@ pub enum BuildError {
         reason: String,
     },
 
+    #[error("component {component}: chart repository {url}: {reason}")]
+    ChartRepository {
+        component: String,
+        url: String,
+        reason: String,
+    },
+
     #[error("component {component}: {what} is not supported by this builder: {hint}")]
     Unsupported {
         component: String,

@@ -11,6 +11,7 @@
 //! See docs/design/build.md.
 
 pub mod app;
+mod chart_repo;
 mod docker;
 pub mod error;
 mod helm;
@@ -205,12 +206,13 @@ impl ArtifactBuilder {
             ComponentKind::Image { source } => image::build(self, spec, source, &repository).await,
             ComponentKind::HelmChart { chart } => match chart {
                 ChartSource::Dir { path } => helm::build(self, spec, path, &repository).await,
-                ChartSource::Repo { url, chart, .. } => Err(BuildError::Unsupported {
-                    component: component.name.to_string(),
-                    what: format!("helm chart {chart:?} from chart repository {url:?}"),
-                    hint: "vendor the chart into the source tree and use {\"from\": \"dir\"}"
-                        .into(),
-                }),
+                ChartSource::Repo {
+                    url,
+                    chart,
+                    version,
+                } => {
+                    chart_repo::build(self, spec, url, chart, version.as_deref(), &repository).await
+                }
             },
             ComponentKind::OpentofuModule { dir } => {
                 tofu::build(self, spec, dir, &repository).await
