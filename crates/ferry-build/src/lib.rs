@@ -18,6 +18,7 @@ mod helm;
 mod image;
 pub mod inprocess;
 mod package;
+mod signatures;
 mod tofu;
 
 use std::path::{Component as PathComponent, Path, PathBuf};
@@ -321,11 +322,24 @@ impl ArtifactBuilder {
         repository: &Repository,
         tags: Vec<String>,
     ) -> Result<BuiltArtifact, BuildError> {
+        self.push_with(component, source, repository, tags, CopyOptions::default())
+            .await
+    }
+
+    /// [`push`](Self::push) with the copy engine's options (referrers, for imported images).
+    pub(crate) async fn push_with(
+        &self,
+        component: &Component,
+        source: &Reference,
+        repository: &Repository,
+        tags: Vec<String>,
+        options: CopyOptions,
+    ) -> Result<BuiltArtifact, BuildError> {
         let oci = |source| BuildError::Oci {
             component: component.name.to_string(),
             source,
         };
-        let engine = CopyEngine::new(self.inner.client.clone(), CopyOptions::default());
+        let engine = CopyEngine::new(self.inner.client.clone(), options);
         let repo = RepoRef::new(self.inner.config.registry.clone(), repository.as_str());
         let mut digest = None;
         for tag in &tags {
