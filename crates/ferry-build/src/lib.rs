@@ -14,6 +14,7 @@ pub mod app;
 mod chart_repo;
 mod docker;
 pub mod error;
+pub mod git;
 mod helm;
 mod image;
 pub mod inprocess;

@@ -459,3 +459,87 @@ async fn an_imported_image_brings_its_cosign_signature_and_its_referrers() {
         "the SBOM referrer must travel: {referrers:?}"
     );
 }
+
+// ---- sources from git ----------------------------------------------------------------------------
+
+fn sh_git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_git_source_is_fetched_at_a_ref_and_names_its_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    sh_git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("file.txt"), "one\n").unwrap();
+    sh_git(&work, &["add", "."]);
+    sh_git(&work, &["commit", "-q", "-m", "one"]);
+    sh_git(&work, &["tag", "v1"]);
+    let first = sh_git(&work, &["rev-parse", "HEAD"]);
+    std::fs::write(work.join("file.txt"), "two\n").unwrap();
+    sh_git(&work, &["commit", "-q", "-am", "two"]);
+    let second = sh_git(&work, &["rev-parse", "HEAD"]);
+    let bare = tmp.path().join("repo.git");
+    sh_git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", bare.display());
+
+    for (reference, commit, content) in [
+        ("v1", &first, "one\n"),
+        ("main", &second, "two\n"),
+        ("", &second, "two\n"),
+        (first.as_str(), &first, "one\n"),
+    ] {
+        let dir = tmp.path().join(format!("co-{}", reference.len()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = ferry_build::git::checkout("web", &url, reference, &dir)
+            .await
+            .unwrap();
+        assert_eq!(&c.commit, commit, "ref {reference:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("file.txt")).unwrap(),
+            content
+        );
+    }
+    let e = ferry_build::git::checkout("web", &url, "no-such-ref", &tmp.path().join("x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("git fetch"), "{e}");
+    let e = ferry_build::git::checkout(
+        "web",
+        "ext::sh -c touch% /tmp/pwned",
+        "main",
+        &tmp.path().join("y"),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("git fetch"), "{e}");
+    let e = ferry_build::git::checkout("web", &url, "--upload-pack=x", &tmp.path().join("z"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("starts with '-'"), "{e}");
+}
