@@ -18,6 +18,8 @@ pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+#[cfg(any(test, feature = "contract"))]
+pub mod manage_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

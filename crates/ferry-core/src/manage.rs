@@ -394,6 +394,31 @@ pub async fn list_builds_via<S: JobStore>(
     components: &[Component],
     filter: &BuildFilter,
 ) -> Result<Listing<Build>, ManageError> {
+    if let Some(name) = &filter.component {
+        let matched: Vec<Component> = components
+            .iter()
+            .filter(|c| filter.app.as_ref().is_none_or(|a| a == &c.app))
+            .cloned()
+            .collect();
+        if !matched.iter().any(|c| &c.name == name) {
+            let app = filter
+                .app
+                .clone()
+                .or_else(|| matched.first().map(|c| c.app.clone()));
+            return Err(ManageError::NotFound {
+                what: "component",
+                name: match app {
+                    Some(a) if filter.app.is_some() => format!("{a}/{name}"),
+                    _ => name.to_string(),
+                },
+                known: matched
+                    .iter()
+                    .map(|c| format!("{}/{}", c.app, c.name))
+                    .collect(),
+                hint: "see `ferry component list`".into(),
+            });
+        }
+    }
     let mut items = Vec::new();
     let mut truncated = false;
     for c in components {
@@ -428,7 +453,17 @@ pub async fn list_syncs_via<S: JobStore>(
         }
         l
     } else if let Some(i) = &filter.install {
-        collect_pages(|p| async move { store.syncs_by_install(i, &p).await }).await?
+        let l = collect_pages(|p| async move { store.syncs_by_install(i, &p).await }).await?;
+        // A removed install's syncs stay listed; a name that never had any is a typo.
+        if l.items.is_empty() && !installs.contains(i) {
+            return Err(ManageError::NotFound {
+                what: "install",
+                name: i.to_string(),
+                known: installs.iter().map(|k| k.to_string()).collect(),
+                hint: "see `ferry install list`".into(),
+            });
+        }
+        l
     } else {
         let mut all = Listing {
             items: Vec::new(),
