@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_config::SdkConfig;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+pub use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::json;
 
 use ferry_core::domain::{Build, Component, Install, LineageRecord, RegistryTarget, SyncJob};
@@ -28,6 +29,10 @@ use ferry_core::manage::{
 use ferry_core::ports::{JobStore as _, Queue as _, QueueError};
 
 use crate::error::describe;
+
+/// SDK types that tests of the management commands name (callers never depend on the SDK).
+pub use aws_sdk_eventbridge::types::Target;
+
 use crate::{DynamoStore, EventBridgeBus, SqsQueue};
 
 /// Receives an install queue allows before SQS dead-letters a message: above the agent's own
