@@ -15,8 +15,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_config::SdkConfig;
-pub use aws_sdk_sqs::types::QueueAttributeName;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+pub use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::json;
 
 use ferry_core::domain::{Build, Component, Install, LineageRecord, RegistryTarget, SyncJob};

@@ -146,9 +146,18 @@ async fn onboarding_on_moto_through_the_cli() {
     let br = QueueName::new("ferry-build-requested").unwrap();
     let rep = QueueName::new("ferry-sync-reported").unwrap();
     sqs.create_queue_with_dlq(&br, 5, 30).await.unwrap();
-    let report_url = sqs.create_queue_with_dlq(&rep, 5, 30).await.unwrap().queue_url;
+    let report_url = sqs
+        .create_queue_with_dlq(&rep, 5, 30)
+        .await
+        .unwrap()
+        .queue_url;
     let bus = ferry_aws::EventBridgeBus::new(&config, "ferry");
-    bus.client().create_event_bus().name("ferry").send().await.unwrap();
+    bus.client()
+        .create_event_bus()
+        .name("ferry")
+        .send()
+        .await
+        .unwrap();
     bus.client()
         .put_rule()
         .name("ferry-build-requested")
@@ -161,15 +170,17 @@ async fn onboarding_on_moto_through_the_cli() {
         .put_targets()
         .rule("ferry-build-requested")
         .event_bus_name("ferry")
-        .targets(
-            ferry_aws_types_target("br", &sqs.arn(&br).await.unwrap()),
-        )
+        .targets(ferry_aws_types_target("br", &sqs.arn(&br).await.unwrap()))
         .send()
         .await
         .unwrap();
     let vendor_key = ferry_core::trust::VendorKey::generate().unwrap();
-    ferry_testkit::create_secret(&endpoint, "ferry-vendor-key", &vendor_key.to_secret_string())
-        .await;
+    ferry_testkit::create_secret(
+        &endpoint,
+        "ferry-vendor-key",
+        &vendor_key.to_secret_string(),
+    )
+    .await;
 
     let config_dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
@@ -201,12 +212,28 @@ async fn onboarding_on_moto_through_the_cli() {
 
     // ---- the vendor: context, app, component.
     ok(&[
-        "context", "add", "prod", "--aws", "--stack", "ferry",
-        "--endpoint-url", &endpoint, "--region", ferry_testkit::REGION,
-        "--table", table, "--bus", "ferry", "--queue-prefix", "ferry-install-",
-        "--report-queue-url", &report_url,
-        "--vendor-registry", "123456789012.dkr.ecr.us-east-1.amazonaws.com",
-        "--vendor-key-secret-arn", "ferry-vendor-key",
+        "context",
+        "add",
+        "prod",
+        "--aws",
+        "--stack",
+        "ferry",
+        "--endpoint-url",
+        &endpoint,
+        "--region",
+        ferry_testkit::REGION,
+        "--table",
+        table,
+        "--bus",
+        "ferry",
+        "--queue-prefix",
+        "ferry-install-",
+        "--report-queue-url",
+        &report_url,
+        "--vendor-registry",
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        "--vendor-key-secret-arn",
+        "ferry-vendor-key",
     ]);
     let ctx_file = std::fs::read_to_string(config_dir.path().join("contexts.json")).unwrap();
     assert!(
@@ -223,10 +250,22 @@ async fn onboarding_on_moto_through_the_cli() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    ok(&["app", "add", "shop", "--source", "https://git.example/shop.git"]);
     ok(&[
-        "component", "add", "shop", "web", "--kind", "image",
-        "--source", "docker.io/library/nginx:1.27",
+        "app",
+        "add",
+        "shop",
+        "--source",
+        "https://git.example/shop.git",
+    ]);
+    ok(&[
+        "component",
+        "add",
+        "shop",
+        "web",
+        "--kind",
+        "image",
+        "--source",
+        "docker.io/library/nginx:1.27",
     ]);
     let comps = json(&["component", "list", "--json"]);
     assert_eq!(comps.as_array().unwrap().len(), 1, "{comps}");
@@ -235,13 +274,25 @@ async fn onboarding_on_moto_through_the_cli() {
     let mut roles = Vec::new();
     for id in ["acme", "globex"] {
         let kp = ferry_core::seal::AgentKeypair::generate().unwrap();
-        let role = format!("arn:aws:iam::2109876543{}:role/ferry-agent-{id}", roles.len() + 10);
+        let role = format!(
+            "arn:aws:iam::2109876543{}:role/ferry-agent-{id}",
+            roles.len() + 10
+        );
         let (public, report) = (kp.public_key_string(), kp.report_key().public_key_string());
         let args = [
-            "install", "register", id, "--app", "shop",
-            "--public-key", &public, "--report-key", &report,
-            "--agent-role-arn", &role,
-            "--registry", "210987654321.dkr.ecr.eu-west-1.amazonaws.com/ferry",
+            "install",
+            "register",
+            id,
+            "--app",
+            "shop",
+            "--public-key",
+            &public,
+            "--report-key",
+            &report,
+            "--agent-role-arn",
+            &role,
+            "--registry",
+            "210987654321.dkr.ecr.eu-west-1.amazonaws.com/ferry",
             "--json",
         ];
         let first = json(&args);
@@ -252,7 +303,10 @@ async fn onboarding_on_moto_through_the_cli() {
         );
         assert_eq!(first["agent_settings"]["report-queue"], report_url.as_str());
         let again = json(&args);
-        assert_eq!(again["outcome"], "unchanged", "registration twice is a no-op");
+        assert_eq!(
+            again["outcome"], "unchanged",
+            "registration twice is a no-op"
+        );
         assert_eq!(again["install"], first["install"]);
         roles.push(role);
     }
@@ -271,10 +325,8 @@ async fn onboarding_on_moto_through_the_cli() {
             .unwrap()
             .attributes
             .unwrap();
-        let policy: serde_json::Value = serde_json::from_str(
-            attrs.get(&aws_sdk_sqs_attr("Policy")).unwrap(),
-        )
-        .unwrap();
+        let policy: serde_json::Value =
+            serde_json::from_str(attrs.get(&aws_sdk_sqs_attr("Policy")).unwrap()).unwrap();
         let allows: Vec<&serde_json::Value> = policy["Statement"]
             .as_array()
             .unwrap()
@@ -293,14 +345,17 @@ async fn onboarding_on_moto_through_the_cli() {
     assert_eq!(installs.as_array().unwrap().len(), 2, "{installs}");
 
     // ---- a build request reaches the bus (and its rule's queue).
-    let requested = json(&["build", "request", "shop", "web", "--ref", "v1.0.0", "--json"]);
+    let requested = json(&[
+        "build", "request", "shop", "web", "--ref", "v1.0.0", "--json",
+    ]);
     let build_id = requested["build_id"].as_str().unwrap().to_owned();
     let got = sqs
         .receive(&br, &ReceiveOptions::new(10, 5, 30).unwrap())
         .await
         .unwrap();
     assert!(
-        got.iter().any(|m| m.body.contains(&build_id) && m.body.contains("build.requested")),
+        got.iter()
+            .any(|m| m.body.contains(&build_id) && m.body.contains("build.requested")),
         "build.requested for {build_id} on the bus: {got:?}"
     );
     let (code, _, stderr) = run(&["build", "request", "shop", "nope"]);
@@ -322,15 +377,24 @@ async fn onboarding_on_moto_through_the_cli() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("unknown install globex"), "{stderr}");
     let dlqs = json(&["dlq", "list", "--json"]);
-    assert!(dlqs.as_array().unwrap().iter().any(|q| q == "install-acme"), "{dlqs}");
-    assert!(json(&["dlq", "list", "install-acme", "--json"]).as_array().unwrap().is_empty());
+    assert!(
+        dlqs.as_array().unwrap().iter().any(|q| q == "install-acme"),
+        "{dlqs}"
+    );
+    assert!(json(&["dlq", "list", "install-acme", "--json"])
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     // ---- contexts: an unknown one is named; `use` and `remove` work.
     let (code, _, stderr) = run(&["--context", "nope", "install", "list"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("unknown context nope"), "{stderr}");
     let listed = ok(&["context", "list"]);
-    assert!(listed.contains("prod") && listed.contains("aws"), "{listed}");
+    assert!(
+        listed.contains("prod") && listed.contains("aws"),
+        "{listed}"
+    );
     ok(&["context", "remove", "prod"]);
 }
 
@@ -340,6 +404,11 @@ fn aws_sdk_sqs_attr(name: &str) -> ferry_aws::manage::QueueAttributeName {
 }
 
 #[cfg(feature = "aws")]
+#[allow(clippy::unwrap_used)]
 fn ferry_aws_types_target(id: &str, arn: &str) -> ferry_aws::manage::Target {
-    ferry_aws::manage::Target::builder().id(id).arn(arn).build().unwrap()
+    ferry_aws::manage::Target::builder()
+        .id(id)
+        .arn(arn)
+        .build()
+        .unwrap()
 }

@@ -213,14 +213,22 @@ impl Management for LocalManagement {
             .public_key_string();
         let mut agent_settings = BTreeMap::new();
         agent_settings.insert("queue".into(), queue_name.to_string());
-        agent_settings.insert("vendor-registry".into(), install.registry.endpoint.clone());
+        agent_settings.insert("vendor-registry".into(), self.dev_registry());
         agent_settings.insert("vendor-public-key".into(), vendor_public_key);
-        agent_settings.insert("identity".into(), format!("agent:{}", r.id));
+        agent_settings.insert("install".into(), r.id.to_string());
         agent_settings.insert(
             "identity-secret-file".into(),
             self.state.agent_secret_path(&r.id).display().to_string(),
         );
-        agent_settings.insert("state-dir".into(), self.state.root().display().to_string());
+        agent_settings.insert(
+            "queue-db".into(),
+            self.state.db_path().display().to_string(),
+        );
+        agent_settings.insert("install-registry".into(), install.registry.endpoint.clone());
+        agent_settings.insert(
+            "install-namespace".into(),
+            install.registry.namespace.clone(),
+        );
         Ok(Registration {
             install,
             outcome,
