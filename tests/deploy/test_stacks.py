@@ -385,6 +385,25 @@ def test_install_queues_are_granted_to_registration_by_name_prefix(vendor):
                    for q in resources(vendor, "AWS::SQS::Queue").values())
 
 
+def test_registration_can_remove_installs_and_read_dead_letters(vendor):
+    statements = resources(vendor)["RegistrationPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    actions = {a for s in statements for a in as_list(s["Action"])}
+    # put_install deletes dropped subscriptions; `ferry install remove` deletes the install.
+    assert {"dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:Query", "sqs:DeleteQueue"} <= actions
+    (dlq,) = [s for s in statements if s.get("Sid") == "DeadLetters"]
+    assert dlq["Resource"]["Fn::Sub"].endswith(":${NamePrefix}-*")
+
+
+def test_reports_are_admitted_by_signature_not_by_account(vendor):
+    assert "AgentAccountIds" not in vendor.get("Parameters", {})
+    policy = resources(vendor)["SyncReportedQueuePolicy"]["Properties"]["PolicyDocument"]
+    (agents,) = [s for s in as_list(policy["Statement"]) if s.get("Sid") == "InstallAgentsReport"]
+    # Any account's agent role, but only to send, and only roles of the agent name pattern.
+    assert agents["Principal"] == {"AWS": "*"}
+    assert agents["Action"] == "sqs:SendMessage"
+    assert "aws:PrincipalArn" in agents["Condition"]["ArnLike"]
+
+
 def test_outputs_give_customers_and_functions_what_they_need(vendor):
     for out in ["EventBusName", "EventBusArn", "JobTableName", "ReportQueueArn", "ReportQueueUrl",
                 "PullRoleArn", "VendorAccountId", "VendorRegistry", "BuildRequestedQueueUrl",

@@ -12,6 +12,7 @@ pub mod config;
 mod error;
 #[cfg(feature = "iam")]
 pub mod grants;
+pub mod manage;
 pub mod minter;
 pub mod queue;
 pub mod store;

@@ -153,6 +153,18 @@ fn revoked_pk(grant: &GrantId) -> String {
 fn security_pk(kind: &str) -> String {
     format!("SECURITY#{kind}")
 }
+/// The catalog partition: one item per app, component and install, so the management port
+/// lists them with a Query (never a Scan). A vendor's catalog is small (hundreds of items).
+const CATALOG_PK: &str = "CATALOG";
+fn catalog_app_sk(app: &AppName) -> String {
+    format!("APP#{app}")
+}
+fn catalog_component_sk(app: &AppName, name: &ComponentName) -> String {
+    format!("COMPONENT#{app}#{name}")
+}
+fn catalog_install_sk(id: &InstallId) -> String {
+    format!("INSTALL#{id}")
+}
 
 fn record_item(pk: String, sk: &str, kind: &str, data: String) -> Item {
     HashMap::from([
@@ -577,12 +589,97 @@ impl DynamoStore {
     }
 }
 
+/// The catalog: what the management port lists and removes beyond the `JobStore` port.
+impl DynamoStore {
+    async fn catalog<T: DeserializeOwned>(
+        &self,
+        prefix: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let spec = |_: ()| QuerySpec {
+            name: "catalog",
+            index: None,
+            pk_attr: PK,
+            sk_attr: SK,
+            partition: CATALOG_PK.to_owned(),
+            sk_prefix: Some(prefix),
+            forward: true,
+        };
+        let mut page = PageRequest::first(ferry_core::ports::MAX_PAGE);
+        let mut out = Vec::new();
+        loop {
+            let got: Page<T> = self.query(spec(()), &page).await?;
+            out.extend(got.items);
+            match got.next {
+                Some(c) => page = PageRequest::after(ferry_core::ports::MAX_PAGE, c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Adds or replaces an app.
+    pub async fn put_app(&self, app: &ferry_core::manage::AppRecord) -> Result<(), StoreError> {
+        let data = serde_json::to_string(app).map_err(|e| encode_err("app", e))?;
+        self.put(record_item(
+            CATALOG_PK.to_owned(),
+            &catalog_app_sk(&app.name),
+            "app",
+            data,
+        ))
+        .await
+    }
+
+    /// One app, if it exists.
+    pub async fn get_app(
+        &self,
+        app: &AppName,
+    ) -> Result<Option<ferry_core::manage::AppRecord>, StoreError> {
+        self.get_decoded(CATALOG_PK.to_owned(), &catalog_app_sk(app))
+            .await
+    }
+
+    /// Every app, by name.
+    pub async fn apps(&self) -> Result<Vec<ferry_core::manage::AppRecord>, StoreError> {
+        self.catalog("APP#").await
+    }
+
+    /// Every component, by app then name.
+    pub async fn components(&self) -> Result<Vec<Component>, StoreError> {
+        self.catalog("COMPONENT#").await
+    }
+
+    /// Every install, by id.
+    pub async fn installs(&self) -> Result<Vec<Install>, StoreError> {
+        self.catalog("INSTALL#").await
+    }
+
+    /// Deletes an install's record, subscriptions and catalog entry (its syncs and lineage
+    /// stay); returns whether it existed. Subscriptions go first, so fan-out stops before the
+    /// record disappears.
+    pub async fn delete_install(&self, id: &InstallId) -> Result<bool, StoreError> {
+        let existed = self.get(install_pk(id), "INSTALL").await?.is_some();
+        for sk in self.subscription_keys(id).await? {
+            self.delete(install_pk(id), &sk).await?;
+        }
+        self.delete(install_pk(id), "INSTALL").await?;
+        self.delete(CATALOG_PK.to_owned(), &catalog_install_sk(id))
+            .await?;
+        Ok(existed)
+    }
+}
+
 impl JobStore for DynamoStore {
     async fn put_component(&self, component: &Component) -> Result<(), StoreError> {
         let data = serde_json::to_string(component).map_err(|e| encode_err("component", e))?;
         self.put(record_item(
             component_pk(&component.app, &component.name),
             "COMPONENT",
+            "component",
+            data.clone(),
+        ))
+        .await?;
+        self.put(record_item(
+            CATALOG_PK.to_owned(),
+            &catalog_component_sk(&component.app, &component.name),
             "component",
             data,
         ))
@@ -617,7 +714,13 @@ impl JobStore for DynamoStore {
         for sk in old.iter().filter(|k| !wanted.contains(k)) {
             self.delete(pk.clone(), sk).await?;
         }
-        Ok(())
+        self.put(record_item(
+            CATALOG_PK.to_owned(),
+            &catalog_install_sk(&install.id),
+            "install",
+            data,
+        ))
+        .await
     }
 
     async fn get_install(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {

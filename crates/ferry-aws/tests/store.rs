@@ -37,3 +37,33 @@ async fn revocations_are_recorded() {
         "revocation is per attempt: the next attempt's grant is not revoked"
     );
 }
+
+/// The management port's contract on moto: DynamoDB catalog and indexes, SQS install queues
+/// with their DLQs and policies, EventBridge build requests.
+#[tokio::test]
+async fn aws_management_keeps_the_management_contract() {
+    use ferry_aws::manage::{AwsManagement, StackSettings, INSTALL_QUEUE_MAX_RECEIVES};
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    let prefix = unique("fm");
+    let settings = StackSettings {
+        table: format!("{prefix}-jobs"),
+        bus: "default".into(),
+        install_queue_prefix: format!("{prefix}-install-"),
+        report_queue_url: format!("{}/123456789012/{prefix}-sync-reported", moto.endpoint()),
+        vendor_registry: "123456789012.dkr.ecr.us-east-1.amazonaws.com".into(),
+        vendor_public_key: None,
+    };
+    let manage = AwsManagement::new(&config, settings);
+    manage.store().create_table().await.unwrap();
+    ferry_core::manage_contract::management_contract(
+        ferry_core::manage_contract::ManagementFixture {
+            store: manage.store().clone(),
+            queue: manage.queue().clone(),
+            manage,
+            install_queue_max_receives: INSTALL_QUEUE_MAX_RECEIVES,
+            agent_role_arn: |i| Some(format!("arn:aws:iam::210987654321:role/ferry-agent-{i}")),
+        },
+    )
+    .await;
+}

@@ -3,6 +3,7 @@
 //!
 //! It must never print a credential, and never exit 0 after a failure.
 
+mod context;
 mod copy;
 mod dev;
 mod grants;
@@ -25,6 +26,9 @@ struct Cli {
     /// More logging (debug for ferry's crates); RUST_LOG overrides it.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// The context the management commands act in (see `ferry context list`).
+    #[arg(long, global = true, env = "FERRY_CONTEXT")]
+    context: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,17 +44,22 @@ enum Command {
     },
     /// Run the whole system on this machine: registry, IMS, builder and one agent per install.
     Dev(dev::DevArgs),
-    /// Manage apps in a `ferry dev` state dir.
+    /// Where the management commands act: local state dirs and AWS stacks.
+    Context {
+        #[command(subcommand)]
+        command: context::ContextCommand,
+    },
+    /// Manage apps.
     App {
         #[command(subcommand)]
         command: manage::AppCommand,
     },
-    /// Manage components in a `ferry dev` state dir.
+    /// Manage components.
     Component {
         #[command(subcommand)]
         command: manage::ComponentCommand,
     },
-    /// Manage installs in a `ferry dev` state dir.
+    /// Manage installs: register, list, show, remove.
     Install {
         #[command(subcommand)]
         command: manage::InstallCommand,
@@ -66,6 +75,11 @@ enum Command {
     Syncs(manage::SyncsArgs),
     /// Which installs hold an artifact digest, and since when.
     Lineage(manage::LineageArgs),
+    /// Dead letters: list them with their jobs' errors, send them back.
+    Dlq {
+        #[command(subcommand)]
+        command: manage::DlqCommand,
+    },
     /// Pull grants: the incident kill switch.
     Grants {
         #[command(subcommand)]
@@ -106,18 +120,22 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let ctx = cli.context.clone();
+    let ctx = ctx.as_deref();
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Context { command } => context::run(command).await,
             Command::Copy(args) => copy::run(args).await,
             Command::Registry { command } => registry::run(command).await,
             Command::Dev(args) => dev::run(args).await,
-            Command::App { command } => manage::app(command).await,
-            Command::Component { command } => manage::component(command).await,
-            Command::Install { command } => manage::install(command).await,
-            Command::Build { command } => manage::build(command).await,
-            Command::Builds(args) => manage::builds(args).await,
-            Command::Syncs(args) => manage::syncs(args).await,
-            Command::Lineage(args) => manage::lineage(args).await,
+            Command::App { command } => manage::app(command, ctx).await,
+            Command::Component { command } => manage::component(command, ctx).await,
+            Command::Install { command } => manage::install(command, ctx).await,
+            Command::Build { command } => manage::build(command, ctx).await,
+            Command::Builds(args) => manage::builds(args, ctx).await,
+            Command::Syncs(args) => manage::syncs(args, ctx).await,
+            Command::Lineage(args) => manage::lineage(args, ctx).await,
+            Command::Dlq { command } => manage::dlq(command, ctx).await,
             Command::Grants { command } => grants::run(command).await,
         }
     });

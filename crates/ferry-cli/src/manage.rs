@@ -1,50 +1,70 @@
-//! The management commands that work on a `ferry dev` state directory, from another process
-//! while `ferry dev` runs (the SQLite store and queues are cross-process safe): add apps,
-//! components and installs, request builds, and show builds, syncs and lineage.
+//! The management commands (`app`, `component`, `install`, `build request`, `builds`, `syncs`,
+//! `lineage`, `dlq`): each parses its flags, calls the management port of the selected context
+//! (a `ferry dev` state dir, or a deployed AWS stack; see [`crate::context`]) and prints a
+//! table, or JSON with `--json`. The same command prints the same thing on both backends.
 //!
-//! Each prints a table, or JSON with `--json`. Bad input (an unknown app, component or install,
-//! a malformed digest) is an error that says what to do, and exits 1. This module must never
-//! print a secret: new installs get their key and identity secret in 0600 files.
+//! Bad input (an unknown app, component or install, a malformed digest) is an error that says
+//! what to do, and exits 1. This module must never print a secret: registrations carry public
+//! keys, and local agent keys and identity secrets stay in 0600 files that are only named.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use ferry_core::domain::{ChartSource, Component, ComponentKind};
-use ferry_core::id::{AppName, ComponentName, Digest, InstallId, Repository};
-use ferry_core::ports::JobStore as _;
-use ferry_local::bus::LocalBus;
-use ferry_local::clock::RandomIds;
-use ferry_local::queue::SqliteQueue;
-use ferry_local::store::SqliteStore;
+use ferry_core::domain::{ChartSource, Component, ComponentKind, RegistryTarget};
+use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, Repository};
+use ferry_core::manage::{
+    AppRecord, BuildFilter, InstallRegistration, Management, Registration, SyncFilter,
+};
 use serde_json::json;
 
-use crate::state::{self, print_table, short_digest, AppRecord, StateDir};
+use crate::context::{self, Backend};
+use crate::state::{print_table, short_digest};
 
+/// Where a management command acts, and how it prints.
 #[derive(Args, Debug, Clone)]
 pub struct StateArgs {
-    /// The `ferry dev` state directory.
-    #[arg(long, env = "FERRY_STATE_DIR", default_value = state::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
+    /// A `ferry dev` state directory (overrides the context).
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 impl StateArgs {
-    fn state(&self) -> StateDir {
-        StateDir::new(&self.state_dir)
+    async fn open(&self, ctx: Option<&str>) -> Result<Backend> {
+        context::open(ctx, self.state_dir.as_deref()).await
     }
+}
+
+/// Runs `$body` with `$m` bound to the backend's management port.
+macro_rules! with_backend {
+    ($backend:expr, $m:ident => $body:expr) => {
+        match $backend {
+            Backend::Local($m) => $body,
+            #[cfg(feature = "aws")]
+            Backend::Aws($m) => $body,
+        }
+    };
 }
 
 #[derive(Subcommand, Debug)]
 pub enum AppCommand {
-    /// Register an app and the source tree its components build from.
+    /// Add (or replace) an app.
     Add {
         name: String,
-        /// The app's source root (component paths are relative to it).
+        /// The app's source root on this machine (local: component paths are relative to it).
+        #[arg(long, conflicts_with = "source")]
+        root: Option<PathBuf>,
+        /// Where its sources are, as text (AWS: a repository URL; informational).
         #[arg(long)]
-        root: PathBuf,
+        source: Option<String>,
+        #[command(flatten)]
+        common: StateArgs,
+    },
+    /// List apps.
+    List {
         #[command(flatten)]
         common: StateArgs,
     },
@@ -69,9 +89,9 @@ pub enum ComponentCommand {
         /// image: the image to copy (a reference, or oci:DIR[:tag] under the app root).
         #[arg(long)]
         source: Option<String>,
-        /// docker-build: the build context directory.
+        /// docker-build: the build context directory (`--context` is the global context).
         #[arg(long)]
-        context: Option<String>,
+        build_context: Option<String>,
         /// docker-build: the Dockerfile, relative to the context.
         #[arg(long, default_value = "Dockerfile")]
         dockerfile: String,
@@ -87,11 +107,18 @@ pub enum ComponentCommand {
         #[command(flatten)]
         common: StateArgs,
     },
+    /// List components (of one app, or all).
+    List {
+        app: Option<String>,
+        #[command(flatten)]
+        common: StateArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum InstallCommand {
-    /// Add an install: its queue, identity secret and agent key (0600 files under keys/).
+    /// Local only: add an install whose agent `ferry dev` runs (its key is generated into a
+    /// 0600 file), or, with both keys, one whose agent runs elsewhere.
     Add {
         id: String,
         #[arg(long)]
@@ -99,14 +126,53 @@ pub enum InstallCommand {
         /// Components it receives (comma separated; default: every component of the app).
         #[arg(long, value_delimiter = ',')]
         components: Vec<String>,
-        /// The agent's public key (ferry-x25519-pub:…) when the agent runs elsewhere; without
-        /// it a key is generated and `ferry dev` runs the agent.
+        /// The agent's public key (ferry-x25519-pub:…) when the agent runs elsewhere.
         #[arg(long, requires = "report_key")]
         public_key: Option<String>,
-        /// The agent's report key (ferry-agent-ed25519:…, printed by `ferry-agent keygen`
-        /// with the public key): only reports signed with it are accepted.
+        /// The agent's report key (ferry-agent-ed25519:…): only reports signed with it count.
         #[arg(long, requires = "public_key")]
         report_key: Option<String>,
+        #[command(flatten)]
+        common: StateArgs,
+    },
+    /// Register a customer's install: its queue (with a dead-letter queue, admitting only its
+    /// agent), its record and subscriptions. Running it again changes nothing, or updates.
+    Register {
+        id: String,
+        #[arg(long)]
+        app: String,
+        /// The agent's public key (ferry-x25519-pub:…, from `ferry-agent keygen`).
+        #[arg(long)]
+        public_key: String,
+        /// The agent's report key (ferry-agent-ed25519:…, from `ferry-agent keygen`).
+        #[arg(long)]
+        report_key: String,
+        /// The IAM role the agent runs as (AWS: the only principal its queue admits).
+        #[arg(long)]
+        agent_role_arn: Option<String>,
+        /// The install's registry, HOST[/NAMESPACE] (default namespace installs/<id>).
+        #[arg(long)]
+        registry: Option<String>,
+        /// Components it receives (comma separated; default: every component of the app).
+        #[arg(long, value_delimiter = ',')]
+        components: Vec<String>,
+        #[command(flatten)]
+        common: StateArgs,
+    },
+    /// List installs.
+    List {
+        #[command(flatten)]
+        common: StateArgs,
+    },
+    /// One install: its settings, last sync, last report and what it holds.
+    Show {
+        id: String,
+        #[command(flatten)]
+        common: StateArgs,
+    },
+    /// Remove an install: delete its queue and stop fan-out to it (its lineage stays).
+    Remove {
+        id: String,
         #[command(flatten)]
         common: StateArgs,
     },
@@ -114,7 +180,7 @@ pub enum InstallCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BuildCommand {
-    /// Request a build of a component (build.requested, drained by `ferry dev`).
+    /// Request a build of a component (posts build.requested).
     Request {
         app: String,
         component: String,
@@ -128,6 +194,9 @@ pub enum BuildCommand {
 
 #[derive(Args, Debug)]
 pub struct BuildsArgs {
+    /// Only builds of this app.
+    #[arg(long)]
+    app: Option<String>,
     /// Only builds of this component.
     #[arg(long)]
     component: Option<String>,
@@ -140,6 +209,9 @@ pub struct SyncsArgs {
     /// Only syncs to this install.
     #[arg(long)]
     install: Option<String>,
+    /// Only syncs of this build.
+    #[arg(long)]
+    build: Option<String>,
     #[command(flatten)]
     common: StateArgs,
 }
@@ -152,62 +224,152 @@ pub struct LineageArgs {
     common: StateArgs,
 }
 
-pub async fn app(cmd: AppCommand) -> Result<()> {
-    let AppCommand::Add { name, root, common } = cmd;
-    let state = common.state();
-    state.open_existing()?;
-    let name = AppName::new(name.as_str()).with_context(|| format!("app name {name:?}"))?;
-    let root = std::fs::canonicalize(&root)
-        .with_context(|| format!("--root {}: no such directory", root.display()))?;
-    if !root.is_dir() {
-        bail!("--root {} is not a directory", root.display());
-    }
-    state.write_app(&AppRecord {
-        name: name.clone(),
-        root: root.clone(),
-    })?;
-    if common.json {
-        println!("{}", json!({"app": name, "root": root}));
-    } else {
-        println!("app {name} added (source root {})", root.display());
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// The dead letters of QUEUE with the error each job recorded; without QUEUE, the queues
+    /// that have a dead-letter queue.
+    List {
+        queue: Option<String>,
+        #[command(flatten)]
+        common: StateArgs,
+    },
+    /// Send the dead letters of QUEUE back onto it.
+    Redrive {
+        queue: String,
+        #[command(flatten)]
+        common: StateArgs,
+    },
+}
+
+fn app_name(s: &str) -> Result<AppName> {
+    AppName::new(s).with_context(|| format!("app name {s:?}"))
+}
+fn component_name(s: &str) -> Result<ComponentName> {
+    ComponentName::new(s).with_context(|| format!("component name {s:?}"))
+}
+fn install_id(s: &str) -> Result<InstallId> {
+    InstallId::new(s).with_context(|| format!("install id {s:?}"))
+}
+fn component_names(v: &[String]) -> Result<Vec<ComponentName>> {
+    v.iter().map(|c| component_name(c)).collect()
+}
+
+/// Unix ms as RFC 3339 (UTC, seconds).
+fn time(ms: u64) -> String {
+    ferry_registry::token::rfc3339(ms / 1000)
+}
+
+pub async fn app(cmd: AppCommand, ctx: Option<&str>) -> Result<()> {
+    match cmd {
+        AppCommand::Add {
+            name,
+            root,
+            source,
+            common,
+        } => {
+            let backend = common.open(ctx).await?;
+            let name = app_name(&name)?;
+            let source = match root {
+                Some(root) => {
+                    let root = std::fs::canonicalize(&root)
+                        .with_context(|| format!("--root {}: no such directory", root.display()))?;
+                    if !root.is_dir() {
+                        bail!("--root {} is not a directory", root.display());
+                    }
+                    Some(root.display().to_string())
+                }
+                None => source,
+            };
+            if matches!(backend, Backend::Local(_)) && source.is_none() {
+                bail!("a local app needs --root DIR: `ferry dev` builds its components from there");
+            }
+            let record = AppRecord {
+                name: name.clone(),
+                source: source.clone(),
+            };
+            with_backend!(&backend, m => m.put_app(&record).await)?;
+            if common.json {
+                println!("{}", json!({"app": name, "source": source}));
+            } else {
+                println!(
+                    "app {name} added (source {})",
+                    source.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        AppCommand::List { common } => {
+            let backend = common.open(ctx).await?;
+            let apps = with_backend!(&backend, m => m.list_apps().await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&apps)?);
+            } else {
+                let rows: Vec<Vec<String>> = apps
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.name.to_string(),
+                            a.source.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                print_table(&["APP", "SOURCE"], &rows);
+            }
+        }
     }
     Ok(())
 }
 
-async fn require_app(state: &StateDir, app: &str) -> Result<AppName> {
-    let name = AppName::new(app).with_context(|| format!("app name {app:?}"))?;
-    if state.read_app(&name)?.is_none() {
-        let known: Vec<String> = state.apps()?.iter().map(|a| a.name.to_string()).collect();
-        bail!(
-            "unknown app {app}; known apps: {}; add it with `ferry app add {app} --root DIR`",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
+pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
+    let (app, name, kind, source, context, dockerfile, dir, repository, subscribe_all, common) =
+        match cmd {
+            ComponentCommand::List { app, common } => {
+                let backend = common.open(ctx).await?;
+                let app = app.as_deref().map(app_name).transpose()?;
+                let comps = with_backend!(&backend, m => m.list_components(app.as_ref()).await)?;
+                if common.json {
+                    println!("{}", serde_json::to_string_pretty(&comps)?);
+                } else {
+                    let rows: Vec<Vec<String>> = comps
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                format!("{}/{}", c.app, c.name),
+                                c.kind.name().to_string(),
+                                c.repository.to_string(),
+                            ]
+                        })
+                        .collect();
+                    print_table(&["COMPONENT", "KIND", "REPOSITORY"], &rows);
+                }
+                return Ok(());
             }
-        );
-    }
-    Ok(name)
-}
-
-pub async fn component(cmd: ComponentCommand) -> Result<()> {
-    let ComponentCommand::Add {
-        app,
-        name,
-        kind,
-        source,
-        context,
-        dockerfile,
-        dir,
-        repository,
-        subscribe_all,
-        common,
-    } = cmd;
-    let state = common.state();
-    let db = state.open_existing()?;
-    let app = require_app(&state, &app).await?;
-    let cname =
-        ComponentName::new(name.as_str()).with_context(|| format!("component name {name:?}"))?;
+            ComponentCommand::Add {
+                app,
+                name,
+                kind,
+                source,
+                build_context,
+                dockerfile,
+                dir,
+                repository,
+                subscribe_all,
+                common,
+            } => (
+                app,
+                name,
+                kind,
+                source,
+                build_context,
+                dockerfile,
+                dir,
+                repository,
+                subscribe_all,
+                common,
+            ),
+        };
+    let backend = common.open(ctx).await?;
+    let app = app_name(&app)?;
+    let cname = component_name(&name)?;
     let need = |v: Option<String>, flag: &str| {
         v.ok_or_else(|| anyhow::anyhow!("a {kind:?} component needs {flag}"))
     };
@@ -216,7 +378,7 @@ pub async fn component(cmd: ComponentCommand) -> Result<()> {
             source: need(source, "--source")?,
         },
         Kind::DockerBuild => ComponentKind::DockerBuild {
-            context: need(context, "--context")?,
+            context: need(context, "--build-context")?,
             dockerfile,
         },
         Kind::HelmChart => ComponentKind::HelmChart {
@@ -237,18 +399,8 @@ pub async fn component(cmd: ComponentCommand) -> Result<()> {
         kind,
         repository,
     };
-    let store = SqliteStore::new(db.clone());
-    store.put_component(&component).await?;
-    let mut subscribed = Vec::new();
-    if subscribe_all {
-        for mut i in state::all_installs(&db).await? {
-            if i.app == app && !i.components.contains(&cname) {
-                i.components.push(cname.clone());
-                store.put_install(&i).await?;
-                subscribed.push(i.id.to_string());
-            }
-        }
-    }
+    let subscribed =
+        with_backend!(&backend, m => m.put_component(&component, subscribe_all).await)?;
     if common.json {
         println!(
             "{}",
@@ -261,145 +413,277 @@ pub async fn component(cmd: ComponentCommand) -> Result<()> {
             component.repository
         );
         if !subscribed.is_empty() {
-            println!("subscribed: {}", subscribed.join(", "));
+            let ids: Vec<&str> = subscribed.iter().map(|i| i.as_str()).collect();
+            println!("subscribed: {}", ids.join(", "));
         }
     }
     Ok(())
 }
 
-pub async fn install(cmd: InstallCommand) -> Result<()> {
-    let InstallCommand::Add {
-        id,
-        app,
-        components,
-        public_key,
-        report_key,
-        common,
-    } = cmd;
-    let state = common.state();
-    let db = state.open_existing()?;
-    let app = require_app(&state, &app).await?;
-    let id = InstallId::new(id.as_str()).with_context(|| format!("install id {id:?}"))?;
-    if !ferry_registry::access::identity::valid_install_id(id.as_str()) {
-        bail!("install id {id} is not valid (lowercase letters, digits, single . _ -)");
-    }
-    let known: Vec<Component> = state::all_components(&db)
-        .await?
-        .into_iter()
-        .filter(|c| c.app == app)
-        .collect();
-    let names = if components.is_empty() {
-        known.iter().map(|c| c.name.clone()).collect()
-    } else {
-        let mut out = Vec::new();
-        for c in &components {
-            let Some(k) = known.iter().find(|k| k.name.as_str() == c) else {
-                bail!(
-                    "unknown component {c} of app {app}; known: {}",
-                    known
-                        .iter()
-                        .map(|k| k.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            };
-            out.push(k.name.clone());
-        }
-        out
+/// `HOST[/NAMESPACE]` → a registry target (namespace `installs/<id>` by default).
+fn registry_target(text: &str, id: &InstallId) -> Result<RegistryTarget> {
+    let (endpoint, namespace) = match text.split_once('/') {
+        Some((h, ns)) => (h, ns.trim_matches('/').to_string()),
+        None => (text, format!("installs/{id}")),
     };
-    let registry = state
-        .read_info()
-        .map(|i| i.registry)
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let keys = match (public_key, report_key) {
-        (Some(public_key), Some(report_key)) => Some(state::AgentPublicKeys {
+    if endpoint.is_empty() || namespace.is_empty() {
+        bail!("--registry {text:?}: want HOST[/NAMESPACE], e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/ferry");
+    }
+    Ok(RegistryTarget {
+        endpoint: endpoint.to_string(),
+        namespace,
+    })
+}
+
+fn print_registration(r: &Registration, json_out: bool, extra: serde_json::Value) -> Result<()> {
+    if json_out {
+        let mut v = json!({
+            "install": r.install,
+            "outcome": r.outcome,
+            "agent_settings": r.agent_settings,
+        });
+        if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+        println!("{v}");
+        return Ok(());
+    }
+    let i = &r.install;
+    let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+    println!(
+        "install {} {}: app {}, components {}",
+        i.id,
+        match r.outcome {
+            ferry_core::manage::RegistrationOutcome::Created => "registered",
+            ferry_core::manage::RegistrationOutcome::Updated => "updated",
+            ferry_core::manage::RegistrationOutcome::Unchanged => "unchanged (already registered)",
+        },
+        i.app,
+        comps.join(", ")
+    );
+    println!("  queue            {}", i.queue);
+    println!(
+        "  registry         {}/{}",
+        i.registry.endpoint, i.registry.namespace
+    );
+    println!("  public key       {}", i.agent_public_key);
+    println!("  report key       {}", i.agent_report_key);
+    println!("  agent settings (pass to ferry-agent):");
+    for (k, v) in &r.agent_settings {
+        println!("    --{k} {v}");
+    }
+    Ok(())
+}
+
+pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
+    match cmd {
+        InstallCommand::Add {
+            id,
+            app,
+            components,
             public_key,
             report_key,
-        }),
-        _ => None,
-    };
-    let external = keys.is_some();
-    let install = state::provision_install(&state, &db, &id, &app, names, keys, &registry).await?;
-    // What an agent running elsewhere must pin: the vendor key's public half and the registry.
-    let vendor_public_key =
-        state::load_or_create_vendor_key(&state.vendor_key_path())?.public_key_string();
-    if common.json {
-        println!(
-            "{}",
-            json!({"install": install, "identity": format!("agent:{id}"),
-                "identity_secret_file": state.agent_secret_path(&id),
-                "agent_key_file": if external { None } else { Some(state.agent_key_path(&id)) },
-                "vendor_registry": registry, "vendor_public_key": vendor_public_key})
-        );
-    } else {
-        println!(
-            "install {id} added: app {app}, components {}",
-            install
-                .components
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        println!("  queue            {}", install.queue);
-        println!("  public key       {}", install.agent_public_key);
-        println!("  report key       {}", install.agent_report_key);
-        println!(
-            "  identity         agent:{id}, secret in {} (0600)",
-            state.agent_secret_path(&id).display()
-        );
-        if external {
-            println!("  agent            runs elsewhere (its key was given); run it with");
-            println!("                   --vendor-registry {registry} --vendor-public-key {vendor_public_key}");
-        } else {
+            common,
+        } => {
+            let backend = common.open(ctx).await?;
+            let Backend::Local(m) = &backend else {
+                bail!("`ferry install add` is for a local state dir; on AWS the customer runs `ferry-agent keygen` and you run `ferry install register ID --app A --public-key K --report-key R --agent-role-arn ARN --registry R`");
+            };
+            let id = install_id(&id)?;
+            let external = public_key.is_some();
+            let keys = match (public_key, report_key) {
+                (Some(public_key), Some(report_key)) => ferry_dev::state::AgentPublicKeys {
+                    public_key,
+                    report_key,
+                },
+                _ => m.dev_agent_keys(&id)?,
+            };
+            let registration = InstallRegistration {
+                id: id.clone(),
+                app: app_name(&app)?,
+                components: component_names(&components)?,
+                agent_public_key: keys.public_key,
+                agent_report_key: keys.report_key,
+                agent_role_arn: None,
+                registry: None,
+            };
+            let r = m.register_install(&registration).await?;
+            let state = m.state();
+            let vendor_public_key = r
+                .agent_settings
+                .get("vendor-public-key")
+                .cloned()
+                .unwrap_or_default();
+            let vendor_registry = r
+                .agent_settings
+                .get("vendor-registry")
+                .cloned()
+                .unwrap_or_default();
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"install": r.install, "outcome": r.outcome,
+                        "identity": format!("agent:{id}"),
+                        "identity_secret_file": state.agent_secret_path(&id),
+                        "agent_key_file": if external { None } else { Some(state.agent_key_path(&id)) },
+                        "vendor_registry": vendor_registry, "vendor_public_key": vendor_public_key})
+                );
+            } else {
+                let comps: Vec<&str> = r.install.components.iter().map(|c| c.as_str()).collect();
+                println!(
+                    "install {id} added: app {}, components {}",
+                    r.install.app,
+                    comps.join(", ")
+                );
+                println!("  queue            {}", r.install.queue);
+                println!("  public key       {}", r.install.agent_public_key);
+                println!("  report key       {}", r.install.agent_report_key);
+                println!(
+                    "  identity         agent:{id}, secret in {} (0600)",
+                    state.agent_secret_path(&id).display()
+                );
+                if external {
+                    println!("  agent            runs elsewhere (its key was given); run it with");
+                    println!("                   --vendor-registry {vendor_registry} --vendor-public-key {vendor_public_key}");
+                } else {
+                    println!(
+                        "  agent key        {} (0600); a running `ferry dev` starts its agent",
+                        state.agent_key_path(&id).display()
+                    );
+                }
+            }
+        }
+        InstallCommand::Register {
+            id,
+            app,
+            public_key,
+            report_key,
+            agent_role_arn,
+            registry,
+            components,
+            common,
+        } => {
+            let backend = common.open(ctx).await?;
+            let id = install_id(&id)?;
+            let registry = registry
+                .as_deref()
+                .map(|r| registry_target(r, &id))
+                .transpose()?;
+            let registration = InstallRegistration {
+                id,
+                app: app_name(&app)?,
+                components: component_names(&components)?,
+                agent_public_key: public_key,
+                agent_report_key: report_key,
+                agent_role_arn,
+                registry,
+            };
+            let r = with_backend!(&backend, m => m.register_install(&registration).await)?;
+            print_registration(&r, common.json, json!({}))?;
+        }
+        InstallCommand::List { common } => {
+            let backend = common.open(ctx).await?;
+            let installs = with_backend!(&backend, m => m.list_installs().await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&installs)?);
+            } else {
+                let rows: Vec<Vec<String>> = installs
+                    .iter()
+                    .map(|i| {
+                        let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+                        vec![
+                            i.id.to_string(),
+                            i.app.to_string(),
+                            comps.join(","),
+                            i.queue.to_string(),
+                            format!("{}/{}", i.registry.endpoint, i.registry.namespace),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["INSTALL", "APP", "COMPONENTS", "QUEUE", "REGISTRY"],
+                    &rows,
+                );
+            }
+        }
+        InstallCommand::Show { id, common } => {
+            let backend = common.open(ctx).await?;
+            let id = install_id(&id)?;
+            let st = with_backend!(&backend, m => m.install_status(&id).await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(());
+            }
+            let i = &st.install;
+            let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+            println!("install {}", i.id);
+            println!("  app              {}", i.app);
+            println!("  components       {}", comps.join(", "));
+            println!("  queue            {}", i.queue);
             println!(
-                "  agent key        {} (0600); a running `ferry dev` starts its agent",
-                state.agent_key_path(&id).display()
+                "  registry         {}/{}",
+                i.registry.endpoint, i.registry.namespace
             );
+            println!(
+                "  last report      {}",
+                st.last_seen.map(time).unwrap_or_else(|| "never".into())
+            );
+            match &st.last_sync {
+                Some(s) => println!(
+                    "  last sync        {} {} {} ({})",
+                    s.id,
+                    s.repository,
+                    short_digest(s.digest.as_str()),
+                    s.status()
+                ),
+                None => println!("  last sync        none"),
+            }
+            if st.holds.is_empty() {
+                println!("  holds            nothing yet");
+            } else {
+                let rows: Vec<Vec<String>> = st
+                    .holds
+                    .iter()
+                    .map(|h| {
+                        vec![
+                            h.repository.to_string(),
+                            h.digest.to_string(),
+                            time(h.since),
+                            h.build_id.to_string(),
+                        ]
+                    })
+                    .collect();
+                println!("  holds:");
+                print_table(&["REPOSITORY", "DIGEST", "SINCE", "BUILD"], &rows);
+            }
+        }
+        InstallCommand::Remove { id, common } => {
+            let backend = common.open(ctx).await?;
+            let id = install_id(&id)?;
+            let removed = with_backend!(&backend, m => m.remove_install(&id).await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&removed)?);
+            } else {
+                println!(
+                    "install {} removed: queue {} deleted, no more syncs; its lineage stays (`ferry lineage`)",
+                    removed.install, removed.queue_deleted
+                );
+            }
         }
     }
     Ok(())
 }
 
-pub async fn build(cmd: BuildCommand) -> Result<()> {
+pub async fn build(cmd: BuildCommand, ctx: Option<&str>) -> Result<()> {
     let BuildCommand::Request {
         app,
         component,
         source_ref,
         common,
     } = cmd;
-    let state = common.state();
-    let db = state.open_existing()?;
-    let app_name = AppName::new(app.as_str()).with_context(|| format!("app name {app:?}"))?;
-    let cname = ComponentName::new(component.as_str())
-        .with_context(|| format!("component name {component:?}"))?;
-    let store = SqliteStore::new(db.clone());
-    if store.get_component(&app_name, &cname).await?.is_none() {
-        let known: Vec<String> = state::all_components(&db)
-            .await?
-            .into_iter()
-            .map(|c| format!("{}/{}", c.app, c.name))
-            .collect();
-        bail!(
-            "unknown component {app}/{component}; known: {}; add it with `ferry component add`",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        );
-    }
-    let bus = LocalBus::new(SqliteQueue::new(db));
-    let id = ferry_core::handlers::request_build(
-        &bus,
-        &RandomIds,
-        app_name,
-        cname,
-        source_ref.clone(),
-        "ferry build request".into(),
-    )
-    .await
-    .context("publishing build.requested (is this the state dir `ferry dev` uses?)")?;
+    let backend = common.open(ctx).await?;
+    let (a, c) = (app_name(&app)?, component_name(&component)?);
+    let id = with_backend!(&backend, m => m.request_build(&a, &c, &source_ref, "ferry build request").await)?;
     if common.json {
         println!(
             "{}",
@@ -407,30 +691,24 @@ pub async fn build(cmd: BuildCommand) -> Result<()> {
         );
     } else {
         println!("build {id} requested: {app}/{component} at {source_ref}");
-        println!(
-            "watch it with `ferry builds --component {component} --state-dir {}`",
-            state.root().display()
-        );
+        println!("watch it with `ferry builds --component {component}`");
     }
     Ok(())
 }
 
-pub async fn builds(args: BuildsArgs) -> Result<()> {
-    let state = args.common.state();
-    let db = state.open_existing()?;
-    let mut builds = state::all_builds(&db).await?;
-    if let Some(c) = &args.component {
-        let comps = state::all_components(&db).await?;
-        if !comps.iter().any(|k| k.name.as_str() == c) {
-            bail!("unknown component {c}");
-        }
-        builds.retain(|b| b.component.as_str() == c);
-    }
+pub async fn builds(args: BuildsArgs, ctx: Option<&str>) -> Result<()> {
+    let backend = args.common.open(ctx).await?;
+    let filter = BuildFilter {
+        app: args.app.as_deref().map(app_name).transpose()?,
+        component: args.component.as_deref().map(component_name).transpose()?,
+    };
+    let listing = with_backend!(&backend, m => m.list_builds(&filter).await)?;
     if args.common.json {
-        println!("{}", serde_json::to_string_pretty(&builds)?);
+        println!("{}", serde_json::to_string_pretty(&listing.items)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = builds
+    let rows: Vec<Vec<String>> = listing
+        .items
         .iter()
         .map(|b| {
             vec![
@@ -450,32 +728,29 @@ pub async fn builds(args: BuildsArgs) -> Result<()> {
         &["BUILD", "COMPONENT", "REF", "STATUS", "DIGEST / ERROR"],
         &rows,
     );
+    if listing.truncated {
+        println!("(the newest {} only; filter with --component)", rows.len());
+    }
     Ok(())
 }
 
-pub async fn syncs(args: SyncsArgs) -> Result<()> {
-    let state = args.common.state();
-    let db = state.open_existing()?;
-    let mut syncs = state::all_syncs(&db).await?;
-    if let Some(i) = &args.install {
-        let installs = state::all_installs(&db).await?;
-        if !installs.iter().any(|k| k.id.as_str() == i) {
-            bail!(
-                "unknown install {i}; known: {}",
-                installs
-                    .iter()
-                    .map(|k| k.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
-        syncs.retain(|s| s.install_id.as_str() == i);
-    }
+pub async fn syncs(args: SyncsArgs, ctx: Option<&str>) -> Result<()> {
+    let backend = args.common.open(ctx).await?;
+    let filter = SyncFilter {
+        install: args.install.as_deref().map(install_id).transpose()?,
+        build: args
+            .build
+            .as_deref()
+            .map(|b| BuildId::new(b).with_context(|| format!("build id {b:?}")))
+            .transpose()?,
+    };
+    let listing = with_backend!(&backend, m => m.list_syncs(&filter).await)?;
     if args.common.json {
-        println!("{}", serde_json::to_string_pretty(&syncs)?);
+        println!("{}", serde_json::to_string_pretty(&listing.items)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = syncs
+    let rows: Vec<Vec<String>> = listing
+        .items
         .iter()
         .map(|s| {
             vec![
@@ -509,19 +784,24 @@ pub async fn syncs(args: SyncsArgs) -> Result<()> {
         ],
         &rows,
     );
+    if listing.truncated {
+        println!(
+            "(the newest {} only; filter with --install or --build)",
+            rows.len()
+        );
+    }
     Ok(())
 }
 
-pub async fn lineage(args: LineageArgs) -> Result<()> {
+pub async fn lineage(args: LineageArgs, ctx: Option<&str>) -> Result<()> {
     let digest = Digest::new(args.digest.as_str()).with_context(|| {
         format!(
             "{:?} is not a digest; give the full sha256:<64 hex> (see `ferry builds`)",
             args.digest
         )
     })?;
-    let state = args.common.state();
-    let db = state.open_existing()?;
-    let records = state::lineage_of(&db, digest.as_str()).await?;
+    let backend = args.common.open(ctx).await?;
+    let records = with_backend!(&backend, m => m.lineage(&digest).await)?;
     if args.common.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(());
@@ -536,7 +816,7 @@ pub async fn lineage(args: LineageArgs) -> Result<()> {
             vec![
                 r.install_id.to_string(),
                 r.repository.to_string(),
-                since(r.since),
+                time(r.since),
                 r.build_id.to_string(),
                 r.sync_id.to_string(),
             ]
@@ -547,7 +827,63 @@ pub async fn lineage(args: LineageArgs) -> Result<()> {
     Ok(())
 }
 
-/// Unix ms as RFC 3339 (UTC, seconds).
-fn since(ms: u64) -> String {
-    ferry_registry::token::rfc3339(ms / 1000)
+pub async fn dlq(cmd: DlqCommand, ctx: Option<&str>) -> Result<()> {
+    match cmd {
+        DlqCommand::List {
+            queue: None,
+            common,
+        } => {
+            let backend = common.open(ctx).await?;
+            let queues = with_backend!(&backend, m => m.dead_letter_queues().await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&queues)?);
+            } else {
+                let rows: Vec<Vec<String>> = queues.iter().map(|q| vec![q.clone()]).collect();
+                print_table(&["QUEUE (has a dead-letter queue)"], &rows);
+            }
+        }
+        DlqCommand::List {
+            queue: Some(queue),
+            common,
+        } => {
+            let backend = common.open(ctx).await?;
+            let dead = with_backend!(&backend, m => m.dead_letters(&queue).await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&dead)?);
+                return Ok(());
+            }
+            if dead.is_empty() {
+                println!("no dead letters in {queue}");
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = dead
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.message_id.clone(),
+                        d.job.clone().unwrap_or_else(|| "-".into()),
+                        d.job_status
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        d.receive_count
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        d.job_error.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print_table(&["MESSAGE", "JOB", "STATUS", "RECEIVES", "ERROR"], &rows);
+            println!("send them back with `ferry dlq redrive {queue}`");
+        }
+        DlqCommand::Redrive { queue, common } => {
+            let backend = common.open(ctx).await?;
+            let n = with_backend!(&backend, m => m.redrive(&queue).await)?;
+            if common.json {
+                println!("{}", json!({"queue": queue, "redriven": n}));
+            } else {
+                println!("{n} dead letters sent back to {queue}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod event;
 pub mod handlers;
 pub mod id;
+pub mod manage;
 pub mod ports;
 pub mod record;
 pub mod seal;
@@ -17,6 +18,8 @@ pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+#[cfg(any(test, feature = "contract"))]
+pub mod manage_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -12,6 +12,7 @@ use ferry_build::{ArtifactBuilder, BuildConfig, InProcessBuilder};
 use ferry_core::id::AppName;
 use ferry_core::ports::{BuildSpec, Builder, BuilderError};
 use ferry_local::bus::LocalBus;
+use ferry_local::catalog::SqliteCatalog;
 use ferry_local::queue::SqliteQueue;
 use ferry_oci::CredentialStore;
 
@@ -21,6 +22,7 @@ use crate::state::StateDir;
 #[derive(Clone)]
 pub struct DevBuilder {
     state: StateDir,
+    catalog: SqliteCatalog,
     registry: String,
     credentials: CredentialStore,
     bus: Arc<LocalBus<SqliteQueue>>,
@@ -29,14 +31,17 @@ pub struct DevBuilder {
 
 impl DevBuilder {
     /// Builds push to `registry` (`host:port`) with `credentials`; completions go to `bus`.
+    /// App source roots come from the app records in `catalog`.
     pub fn new(
         state: StateDir,
+        catalog: SqliteCatalog,
         registry: String,
         credentials: CredentialStore,
         bus: Arc<LocalBus<SqliteQueue>>,
     ) -> DevBuilder {
         DevBuilder {
             state,
+            catalog,
             registry,
             credentials,
             bus,
@@ -44,38 +49,50 @@ impl DevBuilder {
         }
     }
 
-    fn for_app(
+    async fn for_app(
         &self,
         app: &AppName,
     ) -> Result<InProcessBuilder<LocalBus<SqliteQueue>>, BuilderError> {
-        let mut map = self.per_app.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get(app) {
+        if let Some(b) = self
+            .per_app
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+        {
             return Ok(b.clone());
         }
         let rejected = |message: String| BuilderError::Rejected { message };
+        let no_tree = || {
+            rejected(format!(
+                "app {app} has no source tree on this machine; run `ferry app add {app} --root DIR`"
+            ))
+        };
         let record = self
-            .state
-            .read_app(app)
-            .map_err(|e| rejected(e.to_string()))?
-            .ok_or_else(|| {
-                rejected(format!(
-                    "app {app} has no source tree on this machine; run `ferry app add {app} --root DIR`"
-                ))
-            })?;
-        let mut config = BuildConfig::new(self.registry.clone(), record.root)
+            .catalog
+            .get_app(app)
+            .await
+            .map_err(|e| BuilderError::Unavailable {
+                message: e.to_string(),
+            })?
+            .ok_or_else(no_tree)?;
+        let root = record.source.ok_or_else(no_tree)?;
+        let mut config = BuildConfig::new(self.registry.clone(), std::path::PathBuf::from(root))
             .with_prefix("vendor")
             .with_credentials(self.credentials.clone());
         config.work_dir = Some(self.state.work_dir());
         let artifact = ArtifactBuilder::new(config).map_err(|e| rejected(e.to_string()))?;
         let b = InProcessBuilder::new(artifact, self.bus.clone());
-        map.insert(app.clone(), b.clone());
+        self.per_app
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(app.clone(), b.clone());
         Ok(b)
     }
 }
 
 impl Builder for DevBuilder {
     async fn start(&self, spec: &BuildSpec) -> Result<String, BuilderError> {
-        let b = self.for_app(&spec.component.app)?;
+        let b = self.for_app(&spec.component.app).await?;
         b.start(spec).await
     }
 }

@@ -12,6 +12,7 @@
 mod agents;
 mod builder;
 mod error;
+pub mod manage;
 pub mod state;
 mod status;
 mod system;

@@ -11,12 +11,10 @@ use std::time::Duration;
 
 use ferry_core::domain::{Build, Component, Install, LineageRecord, RegistryTarget, SyncJob};
 use ferry_core::id::{AppName, ComponentName, InstallId, QueueName};
-use ferry_core::ports::JobStore as _;
 use ferry_core::seal::AgentKeypair;
 use ferry_core::trust::VendorKey;
 use ferry_local::db::{Db, DbError};
 use ferry_local::queue::{QueueConfig, SqliteQueue};
-use ferry_local::store::SqliteStore;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -27,7 +25,7 @@ pub const DEFAULT_STATE_DIR: &str = ".ferry/dev";
 
 /// Install queues allow more receives than the agent's own retry limit (5), so the agent
 /// reports a failing job itself before the queue dead-letters it.
-const INSTALL_QUEUE_MAX_RECEIVES: u32 = 10;
+pub const INSTALL_QUEUE_MAX_RECEIVES: u32 = 10;
 const INSTALL_QUEUE_VISIBILITY: Duration = Duration::from_secs(60);
 
 /// Paths inside one state directory.
@@ -62,9 +60,6 @@ impl StateDir {
     pub fn work_dir(&self) -> PathBuf {
         self.root.join("work")
     }
-    pub fn apps_dir(&self) -> PathBuf {
-        self.root.join("apps")
-    }
     /// Written by a running `ferry dev`: where its registry listens.
     pub fn info_path(&self) -> PathBuf {
         self.root.join("dev.json")
@@ -85,12 +80,7 @@ impl StateDir {
 
     /// Creates the directory tree (keys/ is 0700).
     pub fn create(&self) -> Result<()> {
-        for d in [
-            self.root.clone(),
-            self.logs_dir(),
-            self.apps_dir(),
-            self.work_dir(),
-        ] {
+        for d in [self.root.clone(), self.logs_dir(), self.work_dir()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         let keys = self.keys_dir();
@@ -124,46 +114,6 @@ impl StateDir {
         let text = serde_json::to_string_pretty(info)?;
         write_atomic(&self.info_path(), text.as_bytes())
     }
-
-    fn app_path(&self, app: &AppName) -> PathBuf {
-        self.apps_dir().join(format!("{app}.json"))
-    }
-
-    pub fn read_app(&self, app: &AppName) -> Result<Option<AppRecord>> {
-        let path = self.app_path(app);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a valid app record", path.display())
-            })?)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-
-    pub fn write_app(&self, record: &AppRecord) -> Result<()> {
-        std::fs::create_dir_all(self.apps_dir())?;
-        let text = serde_json::to_string_pretty(record)?;
-        write_atomic(&self.app_path(&record.name), text.as_bytes())
-    }
-
-    pub fn apps(&self) -> Result<Vec<AppRecord>> {
-        let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(self.apps_dir()) else {
-            return Ok(out);
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                let text = std::fs::read_to_string(&p)?;
-                out.push(
-                    serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not a valid app record", p.display()))?,
-                );
-            }
-        }
-        out.sort_by(|a: &AppRecord, b| a.name.cmp(&b.name));
-        Ok(out)
-    }
 }
 
 /// What a running `ferry dev` tells the management commands.
@@ -172,14 +122,6 @@ pub struct DevInfo {
     /// `host:port` of the embedded registry.
     pub registry: String,
     pub pid: u32,
-}
-
-/// An app the state dir knows: its name and the source tree its components build from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AppRecord {
-    pub name: AppName,
-    /// The app root: component paths are relative to it.
-    pub root: PathBuf,
 }
 
 /// Writes through a temp file and a rename, so a reader never sees half a file.
@@ -315,8 +257,9 @@ pub async fn create_install_queue(queue: &SqliteQueue, name: &QueueName) -> Resu
     Ok(())
 }
 
-/// Registers an install: its queue, its identity secret (0600), its agent key (generated unless
-/// `public_key` is given; the agent then runs elsewhere) and its store record. Idempotent.
+/// Registers an install through the management port: its queue, its identity secret (0600),
+/// its agent key (generated unless `keys` is given; the agent then runs elsewhere) and its
+/// store record, in `registry` (`host:port`). Idempotent.
 pub async fn provision_install(
     state: &StateDir,
     db: &Db,
@@ -326,40 +269,29 @@ pub async fn provision_install(
     keys: Option<AgentPublicKeys>,
     registry: &str,
 ) -> Result<Install> {
-    let store = SqliteStore::new(db.clone());
-    let queue = SqliteQueue::new(db.clone());
-    let queue_name = install_queue(id)?;
-    create_install_queue(&queue, &queue_name).await?;
-    load_or_create_secret(&state.agent_secret_path(id))?;
-    let (agent_public_key, agent_report_key) = match keys {
-        Some(k) => {
-            // Refuse keys that cannot be used now, not at the first sync or report.
-            ferry_core::seal::seal(&k.public_key, b"probe", b"probe").with_context(|| {
-                "--public-key is not an agent public key (want ferry-x25519-pub:…)".to_string()
-            })?;
-            ferry_core::trust::check_agent_report_key(&k.report_key)
-                .context("--report-key is not an agent report key")?;
-            (k.public_key, k.report_key)
-        }
-        None => {
-            let kp = load_or_create_agent_key(&state.agent_key_path(id))?;
-            (kp.public_key_string(), kp.report_key().public_key_string())
-        }
+    use ferry_core::manage::{InstallRegistration, Management as _};
+    let manage = crate::manage::LocalManagement::new(state.clone(), db.clone());
+    let keys = match keys {
+        Some(k) => k,
+        None => manage.dev_agent_keys(id)?,
     };
-    let install = Install {
+    let registration = InstallRegistration {
         id: id.clone(),
         app: app.clone(),
-        registry: RegistryTarget {
+        components,
+        agent_public_key: keys.public_key,
+        agent_report_key: keys.report_key,
+        agent_role_arn: None,
+        registry: Some(RegistryTarget {
             endpoint: registry.to_string(),
             namespace: format!("installs/{id}"),
-        },
-        agent_public_key,
-        agent_report_key,
-        queue: queue_name,
-        components,
+        }),
     };
-    store.put_install(&install).await?;
-    Ok(install)
+    Ok(manage
+        .register_install(&registration)
+        .await
+        .map_err(|e| DevError::Failed(e.to_string()))?
+        .install)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,12 +324,18 @@ fn bodies<T: DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Every component, by app then name.
 pub async fn all_components(db: &Db) -> Result<Vec<Component>> {
-    bodies(db, "SELECT body FROM components ORDER BY app, name", None).await
+    Ok(ferry_local::catalog::SqliteCatalog::new(db.clone())
+        .components()
+        .await?)
 }
 
+/// Every install, by id.
 pub async fn all_installs(db: &Db) -> Result<Vec<Install>> {
-    bodies(db, "SELECT body FROM installs ORDER BY id", None).await
+    Ok(ferry_local::catalog::SqliteCatalog::new(db.clone())
+        .installs()
+        .await?)
 }
 
 /// Oldest first.

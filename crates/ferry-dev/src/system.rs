@@ -32,7 +32,7 @@ use ferry_registry::server::{RegistryServer, RunningRegistry};
 use crate::agents::Agents;
 use crate::builder::DevBuilder;
 use crate::error::{Context as _, DevError, Result};
-use crate::state::{self, AppRecord, DevInfo, StateDir};
+use crate::state::{self, DevInfo, StateDir};
 use crate::status::Snapshot;
 
 /// How often [`DevSystem::wait_until_done`] looks at the store.
@@ -82,12 +82,15 @@ impl DevSystem {
             .with_context(|| format!("loading the app file {}", app_file.display()))?;
         let app_root = std::fs::canonicalize(&app.root)
             .with_context(|| format!("resolving {}", app.root.display()))?;
-        state.write_app(&AppRecord {
-            name: app.app.clone(),
-            root: app_root.clone(),
-        })?;
         let db = Db::open(state.db_path())
             .with_context(|| format!("opening {}", state.db_path().display()))?;
+        let catalog = ferry_local::catalog::SqliteCatalog::new(db.clone());
+        catalog
+            .put_app(&ferry_core::manage::AppRecord {
+                name: app.app.clone(),
+                source: Some(app_root.display().to_string()),
+            })
+            .await?;
 
         // Registry with the real authorizer: the builder is `vendor`, each agent `agent:<id>`.
         let vendor_secret = state::load_or_create_secret(&state.vendor_secret_path())?;
@@ -134,7 +137,7 @@ impl DevSystem {
             },
         );
         let bus = Arc::new(LocalBus::new(SqliteQueue::new(db.clone())));
-        let builder = DevBuilder::new(state.clone(), host.clone(), creds, bus);
+        let builder = DevBuilder::new(state.clone(), catalog, host.clone(), creds, bus);
         let minter = LocalGrantMinter::new(access.clone(), host.clone());
         let ims = LocalIms::new(
             db.clone(),

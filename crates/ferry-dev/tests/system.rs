@@ -45,3 +45,27 @@ async fn starts_in_process_builds_and_syncs_every_install() {
         "shutdown forgets the process"
     );
 }
+
+/// The management port's contract on a fresh state dir (SQLite store and queues).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_management_keeps_the_management_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ferry_dev::state::StateDir::new(dir.path().join("state"));
+    state.create().unwrap();
+    let db = ferry_local::db::Db::open(state.db_path()).unwrap();
+    let manage = ferry_dev::manage::LocalManagement::new(state, db.clone());
+    // As a started `ferry dev` leaves them: the bus routes build.requested to its queue.
+    ferry_local::worker::create_ims_queues(manage.queue(), Duration::from_secs(30), 5)
+        .await
+        .unwrap();
+    ferry_core::manage_contract::management_contract(
+        ferry_core::manage_contract::ManagementFixture {
+            store: manage.store().clone(),
+            queue: manage.queue().clone(),
+            manage,
+            install_queue_max_receives: ferry_dev::state::INSTALL_QUEUE_MAX_RECEIVES,
+            agent_role_arn: |_| None,
+        },
+    )
+    .await;
+}

@@ -83,6 +83,10 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at INTEGER NOT NULL
     );
     "#,
+    // 3: apps, as records (the management port's `put_app`).
+    r#"
+    CREATE TABLE apps (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+    "#,
 ];
 
 #[derive(Debug, thiserror::Error)]

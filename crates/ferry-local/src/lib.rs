@@ -8,6 +8,7 @@
 //! message reaches the dead-letter queue after N receives.
 
 pub mod bus;
+pub mod catalog;
 pub mod clock;
 pub mod db;
 pub mod minter;

@@ -348,6 +348,88 @@ impl SqliteQueue {
         .await
     }
 
+    /// Deletes a queue and its messages (SQS `DeleteQueue`), then its dead-letter queue if no
+    /// other queue uses it. Deleting a missing queue is `NoSuchQueue`.
+    pub async fn delete_queue(&self, name: &QueueName) -> Result<(), QueueError> {
+        let name = name.clone();
+        self.run(move |tx| {
+            let row = require_queue(tx, &name)?;
+            let users: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM queues WHERE dlq = ?1",
+                [name.as_str()],
+                |r| r.get(0),
+            )?;
+            if users > 0 {
+                return Err(TxError::Queue(QueueError::Invalid {
+                    message: format!("queue {name} is the dead-letter queue of another queue"),
+                }));
+            }
+            tx.execute("DELETE FROM messages WHERE queue = ?1", [name.as_str()])?;
+            tx.execute("DELETE FROM queues WHERE name = ?1", [name.as_str()])?;
+            if let Some(dlq) = row.dlq {
+                let users: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM queues WHERE dlq = ?1", [&dlq], |r| {
+                        r.get(0)
+                    })?;
+                if users == 0 {
+                    tx.execute("DELETE FROM messages WHERE queue = ?1", [&dlq])?;
+                    tx.execute("DELETE FROM queues WHERE name = ?1", [&dlq])?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every queue that has a dead-letter queue, as (queue, dead-letter queue), by name.
+    pub async fn queues_with_dlq(&self) -> Result<Vec<(QueueName, QueueName)>, QueueError> {
+        self.run(move |tx| {
+            let mut stmt =
+                tx.prepare("SELECT name, dlq FROM queues WHERE dlq IS NOT NULL ORDER BY name")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (q, d) = row?;
+                let bad = |e: ferry_core::id::IdError| TxError::Db(DbError::Invalid(e.to_string()));
+                out.push((
+                    QueueName::new(q).map_err(bad)?,
+                    QueueName::new(d).map_err(bad)?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Moves up to `max` dead letters of `dlq` back onto the queues they came from, visible at
+    /// once with a fresh receive count (SQS `StartMessageMoveTask`). Returns how many moved.
+    pub async fn redrive_dead_letters(
+        &self,
+        dlq: &QueueName,
+        max: usize,
+    ) -> Result<usize, QueueError> {
+        let dlq = dlq.clone();
+        let moved = self
+            .run(move |tx| {
+                require_queue(tx, &dlq)?;
+                let now = to_i64(unix_ms());
+                // Only to a source queue that still exists; others stay dead-lettered.
+                let n = tx.execute(
+                    "UPDATE messages SET queue = dead_lettered_from, visible_at = ?2,
+                        receive_count = 0, receipt = NULL, dead_lettered_from = NULL,
+                        dead_letter_reason = NULL, dead_lettered_at = NULL
+                     WHERE seq IN (SELECT m.seq FROM messages m JOIN queues q
+                                     ON q.name = m.dead_lettered_from
+                                   WHERE m.queue = ?1 ORDER BY m.seq LIMIT ?3)",
+                    params![dlq.as_str(), now, i64::try_from(max).unwrap_or(i64::MAX)],
+                )?;
+                Ok(n)
+            })
+            .await?;
+        Ok(moved)
+    }
+
     /// Records why processing a received message failed; shown with it if it is dead-lettered.
     /// A stale receipt is refused like for `delete`.
     pub async fn note_failure(

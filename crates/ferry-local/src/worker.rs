@@ -88,6 +88,37 @@ pub struct WorkerStats {
     pub failed: u64,
 }
 
+/// Creates (idempotently) the IMS queues and their dead-letter queues, as `LocalIms::new` does.
+pub async fn create_ims_queues(
+    queue: &SqliteQueue,
+    visibility_timeout: std::time::Duration,
+    max_receive_count: u32,
+) -> Result<(), QueueError> {
+    for name in ims_queues() {
+        let dlq = dlq_name(&name)?;
+        queue
+            .create_queue(
+                &dlq,
+                QueueConfig {
+                    visibility_timeout,
+                    ..QueueConfig::default()
+                },
+            )
+            .await?;
+        queue
+            .create_queue(
+                &name,
+                QueueConfig {
+                    visibility_timeout,
+                    max_receive_count,
+                    dlq: Some(dlq),
+                },
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// Runs until `shutdown` turns true. Returns an error only when the queue cannot be served at
 /// all (it does not exist, or its settings are invalid); outages are logged and retried.
 pub async fn run_queue_worker<B, G, C>(
@@ -281,28 +312,12 @@ where
         vendor_key: Arc<VendorKey>,
     ) -> Result<Self, QueueError> {
         let queue = SqliteQueue::new(db.clone());
-        for name in ims_queues() {
-            let dlq = dlq_name(&name)?;
-            queue
-                .create_queue(
-                    &dlq,
-                    QueueConfig {
-                        visibility_timeout: options.visibility_timeout,
-                        ..QueueConfig::default()
-                    },
-                )
-                .await?;
-            queue
-                .create_queue(
-                    &name,
-                    QueueConfig {
-                        visibility_timeout: options.visibility_timeout,
-                        max_receive_count: options.max_receive_count,
-                        dlq: Some(dlq),
-                    },
-                )
-                .await?;
-        }
+        create_ims_queues(
+            &queue,
+            options.visibility_timeout,
+            options.max_receive_count,
+        )
+        .await?;
         let ports: ImsPorts<B, G, C> = Ports {
             store: SqliteStore::new(db),
             bus: LocalBus::new(queue.clone()),
