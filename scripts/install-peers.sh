@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against, if missing:
-#   Debian: docker-registry (the CNCF distribution registry), skopeo, buildah, curl, openssl
+#   Debian: docker-registry (the CNCF distribution registry), skopeo, buildah, curl, openssl,
+#           containerd (ctr: a real node runtime pulling with an install's node identity)
 #   PyPI:   moto[server] (AWS APIs), cfn-lint, pytest, cargo-lambda (brings zig), helm-python-sdk (helm pull)
 # Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -10,6 +11,7 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v buildah >/dev/null || need+=(buildah)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+command -v ctr >/dev/null || need+=(containerd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

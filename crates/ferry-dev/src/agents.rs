@@ -98,6 +98,12 @@ impl Agents {
             .storage()
             .add_namespace(&namespace)
             .with_context(|| format!("declaring namespace {namespace}"))?;
+        // The nodes' pull-only identity exists wherever the agent runs: nodes pull from this
+        // registry. Created here too for installs provisioned before node identities existed.
+        let node_secret = state::load_or_create_secret(&self.state.node_secret_path(id))?;
+        self.access.update_policy(|p| {
+            p.add_identity(Identity::Node(id.to_string()), &node_secret);
+        });
         let secret_path = self.state.agent_secret_path(id);
         if !secret_path.exists() {
             tracing::info!(install = %id, "no identity secret here; its agent runs elsewhere");

@@ -82,6 +82,10 @@ impl StateDir {
     pub fn agent_secret_path(&self, install: &InstallId) -> PathBuf {
         self.keys_dir().join(format!("agent-{install}.secret"))
     }
+    /// The secret of `node:<install>`, the install's pull-only node identity (0600).
+    pub fn node_secret_path(&self, install: &InstallId) -> PathBuf {
+        self.keys_dir().join(format!("node-{install}.secret"))
+    }
 
     /// Creates the directory tree (keys/ is 0700).
     pub fn create(&self) -> Result<()> {
@@ -315,8 +319,9 @@ pub async fn create_install_queue(queue: &SqliteQueue, name: &QueueName) -> Resu
     Ok(())
 }
 
-/// Registers an install: its queue, its identity secret (0600), its agent key (generated unless
-/// `public_key` is given; the agent then runs elsewhere) and its store record. Idempotent.
+/// Registers an install: its queue, its agent's and its nodes' identity secrets (0600), its agent
+/// key (generated unless `public_key` is given; the agent then runs elsewhere) and its store
+/// record. Idempotent.
 pub async fn provision_install(
     state: &StateDir,
     db: &Db,
@@ -331,6 +336,7 @@ pub async fn provision_install(
     let queue_name = install_queue(id)?;
     create_install_queue(&queue, &queue_name).await?;
     load_or_create_secret(&state.agent_secret_path(id))?;
+    load_or_create_secret(&state.node_secret_path(id))?;
     let (agent_public_key, agent_report_key) = match keys {
         Some(k) => {
             // Refuse keys that cannot be used now, not at the first sync or report.
@@ -417,4 +423,26 @@ pub async fn lineage_of(db: &Db, digest: &str) -> Result<Vec<LineageRecord>> {
         Some(digest.to_string()),
     )
     .await
+}
+
+/// How `install`'s nodes pull from `registry` (`host[:port]`, the install's registry endpoint)
+/// with their pull-only identity `node:<install>`: the recipe `ferry install show` prints. The
+/// secret stays in its 0600 file; the recipe only names the file. Fails if the install was
+/// never provisioned here (no secret file).
+pub fn node_pull_recipe(
+    state: &StateDir,
+    install: &InstallId,
+    registry: &str,
+) -> Result<ferry_registry::access::node::NodePullRecipe> {
+    let file = state.node_secret_path(install);
+    if !file.is_file() {
+        bail!(
+            "install {install} has no node identity in {} (no {}); run `ferry install add` \
+             for it, or start `ferry dev` on this state dir once to create it",
+            state.root.display(),
+            file.display()
+        );
+    }
+    ferry_registry::access::node::NodePullRecipe::new(registry, install.as_str(), &file)
+        .with_context(|| format!("the recipe for install {install}"))
 }
