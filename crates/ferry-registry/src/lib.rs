@@ -14,6 +14,7 @@ mod body;
 pub mod budget;
 pub mod errors;
 mod graph;
+pub mod in_use;
 pub mod limits;
 pub mod listener;
 pub mod lock;
