@@ -139,6 +139,7 @@ impl Agents {
         )
         .with_receive(ReceiveOptions::new(1, 20, 60)?);
         config.shutdown_grace = Duration::from_secs(10);
+        config.keep_last = Some(ferry_agent::DEFAULT_KEEP_LAST);
         let agent = Agent::new(config, queue, reporter, keypair);
         let stop = self.stop.child_token();
         let install_id = id.clone();
