@@ -21,7 +21,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::server::{Authorizer, Challenge, Denied, GraphLookup, Principal};
+pub use crate::authz::{Action, Target};
+use crate::authz::{Authorizer, Challenge, Denied, GraphLookup, Principal};
 use crate::token::{
     self, AccessEntry, GrantScope, TokenClaims, TokenError, TokenSigner, TokenVerifier,
     LEEWAY_SECS, MAX_TOKEN_TTL_SECS,
@@ -30,55 +31,6 @@ use identity::{Identity, IdentityStore};
 use revocation::{RevocationError, RevocationList};
 
 pub use not_before::revoke_grants_issued_before;
-
-/// What a request is about to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Action {
-    Pull,
-    Push,
-    Delete,
-}
-
-impl Action {
-    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
-
-    /// The token-spec action name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Pull => "pull",
-            Action::Push => "push",
-            Action::Delete => "delete",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Action> {
-        match s {
-            "pull" => Some(Action::Pull),
-            "push" => Some(Action::Push),
-            "delete" => Some(Action::Delete),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a request touches, for grants that are limited to one manifest graph.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// A manifest by tag or digest.
-    Manifest(String),
-    /// A blob by digest.
-    Blob(String),
-    /// Tag list, referrers, upload sessions: the repository as a whole.
-    Repository,
-    /// `/v2/_catalog`.
-    Catalog,
-}
 
 /// Whose namespace a repository is in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! missing, and never log or echo a token.
 
 pub mod access;
+pub mod authz;
 mod body;
 pub mod budget;
 pub mod errors;
