@@ -56,6 +56,17 @@ pub enum BuildError {
         reason: String,
     },
 
+    /// The source failed its signature policy; nothing was imported.
+    #[error("component {component}: signature policy not met: {reason}; nothing was imported")]
+    PolicyFailed { component: String, reason: String },
+
+    #[error("component {component}: chart repository {url}: {reason}")]
+    ChartRepository {
+        component: String,
+        url: String,
+        reason: String,
+    },
+
     #[error("component {component}: {what} is not supported by this builder: {hint}")]
     Unsupported {
         component: String,

@@ -81,11 +81,35 @@ pub(crate) async fn build(
         let out = out.clone();
         package::blocking(move || package_chart(&component, &dir, &out)).await?
     };
+    push_chart(b, spec, chart, None, tmp, repository).await
+}
+
+/// A chart's provenance file (`helm package --sign`), carried as its own layer.
+pub(crate) struct Provenance {
+    pub path: PathBuf,
+    pub digest: OciDigest,
+    pub size: u64,
+}
+
+/// The provenance layer's media type, as Helm's OCI push writes it.
+pub const HELM_PROVENANCE_LAYER: &str = "application/vnd.cncf.helm.chart.provenance.v1.prov";
+
+/// Writes `chart` (and its provenance, if any) as Helm's OCI chart artifact into a layout under
+/// `tmp`, and pushes it to `repository` tagged with the build id and the chart version.
+pub(crate) async fn push_chart(
+    b: &ArtifactBuilder,
+    spec: &BuildSpec,
+    chart: ChartPackage,
+    provenance: Option<Provenance>,
+    tmp: tempfile::TempDir,
+    repository: &ferry_core::id::Repository,
+) -> Result<BuiltArtifact, BuildError> {
+    let component = &spec.component;
     let oci = |source| BuildError::Oci {
         component: component.name.to_string(),
         source,
     };
-    let layout_dir = out.join("layout");
+    let layout_dir = tmp.path().join("layout");
     let layout = OciLayout::create(&layout_dir).await.map_err(oci)?;
     package::add_file_blob(
         &layout,
@@ -105,6 +129,15 @@ pub(crate) async fn build(
     );
     // Helm itself leaves layer annotations out; keep the layer descriptor plain.
     layer.annotations.clear();
+    let mut layers = vec![layer];
+    if let Some(p) = provenance {
+        package::add_file_blob(&layout, &p.path, &p.digest, p.size)
+            .await
+            .map_err(oci)?;
+        let mut prov = package::descriptor(HELM_PROVENANCE_LAYER, p.digest, p.size);
+        prov.annotations.clear();
+        layers.push(prov);
+    }
     let mut annotations = BTreeMap::new();
     annotations.insert("org.opencontainers.image.title".into(), chart.name.clone());
     annotations.insert(
@@ -117,7 +150,7 @@ pub(crate) async fn build(
     if let Some(h) = chart.home.as_ref().filter(|h| !h.is_empty()) {
         annotations.insert("org.opencontainers.image.url".into(), h.clone());
     }
-    package::write_manifest(&layout, None, &config, &[layer], &annotations)
+    package::write_manifest(&layout, None, &config, &layers, &annotations)
         .await
         .map_err(oci)?;
 
@@ -177,6 +210,83 @@ pub fn package_chart(
         archive,
         archive_digest,
         archive_size,
+        config,
+    })
+}
+
+/// The largest Chart.yaml read out of a downloaded archive; Helm's own limit is far above any
+/// real chart's metadata, so a bigger one is a broken or hostile archive.
+const MAX_CHART_YAML: u64 = 1024 * 1024;
+
+/// Describes an already packaged chart archive (a `.tgz` from a chart repository) without
+/// repacking it: the archive's bytes, and so its digest, stay exactly as the repository
+/// served them. Reads `<chart>/Chart.yaml` out of the archive by streaming; refuses an archive
+/// whose Chart.yaml is missing or invalid, or names a different chart or version.
+pub(crate) fn chart_from_archive(
+    component: &Component,
+    archive: &Path,
+    digest: OciDigest,
+    size: u64,
+    expect: (&str, &str),
+) -> Result<ChartPackage, BuildError> {
+    let (want_name, want_version) = expect;
+    let invalid = |reason: String| BuildError::InvalidChart {
+        component: component.name.to_string(),
+        file: archive.to_path_buf(),
+        reason,
+    };
+    let file = File::open(archive).map_err(io_err("open chart archive", archive))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    let mut text = None;
+    let entries = tar
+        .entries()
+        .map_err(|e| invalid(format!("not a gzip'd tar archive: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| invalid(format!("unreadable archive entry: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| invalid(format!("bad entry path: {e}")))?
+            .into_owned();
+        let parts: Vec<_> = path.components().collect();
+        if parts.len() == 2 && parts[1].as_os_str() == "Chart.yaml" {
+            if entry.size() > MAX_CHART_YAML {
+                return Err(invalid(format!(
+                    "{} is {} bytes; Chart.yaml is at most {MAX_CHART_YAML} bytes",
+                    path.display(),
+                    entry.size()
+                )));
+            }
+            let mut buf = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(entry, MAX_CHART_YAML),
+                &mut buf,
+            )
+            .map_err(|e| invalid(format!("{} is not UTF-8 text: {e}", path.display())))?;
+            text = Some(buf);
+            break;
+        }
+    }
+    let text = text.ok_or_else(|| invalid("the archive holds no <chart>/Chart.yaml".into()))?;
+    let meta = parse_chart_yaml(&text).map_err(&invalid)?;
+    let text_field = |k: &str| meta.get(k).and_then(Value::as_str).map(str::to_string);
+    let name = text_field("name").unwrap_or_default();
+    let version = text_field("version").unwrap_or_default();
+    validate(&meta, &name, &version).map_err(&invalid)?;
+    if name != want_name || version != want_version {
+        return Err(invalid(format!(
+            "the archive is chart {name:?} version {version:?}, but the repository index \
+             listed it as {want_name:?} version {want_version:?}"
+        )));
+    }
+    let config = encode_config(&meta).map_err(&invalid)?;
+    Ok(ChartPackage {
+        description: text_field("description"),
+        home: text_field("home"),
+        name,
+        version,
+        archive: archive.to_path_buf(),
+        archive_digest: digest,
+        archive_size: size,
         config,
     })
 }

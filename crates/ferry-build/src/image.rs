@@ -6,9 +6,10 @@
 //! the digest) and never read a layout outside the app root.
 
 use ferry_core::ports::BuildSpec;
-use ferry_oci::{LayoutRef, Reference};
+use ferry_oci::{CopyOptions, LayoutRef, Reference};
 
 use crate::error::BuildError;
+use crate::signatures;
 use crate::{ArtifactBuilder, BuiltArtifact};
 
 pub(crate) async fn build(
@@ -18,13 +19,50 @@ pub(crate) async fn build(
     repository: &ferry_core::id::Repository,
 ) -> Result<BuiltArtifact, BuildError> {
     let reference = source_reference(b, spec, source)?;
-    b.push(
-        &spec.component,
-        &reference,
-        repository,
-        vec![spec.build_id.to_string()],
-    )
-    .await
+    build_verified(b, spec, reference, repository, None).await
+}
+
+/// Imports `reference` (verified first when `policy` is given) with its referrers and cosign's
+/// tag-scheme artifacts, so signatures, SBOMs and attestations travel with the image.
+pub(crate) async fn build_verified(
+    b: &ArtifactBuilder,
+    spec: &BuildSpec,
+    reference: Reference,
+    repository: &ferry_core::id::Repository,
+    policy: Option<&ferry_oci::cosign::Policy>,
+) -> Result<BuiltArtifact, BuildError> {
+    let reference = match policy {
+        Some(p) => signatures::verify_source(b, &spec.component, &reference, p).await?,
+        None => reference,
+    };
+    let options = CopyOptions {
+        referrers: true,
+        ..CopyOptions::default()
+    };
+    let artifact = b
+        .push_with(
+            &spec.component,
+            &reference,
+            repository,
+            vec![spec.build_id.to_string()],
+            options,
+        )
+        .await?;
+    let digest: ferry_oci::Digest =
+        artifact
+            .digest
+            .as_str()
+            .parse()
+            .map_err(|e| BuildError::Oci {
+                component: spec.component.name.to_string(),
+                source: e,
+            })?;
+    let tags =
+        signatures::copy_cosign_tags(b, &spec.component, &reference, repository, &digest).await?;
+    if !tags.is_empty() {
+        tracing::info!(build_id = %spec.build_id, ?tags, "cosign artifacts copied");
+    }
+    Ok(artifact)
 }
 
 /// The reference to copy from: `source`, with the source ref as its tag (or `@digest`) when

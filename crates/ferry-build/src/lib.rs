@@ -11,12 +11,15 @@
 //! See docs/design/build.md.
 
 pub mod app;
+mod chart_repo;
 mod docker;
 pub mod error;
+pub mod git;
 mod helm;
 mod image;
 pub mod inprocess;
 mod package;
+mod signatures;
 mod tofu;
 
 use std::path::{Component as PathComponent, Path, PathBuf};
@@ -205,12 +208,13 @@ impl ArtifactBuilder {
             ComponentKind::Image { source } => image::build(self, spec, source, &repository).await,
             ComponentKind::HelmChart { chart } => match chart {
                 ChartSource::Dir { path } => helm::build(self, spec, path, &repository).await,
-                ChartSource::Repo { url, chart, .. } => Err(BuildError::Unsupported {
-                    component: component.name.to_string(),
-                    what: format!("helm chart {chart:?} from chart repository {url:?}"),
-                    hint: "vendor the chart into the source tree and use {\"from\": \"dir\"}"
-                        .into(),
-                }),
+                ChartSource::Repo {
+                    url,
+                    chart,
+                    version,
+                } => {
+                    chart_repo::build(self, spec, url, chart, version.as_deref(), &repository).await
+                }
             },
             ComponentKind::OpentofuModule { dir } => {
                 tofu::build(self, spec, dir, &repository).await
@@ -319,11 +323,24 @@ impl ArtifactBuilder {
         repository: &Repository,
         tags: Vec<String>,
     ) -> Result<BuiltArtifact, BuildError> {
+        self.push_with(component, source, repository, tags, CopyOptions::default())
+            .await
+    }
+
+    /// [`push`](Self::push) with the copy engine's options (referrers, for imported images).
+    pub(crate) async fn push_with(
+        &self,
+        component: &Component,
+        source: &Reference,
+        repository: &Repository,
+        tags: Vec<String>,
+        options: CopyOptions,
+    ) -> Result<BuiltArtifact, BuildError> {
         let oci = |source| BuildError::Oci {
             component: component.name.to_string(),
             source,
         };
-        let engine = CopyEngine::new(self.inner.client.clone(), CopyOptions::default());
+        let engine = CopyEngine::new(self.inner.client.clone(), options);
         let repo = RepoRef::new(self.inner.config.registry.clone(), repository.as_str());
         let mut digest = None;
         for tag in &tags {

@@ -321,3 +321,225 @@ async fn bad_input_gets_errors_that_name_it() {
         .unwrap_or_default();
     assert!(tags.is_empty(), "{tags:?}");
 }
+
+// ---- what travels with an imported image -------------------------------------------------------
+
+/// An image component importing `source` into `repository`.
+fn image_spec(source: &str, repository: &str, build_id: &str) -> ferry_core::ports::BuildSpec {
+    let app = common::demo();
+    let mut component = app.component("base").unwrap().clone();
+    component.kind = ferry_core::domain::ComponentKind::Image {
+        source: source.into(),
+    };
+    component.repository = ferry_core::id::Repository::new(repository).unwrap();
+    ferry_core::ports::BuildSpec {
+        build_id: ferry_core::id::BuildId::new(build_id).unwrap(),
+        component,
+        source_ref: String::new(),
+    }
+}
+
+async fn put_manifest(
+    env: &common::Env,
+    repo: &str,
+    reference: &str,
+    bytes: Vec<u8>,
+    media_type: &str,
+) {
+    let m = ferry_oci::Manifest::from_bytes(bytes::Bytes::from(bytes), media_type).unwrap();
+    env.client
+        .put_manifest(&env.repo(repo), reference, &m)
+        .await
+        .unwrap();
+}
+
+async fn put_blob(env: &common::Env, repo: &str, bytes: Vec<u8>) -> ferry_oci::Digest {
+    let d = ferry_oci::Digest::of(&bytes);
+    let size = bytes.len() as u64;
+    let body: ferry_oci::ByteStream =
+        Box::pin(futures::stream::iter([Ok(bytes::Bytes::from(bytes))]));
+    env.client
+        .upload_blob(&env.repo(repo), &d, size, body)
+        .await
+        .unwrap();
+    d
+}
+
+#[tokio::test]
+async fn an_imported_image_brings_its_cosign_signature_and_its_referrers() {
+    use base64::Engine as _;
+    let env = env().await;
+    // The "external" image: the demo base image, in another repository of the registry.
+    let app = common::demo();
+    let base = env
+        .builder
+        .build(&spec(&app, "base", "b-up-1"))
+        .await
+        .unwrap();
+    let upstream = "vendor/demo/base";
+    let subject: ferry_oci::Digest = base.digest.as_str().parse().unwrap();
+
+    // A cosign signature made by an independent signer, under cosign's tag.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/cosign/sign.py");
+    let out = std::process::Command::new("python3")
+        .args([
+            script,
+            subject.as_str(),
+            &format!("{}/{upstream}", env.registry.host()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for b in signed["good"]["blobs"].as_array().unwrap() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b["b64"].as_str().unwrap())
+            .unwrap();
+        put_blob(&env, upstream, bytes).await;
+    }
+    let sig_tag = ferry_oci::cosign::signature_tag(&subject);
+    let sig_manifest = signed["good"]["manifest"]
+        .as_str()
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    put_manifest(&env, upstream, &sig_tag, sig_manifest.clone(), OCI_MANIFEST).await;
+
+    // An SBOM as an OCI 1.1 referrer.
+    let sbom = put_blob(&env, upstream, br#"{"spdxVersion":"SPDX-2.3"}"#.to_vec()).await;
+    let empty = put_blob(&env, upstream, b"{}".to_vec()).await;
+    let referrer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/spdx+json",
+        "config": {"mediaType": OCI_EMPTY_CONFIG, "digest": empty.as_str(), "size": 2},
+        "layers": [{"mediaType": "application/spdx+json", "digest": sbom.as_str(), "size": 26}],
+        "subject": {"mediaType": base.media_type, "digest": subject.as_str(), "size": base.size},
+    }))
+    .unwrap();
+    let referrer_digest = ferry_oci::Digest::of(&referrer);
+    put_manifest(
+        &env,
+        upstream,
+        referrer_digest.as_str(),
+        referrer,
+        OCI_MANIFEST,
+    )
+    .await;
+
+    let source = format!("{}/{upstream}@{subject}", env.registry.host());
+    let imported = env
+        .builder
+        .build(&image_spec(&source, "demo/imported", "b-imp-1"))
+        .await
+        .unwrap();
+    assert_eq!(imported.digest.as_str(), subject.as_str());
+    let dest = env.repo("vendor/demo/imported");
+    // The signature manifest is byte for byte the signer's, under the same tag…
+    let copied = env.client.get_manifest(&dest, &sig_tag).await.unwrap();
+    assert_eq!(copied.bytes.as_ref(), sig_manifest.as_slice());
+    // …and still verifies with the signer's key at the destination.
+    let key =
+        ferry_oci::cosign::PublicKey::from_pem(signed["public_key"].as_str().unwrap()).unwrap();
+    let policy = ferry_oci::cosign::Policy {
+        keys: vec![key],
+        require: ferry_oci::cosign::Requirement::AnyKey,
+    };
+    ferry_oci::cosign::verify(&env.client, &dest, &subject, &policy)
+        .await
+        .expect("the travelled signature verifies");
+    // The SBOM referrer came along.
+    let referrers = env.client.referrers(&dest, &subject).await.unwrap();
+    assert!(
+        referrers.iter().any(|d| d.digest == referrer_digest),
+        "the SBOM referrer must travel: {referrers:?}"
+    );
+}
+
+// ---- sources from git ----------------------------------------------------------------------------
+
+fn sh_git(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn a_git_source_is_fetched_at_a_ref_and_names_its_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    sh_git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("file.txt"), "one\n").unwrap();
+    sh_git(&work, &["add", "."]);
+    sh_git(&work, &["commit", "-q", "-m", "one"]);
+    sh_git(&work, &["tag", "v1"]);
+    let first = sh_git(&work, &["rev-parse", "HEAD"]);
+    std::fs::write(work.join("file.txt"), "two\n").unwrap();
+    sh_git(&work, &["commit", "-q", "-am", "two"]);
+    let second = sh_git(&work, &["rev-parse", "HEAD"]);
+    let bare = tmp.path().join("repo.git");
+    sh_git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", bare.display());
+
+    for (reference, commit, content) in [
+        ("v1", &first, "one\n"),
+        ("main", &second, "two\n"),
+        ("", &second, "two\n"),
+        (first.as_str(), &first, "one\n"),
+    ] {
+        let dir = tmp.path().join(format!("co-{}", reference.len()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = ferry_build::git::checkout("web", &url, reference, &dir)
+            .await
+            .unwrap();
+        assert_eq!(&c.commit, commit, "ref {reference:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("file.txt")).unwrap(),
+            content
+        );
+    }
+    let e = ferry_build::git::checkout("web", &url, "no-such-ref", &tmp.path().join("x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("git fetch"), "{e}");
+    let e = ferry_build::git::checkout(
+        "web",
+        "ext::sh -c touch% /tmp/pwned",
+        "main",
+        &tmp.path().join("y"),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("git fetch"), "{e}");
+    let e = ferry_build::git::checkout("web", &url, "--upload-pack=x", &tmp.path().join("z"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("starts with '-'"), "{e}");
+}

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod client;
 pub mod copy;
+pub mod cosign;
 pub mod digest;
 pub mod error;
 pub mod layout;

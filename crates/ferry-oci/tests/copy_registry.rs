@@ -3,6 +3,9 @@
 //! tags that already hold the digest.
 
 mod support;
+// Cosign signature verification against the same real registry.
+#[path = "signatures/cosign_verify.rs"]
+mod cosign_verify;
 
 use std::collections::BTreeMap;
 

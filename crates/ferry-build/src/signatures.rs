@@ -1,0 +1,129 @@
+//! What travels with an imported image, and the check before it is imported.
+//!
+//! - **Referrers** (OCI 1.1 signatures, SBOMs, attestations, through the referrers API or its
+//!   `sha256-<hex>` tag-schema index) are copied by the copy engine with the image
+//!   ([`ferry_oci::CopyOptions::referrers`]).
+//! - **Cosign's tag scheme**: `sha256-<hex>.sig`, `.att` and `.sbom` in the image's repository
+//!   (cosign's default, and the only one on registries without the referrers API, ECR
+//!   included) are copied to the same tags in the vendor repository.
+//! - **Verification**: with a [`ferry_oci::cosign::Policy`], the source is resolved to a digest,
+//!   its signatures are verified, and only then is that digest (never the tag again) copied.
+//!
+//! This module must never import an image whose verification failed, and never treat a missing
+//! signature artifact as an error when no policy asks for one.
+
+use ferry_core::domain::Component;
+use ferry_core::id::Repository;
+use ferry_oci::cosign::{self, Policy};
+use ferry_oci::{CopyEngine, CopyOptions, Digest, Reference, RegistryRef, RepoRef};
+
+use crate::error::BuildError;
+use crate::ArtifactBuilder;
+
+/// The cosign tag suffixes that travel with an image.
+pub const COSIGN_TAG_SUFFIXES: &[&str] = &["sig", "att", "sbom"];
+
+/// Resolves a registry `source` to its digest and verifies it against `policy`; returns the
+/// source pinned to that digest. A layout source is verified the same way once pushed (the
+/// caller does that); here only registry sources are resolved.
+pub(crate) async fn verify_source(
+    b: &ArtifactBuilder,
+    component: &Component,
+    source: &Reference,
+    policy: &Policy,
+) -> Result<Reference, BuildError> {
+    let Reference::Registry(r) = source else {
+        return Ok(source.clone());
+    };
+    let oci = |e| BuildError::Oci {
+        component: component.name.to_string(),
+        source: e,
+    };
+    let digest = match &r.digest {
+        Some(d) => d.clone(),
+        None => {
+            let tag = r.tag.as_deref().unwrap_or("latest");
+            b.inner
+                .client
+                .head_manifest(&r.repo, tag)
+                .await
+                .map_err(oci)?
+                .ok_or_else(|| BuildError::Oci {
+                    component: component.name.to_string(),
+                    source: ferry_oci::Error::NotFound {
+                        step: ferry_oci::Step::HeadManifest,
+                        target: format!("{}:{tag}", r.repo),
+                    },
+                })?
+                .digest
+        }
+    };
+    let verified = cosign::verify(&b.inner.client, &r.repo, &digest, policy)
+        .await
+        .map_err(|e| BuildError::PolicyFailed {
+            component: component.name.to_string(),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(component = %component.name, %digest, keys = ?verified.keys,
+        "source signature verified");
+    Ok(Reference::Registry(RegistryRef {
+        repo: r.repo.clone(),
+        tag: None,
+        digest: Some(digest),
+    }))
+}
+
+/// Copies cosign's tag-scheme artifacts of `digest` from a registry `source`'s repository to
+/// the same tags in `repository`; returns the tags copied. Missing ones are skipped.
+pub(crate) async fn copy_cosign_tags(
+    b: &ArtifactBuilder,
+    component: &Component,
+    source: &Reference,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Vec<String>, BuildError> {
+    let Reference::Registry(r) = source else {
+        return Ok(Vec::new());
+    };
+    let oci = |e| BuildError::Oci {
+        component: component.name.to_string(),
+        source: e,
+    };
+    let base = cosign::signature_tag(digest);
+    let stem = base.trim_end_matches(".sig");
+    let dest_repo = RepoRef::new(b.inner.config.registry.clone(), repository.as_str());
+    let engine = CopyEngine::new(b.inner.client.clone(), CopyOptions::default());
+    let mut copied = Vec::new();
+    for suffix in COSIGN_TAG_SUFFIXES {
+        let tag = format!("{stem}.{suffix}");
+        if b.inner
+            .client
+            .head_manifest(&r.repo, &tag)
+            .await
+            .map_err(oci)?
+            .is_none()
+        {
+            continue;
+        }
+        let from = Reference::Registry(RegistryRef {
+            repo: r.repo.clone(),
+            tag: Some(tag.clone()),
+            digest: None,
+        });
+        let to = Reference::Registry(RegistryRef {
+            repo: dest_repo.clone(),
+            tag: Some(tag.clone()),
+            digest: None,
+        });
+        engine
+            .copy(
+                &from,
+                &[to],
+                std::sync::Arc::new(ferry_oci::progress::NoProgress),
+            )
+            .await
+            .map_err(oci)?;
+        copied.push(tag);
+    }
+    Ok(copied)
+}

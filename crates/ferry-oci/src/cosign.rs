@@ -1,0 +1,390 @@
+//! Key-based cosign signatures: find them next to an artifact and verify them against a policy
+//! of public keys, before the artifact is promoted anywhere (a build importing an external
+//! image, an agent about to tag a sync into an install).
+//!
+//! The format is cosign's published signature specification:
+//! - a signature manifest is an OCI image manifest whose layers are **simple-signing payloads**
+//!   (`application/vnd.dev.cosign.simplesigning.v1+json`); each payload's
+//!   `critical.image.docker-manifest-digest` names the signed manifest and
+//!   `critical.type` is `cosign container image signature`;
+//! - each layer carries the signature in the annotation `dev.cosignproject.cosign/signature`:
+//!   base64 of an ASN.1 DER ECDSA P-256 / SHA-256 signature over the payload bytes exactly as
+//!   stored;
+//! - the manifest is found by the tag `sha256-<hex>.sig` in the artifact's repository (cosign's
+//!   default, and the only way on registries without the referrers API, ECR included), or
+//!   through the OCI 1.1 referrers API (artifact type `application/vnd.dev.cosign.artifact.sig.v1+json`).
+//!
+//! Keys are PEM `PUBLIC KEY` (SubjectPublicKeyInfo) ECDSA P-256 keys, cosign's default
+//! (`cosign generate-key-pair`). Other key types are refused with a clear error.
+//!
+//! This module must never count a payload whose bytes do not hash to their descriptor, a
+//! signature whose payload names another digest, or "no signature found" as a pass; and never
+//! read more than [`MAX_PAYLOAD`] bytes of a payload or [`MAX_SIGNATURE_MANIFESTS`] manifests.
+
+use std::fmt;
+
+use base64::Engine as _;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::media::Manifest;
+use crate::{Digest, Error, RegistryClient, RepoRef};
+
+/// A simple-signing payload layer.
+pub const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+/// The layer annotation holding the base64 signature.
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+/// The artifact type of a cosign signature found through the referrers API.
+pub const SIGNATURE_ARTIFACT: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+/// The payload's `critical.type`.
+pub const SIGNATURE_TYPE: &str = "cosign container image signature";
+/// The largest payload read (real ones are a few hundred bytes).
+pub const MAX_PAYLOAD: u64 = 64 * 1024;
+/// The most signature manifests examined for one artifact.
+pub const MAX_SIGNATURE_MANIFESTS: usize = 16;
+
+/// DER prefix of a P-256 SubjectPublicKeyInfo: SEQUENCE { SEQUENCE { id-ecPublicKey,
+/// prime256v1 }, BIT STRING (0 unused bits) }, followed by the 65-byte uncompressed point.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// A verification key: an ECDSA P-256 public key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    point: Vec<u8>,
+    id: String,
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.id)
+    }
+}
+
+impl PublicKey {
+    /// Parses a PEM `PUBLIC KEY` block (cosign's `cosign.pub`).
+    pub fn from_pem(pem: &str) -> Result<PublicKey, VerifyError> {
+        let bad = |reason: &str| VerifyError::BadKey(reason.to_string());
+        let body: String = pem
+            .lines()
+            .map(str::trim)
+            .skip_while(|l| *l != "-----BEGIN PUBLIC KEY-----")
+            .skip(1)
+            .take_while(|l| *l != "-----END PUBLIC KEY-----")
+            .collect();
+        if body.is_empty() {
+            return Err(bad(
+                "no -----BEGIN PUBLIC KEY----- block; give the cosign.pub file (a PEM public key)",
+            ));
+        }
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .map_err(|_| bad("the PEM block is not base64"))?;
+        let point = der
+            .strip_prefix(&P256_SPKI_PREFIX[..])
+            .filter(|p| p.len() == 65 && p[0] == 4)
+            .ok_or_else(|| bad("only ECDSA P-256 public keys (cosign's default) are supported"))?;
+        let id = format!("sha256:{}", &hex::encode(Sha256::digest(&der))[..16]);
+        Ok(PublicKey {
+            point: point.to_vec(),
+            id,
+        })
+    }
+
+    /// A short, stable name for messages: `sha256:` + 16 hex of the key's DER.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn verifies(&self, payload: &[u8], signature: &[u8]) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            &self.point,
+        )
+        .verify(payload, signature)
+        .is_ok()
+    }
+}
+
+/// Which keys must have signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Requirement {
+    /// A valid signature by any one of the keys.
+    #[default]
+    AnyKey,
+    /// A valid signature by every key.
+    AllKeys,
+}
+
+/// A verification policy: the keys, and whether one or all must have signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub keys: Vec<PublicKey>,
+    pub require: Requirement,
+}
+
+/// What verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Ids of the keys with a valid signature.
+    pub keys: Vec<String>,
+    /// The signature manifests those signatures came from (to copy along with the artifact).
+    pub signatures: Vec<Digest>,
+}
+
+/// Why an artifact did not pass.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("signature key: {0}")]
+    BadKey(String),
+    #[error("{target} has no cosign signature (looked for the tag {tag} and its referrers); sign it with `cosign sign --key …` or remove the verification policy")]
+    Unsigned { target: String, tag: String },
+    #[error("{target} is not signed as the policy requires: {reason}")]
+    NotSatisfied { target: String, reason: String },
+    #[error("reading the signatures of {target}: {source}")]
+    Registry {
+        target: String,
+        #[source]
+        source: Error,
+    },
+}
+
+/// The tag cosign writes a signature manifest under: `sha256-<hex>.sig`.
+pub fn signature_tag(digest: &Digest) -> String {
+    format!("{}.sig", digest.as_str().replacen(':', "-", 1))
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    critical: Critical,
+}
+
+#[derive(Deserialize)]
+struct Critical {
+    image: PayloadImage,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct PayloadImage {
+    #[serde(rename = "docker-manifest-digest")]
+    digest: String,
+}
+
+/// Checks one payload and its signature for `subject`: which of `keys` signed it. A payload
+/// that does not parse, is of another type, or names another digest verifies for no key.
+pub fn verify_payload(
+    keys: &[PublicKey],
+    payload: &[u8],
+    signature_b64: &str,
+    subject: &Digest,
+) -> Result<Vec<String>, String> {
+    let p: Payload = serde_json::from_slice(payload)
+        .map_err(|e| format!("the payload is not a simple-signing document: {e}"))?;
+    if p.critical.kind != SIGNATURE_TYPE {
+        return Err(format!(
+            "the payload's type is {:?}, not {SIGNATURE_TYPE:?}",
+            p.critical.kind
+        ));
+    }
+    if p.critical.image.digest != subject.as_str() {
+        return Err(format!(
+            "the payload signs {}, not {subject}",
+            p.critical.image.digest
+        ));
+    }
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signature_b64.trim())
+        .map_err(|_| "the signature annotation is not base64".to_string())?;
+    let signed: Vec<String> = keys
+        .iter()
+        .filter(|k| k.verifies(payload, &signature))
+        .map(|k| k.id.clone())
+        .collect();
+    if signed.is_empty() {
+        return Err("the signature does not verify with any policy key".into());
+    }
+    Ok(signed)
+}
+
+#[derive(Deserialize)]
+struct SignatureManifest {
+    #[serde(default)]
+    layers: Vec<crate::Descriptor>,
+}
+
+/// Finds the signatures of `repo@subject` and checks them against `policy`.
+pub async fn verify(
+    client: &RegistryClient,
+    repo: &RepoRef,
+    subject: &Digest,
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    let target = format!("{repo}@{subject}");
+    if policy.keys.is_empty() {
+        return Err(VerifyError::BadKey(
+            "the policy lists no key; add at least one cosign public key".into(),
+        ));
+    }
+    let registry = |source| VerifyError::Registry {
+        target: target.clone(),
+        source,
+    };
+    let tag = signature_tag(subject);
+    let mut manifests: Vec<Manifest> = Vec::new();
+    match client.get_manifest(repo, &tag).await {
+        Ok(m) => manifests.push(m),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(registry(e)),
+    }
+    // Referrers are optional: a registry without the API answers 404, which is no signature.
+    if let Ok(referrers) = client.referrers(repo, subject).await {
+        for d in referrers
+            .iter()
+            .filter(|d| d.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT))
+        {
+            if manifests.len() >= MAX_SIGNATURE_MANIFESTS {
+                break;
+            }
+            if manifests.iter().any(|m| m.digest == d.digest) {
+                continue;
+            }
+            manifests.push(
+                client
+                    .get_manifest(repo, d.digest.as_str())
+                    .await
+                    .map_err(registry)?,
+            );
+        }
+    }
+    if manifests.is_empty() {
+        return Err(VerifyError::Unsigned { target, tag });
+    }
+    let mut signed_by: Vec<String> = Vec::new();
+    let mut from: Vec<Digest> = Vec::new();
+    let mut refusals: Vec<String> = Vec::new();
+    for m in manifests.iter().take(MAX_SIGNATURE_MANIFESTS) {
+        let parsed: SignatureManifest = match serde_json::from_slice(&m.bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                refusals.push(format!("{}: not a manifest: {e}", m.digest));
+                continue;
+            }
+        };
+        for layer in parsed
+            .layers
+            .iter()
+            .filter(|l| l.media_type == SIMPLE_SIGNING)
+        {
+            let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
+                refusals.push(format!("{}: a payload without a signature", m.digest));
+                continue;
+            };
+            if layer.size > MAX_PAYLOAD {
+                refusals.push(format!(
+                    "{}: a payload of {} bytes (at most {MAX_PAYLOAD})",
+                    m.digest, layer.size
+                ));
+                continue;
+            }
+            let payload = read_payload(client, repo, &layer.digest, layer.size)
+                .await
+                .map_err(registry)?;
+            match verify_payload(&policy.keys, &payload, sig, subject) {
+                Ok(keys) => {
+                    for k in keys {
+                        if !signed_by.contains(&k) {
+                            signed_by.push(k);
+                        }
+                    }
+                    if !from.contains(&m.digest) {
+                        from.push(m.digest.clone());
+                    }
+                }
+                Err(reason) => refusals.push(format!("{}: {reason}", m.digest)),
+            }
+        }
+    }
+    let missing: Vec<&str> = policy
+        .keys
+        .iter()
+        .map(PublicKey::id)
+        .filter(|id| !signed_by.iter().any(|s| s == id))
+        .collect();
+    let satisfied = match policy.require {
+        Requirement::AnyKey => !signed_by.is_empty(),
+        Requirement::AllKeys => missing.is_empty(),
+    };
+    if !satisfied {
+        let mut reason = match policy.require {
+            Requirement::AnyKey => "no valid signature by a policy key".to_string(),
+            Requirement::AllKeys => format!("no valid signature by {}", missing.join(", ")),
+        };
+        if !refusals.is_empty() {
+            reason.push_str(&format!(" ({})", refusals.join("; ")));
+        }
+        return Err(VerifyError::NotSatisfied { target, reason });
+    }
+    Ok(Verified {
+        keys: signed_by,
+        signatures: from,
+    })
+}
+
+/// A payload blob, bounded, checked against its digest.
+async fn read_payload(
+    client: &RegistryClient,
+    repo: &RepoRef,
+    digest: &Digest,
+    size: u64,
+) -> Result<Vec<u8>, Error> {
+    let mut stream = client.get_blob(repo, digest, Some(size)).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if out.len() as u64 + chunk.len() as u64 > MAX_PAYLOAD {
+            return Err(Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual: out.len() as u64 + chunk.len() as u64,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    let actual = Digest::of(&out);
+    if &actual != digest {
+        return Err(Error::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_other_than_p256_are_refused_in_words() {
+        let e = PublicKey::from_pem("nothing here").unwrap_err().to_string();
+        assert!(e.contains("BEGIN PUBLIC KEY"), "{e}");
+        // An Ed25519 SPKI.
+        let ed = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let e = PublicKey::from_pem(ed).unwrap_err().to_string();
+        assert!(e.contains("only ECDSA P-256"), "{e}");
+    }
+
+    #[test]
+    fn signature_tags_follow_cosign() {
+        let d = Digest::of(b"x");
+        assert_eq!(
+            signature_tag(&d),
+            format!("sha256-{}.sig", d.as_str().trim_start_matches("sha256:"))
+        );
+    }
+}
