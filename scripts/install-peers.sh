@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the tests run against, if missing:
 #   Debian: docker-registry (the CNCF distribution registry), skopeo, buildah, curl, openssl,
+#           containerd (ctr: a real node runtime pulling with an install's node identity),
 #           chromium + chromium-driver (the console's browser test)
 #   PyPI:   moto[server] (AWS APIs), cfn-lint, pytest, cargo-lambda (brings zig), helm-python-sdk (helm pull), selenium
 # Needs root (or sudo) for apt-get.
@@ -11,6 +12,7 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v buildah >/dev/null || need+=(buildah)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+command -v ctr >/dev/null || need+=(containerd)
 # The console's browser test: headless Chromium and its WebDriver, without the desktop
 # packages Chromium recommends (installed apart below, to keep CI's download small).
 browser=()

@@ -434,6 +434,18 @@ where
                 ))
             }
         }
+        if let Some(keep_last) = self.config.keep_last {
+            // The sync has succeeded whatever retention does: a failure is logged, and the
+            // next successful sync of the repository applies retention again.
+            match client.apply_retention(&dst_ref, keep_last).await {
+                Ok(r) => tracing::info!(repository = %dst_ref, keep_last,
+                    in_use = r.in_use.len(), tags_removed = r.tags_removed.len(),
+                    manifests_unlinked = r.manifests_unlinked.len(),
+                    blobs_removed = r.blobs_removed, "retention applied"),
+                Err(e) => tracing::warn!(repository = %dst_ref, error = %e,
+                    "retention not applied; the next sync of this repository tries again"),
+            }
+        }
         Ok(report)
     }
 }

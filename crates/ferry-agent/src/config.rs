@@ -44,7 +44,15 @@ pub struct AgentConfig {
     pub max_receives: u32,
     /// Also tag the copy `sha256-<hex>` (written last, once everything is verified).
     pub tag_with_digest: bool,
+    /// Retention after each successful sync, on the embedded registry's endpoint: keep the N
+    /// most recently synced versions of the repository, plus everything marked in use
+    /// (`ferry-agent in-use mark`) and everything those reference. `None`: the registry's own
+    /// policy does it (on ECR, the lifecycle policy the customer stack sets).
+    pub keep_last: Option<usize>,
 }
+
+/// The keep-last window `ferry dev` and `ferry-agent run --keep-last` use unless told otherwise.
+pub const DEFAULT_KEEP_LAST: usize = 20;
 
 impl AgentConfig {
     /// Defaults: receive 1 message, 20 s long poll, 60 s visibility, heartbeat every 20 s,
@@ -75,6 +83,7 @@ impl AgentConfig {
             idle_backoff: Duration::from_millis(500),
             max_receives: 5,
             tag_with_digest: true,
+            keep_last: None,
         }
     }
 

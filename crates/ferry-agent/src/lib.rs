@@ -11,9 +11,10 @@ pub mod agent;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod config;
+pub mod in_use;
 pub mod report;
 
 pub use access::{AccessError, InstallAccess, StaticIdentity};
 pub use agent::{Agent, AgentError, Disposition};
-pub use config::{AgentConfig, VendorTrust};
+pub use config::{AgentConfig, VendorTrust, DEFAULT_KEEP_LAST};
 pub use report::{BusReporter, QueueReporter, ReportError, Reporter, SYNC_REPORTED_QUEUE};

@@ -28,6 +28,39 @@ enum Command {
     },
     /// Runs the agent until SIGTERM or Ctrl-C.
     Run(Box<RunArgs>),
+    /// Declares what runs (embedded install registry): a digest marked in use is never
+    /// removed by retention, whatever its keep-last window.
+    InUse {
+        #[command(subcommand)]
+        action: InUseAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum InUseAction {
+    /// Mark REPO@sha256:… in use (the manifest must be in the install registry).
+    Mark(InUseArgs),
+    /// Remove the mark; retention may then remove the digest once it is out of the window.
+    Unmark(InUseArgs),
+    /// Print the digests marked in use in REPO, one a line.
+    List(InUseArgs),
+}
+
+#[derive(clap::Args)]
+struct InUseArgs {
+    /// `REPO@sha256:…` (`list`: `REPO`), as deployed (`installs/<install>/demo/web`) or inside
+    /// the install's namespace (`demo/web`).
+    target: String,
+    #[arg(long, env = "FERRY_INSTALL")]
+    install: String,
+    #[arg(long, env = "FERRY_INSTALL_REGISTRY")]
+    install_registry: String,
+    /// Repository prefix in the install registry (default `installs/<install>`).
+    #[arg(long, env = "FERRY_INSTALL_NAMESPACE")]
+    install_namespace: Option<String>,
+    /// File holding the secret of identity `agent:<install>`.
+    #[arg(long, env = "FERRY_AGENT_IDENTITY_SECRET_FILE")]
+    identity_secret_file: PathBuf,
 }
 
 /// Local mode: `--queue-db` (SQLite queues, the embedded registry's identity). AWS mode: a
@@ -75,6 +108,11 @@ struct RunArgs {
     wait_seconds: u32,
     #[arg(long, default_value_t = 30)]
     grace_seconds: u64,
+    /// Local mode: after each successful sync keep the N most recently synced versions of the
+    /// repository plus everything marked in use (`ferry-agent in-use mark`); 0 turns it off.
+    /// (AWS mode: the ECR lifecycle policy of the customer stack retains.)
+    #[arg(long, env = "FERRY_KEEP_LAST", default_value_t = ferry_agent::DEFAULT_KEEP_LAST)]
+    keep_last: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +123,10 @@ fn main() -> anyhow::Result<()> {
             init_logs();
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(run(*args))
+        }
+        Command::InUse { action } => {
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(in_use(action))
         }
     }
 }
@@ -254,9 +296,52 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
         config.install_namespace = ns;
     }
     config.shutdown_grace = Duration::from_secs(args.grace_seconds);
+    config.keep_last = (args.keep_last > 0).then_some(args.keep_last);
     let reporter = Arc::new(QueueReporter::new(queue.clone(), report_queue));
     let agent = Agent::new(config, queue, reporter, keypair);
     serve(&agent).await
+}
+
+/// `ferry-agent in-use mark|unmark|list`: parses, calls the library, prints.
+async fn in_use(action: InUseAction) -> anyhow::Result<()> {
+    use ferry_agent::in_use::{self, InUseTarget};
+    let (args, mark) = match action {
+        InUseAction::Mark(a) => (a, Some(true)),
+        InUseAction::Unmark(a) => (a, Some(false)),
+        InUseAction::List(a) => (a, None),
+    };
+    let namespace = args
+        .install_namespace
+        .clone()
+        .unwrap_or_else(|| format!("installs/{}", args.install));
+    let secret = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.identity_secret_file).with_context(|| {
+            format!(
+                "reading the identity secret {}",
+                args.identity_secret_file.display()
+            )
+        })?,
+    );
+    let client = in_use::agent_client(
+        &args.install_registry,
+        &args.install,
+        ferry_oci::Secret::new(secret.trim()),
+    )?;
+    match mark {
+        Some(mark) => {
+            let target = InUseTarget::parse(&args.target, &namespace)?;
+            in_use::set(&client, &args.install_registry, &target, mark).await?;
+            let what = if mark { "marked in use" } else { "unmarked" };
+            println!("{}@{} {what}", target.repository, target.digest);
+        }
+        None => {
+            let repository = in_use::in_namespace(&args.target, &namespace);
+            for d in in_use::list(&client, &args.install_registry, &repository).await? {
+                println!("{d}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C.

@@ -286,3 +286,78 @@ async fn a_signed_job_pulls_from_the_configured_registry_only_and_its_report_is_
     };
     ferry_core::trust::verify_report(&install_a.agent_report_key, &r).unwrap();
 }
+
+#[tokio::test]
+async fn after_each_sync_the_agent_applies_retention_and_never_removes_what_is_marked_in_use() {
+    let env = start().await;
+    let v1 = env.push(VENDOR_REPO, "v1", &[data(11, 2_000)]).await;
+    let v2 = env.push(VENDOR_REPO, "v2", &[data(12, 2_000)]).await;
+    let v3 = env.push(VENDOR_REPO, "v3", &[data(13, 2_000)]).await;
+    let key_a = AgentKeypair::generate().unwrap();
+    let install_a = env.install("a", &key_a);
+    let (s, h) = spawn(agent_with(&env, "a", AGENT_A_SECRET, &key_a, |c| {
+        c.keep_last = Some(1);
+    }));
+
+    let msg = env.job(&install_a, &v1, "s-ret-1", 1).await;
+    env.send("install-a", &msg).await;
+    assert_eq!(env.next_report(30).await["status"], "succeeded");
+
+    // The deployer marks v1 in use with the real command, as `agent:a`.
+    let secret_file = env.dir.path().join("agent-a.secret");
+    std::fs::write(&secret_file, AGENT_A_SECRET).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        .args(["in-use", "mark", &format!("demo/app@{v1}")])
+        .args(["--install", "a", "--install-registry", &env.host])
+        .arg("--identity-secret-file")
+        .arg(&secret_file)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("installs/a/demo/app@{v1} marked in use")
+    );
+    assert!(!stdout.contains(AGENT_A_SECRET));
+
+    for (n, d) in [(2, &v2), (3, &v3)] {
+        let msg = env.job(&install_a, d, &format!("s-ret-{n}"), 1).await;
+        env.send("install-a", &msg).await;
+        assert_eq!(env.next_report(30).await["status"], "succeeded");
+    }
+    stop(s, h).await;
+
+    // keep_last = 1 keeps v3 (the newest) and v1 (in use); v2 went after the third sync.
+    let reader = env.agent_client("a", AGENT_A_SECRET);
+    let dst = env.repo("installs/a/demo/app");
+    assert!(reader
+        .head_manifest(&dst, v1.as_str())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(reader
+        .head_manifest(&dst, v3.as_str())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(reader
+        .head_manifest(&dst, v2.as_str())
+        .await
+        .unwrap()
+        .is_none());
+    let mut tags = reader.list_tags(&dst).await.unwrap();
+    tags.sort();
+    let mut want = vec![
+        v1.as_str().replacen(':', "-", 1),
+        v3.as_str().replacen(':', "-", 1),
+    ];
+    want.sort();
+    assert_eq!(tags, want);
+    assert_eq!(reader.list_in_use(&dst).await.unwrap(), [v1.to_string()]);
+}

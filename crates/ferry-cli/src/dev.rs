@@ -420,12 +420,19 @@ impl Output {
                     .as_str()
                     .strip_prefix("vendor/")
                     .unwrap_or(a.repository.as_str());
-                println!("check it with skopeo (the secret stays in its 0600 file):");
-                println!(
-                    "  skopeo inspect --tls-verify=false --creds \"agent:{i}:$(cat {})\" docker://{host}/installs/{i}/{repo}@{}",
-                    state.agent_secret_path(i).display(),
-                    a.digest
-                );
+                // As the install's nodes pull: their pull-only identity, not the agent's.
+                if let Ok(recipe) = ferry_dev::state::node_pull_recipe(state, i, host) {
+                    println!(
+                        "pull it as {i}'s nodes do ({}, pull only; the secret stays in its 0600 file):",
+                        recipe.identity
+                    );
+                    println!(
+                        "  skopeo inspect --tls-verify=false --creds {} docker://{host}/installs/{i}/{repo}@{}",
+                        recipe.creds_expr(),
+                        a.digest
+                    );
+                    println!("  {}", recipe.ctr_pull(repo, &format!("@{}", a.digest)));
+                }
             }
         }
     }

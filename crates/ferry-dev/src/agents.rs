@@ -98,6 +98,12 @@ impl Agents {
             .storage()
             .add_namespace(&namespace)
             .with_context(|| format!("declaring namespace {namespace}"))?;
+        // The nodes' pull-only identity exists wherever the agent runs: nodes pull from this
+        // registry. Created here too for installs provisioned before node identities existed.
+        let node_secret = state::load_or_create_secret(&self.state.node_secret_path(id))?;
+        self.access.update_policy(|p| {
+            p.add_identity(Identity::Node(id.to_string()), &node_secret);
+        });
         let secret_path = self.state.agent_secret_path(id);
         if !secret_path.exists() {
             tracing::info!(install = %id, "no identity secret here; its agent runs elsewhere");
@@ -133,6 +139,7 @@ impl Agents {
         )
         .with_receive(ReceiveOptions::new(1, 20, 60)?);
         config.shutdown_grace = Duration::from_secs(10);
+        config.keep_last = Some(ferry_agent::DEFAULT_KEEP_LAST);
         let agent = Agent::new(config, queue, reporter, keypair);
         let stop = self.stop.child_token();
         let install_id = id.clone();

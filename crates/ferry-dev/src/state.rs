@@ -77,6 +77,10 @@ impl StateDir {
     pub fn agent_secret_path(&self, install: &InstallId) -> PathBuf {
         self.keys_dir().join(format!("agent-{install}.secret"))
     }
+    /// The secret of `node:<install>`, the install's pull-only node identity (0600).
+    pub fn node_secret_path(&self, install: &InstallId) -> PathBuf {
+        self.keys_dir().join(format!("node-{install}.secret"))
+    }
 
     /// Creates the directory tree (keys/ is 0700).
     pub fn create(&self) -> Result<()> {
@@ -257,9 +261,9 @@ pub async fn create_install_queue(queue: &SqliteQueue, name: &QueueName) -> Resu
     Ok(())
 }
 
-/// Registers an install through the management port: its queue, its identity secret (0600),
-/// its agent key (generated unless `keys` is given; the agent then runs elsewhere) and its
-/// store record, in `registry` (`host:port`). Idempotent.
+/// Registers an install through the management port: its queue, its agent's and its nodes'
+/// identity secrets (0600), its agent key (generated unless `keys` is given; the agent then
+/// runs elsewhere) and its store record, in `registry` (`host:port`). Idempotent.
 pub async fn provision_install(
     state: &StateDir,
     db: &Db,
@@ -271,6 +275,8 @@ pub async fn provision_install(
 ) -> Result<Install> {
     use ferry_core::manage::{InstallRegistration, Management as _};
     let manage = crate::manage::LocalManagement::new(state.clone(), db.clone());
+    // The nodes' pull-only identity comes with every install (its secret never printed).
+    load_or_create_secret(&state.node_secret_path(id))?;
     let keys = match keys {
         Some(k) => k,
         None => manage.dev_agent_keys(id)?,
@@ -355,4 +361,26 @@ pub async fn lineage_of(db: &Db, digest: &str) -> Result<Vec<LineageRecord>> {
         Some(digest.to_string()),
     )
     .await
+}
+
+/// How `install`'s nodes pull from `registry` (`host[:port]`, the install's registry endpoint)
+/// with their pull-only identity `node:<install>`: the recipe `ferry install show` prints. The
+/// secret stays in its 0600 file; the recipe only names the file. Fails if the install was
+/// never provisioned here (no secret file).
+pub fn node_pull_recipe(
+    state: &StateDir,
+    install: &InstallId,
+    registry: &str,
+) -> Result<ferry_registry::access::node::NodePullRecipe> {
+    let file = state.node_secret_path(install);
+    if !file.is_file() {
+        bail!(
+            "install {install} has no node identity in {} (no {}); run `ferry install add` \
+             for it, or start `ferry dev` on this state dir once to create it",
+            state.root.display(),
+            file.display()
+        );
+    }
+    ferry_registry::access::node::NodePullRecipe::new(registry, install.as_str(), &file)
+        .with_context(|| format!("the recipe for install {install}"))
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 use ferry_core::state::JobStatus;
 use ferry_dev::{DevOptions, DevSystem};
 
+#[path = "support/node_pull.rs"]
+mod node_pull;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn starts_in_process_builds_and_syncs_every_install() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,6 +42,20 @@ async fn starts_in_process_builds_and_syncs_every_install() {
         assert_eq!(syncs.len(), 2, "{}: one sync per install", b.component);
         assert!(syncs.iter().all(|s| s.status() == JobStatus::Succeeded));
     }
+
+    // dev-1's nodes pull the multi-platform demo image with their own pull-only identity.
+    let base = snap
+        .builds
+        .iter()
+        .find(|b| b.component.as_str() == "base")
+        .and_then(|b| b.artifact.clone())
+        .expect("the base image was built");
+    let digest = base.digest.as_str().to_string();
+    let runtime = tokio::task::block_in_place(|| {
+        node_pull::check(&system, "dev-1", "dev-2", "demo/base", &digest)
+    });
+    eprintln!("node pull ran with {runtime:?}");
+
     system.shutdown().await;
     assert!(
         !dir.path().join("state/dev.json").exists(),

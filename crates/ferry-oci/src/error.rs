@@ -25,6 +25,8 @@ pub enum Step {
     Referrers,
     ReadLayout,
     WriteLayout,
+    /// Ferry's in-use marks and retention on the embedded registry.
+    Retention,
 }
 
 impl std::fmt::Display for Step {
@@ -44,6 +46,7 @@ impl std::fmt::Display for Step {
             Step::Referrers => "list referrers",
             Step::ReadLayout => "read OCI layout",
             Step::WriteLayout => "write OCI layout",
+            Step::Retention => "apply retention",
         };
         f.write_str(s)
     }

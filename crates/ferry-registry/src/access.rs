@@ -13,6 +13,7 @@
 
 pub mod endpoint;
 pub mod identity;
+pub mod node;
 pub mod not_before;
 pub mod revocation;
 

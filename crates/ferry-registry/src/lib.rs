@@ -15,6 +15,7 @@ mod body;
 pub mod budget;
 pub mod errors;
 mod graph;
+pub mod in_use;
 pub mod limits;
 pub mod listener;
 pub mod lock;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
@@ -33,6 +34,7 @@ use crate::authz::{Action, Target};
 pub use crate::authz::{AllowAll, Authorizer, Challenge, Denied, GraphLookup, Principal};
 use crate::budget::{BudgetExceeded, ManifestBudget};
 use crate::errors::{ErrorCode, OciError, StorageError};
+use crate::in_use::InUseRecords;
 use crate::limits::{Limits, MAX_REFERRERS_PAGE_BYTES};
 use crate::storage::{digest_hex, validate_repository, Storage, MAX_MANIFEST_BYTES, OCI_INDEX};
 
@@ -50,6 +52,9 @@ pub struct RegistryConfig {
     pub namespaces: Vec<String>,
     /// Connection, time, session and memory bounds; see [`Limits`].
     pub limits: Limits,
+    /// Retention (`POST /v2/<name>/_ferry/retention`) leaves unreferenced blobs and blob
+    /// links younger than this alone: uploads waiting for their manifest (default 1 h).
+    pub retention_grace: Duration,
 }
 
 impl RegistryConfig {
@@ -59,6 +64,7 @@ impl RegistryConfig {
             immutable_tags: Vec::new(),
             namespaces: Vec::new(),
             limits: Limits::default(),
+            retention_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -114,6 +120,12 @@ impl RegistryServerBuilder {
         self
     }
 
+    /// How young an unreferenced blob must be for retention to leave it (default 1 h).
+    pub fn retention_grace(mut self, grace: Duration) -> Self {
+        self.config.retention_grace = grace;
+        self
+    }
+
     /// Opens storage (deriving all state from disk) and builds the router.
     pub fn build(self) -> Result<RegistryServer, ServeError> {
         let limits = Arc::new(self.config.limits.clone().sanitized());
@@ -128,6 +140,9 @@ impl RegistryServerBuilder {
             storage: storage.clone(),
             authorizer: self.authorizer,
             manifest_budget: Arc::new(ManifestBudget::new(limits.manifest_memory_bytes)),
+            in_use: InUseRecords::new(&self.config.root),
+            retention_lock: Arc::new(tokio::sync::Mutex::new(())),
+            retention_grace: self.config.retention_grace,
         };
         let mut router = Router::new()
             .route("/v2", any(base))
@@ -323,6 +338,11 @@ struct AppState {
     authorizer: Arc<dyn Authorizer>,
     /// Bytes of manifest bodies buffered ([`Limits::manifest_memory_bytes`]).
     manifest_budget: Arc<ManifestBudget>,
+    /// Deployers' in-use marks, kept by retention.
+    in_use: InUseRecords,
+    /// Held by retention and by marking, so a mark is never missed by a retention in progress.
+    retention_lock: Arc<tokio::sync::Mutex<()>>,
+    retention_grace: Duration,
 }
 
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -415,6 +435,12 @@ enum Route {
     Upload(String, String),
     Blob(String, String),
     Referrers(String, String),
+    /// `<name>/_ferry/in-use/<digest>`: mark (PUT) or unmark (DELETE), agent only.
+    InUse(String, String),
+    /// `<name>/_ferry/in-use`: list the marks (GET).
+    InUseList(String),
+    /// `<name>/_ferry/retention?keep_last=N`: apply retention (POST), agent only.
+    Retention(String),
 }
 
 fn parse_route(rest: &str) -> Option<Route> {
@@ -436,6 +462,17 @@ fn parse_route(rest: &str) -> Option<Route> {
         } else {
             Route::Upload(name(3), parts[n - 1].to_string())
         });
+    }
+    // `_ferry` is not a valid repository component, so these never shadow a repository.
+    if n >= 3 && parts[n - 2] == "_ferry" {
+        match parts[n - 1] {
+            "retention" => return Some(Route::Retention(name(2))),
+            "in-use" => return Some(Route::InUseList(name(2))),
+            _ => {}
+        }
+    }
+    if n >= 4 && parts[n - 3] == "_ferry" && parts[n - 2] == "in-use" && !parts[n - 1].is_empty() {
+        return Some(Route::InUse(name(3), parts[n - 1].to_string()));
     }
     if n >= 3 && !parts[n - 1].is_empty() {
         let last = parts[n - 1].to_string();
@@ -536,7 +573,7 @@ async fn dispatch(
             StatusCode::NOT_FOUND,
             ErrorCode::Unsupported,
             format!(
-                "no registry endpoint at /v2/{}; expected /v2/<name>/(manifests|blobs|tags|referrers)/...",
+                "no registry endpoint at /v2/{}; expected /v2/<name>/(manifests|blobs|tags|referrers|_ferry)/...",
                 truncate_path(&rest)
             ),
         )
@@ -549,7 +586,10 @@ async fn dispatch(
         | Route::UploadStart(n)
         | Route::Upload(n, _)
         | Route::Blob(n, _)
-        | Route::Referrers(n, _) => Some(n.as_str()),
+        | Route::Referrers(n, _)
+        | Route::InUse(n, _)
+        | Route::InUseList(n)
+        | Route::Retention(n) => Some(n.as_str()),
     };
     if let Some(name) = name {
         if let Err(e) = validate_repository(name) {
@@ -584,6 +624,14 @@ async fn dispatch(
         (Route::Upload(name, id), &Method::GET) => upload_status(&ctx, &name, &id).await,
         (Route::Upload(name, id), &Method::DELETE) => cancel_upload(&ctx, &name, &id).await,
         (Route::Referrers(name, digest), &Method::GET) => referrers(&ctx, &name, &digest).await,
+        (Route::InUse(name, digest), &Method::PUT) => {
+            retention::mark(&ctx, &name, &digest, true).await
+        }
+        (Route::InUse(name, digest), &Method::DELETE) => {
+            retention::mark(&ctx, &name, &digest, false).await
+        }
+        (Route::InUseList(name), &Method::GET) => retention::list(&ctx, &name).await,
+        (Route::Retention(name), &Method::POST) => retention::apply(&ctx, &name).await,
         _ => Ok(unsupported_method(&method)),
     };
     result.unwrap_or_else(|reject| *reject.0)
@@ -1169,6 +1217,8 @@ async fn referrers(ctx: &Ctx, name: &str, digest: &str) -> Handled {
     }
     Ok(response_with(StatusCode::OK, headers, Body::from(body)))
 }
+
+mod retention;
 
 #[cfg(test)]
 mod tests {

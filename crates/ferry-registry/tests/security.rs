@@ -40,6 +40,10 @@ struct Env {
 }
 
 async fn start() -> Env {
+    start_with_retention_grace(Duration::from_secs(3600)).await
+}
+
+async fn start_with_retention_grace(grace: Duration) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("registry");
     let mut policy = AccessPolicy::new();
@@ -58,6 +62,7 @@ async fn start() -> Env {
     let server = RegistryServer::builder(&root)
         .authorizer(ac.clone())
         .extra_routes(token_router(ac.clone()))
+        .retention_grace(grace)
         .build()
         .unwrap();
     let running = server.spawn_on(listener).unwrap();
@@ -71,6 +76,10 @@ async fn start() -> Env {
         _running: running,
     }
 }
+
+/// Retention and in-use marks, run by the agent through the registry's endpoint.
+#[path = "security/retention.rs"]
+mod retention;
 
 fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))

@@ -321,6 +321,18 @@ pub fn clone_key(k: &AgentKeypair) -> AgentKeypair {
 
 /// An agent for install `id`, one message at a time, with a 10 s shutdown grace.
 pub fn agent(env: &Env, id: &str, secret: &str, key: &AgentKeypair) -> TestAgent {
+    agent_with(env, id, secret, key, |_| {})
+}
+
+/// [`agent`] with its configuration adjusted by `adjust` (e.g. retention).
+#[allow(dead_code)] // Not every test binary adjusts.
+pub fn agent_with(
+    env: &Env,
+    id: &str,
+    secret: &str,
+    key: &AgentKeypair,
+    adjust: impl FnOnce(&mut AgentConfig),
+) -> TestAgent {
     let mut config = AgentConfig::new(
         InstallId::new(id).unwrap(),
         qn(&format!("install-{id}")),
@@ -330,6 +342,7 @@ pub fn agent(env: &Env, id: &str, secret: &str, key: &AgentKeypair) -> TestAgent
     )
     .with_receive(ReceiveOptions::new(1, 1, 30).unwrap());
     config.shutdown_grace = Duration::from_secs(10);
+    adjust(&mut config);
     let reporter = Arc::new(QueueReporter::new(env.queue.clone(), qn("sync-reported")));
     Agent::new(config, env.queue.clone(), reporter, clone_key(key))
 }

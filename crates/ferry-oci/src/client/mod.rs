@@ -17,6 +17,7 @@ mod limiter;
 mod manifest;
 mod ranged;
 mod referrers;
+mod retention;
 mod tags;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use ranged::{
     RangedReads, DEFAULT_RANGED_MAX_PARALLEL, DEFAULT_RANGED_PART_BUFFER, DEFAULT_RANGED_PART_SIZE,
     DEFAULT_RANGED_THRESHOLD,
 };
+pub use retention::{RetentionSummary, MAX_ANSWER_BYTES as MAX_RETENTION_ANSWER_BYTES};
 
 /// Manifests are buffered (their digest is over the exact bytes); anything bigger than this
 /// is refused rather than held in memory.
