@@ -656,6 +656,25 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                 println!("  holds:");
                 print_table(&["REPOSITORY", "DIGEST", "SINCE", "BUILD"], &rows);
             }
+            // How the install's nodes pull: a pull-only identity whose secret stays in its file.
+            match &backend {
+                Backend::Local(m) => {
+                    match ferry_dev::state::node_pull_recipe(m.state(), &id, &i.registry.endpoint)
+                    {
+                        Ok(recipe) => {
+                            println!("  nodes pull with:");
+                            for line in recipe.render().lines() {
+                                println!("    {line}");
+                            }
+                        }
+                        Err(e) => println!("  nodes pull with  (no node identity: {e:#})"),
+                    }
+                }
+                #[cfg(feature = "aws")]
+                Backend::Aws(_) => println!(
+                    "  nodes pull with  the customer stack's PullPrincipalArns (docs/install-side.md)"
+                ),
+            }
         }
         InstallCommand::Remove { id, common } => {
             let backend = common.open(ctx).await?;

@@ -45,9 +45,17 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     assert!(stdout.contains("verified in 3 installs"), "{stdout}");
     eprintln!("ferry dev synced 3 installs in {:?}", started.elapsed());
     // The secret is pointed at, never printed.
-    let secret = std::fs::read_to_string(dir.path().join("state/keys/agent-dev-1.secret")).unwrap();
-    assert!(!stdout.contains(secret.trim()));
-    assert!(stdout.contains("keys/agent-dev-1.secret"), "{stdout}");
+    for who in ["agent", "node"] {
+        let secret =
+            std::fs::read_to_string(dir.path().join(format!("state/keys/{who}-dev-1.secret")))
+                .unwrap();
+        assert!(
+            !stdout.contains(secret.trim()),
+            "the {who} secret must not be printed"
+        );
+    }
+    // The closing hint pulls as the install's nodes do, with the secret read from its file.
+    assert!(stdout.contains("keys/node-dev-1.secret"), "{stdout}");
 
     // A second process reads what the first left.
     let out = ferry(&["syncs", "--json", "--state-dir", state]);
@@ -123,6 +131,22 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
         vendor_key.public_key_string().as_str()
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains(vendor_key.to_secret_string().as_str()));
+    // `install show` tells how the install's nodes pull, and never prints their secret.
+    let out = ferry(&["install", "show", "far-1", "--state-dir", state]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(shown.contains("node:far-1"), "{shown}");
+    let node_secret =
+        std::fs::read_to_string(dir.path().join("state/keys/node-far-1.secret")).unwrap();
+    assert!(!node_secret.trim().is_empty());
+    assert!(
+        !shown.contains(node_secret.trim()),
+        "the node secret must not be printed"
+    );
     // A public key without its report key, or a report key of the wrong kind: refused.
     let out = ferry(&[
         "install",

@@ -205,6 +205,8 @@ impl Management for LocalManagement {
             .await
             .map_err(dev_err)?;
         state::load_or_create_secret(&self.state.agent_secret_path(&r.id)).map_err(dev_err)?;
+        // The nodes' pull-only identity comes with every install (its secret never printed).
+        state::load_or_create_secret(&self.state.node_secret_path(&r.id)).map_err(dev_err)?;
         if outcome != manage::RegistrationOutcome::Unchanged {
             self.store.put_install(&install).await?;
         }

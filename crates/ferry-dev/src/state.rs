@@ -275,8 +275,6 @@ pub async fn provision_install(
 ) -> Result<Install> {
     use ferry_core::manage::{InstallRegistration, Management as _};
     let manage = crate::manage::LocalManagement::new(state.clone(), db.clone());
-    // The nodes' pull-only identity comes with every install (its secret never printed).
-    load_or_create_secret(&state.node_secret_path(id))?;
     let keys = match keys {
         Some(k) => k,
         None => manage.dev_agent_keys(id)?,
