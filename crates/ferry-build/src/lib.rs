@@ -17,6 +17,7 @@ mod helm;
 mod image;
 pub mod inprocess;
 mod package;
+pub mod scratch;
 mod tofu;
 
 use std::path::{Component as PathComponent, Path, PathBuf};

@@ -6,6 +6,7 @@
 mod copy;
 mod dev;
 mod grants;
+mod image;
 mod manage;
 mod progress;
 mod registry;
@@ -66,6 +67,11 @@ enum Command {
     Syncs(manage::SyncsArgs),
     /// Which installs hold an artifact digest, and since when.
     Lineage(manage::LineageArgs),
+    /// Pack static binaries into a FROM-scratch multi-platform OCI image (the agent image).
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
     /// Pull grants: the incident kill switch.
     Grants {
         #[command(subcommand)]
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
             Command::Syncs(args) => manage::syncs(args).await,
             Command::Lineage(args) => manage::lineage(args).await,
             Command::Grants { command } => grants::run(command).await,
+            Command::Image { command } => image::run(command).await,
         }
     });
     match result {
