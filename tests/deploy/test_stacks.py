@@ -126,8 +126,8 @@ def is_write(action: str) -> bool:
 def vendor_writes(t: dict) -> list[str]:
     """Allow statements whose principal is the vendor (VendorAccountId, a vendor-side ARN
     parameter, or a literal account other than this one) and that allow a write action."""
-    vendor_params = {"VendorAccountId", "InboundQueueArn", "ReportQueueArn", "VendorRegistry",
-                     "VendorPublicKey"}
+    vendor_params = {"VendorAccountId", "InstallQueuePrefix", "ReportQueueArn", "VendorRegistry",
+                     "VendorPublicKey", "VendorRepositoryPrefix"}
     bad = []
     for name, where, st in statements(t):
         if st["Effect"] != "Allow" or "Principal" not in st:
@@ -463,7 +463,10 @@ def test_the_vendor_write_check_can_fail(customer):
 def test_agent_role_writes_only_its_repositories_and_uses_only_its_queues(customer):
     sts = policy_of(customer, "AgentRole")
     by_sid = {s["Sid"]: s for s in sts}
-    assert by_sid["ReceiveJobs"]["Resource"] == {"Ref": "InboundQueueArn"}
+    # The install queue is derived from the vendor's outputs and the install id.
+    arn, values = by_sid["ReceiveJobs"]["Resource"]["Fn::Sub"]
+    assert arn.endswith(":sqs:${VendorRegion}:${VendorAccountId}:${InstallQueuePrefix}${InstallId}")
+    assert values["VendorRegion"] == {"Fn::Select": [3, {"Fn::Split": [":", {"Ref": "ReportQueueArn"}]}]}
     assert set(by_sid["ReceiveJobs"]["Action"]) == {
         "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"}
     assert by_sid["SendReports"]["Resource"] == {"Ref": "ReportQueueArn"}
@@ -474,6 +477,8 @@ def test_agent_role_writes_only_its_repositories_and_uses_only_its_queues(custom
     assert writes["Resource"]["Fn::Sub"].endswith(":repository/${RepositoryNamespace}/*")
     assert by_sid["ReadOwnKey"]["Resource"] == {"Ref": "AgentKeySecret"}
     for s in sts:
+        if s["Effect"] == "Deny":
+            continue
         for a in as_list(s["Action"]):
             if is_write(a) and not a.startswith(("logs:",)):
                 assert s["Sid"] in ("WriteInstallRepositories", "ReceiveJobs", "SendReports"), (s["Sid"], a)
@@ -483,11 +488,25 @@ def test_repository_immutable_scanned_only_agent_pushes_and_lifecycle_keeps_in_u
     p = resources(customer)["InstallRepository"]["Properties"]
     assert p["ImageTagMutability"] == "IMMUTABLE"
     assert p["ImageScanningConfiguration"] == {"ScanOnPush": True}
-    stmts = {s["Sid"]: s for s in p["RepositoryPolicyText"]["Statement"]}
+    stmts = {}
+    for st in p["RepositoryPolicyText"]["Statement"]:
+        if "Fn::If" in st:  # the deployers' statement, present only when some are named
+            cond, st, absent = st["Fn::If"]
+            assert cond == "HasDeployers" and absent == {"Ref": "AWS::NoValue"}
+            assert st["Principal"] == {"AWS": {"Ref": "DeployerRoleArns"}}
+            assert st["Action"] == ["ecr:PutImage", "ecr:BatchGetImage", "ecr:DescribeImages"]
+        stmts[st["Sid"]] = st
     deny = stmts["OnlyTheAgentPushes"]
     assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
-    assert "ecr:PutImage" in deny["Action"] and "ecr:CompleteLayerUpload" in deny["Action"]
+    assert {"ecr:CompleteLayerUpload", "ecr:UploadLayerPart", "ecr:BatchDeleteImage"} <= set(deny["Action"])
     assert refs(deny["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == {"AgentRole"}
+    # Tags (PutImage): the agent, and the deployer roles only when some are named.
+    tag = stmts["OnlyTheAgentAndDeployersTag"]
+    assert tag["Effect"] == "Deny" and tag["Principal"] == "*" and tag["Action"] == "ecr:PutImage"
+    cond, with_deployers, agent_only = tag["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]["Fn::If"]
+    assert cond == "HasDeployers"
+    assert refs(with_deployers) == {"AgentRole", "DeployerRoleArns"}
+    assert refs(agent_only) == {"AgentRole"}
     pulls = stmts["InstallComputePulls"]
     assert pulls["Principal"] == {"AWS": {"Ref": "PullPrincipalArns"}}
     assert not [a for a in pulls["Action"] if is_write(a)]
@@ -520,6 +539,116 @@ def test_runtime_is_fargate_with_no_inbound_and_retained_logs(customer):
     assert r["AgentLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
+def test_service_starts_at_zero_tasks_with_the_circuit_breaker_on(customer):
+    """The first create has no deployment to wait for (no key yet); one update with
+    AgentTaskCount=1 starts the agent; a failing deployment rolls back instead of retrying."""
+    svc = resources(customer)["Service"]["Properties"]
+    assert svc["DesiredCount"] == {"Ref": "AgentTaskCount"}
+    count = customer["Parameters"]["AgentTaskCount"]
+    assert count["Default"] == 0 and count["AllowedValues"] == [0, 1]
+    dc = svc["DeploymentConfiguration"]
+    assert dc["DeploymentCircuitBreaker"] == {"Enable": True, "Rollback": True}
+    assert dc["MaximumPercent"] == 100  # never two agents of one install at once
+
+
+def test_queue_url_and_queue_arn_come_from_the_same_derivation(customer):
+    (c,) = resources(customer)["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    url, values = c["Command"][2]["Fn::Sub"]
+    assert url.endswith("/${VendorAccountId}/${InstallQueuePrefix}${InstallId}")
+    arn, arn_values = [s for s in policy_of(customer, "AgentRole") if s["Sid"] == "ReceiveJobs"][0]["Resource"]["Fn::Sub"]
+    assert values == arn_values
+    out, out_values = customer["Outputs"]["InboundQueueArn"]["Value"]["Fn::Sub"]
+    assert (out, out_values) == (arn, arn_values)
+    assert "InboundQueueArn" not in customer["Parameters"]
+    # The queue name needs [A-Za-z0-9_-]: the install id pattern must not allow more.
+    assert "." not in customer["Parameters"]["InstallId"]["AllowedPattern"]
+
+
+def test_the_agent_cannot_write_the_repository_it_boots_from(customer):
+    params = customer["Parameters"]
+    assert "/" not in params["AgentImageRepository"]["AllowedPattern"].replace("^[a-z0-9]", "")
+    pull = [s for s in policy_of(customer, "ExecutionRole") if s["Sid"] == "PullAgentImage"][0]
+    assert pull["Resource"]["Fn::Sub"].endswith(":repository/${AgentImageRepository}")
+    sts = {s["Sid"]: s for s in policy_of(customer, "AgentRole")}
+    # Writes are only under <namespace>/ (a name with a "/"), which the image repository is not.
+    assert sts["WriteInstallRepositories"]["Resource"]["Fn::Sub"].endswith(":repository/${RepositoryNamespace}/*")
+    deny = sts["NeverWriteTheAgentImage"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Resource"]["Fn::Sub"].endswith(":repository/${AgentImageRepository}")
+    assert {"ecr:PutImage", "ecr:CompleteLayerUpload", "ecr:SetRepositoryPolicy"} <= set(deny["Action"])
+    # The image is pinned by digest.
+    assert params["AgentImage"]["AllowedPattern"].endswith("@sha256:[0-9a-f]{64}$")
+
+
+def _resolve(x, ctx: dict):
+    """Evaluates the few intrinsics the customer stack's policies use, for one set of
+    parameter values (ctx: name -> value; lists for list parameters)."""
+    if isinstance(x, list):
+        out = []
+        for v in x:
+            r = _resolve(v, ctx)
+            if r is not _NO_VALUE:
+                out.append(r)
+        return out
+    if not isinstance(x, dict):
+        return x
+    if len(x) == 1:
+        (k, v), = x.items()
+        if k == "Ref":
+            return _NO_VALUE if v == "AWS::NoValue" else ctx[v]
+        if k == "Fn::GetAtt":
+            return ctx[".".join(v) if isinstance(v, list) else v]
+        if k == "Fn::If":
+            return _resolve(v[1] if ctx[v[0]] else v[2], ctx)
+        if k == "Fn::Join":
+            return v[0].join(_resolve(v[1], ctx))
+        if k == "Fn::Split":
+            return _resolve(v[1], ctx).split(v[0])
+        if k == "Fn::Sub":
+            text, values = (v, {}) if isinstance(v, str) else (v[0], v[1])
+            local = dict(ctx, **{n: _resolve(val, ctx) for n, val in values.items()})
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(local[m.group(1)]), text)
+    return {k: _resolve(v, ctx) for k, v in x.items()}
+
+
+_NO_VALUE = object()
+
+
+@pytest.mark.parametrize("deployers", [[], ["arn:aws:iam::111122223333:role/deploy", "arn:aws:iam::111122223333:role/ci"]])
+def test_the_agent_applies_exactly_the_stack_repository_protections(customer, deployers):
+    """One policy, two spellings: InstallRepository's (YAML) and the JSON the agent applies
+    to every repository it creates (FERRY_REPOSITORY_POLICY). They must say the same."""
+    ctx = {
+        "PullPrincipalArns": ["arn:aws:iam::111122223333:role/app-task", "arn:aws:iam::111122223333:role/node"],
+        "DeployerRoleArns": deployers or [""],
+        "HasDeployers": bool(deployers),
+        "AgentRole.Arn": "arn:aws:iam::111122223333:role/ferry-agent-acme",
+        "KeepLastVersions": 7,
+        "AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId": "111122223333",
+    }
+    repo = resources(customer)["InstallRepository"]["Properties"]
+    (c,) = resources(customer)["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in c["Environment"]}
+    stack_policy = _resolve(repo["RepositoryPolicyText"], ctx)
+    agent_policy = json.loads(_resolve(env["FERRY_REPOSITORY_POLICY"], ctx))
+    assert agent_policy == stack_policy
+    sids = [s["Sid"] for s in agent_policy["Statement"]]
+    assert ("DeployersTagInUse" in sids) == bool(deployers)
+    assert json.loads(_resolve(env["FERRY_LIFECYCLE_POLICY"], ctx)) == json.loads(
+        _resolve(repo["LifecyclePolicy"]["LifecyclePolicyText"], ctx))
+    # The check can fail: a policy that drops the deny differs.
+    broken = copy.deepcopy(agent_policy)
+    broken["Statement"].pop(1)
+    assert broken != stack_policy
+    assert env["FERRY_VENDOR_REPOSITORY_PREFIX"] == {"Ref": "VendorRepositoryPrefix"}
+    assert env["FERRY_INSTALL_NAMESPACE"] == {"Ref": "RepositoryNamespace"}
+
+
+def test_agent_role_may_give_its_repositories_their_protections(customer):
+    writes = {s["Sid"]: s for s in policy_of(customer, "AgentRole")}["WriteInstallRepositories"]
+    assert {"ecr:CreateRepository", "ecr:SetRepositoryPolicy", "ecr:PutLifecyclePolicy"} <= set(writes["Action"])
+
+
 # ------------------------------------------------------------------------- buildspec
 
 
@@ -531,6 +660,27 @@ def test_buildspec_runs_ferry_build_and_exports_the_digest():
     assert "bin/ferry-build" in build
     assert "FERRY_REGISTRY_PASSWORD" not in spec["env"]["exported-variables"]
     assert "FERRY_REGISTRY_PASSWORD" not in spec["env"].get("variables", {})
+
+
+def test_buildspec_and_template_agree_on_docker_builds(vendor):
+    """docker-build components need buildah in the build container and privileged mode for its
+    chroot isolation: the buildspec installs the tool ferry-build runs, for the kind name
+    ferry-core gives docker-build components, and the project is privileged."""
+    spec = yaml.safe_load(BUILDSPEC.read_text())
+    install = "\n".join(spec["phases"]["install"]["commands"])
+    tool = re.search(r'const BUILDAH: &str = "([^"]+)"',
+                     (ROOT / "crates/ferry-build/src/docker.rs").read_text()).group(1)
+    kind = re.search(r'ComponentKind::DockerBuild \{ \.\. \} => "([^"]+)"',
+                     (ROOT / "crates/ferry-core/src/domain.rs").read_text()).group(1)
+    assert f"install -y -q {tool}" in install and f"command -v {tool}" in install
+    assert f'"$FERRY_KIND" = {kind}' in install
+    assert "FERRY_COMPONENT" in install  # the kind comes from the build's own component
+    project = resources(vendor)["BuildProject"]["Properties"]
+    assert project["Environment"]["PrivilegedMode"] is True
+    # The overrides build-requested sets include the component the buildspec reads.
+    overrides = re.findall(r'pub const ENV_COMPONENT: &str = "([^"]+)"',
+                           (ROOT / "crates/ferry-aws/src/builder.rs").read_text())
+    assert overrides == ["FERRY_COMPONENT"]
 
 
 # ------------------------------------------------------------------------- moto
@@ -563,7 +713,11 @@ def moto():
         pytest.fail("moto_server did not start")
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:  # a loaded machine: do not fail the suite on shutdown
+        proc.kill()
+        proc.wait(10)
 
 
 def policy_doc(doc):
@@ -591,14 +745,16 @@ def test_customer_stack_in_moto_cloudformation(moto):
         url = sqs.create_queue(QueueName=name)["QueueUrl"]
         return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     inbound, report = arn("ferry-install-acme"), arn("ferry-sync-reported")
+    deployer = "arn:aws:iam::123456789012:role/deployer"
     vendor_account = inbound.split(":")[4]
     params = {
         "InstallId": "acme", "VendorAccountId": vendor_account,
         "VendorRegistry": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com",
         "VendorPublicKey": "ferry-vendor-ed25519:" + "A" * 43,
-        "InboundQueueArn": inbound, "ReportQueueArn": report,
+        "InstallQueuePrefix": "ferry-install-", "ReportQueueArn": report,
+        "DeployerRoleArns": deployer,
         "PullPrincipalArns": f"arn:aws:iam::{vendor_account}:role/app-task",
-        "AgentImage": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com/ferry/ferry-agent@sha256:" + "a" * 64,
+        "AgentImage": f"{vendor_account}.dkr.ecr.eu-west-1.amazonaws.com/ferry-agent@sha256:" + "a" * 64,
         "CpuArchitecture": "ARM64", "VpcId": vpc, "SubnetIds": subnet, "AgentPublicKey": "age1publickey",
     }
     cf.create_stack(
@@ -607,14 +763,19 @@ def test_customer_stack_in_moto_cloudformation(moto):
         Capabilities=["CAPABILITY_NAMED_IAM"],
     )
     stack = cf.describe_stacks(StackName="ferry-agent-acme")["Stacks"][0]
+    # Created with no key set: the secret holds its random placeholder, no task runs.
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["InboundQueueArn"] == inbound
+    # (moto's CloudFormation does not create the key secret; its placeholder is checked
+    # statically: GenerateSecretString, and no task runs until AgentTaskCount is 1.)
 
     (repo,) = ecr.describe_repositories(repositoryNames=["ferry/app"])["repositories"]
     assert repo["imageTagMutability"] == "IMMUTABLE"
     # Scan on push is checked statically (test_repository_immutable_...): moto stores the
     # CloudFormation spelling ScanOnPush, which its ECR responses then drop.
     assert outputs["RepositoryUri"] == repo["repositoryUri"]
+
 
     role = iam.get_role(RoleName="ferry-agent-acme")["Role"]
     assert outputs["AgentRoleArn"] == role["Arn"]
@@ -633,13 +794,27 @@ def test_customer_stack_in_moto_cloudformation(moto):
     (svc,) = ecs.describe_services(cluster="ferry-agent-acme", services=["ferry-agent"])["services"]
     # moto's CloudFormation drops LaunchType and NetworkConfiguration of a service (checked
     # statically); it keeps the service, its count and its task definition.
-    assert svc["status"] == "ACTIVE" and svc["desiredCount"] == 1
+    assert svc["status"] == "ACTIVE" and svc["desiredCount"] == 0
     td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
     # moto's CloudFormation also drops the task role, network mode and Fargate compatibility
     # (checked statically); it keeps the container.
     assert td["family"] == "ferry-agent-acme"
     (container,) = td["containerDefinitions"]
     queue_url = sqs.get_queue_url(QueueName="ferry-install-acme")["QueueUrl"]
+    # The protections the agent applies to every repository it creates, as moto's
+    # CloudFormation rendered them (moto does not put RepositoryPolicyText on the stack's own
+    # repository; the two spellings are compared statically above).
+    env0 = {e["name"]: e.get("value") for e in container["environment"]}
+    policy = json.loads(env0["FERRY_REPOSITORY_POLICY"])
+    by_sid = {st["Sid"]: st for st in policy["Statement"]}
+    assert by_sid["OnlyTheAgentPushes"]["Effect"] == "Deny"
+    assert by_sid["OnlyTheAgentPushes"]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == outputs["AgentRoleArn"]
+    assert by_sid["DeployersTagInUse"]["Principal"] == {"AWS": [deployer]}
+    assert sorted(by_sid["OnlyTheAgentAndDeployersTag"]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == sorted(
+        [outputs["AgentRoleArn"], deployer])
+    assert by_sid["InstallComputePulls"]["Principal"] == {"AWS": [f"arn:aws:iam::{vendor_account}:role/app-task"]}
+    assert json.loads(env0["FERRY_LIFECYCLE_POLICY"])["rules"][0]["selection"]["tagPrefixList"] == ["in-use-"]
+    assert env0["FERRY_VENDOR_REPOSITORY_PREFIX"] == "ferry"
     assert container["command"][:2] == ["run", "--queue"]
     assert container["command"][2].endswith(f"/{vendor_account}/ferry-install-acme")
     assert container["command"][2].split("/")[-2:] == queue_url.split("/")[-2:]

@@ -337,7 +337,10 @@ where
             .map_err(|e: ferry_oci::Error| CopyFailure::Failed(e.to_string()))?;
         // Always the configured vendor registry: a grant's `registry` is informational only.
         let src_registry = self.config.vendor.registry.clone();
-        let dst_repo = self.config.destination_repository(&msg.repository);
+        let dst_repo = self
+            .config
+            .destination_repository(&msg.repository)
+            .map_err(|e| CopyFailure::Failed(e.to_string()))?;
         let mut credentials = CredentialStore::new();
         let pull = match grant.scheme {
             GrantScheme::Bearer => Credential::Bearer(Secret::new(grant.token.as_str())),

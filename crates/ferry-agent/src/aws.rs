@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 
-use ferry_aws::agent::{AgentAwsError, InstallEcr};
+use ferry_aws::agent::{AgentAwsError, InstallEcr, RepositoryProtections};
 use ferry_aws::{SdkConfig, SqsQueue};
 use ferry_core::id::{InstallId, QueueName};
 use ferry_core::ports::ReceiveOptions;
@@ -76,9 +76,10 @@ pub struct EcrPushAccess {
 }
 
 impl EcrPushAccess {
-    pub fn new(config: &SdkConfig) -> EcrPushAccess {
+    /// Push access with `protections` applied to every repository before its first push.
+    pub fn new(config: &SdkConfig, protections: RepositoryProtections) -> EcrPushAccess {
         EcrPushAccess {
-            ecr: InstallEcr::new(config),
+            ecr: InstallEcr::new(config).with_protections(protections),
             login: tokio::sync::Mutex::new(None),
             ready: Mutex::new(HashSet::new()),
             logins: std::sync::atomic::AtomicUsize::new(0),
@@ -205,6 +206,11 @@ pub struct AwsAgentOptions {
     pub install_registry: String,
     /// Repository prefix in the install registry (`installs/<id>` when `None`).
     pub install_namespace: Option<String>,
+    /// The vendor registry's repository prefix (the vendor stack's `RepositoryPrefix`), which
+    /// the install namespace replaces ([`ferry_core::id::Repository::in_install`]).
+    pub vendor_prefix: String,
+    /// Policy and lifecycle applied to every repository the agent writes.
+    pub protections: RepositoryProtections,
     /// The vendor registry and the vendor key jobs must be signed with.
     pub vendor: VendorTrust,
     pub receive: ReceiveOptions,
@@ -241,7 +247,8 @@ pub fn aws_agent(
     if let Some(ns) = options.install_namespace {
         agent_config.install_namespace = ns;
     }
-    let access = Arc::new(EcrPushAccess::new(config));
+    agent_config.vendor_prefix = options.vendor_prefix;
+    let access = Arc::new(EcrPushAccess::new(config, options.protections));
     let reporter = Arc::new(QueueReporter::new(queue.clone(), report_name));
     let agent =
         Agent::new(agent_config, queue, reporter, keypair).with_install_access(access.clone());

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_core::id::{InstallId, QueueName, Repository};
+use ferry_core::id::{IdError, InstallId, QueueName, Repository};
 use ferry_core::ports::ReceiveOptions;
 use ferry_oci::Secret;
 
@@ -19,6 +19,9 @@ pub struct VendorTrust {
     pub public_key: String,
 }
 
+/// The embedded registry's vendor namespace, which `ferry dev` builds into.
+pub const DEFAULT_VENDOR_PREFIX: &str = "vendor";
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub install_id: InstallId,
@@ -29,6 +32,9 @@ pub struct AgentConfig {
     pub install_registry: String,
     /// Repository prefix in the install registry, `installs/<id>` by default.
     pub install_namespace: String,
+    /// Repository prefix of the vendor registry (`vendor` under `ferry dev`, the vendor
+    /// stack's `RepositoryPrefix` on AWS); replaced by `install_namespace` on the way in.
+    pub vendor_prefix: String,
     /// The secret of identity `agent:<install-id>` on the install registry.
     pub identity_secret: Secret,
     /// Long poll and visibility timeout of each receive.
@@ -72,6 +78,7 @@ impl AgentConfig {
         };
         AgentConfig {
             install_namespace: format!("installs/{install_id}"),
+            vendor_prefix: DEFAULT_VENDOR_PREFIX.to_owned(),
             install_id,
             queue,
             vendor,
@@ -100,14 +107,12 @@ impl AgentConfig {
         format!("agent:{}", self.install_id)
     }
 
-    /// Where a vendor repository lands: `<namespace>/<repository without "vendor/">`.
-    pub fn destination_repository(&self, repository: &Repository) -> String {
-        let path = repository.as_str();
-        let path = path.strip_prefix("vendor/").unwrap_or(path);
-        match self.install_namespace.trim_end_matches('/') {
-            "" => path.to_owned(),
-            ns => format!("{ns}/{path}"),
-        }
+    /// Where a vendor repository lands: ferry-core's one rule, [`Repository::in_install`]
+    /// (`<vendor prefix>/<path>` → `<install namespace>/<path>`).
+    pub fn destination_repository(&self, repository: &Repository) -> Result<String, IdError> {
+        repository
+            .in_install(&self.vendor_prefix, &self.install_namespace)
+            .map(|r| r.as_str().to_owned())
     }
 }
 
@@ -128,9 +133,21 @@ mod tests {
             Secret::new("Identity-Secret-42"),
         );
         assert_eq!(
-            c.destination_repository(&Repository::new("vendor/demo/app").unwrap()),
+            c.destination_repository(&Repository::new("vendor/demo/app").unwrap())
+                .unwrap(),
             "installs/a/demo/app"
         );
+        let mut ecr = c.clone();
+        ecr.vendor_prefix = "ferry".into();
+        ecr.install_namespace = "ferry".into();
+        assert_eq!(
+            ecr.destination_repository(&Repository::new("ferry/demo/web").unwrap())
+                .unwrap(),
+            "ferry/demo/web"
+        );
+        assert!(ecr
+            .destination_repository(&Repository::new("vendor/demo/web").unwrap())
+            .is_err());
         assert_eq!(c.identity(), "agent:a");
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("Identity-Secret-42"), "{dbg}");

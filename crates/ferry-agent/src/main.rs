@@ -94,6 +94,17 @@ struct RunArgs {
         alias = "install-repository-prefix"
     )]
     install_namespace: Option<String>,
+    /// The vendor registry's repository prefix, replaced by the install namespace (`vendor`
+    /// under `ferry dev`; on AWS the vendor stack's RepositoryPrefix): vendor
+    /// `<prefix>/demo/web` lands in `<namespace>/demo/web`.
+    #[arg(long, env = "FERRY_VENDOR_REPOSITORY_PREFIX", default_value = ferry_agent::config::DEFAULT_VENDOR_PREFIX)]
+    vendor_prefix: String,
+    /// AWS mode: the repository policy (JSON) applied to every repository the agent writes.
+    #[arg(long, env = "FERRY_REPOSITORY_POLICY")]
+    repository_policy: Option<String>,
+    /// AWS mode: the lifecycle policy (JSON) applied to every repository the agent writes.
+    #[arg(long, env = "FERRY_LIFECYCLE_POLICY")]
+    lifecycle_policy: Option<String>,
     #[arg(long, env = "FERRY_AGENT_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// Secrets Manager secret holding the agent key (AWS mode; instead of --key-file).
@@ -220,6 +231,11 @@ async fn run_aws(args: RunArgs) -> anyhow::Result<()> {
         report_queue_url: args.report_queue,
         install_registry: args.install_registry,
         install_namespace: args.install_namespace,
+        vendor_prefix: args.vendor_prefix,
+        protections: ferry_aws::agent::RepositoryProtections {
+            policy: args.repository_policy,
+            lifecycle: args.lifecycle_policy,
+        },
         vendor,
         receive: ReceiveOptions::new(1, args.wait_seconds, args.visibility_seconds)?,
         shutdown_grace: std::time::Duration::from_secs(args.grace_seconds),
@@ -295,6 +311,7 @@ async fn run_local(args: RunArgs) -> anyhow::Result<()> {
     if let Some(ns) = args.install_namespace {
         config.install_namespace = ns;
     }
+    config.vendor_prefix = args.vendor_prefix;
     config.shutdown_grace = Duration::from_secs(args.grace_seconds);
     config.keep_last = (args.keep_last > 0).then_some(args.keep_last);
     let reporter = Arc::new(QueueReporter::new(queue.clone(), report_queue));

@@ -2,6 +2,7 @@
 //! the SQLite queue.
 #![allow(clippy::unwrap_used)]
 
+mod agent_image;
 mod common;
 
 use std::time::Duration;

@@ -9,7 +9,9 @@
 use std::fmt;
 
 use aws_config::SdkConfig;
-use aws_sdk_ecr::types::ImageTagMutability;
+use aws_sdk_ecr::types::{
+    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
+};
 use zeroize::Zeroizing;
 
 use crate::error::describe;
@@ -55,11 +57,24 @@ impl fmt::Debug for EcrLogin {
     }
 }
 
+/// The protections the install stack gives its own repository, which the agent applies to
+/// every repository it writes (the stack passes them as `FERRY_REPOSITORY_POLICY` and
+/// `FERRY_LIFECYCLE_POLICY`; tests/deploy checks both texts equal the stack's repository's).
+/// Immutable tags, scan on push and AES256 encryption are always set on creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepositoryProtections {
+    /// Repository policy JSON (`SetRepositoryPolicy`); `None` leaves ECR's default.
+    pub policy: Option<String>,
+    /// Lifecycle policy JSON (`PutLifecyclePolicy`); `None` sets none.
+    pub lifecycle: Option<String>,
+}
+
 /// ECR with the agent's own role: login and the install repositories.
 #[derive(Clone, Debug)]
 pub struct InstallEcr {
     base: SdkConfig,
     client: aws_sdk_ecr::Client,
+    protections: RepositoryProtections,
 }
 
 impl InstallEcr {
@@ -71,7 +86,14 @@ impl InstallEcr {
                     .interceptor(RedactResponseBody)
                     .build(),
             ),
+            protections: RepositoryProtections::default(),
         }
+    }
+
+    /// Applies `protections` to every repository [`InstallEcr::ensure_repository`] prepares.
+    pub fn with_protections(mut self, protections: RepositoryProtections) -> InstallEcr {
+        self.protections = protections;
+        self
     }
 
     /// ECR GetAuthorizationToken, split into a Basic credential.
@@ -126,9 +148,12 @@ impl InstallEcr {
         })
     }
 
-    /// Makes sure `name` exists before a push: DescribeRepositories first (the agent role may
-    /// describe but, in the shipped install stack, not create), CreateRepository (immutable
-    /// tags) only when it is missing.
+    /// Makes sure `name` exists and carries the install's protections before a push:
+    /// DescribeRepositories, CreateRepository (immutable tags, scan on push, AES256) only when
+    /// it is missing, then the repository policy and the lifecycle policy, every time (both
+    /// calls are idempotent, so a repository created by a run that died between the calls, or
+    /// before the protections were configured, gets them too). The caller remembers which
+    /// repositories are done, so this runs once per repository and process.
     pub async fn ensure_repository(&self, name: &str) -> Result<(), AgentAwsError> {
         let described = self
             .client
@@ -137,17 +162,36 @@ impl InstallEcr {
             .send()
             .await;
         match described {
-            Ok(_) => return Ok(()),
+            Ok(_) => {}
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|se| se.is_repository_not_found_exception()) => {}
+                    .is_some_and(|se| se.is_repository_not_found_exception()) =>
+            {
+                self.create_repository(name).await?
+            }
             Err(e) => return Err(from_failure(describe("ECR", "DescribeRepositories", &e))),
         }
+        self.protect(name).await
+    }
+
+    async fn create_repository(&self, name: &str) -> Result<(), AgentAwsError> {
+        let encryption = EncryptionConfiguration::builder()
+            .encryption_type(EncryptionType::Aes256)
+            .build()
+            .map_err(|e| AgentAwsError::Refused {
+                message: format!("ECR encryption configuration: {e}"),
+            })?;
         let created = self
             .client
             .create_repository()
             .repository_name(name)
             .image_tag_mutability(ImageTagMutability::Immutable)
+            .image_scanning_configuration(
+                ImageScanningConfiguration::builder()
+                    .scan_on_push(true)
+                    .build(),
+            )
+            .encryption_configuration(encryption)
             .send()
             .await;
         match created {
@@ -167,13 +211,56 @@ impl InstallEcr {
                 if let AgentAwsError::Refused { message } = &mut err {
                     message.push_str(&format!(
                         "; repository {name} does not exist and the agent could not create it: \
-                         create it in the install stack, or allow the agent role \
-                         ecr:CreateRepository on it"
+                         allow the agent role ecr:CreateRepository on <namespace>/* (the install \
+                         stack does)"
                     ));
                 }
                 Err(err)
             }
         }
+    }
+
+    /// Puts the repository policy and the lifecycle policy on `name`.
+    async fn protect(&self, name: &str) -> Result<(), AgentAwsError> {
+        let hint = |mut err: AgentAwsError, what: &str| {
+            if let AgentAwsError::Refused { message } = &mut err {
+                message.push_str(&format!(
+                    "; the agent applies the install's {what} to every repository it writes \
+                     ({name}): allow the agent role that call on <namespace>/* (the install \
+                     stack does), and check the policy text"
+                ));
+            }
+            err
+        };
+        if let Some(policy) = &self.protections.policy {
+            self.client
+                .set_repository_policy()
+                .repository_name(name)
+                .policy_text(policy)
+                .send()
+                .await
+                .map_err(|e| {
+                    hint(
+                        from_failure(describe("ECR", "SetRepositoryPolicy", &e)),
+                        "repository policy",
+                    )
+                })?;
+        }
+        if let Some(lifecycle) = &self.protections.lifecycle {
+            self.client
+                .put_lifecycle_policy()
+                .repository_name(name)
+                .lifecycle_policy_text(lifecycle)
+                .send()
+                .await
+                .map_err(|e| {
+                    hint(
+                        from_failure(describe("ECR", "PutLifecyclePolicy", &e)),
+                        "lifecycle policy",
+                    )
+                })?;
+        }
+        Ok(())
     }
 }
 

@@ -51,3 +51,87 @@ async fn vendor_repositories_are_created_immutable_once() {
     let again = repos.ensure_repository(&name).await.unwrap();
     assert_eq!(again, first, "ensure_repository is idempotent");
 }
+
+/// Every repository the agent writes carries the install's protections (the install stack
+/// passes them as FERRY_REPOSITORY_POLICY / FERRY_LIFECYCLE_POLICY): checked with ECR's own
+/// GetRepositoryPolicy and GetLifecyclePolicy, for a repository the agent creates and for one
+/// that already existed without them.
+#[tokio::test]
+async fn agent_repositories_get_the_install_policy_lifecycle_and_immutability() {
+    use ferry_aws::agent::{InstallEcr, RepositoryProtections};
+
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    let agent_role = format!("arn:aws:iam::{ACCOUNT}:role/ferry-agent-acme");
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "OnlyTheAgentPushes", "Effect": "Deny", "Principal": "*",
+            "Action": ["ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
+                       "ecr:CompleteLayerUpload", "ecr:BatchDeleteImage"],
+            "Condition": {"ArnNotEquals": {"aws:PrincipalArn": agent_role}}
+        }]
+    });
+    let lifecycle = r#"{"rules":[{"rulePriority":1,"description":"keep in-use","selection":{"tagStatus":"tagged","tagPrefixList":["in-use-"],"countType":"imageCountMoreThan","countNumber":10000},"action":{"type":"expire"}}]}"#;
+    let ecr = InstallEcr::new(&config).with_protections(RepositoryProtections {
+        policy: Some(policy.to_string()),
+        lifecycle: Some(lifecycle.into()),
+    });
+    let client = aws_sdk_ecr::Client::new(&config);
+    // One that existed before, without any policy (an older agent, or made by hand).
+    client
+        .create_repository()
+        .repository_name("ferry/demo/old")
+        .send()
+        .await
+        .unwrap();
+    for name in ["ferry/demo/web", "ferry/demo/old"] {
+        ecr.ensure_repository(name).await.unwrap();
+        // Twice is fine (another task, a restart).
+        ecr.ensure_repository(name).await.unwrap();
+        let got = client
+            .get_repository_policy()
+            .repository_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name} has no repository policy: {e:?}"));
+        let got: serde_json::Value =
+            serde_json::from_str(got.policy_text().unwrap_or_default()).unwrap();
+        assert_eq!(got, policy, "{name}");
+        let got = client
+            .get_lifecycle_policy()
+            .repository_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{name} has no lifecycle policy: {e:?}"));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(got.lifecycle_policy_text().unwrap())
+                .unwrap(),
+            serde_json::from_str::<serde_json::Value>(lifecycle).unwrap(),
+            "{name}"
+        );
+    }
+    let created = client
+        .describe_repositories()
+        .repository_names("ferry/demo/web")
+        .send()
+        .await
+        .unwrap();
+    let repo = &created.repositories()[0];
+    assert_eq!(
+        repo.image_tag_mutability(),
+        Some(&aws_sdk_ecr::types::ImageTagMutability::Immutable)
+    );
+
+    // Without protections configured nothing is put (the check above could fail).
+    InstallEcr::new(&config)
+        .ensure_repository("ferry/demo/bare")
+        .await
+        .unwrap();
+    assert!(client
+        .get_repository_policy()
+        .repository_name("ferry/demo/bare")
+        .send()
+        .await
+        .is_err());
+}

@@ -19,6 +19,7 @@ mod helm;
 mod image;
 pub mod inprocess;
 mod package;
+pub mod scratch;
 mod signatures;
 mod tofu;
 

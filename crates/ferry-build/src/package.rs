@@ -214,6 +214,20 @@ pub(crate) async fn write_manifest(
     layers: &[Descriptor],
     annotations: &BTreeMap<String, String>,
 ) -> Result<Manifest, ferry_oci::Error> {
+    let manifest = put_manifest(layout, artifact_type, config, layers, annotations).await?;
+    layout.tag(Some(LAYOUT_TAG), &manifest.descriptor()).await?;
+    Ok(manifest)
+}
+
+/// Writes an image manifest over `config` and `layers` into the layout, untagged (the child
+/// of an index is reached through the index).
+pub(crate) async fn put_manifest(
+    layout: &OciLayout,
+    artifact_type: Option<&str>,
+    config: &Descriptor,
+    layers: &[Descriptor],
+    annotations: &BTreeMap<String, String>,
+) -> Result<Manifest, ferry_oci::Error> {
     let shape = ImageManifest {
         schema_version: 2,
         media_type: OCI_MANIFEST,
@@ -228,7 +242,6 @@ pub(crate) async fn write_manifest(
     })?;
     let manifest = Manifest::from_bytes(Bytes::from(bytes), OCI_MANIFEST)?;
     layout.write_manifest(&manifest).await?;
-    layout.tag(Some(LAYOUT_TAG), &manifest.descriptor()).await?;
     Ok(manifest)
 }
 

@@ -7,6 +7,7 @@ mod context;
 mod copy;
 mod dev;
 mod grants;
+mod image;
 mod manage;
 mod progress;
 mod registry;
@@ -80,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         command: manage::DlqCommand,
     },
+    /// Pack static binaries into a FROM-scratch multi-platform OCI image (the agent image).
+    Image {
+        #[command(subcommand)]
+        command: image::ImageCommand,
+    },
     /// Pull grants: the incident kill switch.
     Grants {
         #[command(subcommand)]
@@ -137,6 +143,7 @@ fn main() -> ExitCode {
             Command::Lineage(args) => manage::lineage(args, ctx).await,
             Command::Dlq { command } => manage::dlq(command, ctx).await,
             Command::Grants { command } => grants::run(command).await,
+            Command::Image { command } => image::run(command).await,
         }
     });
     match result {

@@ -584,6 +584,9 @@ async fn a_build_reaches_every_install_through_aws() {
                 report_queue_url: report_url.clone(),
                 install_registry: inst.registry.host(),
                 install_namespace: Some("ferry".into()),
+                // The vendor repositories here have no prefix (shop/web).
+                vendor_prefix: String::new(),
+                protections: Default::default(),
                 vendor: VendorTrust {
                     registry: vendor.host(),
                     public_key: vendor_key.public_key_string(),
