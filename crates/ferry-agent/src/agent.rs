@@ -305,77 +305,18 @@ where
         msg: &SyncJobMessage,
         receive_count: u32,
     ) -> Result<CopyReport, CopyFailure> {
-        let grant = ClearGrant::open(
-            &self.keypair,
-            msg.grant.ciphertext(),
-            &self.config.install_id,
-            &msg.sync_id,
-        )
-        .map_err(|e| {
-            CopyFailure::Failed(format!(
-                "{e}; check that the install's registered agent public key is this agent's \
-                 (`ferry-agent keygen` prints it)"
-            ))
-        })?;
-        if grant.repository != msg.repository.as_str() || grant.digest != msg.digest.as_str() {
-            return Err(CopyFailure::Failed(format!(
-                "the grant is for {}@{}, not for the job's {}@{}; the job message is inconsistent",
-                grant.repository, grant.digest, msg.repository, msg.digest
-            )));
-        }
-        let now = (self.clock)();
-        if now >= grant.expires_at {
-            return Err(CopyFailure::GrantRefused(format!(
-                "the grant expired {} s before the agent picked the job up",
-                (now - grant.expires_at) / 1000
-            )));
-        }
-        let digest: Digest = msg
-            .digest
-            .as_str()
-            .parse()
-            .map_err(|e: ferry_oci::Error| CopyFailure::Failed(e.to_string()))?;
+        let grant = self.open_grant(msg)?;
+        // One Digest type from the job message to the copy engine (ferry-spec's): no re-parse.
+        let digest: Digest = msg.digest.clone();
         // Always the configured vendor registry: a grant's `registry` is informational only.
         let src_registry = self.config.vendor.registry.clone();
         let dst_repo = self
             .config
             .destination_repository(&msg.repository)
             .map_err(|e| CopyFailure::Failed(e.to_string()))?;
-        let mut credentials = CredentialStore::new();
-        let pull = match grant.scheme {
-            GrantScheme::Bearer => Credential::Bearer(Secret::new(grant.token.as_str())),
-            GrantScheme::Basic => Credential::Basic {
-                username: grant.username.clone(),
-                password: Secret::new(grant.token.as_str()),
-            },
-        };
-        credentials.insert(&src_registry, Some(&grant.repository), pull);
-        drop(grant);
-        let push = self.access.credential().await.map_err(|e| {
-            access_failure(
-                e,
-                "install registry login",
-                receive_count,
-                self.config.max_receives,
-            )
-        })?;
-        let namespace = self.config.install_namespace.trim_end_matches('/');
-        credentials.insert(
-            &self.config.install_registry,
-            (!namespace.is_empty()).then_some(namespace),
-            push,
-        );
-        self.access
-            .prepare_repository(&dst_repo)
-            .await
-            .map_err(|e| {
-                access_failure(
-                    e,
-                    "install repository",
-                    receive_count,
-                    self.config.max_receives,
-                )
-            })?;
+        let credentials = self
+            .credentials(grant, &src_registry, &dst_repo, receive_count)
+            .await?;
         let client = RegistryClient::new(ClientConfig {
             credentials,
             ..ClientConfig::default()
@@ -409,34 +350,8 @@ where
                     self.config.max_receives,
                 )
             })?;
-        if report.digest.as_ref() != Some(&digest) {
-            return Err(CopyFailure::Failed(format!(
-                "the copy resolved to {:?}, not the job's digest {digest}",
-                report.digest.as_ref().map(|d| d.as_str())
-            )));
-        }
-        // The engine verified every byte; check the destination really serves the digest.
-        match client.head_manifest(&dst_ref, digest.as_str()).await {
-            Ok(Some(d)) if d.digest == digest => {}
-            Ok(Some(d)) => {
-                return Err(CopyFailure::Failed(format!(
-                    "verification failed: {dst_ref} answers {} for {digest}",
-                    d.digest
-                )))
-            }
-            Ok(None) => {
-                return Err(CopyFailure::Failed(format!(
-                    "verification failed: {dst_ref}@{digest} is missing after the copy"
-                )))
-            }
-            Err(e) => {
-                return Err(transient_or_failed(
-                    e,
-                    receive_count,
-                    self.config.max_receives,
-                ))
-            }
-        }
+        self.verify(&client, &dst_ref, &digest, &report, receive_count)
+            .await?;
         if let Some(keep_last) = self.config.keep_last {
             // The sync has succeeded whatever retention does: a failure is logged, and the
             // next successful sync of the repository applies retention again.
@@ -450,6 +365,116 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// Opens the job's sealed grant and checks it is for this job and not expired.
+    fn open_grant(&self, msg: &SyncJobMessage) -> Result<ClearGrant, CopyFailure> {
+        let grant = ClearGrant::open(
+            &self.keypair,
+            msg.grant.ciphertext(),
+            &self.config.install_id,
+            &msg.sync_id,
+        )
+        .map_err(|e| {
+            CopyFailure::Failed(format!(
+                "{e}; check that the install's registered agent public key is this agent's \
+                 (`ferry-agent keygen` prints it)"
+            ))
+        })?;
+        if grant.repository != msg.repository.as_str() || grant.digest != msg.digest.as_str() {
+            return Err(CopyFailure::Failed(format!(
+                "the grant is for {}@{}, not for the job's {}@{}; the job message is inconsistent",
+                grant.repository, grant.digest, msg.repository, msg.digest
+            )));
+        }
+        let now = (self.clock)();
+        if now >= grant.expires_at {
+            return Err(CopyFailure::GrantRefused(format!(
+                "the grant expired {} s before the agent picked the job up",
+                (now - grant.expires_at) / 1000
+            )));
+        }
+        Ok(grant)
+    }
+
+    /// The pull credential (from the grant, which is dropped here) and the push credential
+    /// for the install registry, whose destination repository is prepared.
+    async fn credentials(
+        &self,
+        grant: ClearGrant,
+        src_registry: &str,
+        dst_repo: &str,
+        receive_count: u32,
+    ) -> Result<CredentialStore, CopyFailure> {
+        let mut credentials = CredentialStore::new();
+        let pull = match grant.scheme {
+            GrantScheme::Bearer => Credential::Bearer(Secret::new(grant.token.as_str())),
+            GrantScheme::Basic => Credential::Basic {
+                username: grant.username.clone(),
+                password: Secret::new(grant.token.as_str()),
+            },
+        };
+        credentials.insert(src_registry, Some(&grant.repository), pull);
+        drop(grant);
+        let push = self.access.credential().await.map_err(|e| {
+            access_failure(
+                e,
+                "install registry login",
+                receive_count,
+                self.config.max_receives,
+            )
+        })?;
+        let namespace = self.config.install_namespace.trim_end_matches('/');
+        credentials.insert(
+            &self.config.install_registry,
+            (!namespace.is_empty()).then_some(namespace),
+            push,
+        );
+        self.access
+            .prepare_repository(dst_repo)
+            .await
+            .map_err(|e| {
+                access_failure(
+                    e,
+                    "install repository",
+                    receive_count,
+                    self.config.max_receives,
+                )
+            })?;
+        Ok(credentials)
+    }
+
+    /// The engine verified every byte; checks the copy resolved to the job's digest and the
+    /// destination really serves it.
+    async fn verify(
+        &self,
+        client: &RegistryClient,
+        dst_ref: &RepoRef,
+        digest: &Digest,
+        report: &CopyReport,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        if report.digest.as_ref() != Some(digest) {
+            return Err(CopyFailure::Failed(format!(
+                "the copy resolved to {:?}, not the job's digest {digest}",
+                report.digest.as_ref().map(|d| d.as_str())
+            )));
+        }
+        match client.head_manifest(dst_ref, digest.as_str()).await {
+            Ok(Some(d)) if d.digest == *digest => Ok(()),
+            Ok(Some(d)) => Err(CopyFailure::Failed(format!(
+                "verification failed: {dst_ref} answers {} for {digest}",
+                d.digest
+            ))),
+            Ok(None) => Err(CopyFailure::Failed(format!(
+                "verification failed: {dst_ref}@{digest} is missing after the copy"
+            ))),
+            Err(e) => Err(transient_or_failed(
+                e,
+                receive_count,
+                self.config.max_receives,
+            )),
+        }
     }
 }
 

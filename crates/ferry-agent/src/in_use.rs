@@ -38,7 +38,7 @@ impl InUseTarget {
                  a mark names exactly one manifest)"
             )));
         };
-        let digest: Digest = digest.parse().map_err(|e: ferry_oci::Error| {
+        let digest: Digest = digest.parse().map_err(|e: ferry_core::id::IdError| {
             InUseError::Input(format!("{text:?}: {e}; give REPO@sha256:<64 hex>"))
         })?;
         let repo = repo.trim_matches('/');

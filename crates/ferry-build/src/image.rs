@@ -48,15 +48,8 @@ pub(crate) async fn build_verified(
             options,
         )
         .await?;
-    let digest: ferry_oci::Digest =
-        artifact
-            .digest
-            .as_str()
-            .parse()
-            .map_err(|e| BuildError::Oci {
-                component: spec.component.name.to_string(),
-                source: e,
-            })?;
+    // One digest type below core and oci (ferry-spec's): no re-parse.
+    let digest = artifact.digest.clone();
     let tags =
         signatures::copy_cosign_tags(b, &spec.component, &reference, repository, &digest).await?;
     if !tags.is_empty() {

@@ -2,34 +2,19 @@
 //!
 //! Every value that crosses a trust boundary (an event, a store item, a queue message) is one of
 //! these newtypes, so a malformed id is rejected once, at parse time, with a message that says
-//! what is wrong. This module must never accept a digest that is not `sha256:<64 lowercase hex>`:
-//! syncs copy by digest, and a bad one must not reach a registry.
+//! what is wrong. [`Digest`] and [`Repository`] (and the error, [`IdError`]) are the OCI
+//! vocabulary's, defined once in `ferry-spec` and re-exported here; this module must never
+//! define a second digest or repository rule.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-/// Why a string was refused as an identifier.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} {value:?}: {reason}")]
-pub struct IdError {
-    pub kind: &'static str,
-    pub value: String,
-    pub reason: String,
-}
-
-impl IdError {
-    fn new(kind: &'static str, value: &str, reason: impl Into<String>) -> Self {
-        // Cap the echoed value: ids come from untrusted input and end up in logs.
-        let value: String = value.chars().take(80).collect();
-        IdError {
-            kind,
-            value,
-            reason: reason.into(),
-        }
-    }
-}
+/// Why a string was refused as an identifier (ferry-spec's error, under its old name here).
+pub use ferry_spec::SpecError as IdError;
+/// A content digest and a repository name: defined once in ferry-spec.
+pub use ferry_spec::{Digest, Repository};
 
 const MAX_ID_LEN: usize = 128;
 
@@ -178,272 +163,11 @@ impl SyncId {
     }
 }
 
-/// A content digest. Only sha256 is accepted: it is what ECR and the embedded registry use.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Digest(String);
-
-impl Digest {
-    /// Validates `s`: `sha256:` and 64 lowercase hex characters, nothing else.
-    pub fn new(s: impl Into<String>) -> Result<Digest, IdError> {
-        let s = s.into();
-        let Some(hex_part) = s.strip_prefix("sha256:") else {
-            return Err(IdError::new(
-                "digest",
-                &s,
-                "it must start with \"sha256:\" (Ferry copies by sha256 digest, never by tag)",
-            ));
-        };
-        if hex_part.len() != 64 {
-            return Err(IdError::new(
-                "digest",
-                &s,
-                format!(
-                    "it must have 64 hex characters after \"sha256:\", found {}",
-                    hex_part.len()
-                ),
-            ));
-        }
-        if !hex_part
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(IdError::new(
-                "digest",
-                &s,
-                "the part after \"sha256:\" must be lowercase hex (0-9, a-f)",
-            ));
-        }
-        Ok(Digest(s))
-    }
-
-    /// The digest as text (`sha256:<hex>`).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The 64 hex characters, without `sha256:`.
-    pub fn hex(&self) -> &str {
-        &self.0["sha256:".len()..]
-    }
-}
-
-impl TryFrom<String> for Digest {
-    type Error = IdError;
-    fn try_from(s: String) -> Result<Self, IdError> {
-        Digest::new(s)
-    }
-}
-
-impl From<Digest> for String {
-    fn from(d: Digest) -> String {
-        d.0
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.0)
-    }
-}
-
-/// An OCI repository name (path within a registry), per the distribution-spec grammar:
-/// lowercase components of `[a-z0-9]` joined by `.`, `_`, `__` or dashes, separated by `/`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Repository(String);
-
-impl Repository {
-    /// Validates `s` against the OCI repository name grammar.
-    pub fn new(s: impl Into<String>) -> Result<Repository, IdError> {
-        let s = s.into();
-        if s.is_empty() || s.len() > 255 {
-            return Err(IdError::new(
-                "repository",
-                &s,
-                "it must have 1 to 255 characters",
-            ));
-        }
-        for part in s.split('/') {
-            check_repo_component(&s, part)?;
-        }
-        Ok(Repository(s))
-    }
-
-    /// The repository name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Where this vendor repository lands in an install registry. The one mapping rule
-    /// (docs/design/customer-stack.md): `<vendor_prefix>/<path>` becomes
-    /// `<install_namespace>/<path>`, so vendor `ferry/demo/web` (prefix `ferry`) lands in
-    /// `<namespace>/demo/web` on ECR, and `vendor/demo/web` in `installs/<id>/demo/web` under
-    /// `ferry dev`. An empty prefix or namespace adds or strips nothing.
-    ///
-    /// A repository outside the vendor prefix is refused rather than mapped somewhere
-    /// unexpected: the install's protections cover only its namespace.
-    pub fn in_install(
-        &self,
-        vendor_prefix: &str,
-        install_namespace: &str,
-    ) -> Result<Repository, IdError> {
-        let prefix = vendor_prefix.trim_matches('/');
-        let path = if prefix.is_empty() {
-            self.as_str()
-        } else {
-            self.as_str()
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix('/'))
-                .ok_or_else(|| {
-                    IdError::new(
-                        "repository",
-                        self.as_str(),
-                        format!(
-                            "it is not under the vendor repository prefix {prefix}/; check the \
-                             agent's --vendor-prefix (the vendor stack's RepositoryPrefix)"
-                        ),
-                    )
-                })?
-        };
-        match install_namespace.trim_matches('/') {
-            "" => Repository::new(path),
-            ns => Repository::new(format!("{ns}/{path}")),
-        }
-    }
-}
-
-fn check_repo_component(whole: &str, part: &str) -> Result<(), IdError> {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = part.as_bytes();
-    let (Some(&first), Some(&last)) = (bytes.first(), bytes.last()) else {
-        return Err(IdError::new(
-            "repository",
-            whole,
-            "it has an empty path component (leading, trailing or doubled '/')",
-        ));
-    };
-    if !alnum(first) || !alnum(last) {
-        return Err(IdError::new(
-            "repository",
-            whole,
-            format!("path component {part:?} must start and end with a lowercase letter or digit"),
-        ));
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if alnum(b) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or one or more "-"; it must be followed by alnum.
-        let run_end = bytes[i..]
-            .iter()
-            .position(|c| alnum(*c))
-            .map_or(bytes.len(), |p| i + p);
-        let sep = &part[i..run_end];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-');
-        if !ok {
-            return Err(IdError::new(
-                "repository",
-                whole,
-                format!(
-                    "separator {sep:?} in {part:?} is not allowed; use lowercase letters, digits, \
-                     '.', '_', '__' or '-'"
-                ),
-            ));
-        }
-        i = run_end;
-    }
-    Ok(())
-}
-
-impl TryFrom<String> for Repository {
-    type Error = IdError;
-    fn try_from(s: String) -> Result<Self, IdError> {
-        Repository::new(s)
-    }
-}
-
-impl From<Repository> for String {
-    fn from(r: Repository) -> String {
-        r.0
-    }
-}
-
-impl fmt::Display for Repository {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Repository {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Repository({})", self.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    #[test]
-    fn vendor_repositories_map_into_the_install_namespace_by_one_rule() {
-        let r = |s: &str| Repository::new(s).unwrap();
-        let on = |repo: &str, prefix: &str, ns: &str| {
-            r(repo)
-                .in_install(prefix, ns)
-                .map(|x| x.as_str().to_owned())
-        };
-        // ECR: the vendor prefix is replaced, not nested (the bug was ferry/ferry/demo/web).
-        assert_eq!(
-            on("ferry/demo/web", "ferry", "ferry").unwrap(),
-            "ferry/demo/web"
-        );
-        assert_eq!(
-            on("ferry/demo/web", "ferry", "acme").unwrap(),
-            "acme/demo/web"
-        );
-        assert_eq!(
-            on("vendor/demo/app", "vendor", "installs/a/").unwrap(),
-            "installs/a/demo/app"
-        );
-        assert_eq!(on("demo/app", "", "ns").unwrap(), "ns/demo/app");
-        assert_eq!(on("vendor/demo/app", "vendor", "").unwrap(), "demo/app");
-        // Outside the prefix, or a prefix that only matches part of a component: refused.
-        for (repo, prefix) in [
-            ("other/demo", "ferry"),
-            ("ferryx/demo", "ferry"),
-            ("ferry", "ferry"),
-        ] {
-            let e = on(repo, prefix, "ns").unwrap_err().to_string();
-            assert!(
-                e.contains("not under the vendor repository prefix"),
-                "{repo}: {e}"
-            );
-        }
-    }
-
-    #[test]
-    fn digest_accepts_sha256_only() {
-        assert_eq!(Digest::new(D).unwrap().hex().len(), 64);
-        let upper = format!("sha256:{}", D["sha256:".len()..].to_uppercase());
-        let err = Digest::new(upper).unwrap_err();
-        assert!(err.to_string().contains("lowercase hex"), "{err}");
-        let err = Digest::new("sha512:abc").unwrap_err();
-        assert!(err.to_string().contains("sha256:"), "{err}");
-        let err = Digest::new("sha256:abc").unwrap_err();
-        assert!(err.to_string().contains("found 3"), "{err}");
-    }
 
     #[test]
     fn ids_reject_bad_characters_and_lengths() {
@@ -452,16 +176,6 @@ mod tests {
         assert!(BuildId::new("-x").is_err());
         assert!(BuildId::new("a/b").unwrap_err().to_string().contains("'/'"));
         assert!(BuildId::new("a".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn repository_grammar() {
-        for ok in ["shop/web", "a", "a.b/c__d/e--f", "team-1/app_x"] {
-            assert!(Repository::new(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Shop/web", "a//b", "/a", "a/", "a___b", "a.-b", "-a"] {
-            assert!(Repository::new(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

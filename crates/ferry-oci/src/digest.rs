@@ -1,127 +1,19 @@
 //! Content digests, and the streaming verifier that every blob and manifest passes through.
 //!
-//! Only sha256 is accepted for content Ferry writes; sha512 parses so that foreign
-//! references give a clear error instead of a parse failure. The verifier must never release
+//! [`Digest`] and [`DigestHasher`] are defined once in ferry-spec (sha256 only) and
+//! re-exported here. The verifier must never release
 //! the final bytes of a stream whose digest does not match: a destination that never sees the
 //! end of a body can never commit it.
 
-use std::fmt;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
 
-/// A `sha256:<64 lowercase hex>` content digest.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest(String);
-
-impl Digest {
-    /// The digest of a byte slice (manifests, configs: small things).
-    pub fn of(bytes: &[u8]) -> Digest {
-        Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The hex part, without the algorithm.
-    pub fn hex(&self) -> &str {
-        self.0.split_once(':').map(|(_, h)| h).unwrap_or(&self.0)
-    }
-
-    pub fn algorithm(&self) -> &str {
-        self.0.split_once(':').map(|(a, _)| a).unwrap_or("sha256")
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Digest({})", self.0)
-    }
-}
-
-impl FromStr for Digest {
-    type Err = Error;
-
-    fn from_str(input: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::InvalidDigest {
-            input: input.to_string(),
-            reason: reason.to_string(),
-        };
-        let (alg, hex) = input
-            .split_once(':')
-            .ok_or_else(|| bad("expected <algorithm>:<hex>, e.g. sha256:…"))?;
-        let want = match alg {
-            "sha256" => 64,
-            "sha512" => return Err(bad("sha512 digests are not supported; use sha256")),
-            _ => return Err(bad("unknown algorithm; only sha256 is supported")),
-        };
-        if hex.len() != want {
-            return Err(bad(&format!(
-                "sha256 needs {want} hex characters, got {}",
-                hex.len()
-            )));
-        }
-        if !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            return Err(bad("the hex part must be lowercase 0-9a-f"));
-        }
-        Ok(Digest(input.to_string()))
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// Incremental sha256 over a stream.
-#[derive(Clone, Default)]
-pub struct DigestHasher {
-    hasher: Sha256,
-    len: u64,
-}
-
-impl DigestHasher {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn update(&mut self, chunk: &[u8]) {
-        self.hasher.update(chunk);
-        self.len += chunk.len() as u64;
-    }
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn finish(self) -> Digest {
-        Digest(format!("sha256:{}", hex::encode(self.hasher.finalize())))
-    }
-}
+pub use ferry_spec::{Digest, DigestHasher};
 
 /// Wraps a byte stream and checks it against an expected digest and size while it flows.
 ///
@@ -270,20 +162,5 @@ mod tests {
         let s = VerifyingStream::new(chunks(&[b"hello", b"more"]), d, Some(5));
         let out: Vec<_> = s.collect().await;
         assert!(matches!(out.last(), Some(Err(Error::SizeMismatch { .. }))));
-    }
-
-    #[test]
-    fn parses_and_rejects_digests() {
-        let good = format!("sha256:{}", "a".repeat(64));
-        assert!(good.parse::<Digest>().is_ok());
-        for bad in [
-            "sha256:abc",
-            "md5:00",
-            "nocolon",
-            &format!("sha256:{}", "A".repeat(64)),
-        ] {
-            let err = bad.parse::<Digest>().expect_err(bad).to_string();
-            assert!(err.contains(bad), "error must name the input: {err}");
-        }
     }
 }

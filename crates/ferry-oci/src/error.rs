@@ -131,3 +131,25 @@ impl Error {
         }
     }
 }
+
+/// A refusal from the shared vocabulary (ferry-spec) becomes the matching variant here, so
+/// `?` on a digest, platform or manifest parse keeps the error this crate always gave.
+impl From<ferry_spec::SpecError> for Error {
+    fn from(e: ferry_spec::SpecError) -> Self {
+        match e.kind {
+            "digest" => Error::InvalidDigest {
+                input: e.value,
+                reason: e.reason,
+            },
+            "manifest" => Error::InvalidManifest {
+                target: e.value,
+                reason: e.reason,
+            },
+            "platform" => Error::Config(e.to_string()),
+            kind => Error::InvalidReference {
+                reason: format!("invalid {kind}: {}", e.reason),
+                input: e.value,
+            },
+        }
+    }
+}

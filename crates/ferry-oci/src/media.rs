@@ -1,128 +1,22 @@
-//! Media types, descriptors and manifests as raw bytes.
+//! Manifests as raw bytes, and what they reference.
 //!
 //! A manifest is kept as the exact bytes the registry served, because its digest is the hash of
-//! those bytes; re-serialising would change it. Parsing (with oci-spec's shapes, loosely) is
-//! only for finding what a manifest references. Nothing here may re-encode a manifest.
+//! those bytes; re-serialising would change it. Media types, descriptors, platforms and the
+//! parser are ferry-spec's (re-exported here at their old paths); this module only wraps the
+//! bytes. Nothing here may re-encode a manifest.
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const OCI_EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
-pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
-pub const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
-pub const OPENTOFU_MODULE_ARTIFACT: &str = "application/vnd.opentofu.modulepkg";
-pub const ZIP_LAYER: &str = "archive/zip";
-
-/// Every manifest media type Ferry understands, in the order sent in `Accept`.
-pub const MANIFEST_MEDIA_TYPES: &[&str] = &[
-    OCI_INDEX,
-    OCI_MANIFEST,
-    DOCKER_MANIFEST_LIST,
-    DOCKER_MANIFEST,
-    "application/vnd.docker.distribution.manifest.v1+prettyjws",
-    "application/vnd.docker.distribution.manifest.v1+json",
-];
-
-pub fn is_index(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
-}
-
-pub fn is_manifest_type(media_type: &str) -> bool {
-    MANIFEST_MEDIA_TYPES.contains(&media_type)
-}
-
-/// The `Accept` header value listing every manifest media type.
-pub fn accept_header() -> String {
-    MANIFEST_MEDIA_TYPES.join(", ")
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-    #[serde(
-        default,
-        rename = "os.version",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub os_version: Option<String>,
-}
-
-impl Platform {
-    /// Parses `os/arch[/variant]`, e.g. `linux/arm64/v8`.
-    pub fn parse(input: &str) -> Result<Platform> {
-        let parts: Vec<&str> = input.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-                os_version: None,
-            }),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Platform {
-                    os: os.to_string(),
-                    architecture: arch.to_string(),
-                    variant: Some(variant.to_string()),
-                    os_version: None,
-                })
-            }
-            _ => Err(Error::Config(format!(
-                "invalid platform {input:?}: expected os/arch[/variant], e.g. linux/amd64"
-            ))),
-        }
-    }
-
-    /// Whether `self` (what was asked for) matches a descriptor's platform.
-    pub fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (self.variant.is_none() || self.variant == other.variant)
-    }
-}
-
-/// An OCI content descriptor. Unknown fields are ignored; this is for reading references.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Descriptor {
-    pub media_type: String,
-    pub digest: Digest,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ManifestShape {
-    #[serde(default)]
-    media_type: Option<String>,
-    #[serde(default)]
-    artifact_type: Option<String>,
-    #[serde(default)]
-    config: Option<Descriptor>,
-    #[serde(default)]
-    layers: Vec<Descriptor>,
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-    #[serde(default)]
-    subject: Option<Descriptor>,
-}
+pub use ferry_spec::manifest::{Descriptor, ManifestDoc, Platform};
+pub use ferry_spec::media::{
+    accept_header, is_index, is_manifest_type, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
+    HELM_CHART_LAYER, HELM_CONFIG, MANIFEST_MEDIA_TYPES, OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST,
+    OPENTOFU_MODULE_ARTIFACT, ZIP_LAYER,
+};
 
 /// A manifest or index: its exact bytes, its media type and its digest.
 #[derive(Debug, Clone)]
@@ -151,11 +45,7 @@ impl Manifest {
     /// manifest's own `mediaType` field fills in when the header is missing or generic.
     pub fn from_bytes(bytes: Bytes, media_type: &str) -> Result<Manifest> {
         let digest = Digest::of(&bytes);
-        let shape: ManifestShape =
-            serde_json::from_slice(&bytes).map_err(|e| Error::InvalidManifest {
-                target: digest.to_string(),
-                reason: format!("not valid manifest JSON: {e}"),
-            })?;
+        let shape = parse(&bytes, &digest)?;
         let header = media_type.split(';').next().unwrap_or("").trim();
         let media_type = if is_manifest_type(header) {
             header.to_string()
@@ -195,11 +85,7 @@ impl Manifest {
 
     /// Everything this manifest points at.
     pub fn references(&self) -> Result<References> {
-        let shape: ManifestShape =
-            serde_json::from_slice(&self.bytes).map_err(|e| Error::InvalidManifest {
-                target: self.digest.to_string(),
-                reason: format!("not valid manifest JSON: {e}"),
-            })?;
+        let shape = parse(&self.bytes, &self.digest)?;
         if !self.is_index() && shape.config.is_none() {
             return Err(Error::InvalidManifest {
                 target: self.digest.to_string(),
@@ -217,6 +103,14 @@ impl Manifest {
             artifact_type,
         })
     }
+}
+
+/// ferry-spec's parser, with the error naming the manifest by digest.
+fn parse(bytes: &[u8], digest: &Digest) -> Result<ManifestDoc> {
+    ManifestDoc::parse(bytes).map_err(|e| Error::InvalidManifest {
+        target: digest.to_string(),
+        reason: e.reason,
+    })
 }
 
 #[cfg(test)]
@@ -243,12 +137,5 @@ mod tests {
     fn rejects_garbage_with_a_reason() {
         let err = Manifest::from_bytes(Bytes::from_static(b"nope"), OCI_MANIFEST).expect_err("bad");
         assert!(err.to_string().contains("not valid manifest JSON"));
-    }
-
-    #[test]
-    fn parses_platforms() {
-        let p = Platform::parse("linux/arm64/v8").expect("ok");
-        assert_eq!(p.variant.as_deref(), Some("v8"));
-        assert!(Platform::parse("linux").is_err());
     }
 }

@@ -125,48 +125,9 @@ pub fn is_loopback(registry: &str) -> bool {
             .unwrap_or(false)
 }
 
-fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
-
-/// Repository path components: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`.
-pub fn valid_repository(repo: &str) -> bool {
-    if repo.is_empty() || repo.len() > 255 {
-        return false;
-    }
-    repo.split('/').all(|comp| {
-        let b = comp.as_bytes();
-        if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric()
-        {
-            return false;
-        }
-        let mut prev_sep: Option<u8> = None;
-        let mut run = 0;
-        for &c in b {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                prev_sep = None;
-                run = 0;
-            } else if matches!(c, b'.' | b'_' | b'-') {
-                run += 1;
-                match (prev_sep, c) {
-                    (None, _) => {}
-                    (Some(b'_'), b'_') if run == 2 => {}
-                    (Some(b'-'), b'-') => {}
-                    _ => return false,
-                }
-                prev_sep = Some(c);
-            } else {
-                return false;
-            }
-        }
-        true
-    })
-}
+/// The repository rule is ferry-spec's; re-exported at its old path.
+pub use ferry_spec::valid_repository;
+use ferry_spec::valid_tag;
 
 fn split_digest(input: &str, s: &str) -> Result<(String, Option<Digest>)> {
     match s.split_once('@') {

@@ -43,56 +43,9 @@ pub enum Namespace {
     Other,
 }
 
-/// Whether `name` is a valid distribution-spec repository name.
-pub fn valid_repository(name: &str) -> bool {
-    if name.is_empty() || name.len() > 255 {
-        return false;
-    }
-    name.split('/').all(|component| {
-        let b = component.as_bytes();
-        let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-        if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-            return false;
-        }
-        // Separators: `.`, `_`, `__`, or runs of `-`, always between alphanumerics.
-        let mut i = 0;
-        while i < b.len() {
-            if alnum(b[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < b.len() && !alnum(b[i]) {
-                i += 1;
-            }
-            let sep = &component[start..i];
-            let ok = sep == "."
-                || sep == "_"
-                || sep == "__"
-                || (!sep.is_empty() && sep.bytes().all(|c| c == b'-'));
-            if !ok {
-                return false;
-            }
-        }
-        true
-    })
-}
-
-/// Whether `s` looks like a content digest (`sha256:<64 hex>` or `sha512:<128 hex>`).
-pub fn is_digest(s: &str) -> bool {
-    let Some((alg, hex)) = s.split_once(':') else {
-        return false;
-    };
-    let len = match alg {
-        "sha256" => 64,
-        "sha512" => 128,
-        _ => return false,
-    };
-    hex.len() == len
-        && hex
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-}
+/// Whether `name` is a valid repository name, and whether `s` is a valid (sha256) digest:
+/// ferry-spec's rules, re-exported at their old paths.
+pub use ferry_spec::{is_digest, valid_repository};
 
 /// The namespace rules and the identities they apply to.
 #[derive(Debug, Clone)]

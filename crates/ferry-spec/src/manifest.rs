@@ -139,13 +139,8 @@ impl ManifestDoc {
     /// Parses a manifest or index loosely: any JSON object with the manifest shape, every
     /// descriptor's digest valid. The reason says what to fix.
     pub fn parse(bytes: &[u8]) -> Result<ManifestDoc, SpecError> {
-        let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| {
-            SpecError::new(
-                "manifest",
-                "",
-                format!("not a valid manifest JSON document: {e}"),
-            )
-        })?;
+        let raw: RawManifest = serde_json::from_slice(bytes)
+            .map_err(|e| SpecError::new("manifest", "", format!("not valid manifest JSON: {e}")))?;
         let mut foreign = Vec::new();
         let mut take = |d: RawDescriptor| {
             if !d.urls.is_empty() {
@@ -263,7 +258,7 @@ mod tests {
     #[test]
     fn refuses_with_a_reason() {
         let cases = [
-            ("nope", "not a valid manifest JSON"),
+            ("nope", "not valid manifest JSON"),
             (r#"{"schemaVersion":1,"config":null}"#, "schemaVersion 1"),
             (r#"{"layers":[]}"#, "schemaVersion is missing"),
             (r#"{"schemaVersion":2}"#, "needs a config"),
@@ -273,7 +268,7 @@ mod tests {
             ),
             (
                 r#"{"schemaVersion":2,"layers":[{"mediaType":"x","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":-1}]}"#,
-                "not a valid manifest JSON",
+                "not valid manifest JSON",
             ),
         ];
         for (body, want) in cases {

@@ -24,8 +24,8 @@ pub(super) fn accept_value() -> HeaderValue {
 
 /// A reference that looks like a digest must be one Ferry can verify.
 pub(super) fn manifest_digest(reference: &str) -> Result<Option<Digest>> {
-    if reference.contains(':') {
-        reference.parse::<Digest>().map(Some)
+    if ferry_spec::is_digest_reference(reference) {
+        Ok(Some(reference.parse::<Digest>()?))
     } else {
         Ok(None)
     }

@@ -10,9 +10,11 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::document::{referrer_descriptor, LooseManifest, RevisionLink};
+use ferry_spec::{is_digest_reference as is_digest, ManifestDoc};
+
+use super::document::{referrer_descriptor, RevisionLink};
 use super::files::{read_json, touch};
-use super::names::{digest_hex, is_digest, sha256_digest, truncate, validate_tag};
+use super::names::{digest_hex, sha256_digest, truncate, validate_tag};
 use super::{
     mutex, read_lock, PutManifest, Result, Storage, StoredManifest, MAX_MANIFEST_BYTES, OCI_INDEX,
     OCI_MANIFEST,
@@ -114,7 +116,8 @@ impl Storage {
                 actual: digest,
             });
         }
-        let doc = LooseManifest::parse(body)?;
+        let doc =
+            ManifestDoc::parse_strict(body).map_err(|e| StorageError::ManifestInvalid(e.reason))?;
         let media_type = match content_type.map(str::trim) {
             Some(ct) if !ct.is_empty() && ct != "application/octet-stream" => ct.to_string(),
             _ => doc.media_type.clone().unwrap_or_else(|| {
@@ -135,11 +138,11 @@ impl Storage {
 
         let _gc = read_lock(&self.inner.gc_lock);
         for child in &doc.manifests {
-            let hex = digest_hex(&child.digest)?;
+            let hex = child.digest.hex();
             if !self.has_manifest(repository, hex) {
                 return Err(StorageError::ManifestBlobUnknown {
                     repository: repository.to_string(),
-                    digest: child.digest.clone(),
+                    digest: child.digest.to_string(),
                 });
             }
             // What a grant, GC or retention could not walk is refused here, not cut short there.
@@ -153,15 +156,15 @@ impl Storage {
             }
         }
         for blob in doc.config.iter().chain(&doc.layers) {
-            let hex = digest_hex(&blob.digest)?;
+            let hex = blob.digest.hex();
             // Non-distributable layers live elsewhere (their `urls`); they are not required.
-            if !blob.urls.is_empty() {
+            if doc.is_foreign(&blob.digest) {
                 continue;
             }
             if !self.has_blob(repository, hex) {
                 return Err(StorageError::ManifestBlobUnknown {
                     repository: repository.to_string(),
-                    digest: blob.digest.clone(),
+                    digest: blob.digest.to_string(),
                 });
             }
         }
@@ -183,7 +186,7 @@ impl Storage {
 
         let subject = match &doc.subject {
             Some(subject) => {
-                let subject_hex = digest_hex(&subject.digest)?;
+                let subject_hex = subject.digest.hex();
                 let descriptor = referrer_descriptor(&doc, &media_type, &digest, body.len());
                 let bytes = serde_json::to_vec(&descriptor)
                     .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
@@ -191,7 +194,7 @@ impl Storage {
                     &self.referrers_dir(repository, subject_hex).join(&hex),
                     &bytes,
                 )?;
-                Some(subject.digest.clone())
+                Some(subject.digest.to_string())
             }
             None => None,
         };
@@ -259,13 +262,13 @@ impl Storage {
             }
         }
         if let Ok(body) = fs::read(self.blob_path(hex)) {
-            if let Ok(doc) = serde_json::from_slice::<LooseManifest>(&body) {
+            if let Ok(doc) = ManifestDoc::parse(&body) {
                 if let Some(subject) = doc.subject {
-                    if let Ok(subject_hex) = digest_hex(&subject.digest) {
-                        Self::remove_if_exists(
-                            &self.referrers_dir(repository, subject_hex).join(hex),
-                        )?;
-                    }
+                    Self::remove_if_exists(
+                        &self
+                            .referrers_dir(repository, subject.digest.hex())
+                            .join(hex),
+                    )?;
                 }
             }
         }
@@ -282,8 +285,13 @@ impl Storage {
         }
         fs::read(self.blob_path(hex))
             .ok()
-            .and_then(|body| serde_json::from_slice::<LooseManifest>(&body).ok())
-            .map(|doc| doc.manifests.into_iter().map(|d| d.digest).collect())
+            .and_then(|body| ManifestDoc::parse(&body).ok())
+            .map(|doc| {
+                doc.manifests
+                    .into_iter()
+                    .map(|d| d.digest.to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -312,8 +320,8 @@ impl Storage {
             return None;
         }
         let body = fs::read(self.blob_path(hex)).ok()?;
-        let doc = serde_json::from_slice::<LooseManifest>(&body).ok()?;
-        Some(doc.references().map(|d| d.digest.clone()).collect())
+        let doc = ManifestDoc::parse(&body).ok()?;
+        Some(doc.references().map(|d| d.digest.to_string()).collect())
     }
 
     /// All digests reachable from `digest` in `repository` (excluding `digest` itself).

@@ -20,8 +20,8 @@
 //! [`crate::limits::MAX_INDEX_DEPTH`], never hold a whole blob in memory, and never keep a file open for an
 //! upload session between requests.
 //!
-//! The code is split by concern, one file each: `names` (name and digest rules), `document`
-//! (the loose manifest model the registry reads), `blobs`, `uploads`, `manifests` (and the
+//! The code is split by concern, one file each: `names` (ferry-spec's name and digest rules as
+//! storage errors), `document` (the revision link and referrer record), `blobs`, `uploads`, `manifests` (and the
 //! reference graph), `tags` (tags and repository listings), `referrers`, `gc`, `retention`,
 //! and `files` (atomic writes, private modes). This file holds the [`Storage`] handle, its
 //! settings and the on-disk paths.
@@ -57,7 +57,7 @@ use uploads::UploadEntry;
 
 pub use files::create_private_dir;
 pub use gc::GcReport;
-pub use names::{digest_hex, is_digest, sha256_digest, validate_repository, validate_tag};
+pub use names::{digest_hex, sha256_digest, validate_repository, validate_tag};
 pub use retention::RetentionReport;
 pub use uploads::range_len;
 
@@ -66,8 +66,8 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 /// Default cap on manifest bodies.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The media types the registry defaults to: ferry-spec's.
+pub use ferry_spec::media::{OCI_INDEX, OCI_MANIFEST};
 
 /// Settings persisted under the root so a restart keeps them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
