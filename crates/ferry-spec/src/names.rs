@@ -124,6 +124,43 @@ impl Repository {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Where this vendor repository lands in an install registry. The one mapping rule
+    /// (docs/design/customer-stack.md): `<vendor_prefix>/<path>` becomes
+    /// `<install_namespace>/<path>`, so vendor `ferry/demo/web` (prefix `ferry`) lands in
+    /// `<namespace>/demo/web` on ECR, and `vendor/demo/web` in `installs/<id>/demo/web` under
+    /// `ferry dev`. An empty prefix or namespace adds or strips nothing.
+    ///
+    /// A repository outside the vendor prefix is refused rather than mapped somewhere
+    /// unexpected: the install's protections cover only its namespace.
+    pub fn in_install(
+        &self,
+        vendor_prefix: &str,
+        install_namespace: &str,
+    ) -> Result<Repository, SpecError> {
+        let prefix = vendor_prefix.trim_matches('/');
+        let path = if prefix.is_empty() {
+            self.as_str()
+        } else {
+            self.as_str()
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .ok_or_else(|| {
+                    SpecError::new(
+                        "repository",
+                        self.as_str(),
+                        format!(
+                            "it is not under the vendor repository prefix {prefix}/; check the \
+                             agent's --vendor-prefix (the vendor stack's RepositoryPrefix)"
+                        ),
+                    )
+                })?
+        };
+        match install_namespace.trim_matches('/') {
+            "" => Repository::new(path),
+            ns => Repository::new(format!("{ns}/{path}")),
+        }
+    }
 }
 
 impl TryFrom<String> for Repository {
@@ -192,6 +229,43 @@ mod tests {
         assert!(check_tag("_x").is_ok());
         for bad in ["", ".hidden", "-x", "a/b", "a:b", &"a".repeat(129)] {
             assert!(check_tag(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn vendor_repositories_map_into_the_install_namespace_by_one_rule() {
+        let r = |s: &str| Repository::new(s).unwrap();
+        let on = |repo: &str, prefix: &str, ns: &str| {
+            r(repo)
+                .in_install(prefix, ns)
+                .map(|x| x.as_str().to_owned())
+        };
+        // ECR: the vendor prefix is replaced, not nested (the bug was ferry/ferry/demo/web).
+        assert_eq!(
+            on("ferry/demo/web", "ferry", "ferry").unwrap(),
+            "ferry/demo/web"
+        );
+        assert_eq!(
+            on("ferry/demo/web", "ferry", "acme").unwrap(),
+            "acme/demo/web"
+        );
+        assert_eq!(
+            on("vendor/demo/app", "vendor", "installs/a/").unwrap(),
+            "installs/a/demo/app"
+        );
+        assert_eq!(on("demo/app", "", "ns").unwrap(), "ns/demo/app");
+        assert_eq!(on("vendor/demo/app", "vendor", "").unwrap(), "demo/app");
+        // Outside the prefix, or a prefix that only matches part of a component: refused.
+        for (repo, prefix) in [
+            ("other/demo", "ferry"),
+            ("ferryx/demo", "ferry"),
+            ("ferry", "ferry"),
+        ] {
+            let e = on(repo, prefix, "ns").unwrap_err().to_string();
+            assert!(
+                e.contains("not under the vendor repository prefix"),
+                "{repo}: {e}"
+            );
         }
     }
 
