@@ -199,44 +199,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vendor_repositories_map_into_the_install_namespace_by_one_rule() {
-        let r = |s: &str| Repository::new(s).unwrap();
-        let on = |repo: &str, prefix: &str, ns: &str| {
-            r(repo)
-                .in_install(prefix, ns)
-                .map(|x| x.as_str().to_owned())
-        };
-        // ECR: the vendor prefix is replaced, not nested (the bug was ferry/ferry/demo/web).
-        assert_eq!(
-            on("ferry/demo/web", "ferry", "ferry").unwrap(),
-            "ferry/demo/web"
-        );
-        assert_eq!(
-            on("ferry/demo/web", "ferry", "acme").unwrap(),
-            "acme/demo/web"
-        );
-        assert_eq!(
-            on("vendor/demo/app", "vendor", "installs/a/").unwrap(),
-            "installs/a/demo/app"
-        );
-        assert_eq!(on("demo/app", "", "ns").unwrap(), "ns/demo/app");
-        assert_eq!(on("vendor/demo/app", "vendor", "").unwrap(), "demo/app");
-        // Outside the prefix, or a prefix that only matches part of a component: refused.
-        for (repo, prefix) in [
-            ("other/demo", "ferry"),
-            ("ferryx/demo", "ferry"),
-            ("ferry", "ferry"),
-        ] {
-            let e = on(repo, prefix, "ns").unwrap_err().to_string();
-            assert!(
-                e.contains("not under the vendor repository prefix"),
-                "{repo}: {e}"
-            );
-        }
-    }
-    use proptest::prelude::*;
-
-    #[test]
     fn repository_grammar() {
         let long = "a".repeat(300);
         for ok in [
