@@ -197,6 +197,7 @@ impl fmt::Debug for Repository {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn repository_grammar() {
