@@ -68,8 +68,11 @@ for platform in $PLATFORMS; do
     [ "$PROFILE" = release ] && profile_flag=(--release)
     cargo lambda build "${profile_flag[@]}" --target "$target" --skip-target-check \
         -p ferry-agent --bin ferry-agent >&2
-    dir="$PROFILE"; [ "$PROFILE" = dev ] && dir=debug
-    bin="target/$target/$dir/ferry-agent"
+    # cargo lambda leaves the binary as target/lambda/<bin>/bootstrap, for every target: keep
+    # each platform's copy apart.
+    mkdir -p "target/agent-image-bin/$target"
+    bin="target/agent-image-bin/$target/ferry-agent"
+    cp target/lambda/ferry-agent/bootstrap "$bin"
     is_static "$bin" || { echo "agent-image: $bin is not static (it names an ELF interpreter)" >&2; exit 1; }
     echo "agent-image: $platform $bin ($(stat -c %s "$bin") bytes, built in $(( $(date +%s) - start ))s)" >&2
     binaries+=(--binary "$platform=$bin")
