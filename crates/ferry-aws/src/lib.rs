@@ -14,6 +14,7 @@ mod error;
 pub mod grants;
 pub mod minter;
 pub mod queue;
+pub mod releases;
 pub mod store;
 mod token_vault;
 

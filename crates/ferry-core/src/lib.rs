@@ -11,12 +11,16 @@ pub mod handlers;
 pub mod id;
 pub mod ports;
 pub mod record;
+pub mod release;
+pub mod rollout;
 pub mod seal;
 pub mod state;
 pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+#[cfg(any(test, feature = "contract"))]
+pub mod release_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
