@@ -9,6 +9,7 @@ pub mod domain;
 pub mod event;
 pub mod handlers;
 pub mod id;
+pub mod manage;
 pub mod ports;
 pub mod record;
 pub mod release;
