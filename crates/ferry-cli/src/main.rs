@@ -9,6 +9,7 @@ mod grants;
 mod manage;
 mod progress;
 mod registry;
+mod release;
 mod state;
 
 use std::process::ExitCode;
@@ -66,6 +67,11 @@ enum Command {
     Syncs(manage::SyncsArgs),
     /// Which installs hold an artifact digest, and since when.
     Lineage(manage::LineageArgs),
+    /// Roll builds out to installs in steps: create, show, list, pause, resume, abort.
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
+    },
     /// Pull grants: the incident kill switch.
     Grants {
         #[command(subcommand)]
@@ -118,6 +124,7 @@ fn main() -> ExitCode {
             Command::Builds(args) => manage::builds(args).await,
             Command::Syncs(args) => manage::syncs(args).await,
             Command::Lineage(args) => manage::lineage(args).await,
+            Command::Release { command } => release::run(command).await,
             Command::Grants { command } => grants::run(command).await,
         }
     });

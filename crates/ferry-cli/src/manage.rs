@@ -28,11 +28,11 @@ pub struct StateArgs {
     state_dir: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl StateArgs {
-    fn state(&self) -> StateDir {
+    pub(crate) fn state(&self) -> StateDir {
         StateDir::new(&self.state_dir)
     }
 }

@@ -13,18 +13,19 @@
 //! store.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use crate::domain::{Install, SyncJob};
 use crate::event::{Event, Payload, ReleaseStep, ReleaseSynced, SyncRequested};
 use crate::handlers::{HandlerError, Outcome, Ports};
-use crate::id::{AppName, BuildId, EventId, InstallId, ReleaseId};
+use crate::id::{AppName, BuildId, EventId, InstallId, QueueName, ReleaseId};
 use crate::ports::{
-    Backend, Batch, Clock as _, Cursor, EventBus as _, JobStore as _, PageRequest, Queue as _,
-    WriteError, MAX_DELAY_SECONDS, MAX_PAGE,
+    Backend, Batch, Clock, Cursor, EventBus as _, JobStore, PageRequest, Queue, WriteError,
+    MAX_DELAY_SECONDS, MAX_PAGE,
 };
 use crate::release::{
-    Release, ReleaseBuild, ReleaseError, ReleasePolicy, ReleaseStatus, ReleaseStore as _,
-    ReleaseTarget, StepPhase, StepTally, TargetState, TargetSync,
+    Release, ReleaseBuild, ReleaseError, ReleasePolicy, ReleaseStatus, ReleaseStore, ReleaseTarget,
+    StepPhase, StepTally, TargetState, TargetSync,
 };
 use crate::state::{JobError, JobStatus};
 
@@ -41,6 +42,143 @@ pub struct ReleaseRequest {
     pub requested_by: String,
 }
 
+/// What the vendor-side release operations (create, pause, resume, abort, show) and the
+/// release handlers share: the store, the release queue and the time. [`Ports`] is one (the
+/// handlers'); [`ReleaseDesk`] is one for a command that holds only these (`ferry release`).
+pub trait Desk: Send + Sync {
+    type Store: JobStore + ReleaseStore;
+    type Queue: Queue;
+    type Clock: Clock;
+    /// Releases, targets, builds, installs and lineage.
+    fn store(&self) -> &Self::Store;
+    /// The queue the release queue lives in.
+    fn queue(&self) -> &Self::Queue;
+    /// The time release changes are stamped with.
+    fn clock(&self) -> &Self::Clock;
+    /// Where step timers go (the queue the bus routes release events to).
+    fn release_queue(&self) -> &QueueName;
+    /// Re-reads after a conditional-write conflict before giving up.
+    fn max_write_tries(&self) -> u32;
+}
+
+impl<P: Backend> Desk for Ports<P> {
+    type Store = P::Store;
+    type Queue = P::Queue;
+    type Clock = P::Clock;
+    fn store(&self) -> &P::Store {
+        &self.store
+    }
+    fn queue(&self) -> &P::Queue {
+        &self.queue
+    }
+    fn clock(&self) -> &P::Clock {
+        &self.clock
+    }
+    fn release_queue(&self) -> &QueueName {
+        &self.release_queue
+    }
+    fn max_write_tries(&self) -> u32 {
+        self.config.max_write_tries
+    }
+}
+
+/// The release operations' ports on their own (no builder, minter, bus or vendor key).
+#[derive(Debug, Clone)]
+pub struct ReleaseDesk<S, Q, C> {
+    pub store: S,
+    pub queue: Q,
+    pub clock: C,
+    pub release_queue: QueueName,
+    pub max_write_tries: u32,
+}
+
+impl<S, Q, C> Desk for ReleaseDesk<S, Q, C>
+where
+    S: JobStore + ReleaseStore,
+    Q: Queue,
+    C: Clock,
+{
+    type Store = S;
+    type Queue = Q;
+    type Clock = C;
+    fn store(&self) -> &S {
+        &self.store
+    }
+    fn queue(&self) -> &Q {
+        &self.queue
+    }
+    fn clock(&self) -> &C {
+        &self.clock
+    }
+    fn release_queue(&self) -> &QueueName {
+        &self.release_queue
+    }
+    fn max_write_tries(&self) -> u32 {
+        self.max_write_tries
+    }
+}
+
+/// The release port: what `ferry release …` (and later the console) asks of a backend, beside
+/// the management port ([`crate::manage::Management`]). Implemented once, for every [`Desk`],
+/// so the local backend and AWS run the same code over their own store and queue.
+pub trait Releases: Send + Sync {
+    /// Creates a release (see [`create_release`]).
+    fn create(
+        &self,
+        req: &ReleaseRequest,
+    ) -> impl Future<Output = Result<Release, HandlerError>> + Send;
+    /// The release and every target, step by step.
+    fn show(
+        &self,
+        id: &ReleaseId,
+    ) -> impl Future<Output = Result<(Release, Vec<ReleaseTarget>), HandlerError>> + Send;
+    /// The newest releases of `app` (at most [`MAX_RELEASES_LISTED`]).
+    fn list(
+        &self,
+        app: &AppName,
+    ) -> impl Future<Output = Result<Vec<Release>, HandlerError>> + Send;
+    /// See [`pause_release`].
+    fn pause(&self, id: &ReleaseId) -> impl Future<Output = Result<Release, HandlerError>> + Send;
+    /// See [`resume_release`].
+    fn resume(&self, id: &ReleaseId) -> impl Future<Output = Result<Release, HandlerError>> + Send;
+    /// See [`abort_release`].
+    fn abort(
+        &self,
+        id: &ReleaseId,
+        by: &str,
+    ) -> impl Future<Output = Result<Release, HandlerError>> + Send;
+}
+
+/// The most releases `list` returns (newest first).
+pub const MAX_RELEASES_LISTED: usize = 100;
+
+impl<D: Desk> Releases for D {
+    async fn create(&self, req: &ReleaseRequest) -> Result<Release, HandlerError> {
+        create_release(self, req).await
+    }
+    async fn show(&self, id: &ReleaseId) -> Result<(Release, Vec<ReleaseTarget>), HandlerError> {
+        let release = get_release(self, id).await?;
+        let targets = release_targets(self, &release).await?;
+        Ok((release, targets))
+    }
+    async fn list(&self, app: &AppName) -> Result<Vec<Release>, HandlerError> {
+        let got = self
+            .store()
+            .releases_by_app(app, &PageRequest::first(MAX_RELEASES_LISTED as u32))
+            .await?;
+        Ok(got.items)
+    }
+    async fn pause(&self, id: &ReleaseId) -> Result<Release, HandlerError> {
+        pause_release(self, id).await
+    }
+    async fn resume(&self, id: &ReleaseId) -> Result<Release, HandlerError> {
+        resume_release(self, id).await
+    }
+    async fn abort(&self, id: &ReleaseId, by: &str) -> Result<Release, HandlerError> {
+        abort_release(self, id, by).await
+    }
+}
+
 fn invalid(message: String) -> HandlerError {
     HandlerError::Release(ReleaseError::Invalid(message))
 }
@@ -54,18 +192,18 @@ fn encode_err(e: impl std::fmt::Display) -> HandlerError {
 /// Creates the release and its targets, then sets its first step's timer (due now). The
 /// targets are written before the release, so a release that exists is complete; creating
 /// the same request again returns the stored release and writes nothing new.
-pub async fn create_release<P: Backend>(
-    ports: &Ports<P>,
+pub async fn create_release<D: Desk>(
+    ports: &D,
     req: &ReleaseRequest,
 ) -> Result<Release, HandlerError> {
     req.policy.validate().map_err(HandlerError::Release)?;
-    let store = &ports.store;
+    let store = ports.store();
     if let Some(existing) = store.get_release(&req.id).await? {
         return same_request(existing, req);
     }
     let builds = release_builds(ports, req).await?;
     let installs = target_installs(ports, req, &builds).await?;
-    let now = ports.clock.now_ms();
+    let now = ports.clock().now_ms();
     let total = u32::try_from(installs.len())
         .map_err(|_| invalid("a release may target at most 4294967295 installs".into()))?;
     let release = Release::new(
@@ -142,8 +280,8 @@ fn same_request(existing: Release, req: &ReleaseRequest) -> Result<Release, Hand
     }
 }
 
-async fn release_builds<P: Backend>(
-    ports: &Ports<P>,
+async fn release_builds<D: Desk>(
+    ports: &D,
     req: &ReleaseRequest,
 ) -> Result<Vec<ReleaseBuild>, HandlerError> {
     if req.builds.is_empty() {
@@ -151,7 +289,7 @@ async fn release_builds<P: Backend>(
     }
     let mut out: Vec<ReleaseBuild> = Vec::new();
     for id in &req.builds {
-        let Some(build) = ports.store.get_build(id).await? else {
+        let Some(build) = ports.store().get_build(id).await? else {
             return Err(invalid(format!(
                 "build {id} does not exist; `ferry build list` shows the builds"
             )));
@@ -186,8 +324,8 @@ async fn release_builds<P: Backend>(
 }
 
 /// The installs to target, by id (so steps are planned in a stable order).
-async fn target_installs<P: Backend>(
-    ports: &Ports<P>,
+async fn target_installs<D: Desk>(
+    ports: &D,
     req: &ReleaseRequest,
     builds: &[ReleaseBuild],
 ) -> Result<BTreeMap<InstallId, Install>, HandlerError> {
@@ -195,7 +333,7 @@ async fn target_installs<P: Backend>(
     match &req.installs {
         Some(ids) => {
             for id in ids {
-                let Some(install) = ports.store.get_install(id).await? else {
+                let Some(install) = ports.store().get_install(id).await? else {
                     return Err(invalid(format!(
                         "install {id} is not registered; `ferry install list` shows the installs"
                     )));
@@ -217,7 +355,7 @@ async fn target_installs<P: Backend>(
                 let mut page = PageRequest::first(MAX_PAGE);
                 loop {
                     let got = ports
-                        .store
+                        .store()
                         .installs_by_component(&req.app, &b.component, &page)
                         .await?;
                     for install in got.items {
@@ -259,16 +397,16 @@ fn step_event(release: &Release, page: u32, cursor: Option<Cursor>) -> Result<Ev
     ))
 }
 
-async fn send_event<P: Backend>(
-    ports: &Ports<P>,
+async fn send_event<D: Desk>(
+    ports: &D,
     event: &Event,
     delay_seconds: u32,
 ) -> Result<(), HandlerError> {
     let body = event.to_json().map_err(encode_err)?;
     ports
-        .queue
+        .queue()
         .send_delayed(
-            &ports.release_queue,
+            ports.release_queue(),
             &body,
             delay_seconds.min(MAX_DELAY_SECONDS),
         )
@@ -279,30 +417,30 @@ async fn send_event<P: Backend>(
 /// Sets the timer the release's state needs, if any (running and waiting): a `release.step`
 /// delayed until the step is due, or by the longest delay the queue allows (the handler sends
 /// it again until it is due).
-async fn send_timer<P: Backend>(ports: &Ports<P>, release: &Release) -> Result<(), HandlerError> {
+async fn send_timer<D: Desk>(ports: &D, release: &Release) -> Result<(), HandlerError> {
     let Some((_, _, due_at)) = release.pending_timer() else {
         return Ok(());
     };
-    let wait_ms = due_at.saturating_sub(ports.clock.now_ms());
+    let wait_ms = due_at.saturating_sub(ports.clock().now_ms());
     let secs = u32::try_from(wait_ms.div_ceil(1000)).unwrap_or(u32::MAX);
     send_event(ports, &step_event(release, 0, None)?, secs).await
 }
 
 /// Re-reads and writes `decide(latest)` until a conditional write lands or `decide` says
 /// nothing is to be done (`None`); returns the release as stored and whether this call wrote.
-async fn update_release<P: Backend>(
-    ports: &Ports<P>,
+async fn update_release<D: Desk>(
+    ports: &D,
     mut current: Release,
     decide: impl Fn(&Release) -> Result<Option<Release>, HandlerError>,
 ) -> Result<(Release, bool), HandlerError> {
-    for _ in 0..ports.config.max_write_tries.max(1) {
+    for _ in 0..ports.max_write_tries().max(1) {
         let Some(next) = decide(&current)? else {
             return Ok((current, false));
         };
         if next == current {
             return Ok((current, false));
         }
-        match ports.store.update_release(&next, current.version).await {
+        match ports.store().update_release(&next, current.version).await {
             Ok(()) => return Ok((next, true)),
             Err(WriteError::Conflict(c)) => match c.current {
                 Some(latest) => current = latest,
@@ -322,16 +460,16 @@ async fn update_release<P: Backend>(
     })
 }
 
-async fn update_target<P: Backend>(
-    ports: &Ports<P>,
+async fn update_target<D: Desk>(
+    ports: &D,
     mut current: ReleaseTarget,
     decide: impl Fn(&ReleaseTarget) -> Option<ReleaseTarget>,
 ) -> Result<ReleaseTarget, HandlerError> {
-    for _ in 0..ports.config.max_write_tries.max(1) {
+    for _ in 0..ports.max_write_tries().max(1) {
         let Some(next) = decide(&current) else {
             return Ok(current);
         };
-        match ports.store.update_target(&next, current.version).await {
+        match ports.store().update_target(&next, current.version).await {
             Ok(()) => return Ok(next),
             Err(WriteError::Conflict(c)) => match c.current {
                 Some(latest) => current = latest,
@@ -351,12 +489,9 @@ async fn update_target<P: Backend>(
     })
 }
 
-async fn get_release<P: Backend>(
-    ports: &Ports<P>,
-    id: &ReleaseId,
-) -> Result<Release, HandlerError> {
+async fn get_release<D: Desk>(ports: &D, id: &ReleaseId) -> Result<Release, HandlerError> {
     ports
-        .store
+        .store()
         .get_release(id)
         .await?
         .ok_or_else(|| HandlerError::UnknownRelease {
@@ -599,8 +734,8 @@ async fn futures_join_all<F: std::future::Future>(
 
 /// Tallies the current step from its targets and, when every one is terminal, ends it (halt,
 /// complete or move on) with one conditional write; sets the next timer when `timer`.
-async fn end_step_if_done<P: Backend>(
-    ports: &Ports<P>,
+async fn end_step_if_done<D: Desk>(
+    ports: &D,
     release: Release,
     timer: bool,
 ) -> Result<Release, HandlerError> {
@@ -608,7 +743,7 @@ async fn end_step_if_done<P: Backend>(
         return Ok(release);
     }
     let tally = tally_step(ports, &release).await?;
-    let now = ports.clock.now_ms();
+    let now = ports.clock().now_ms();
     let (stored, wrote) = update_release(ports, release, |r| {
         // Another writer may have moved on meanwhile: only end the step that was tallied.
         if r.step != tally.1 || r.round != tally.2 {
@@ -626,15 +761,15 @@ async fn end_step_if_done<P: Backend>(
     Ok(stored)
 }
 
-async fn tally_step<P: Backend>(
-    ports: &Ports<P>,
+async fn tally_step<D: Desk>(
+    ports: &D,
     release: &Release,
 ) -> Result<(StepTally, u32, u32), HandlerError> {
     let mut tally = StepTally::default();
     let mut page = PageRequest::first(MAX_PAGE);
     loop {
         let got = ports
-            .store
+            .store()
             .targets_by_step(&release.id, release.step, &page)
             .await?;
         for t in &got.items {
@@ -729,11 +864,8 @@ pub async fn handle_release_synced<P: Backend>(
 }
 
 /// Pauses a running release: the step in flight finishes, the next does not start.
-pub async fn pause_release<P: Backend>(
-    ports: &Ports<P>,
-    id: &ReleaseId,
-) -> Result<Release, HandlerError> {
-    let now = ports.clock.now_ms();
+pub async fn pause_release<D: Desk>(ports: &D, id: &ReleaseId) -> Result<Release, HandlerError> {
+    let now = ports.clock().now_ms();
     let release = get_release(ports, id).await?;
     let (stored, _) = update_release(ports, release, |r| Ok(Some(r.pause(now)?))).await?;
     Ok(stored)
@@ -741,11 +873,8 @@ pub async fn pause_release<P: Backend>(
 
 /// Resumes a paused release (its waiting step's timer is set again) or a halted one (a new
 /// round: the failed installs of the halted step are retried, then the release goes on).
-pub async fn resume_release<P: Backend>(
-    ports: &Ports<P>,
-    id: &ReleaseId,
-) -> Result<Release, HandlerError> {
-    let now = ports.clock.now_ms();
+pub async fn resume_release<D: Desk>(ports: &D, id: &ReleaseId) -> Result<Release, HandlerError> {
+    let now = ports.clock().now_ms();
     let release = get_release(ports, id).await?;
     let (stored, _) = update_release(ports, release, |r| Ok(Some(r.resume(now)?))).await?;
     // Set even when nothing was written (a resume repeated after a lost timer): a duplicate
@@ -759,20 +888,20 @@ pub async fn resume_release<P: Backend>(
 }
 
 /// Aborts a release for good; syncs already enqueued still finish.
-pub async fn abort_release<P: Backend>(
-    ports: &Ports<P>,
+pub async fn abort_release<D: Desk>(
+    ports: &D,
     id: &ReleaseId,
     by: &str,
 ) -> Result<Release, HandlerError> {
-    let now = ports.clock.now_ms();
+    let now = ports.clock().now_ms();
     let release = get_release(ports, id).await?;
     let (stored, _) = update_release(ports, release, |r| Ok(Some(r.abort(now, by)?))).await?;
     Ok(stored)
 }
 
 /// Every target of a release, step by step (for `release show`).
-pub async fn release_targets<P: Backend>(
-    ports: &Ports<P>,
+pub async fn release_targets<D: Desk>(
+    ports: &D,
     release: &Release,
 ) -> Result<Vec<ReleaseTarget>, HandlerError> {
     let mut out = Vec::new();
@@ -780,7 +909,7 @@ pub async fn release_targets<P: Backend>(
         let mut page = PageRequest::first(MAX_PAGE);
         loop {
             let got = ports
-                .store
+                .store()
                 .targets_by_step(&release.id, step, &page)
                 .await?;
             out.extend(got.items);
