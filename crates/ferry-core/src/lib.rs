@@ -13,6 +13,7 @@ pub mod manage;
 pub mod ports;
 pub mod record;
 pub mod release;
+pub mod release_port;
 pub mod rollout;
 pub mod seal;
 pub mod state;
