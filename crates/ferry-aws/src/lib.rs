@@ -15,6 +15,7 @@ pub mod grants;
 pub mod manage;
 pub mod minter;
 pub mod queue;
+pub mod releases;
 pub mod store;
 mod token_vault;
 

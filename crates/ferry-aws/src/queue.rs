@@ -236,6 +236,31 @@ impl Queue for SqsQueue {
             })
     }
 
+    async fn send_delayed(
+        &self,
+        queue: &QueueName,
+        body: &str,
+        delay_seconds: u32,
+    ) -> Result<MessageId, QueueError> {
+        ferry_core::ports::check_delay(delay_seconds)?;
+        let url = self.url(queue).await?;
+        let out = self
+            .client
+            .send_message()
+            .queue_url(url)
+            .message_body(body)
+            // Checked above: at most 900, so the cast cannot wrap.
+            .delay_seconds(delay_seconds as i32)
+            .send()
+            .await
+            .map_err(|e| self.fail(queue, describe("SQS", "SendMessage", &e)))?;
+        out.message_id
+            .map(MessageId)
+            .ok_or_else(|| QueueError::Unavailable {
+                message: "SQS SendMessage answered without a message id".into(),
+            })
+    }
+
     async fn send_batch(
         &self,
         queue: &QueueName,

@@ -60,15 +60,15 @@ pub struct DynamoStore {
     table: String,
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
 
-fn n(v: u64) -> AttributeValue {
+pub(crate) fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn ts(ms: u64) -> String {
+pub(crate) fn ts(ms: u64) -> String {
     // Zero-padded so that string order is time order.
     format!("{ms:020}")
 }
@@ -81,7 +81,7 @@ fn unavailable(f: Failure) -> StoreError {
     }
 }
 
-fn encode_err(what: &str, e: serde_json::Error) -> StoreError {
+pub(crate) fn encode_err(what: &str, e: serde_json::Error) -> StoreError {
     StoreError::Invalid {
         message: format!("cannot encode {what}: {e}"),
     }
@@ -105,7 +105,7 @@ fn str_attr<'a>(item: &'a Item, name: &str) -> Result<&'a str, StoreError> {
     }
 }
 
-fn num_attr(item: &Item, name: &str) -> Result<u64, StoreError> {
+pub(crate) fn num_attr(item: &Item, name: &str) -> Result<u64, StoreError> {
     match item.get(name) {
         Some(AttributeValue::N(v)) => v.parse().map_err(|_| StoreError::Corrupt {
             key: key_text(item),
@@ -118,7 +118,7 @@ fn num_attr(item: &Item, name: &str) -> Result<u64, StoreError> {
     }
 }
 
-fn decode<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     let data = str_attr(item, "data")?;
     serde_json::from_str(data).map_err(|e| StoreError::Corrupt {
         key: key_text(item),
@@ -129,7 +129,7 @@ fn decode<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
 fn component_pk(app: &AppName, name: &ComponentName) -> String {
     format!("COMPONENT#{app}#{name}")
 }
-fn install_pk(id: &InstallId) -> String {
+pub(crate) fn install_pk(id: &InstallId) -> String {
     format!("INSTALL#{id}")
 }
 fn sub_key(app: &AppName, component: &ComponentName) -> String {
@@ -141,7 +141,7 @@ fn build_pk(id: &BuildId) -> String {
 fn sync_pk(id: &SyncId) -> String {
     format!("SYNC#{id}")
 }
-fn lineage_pk(d: &Digest) -> String {
+pub(crate) fn lineage_pk(d: &Digest) -> String {
     format!("LINEAGE#{d}")
 }
 fn idem_pk(key: &str) -> String {
@@ -166,7 +166,7 @@ fn catalog_install_sk(id: &InstallId) -> String {
     format!("INSTALL#{id}")
 }
 
-fn record_item(pk: String, sk: &str, kind: &str, data: String) -> Item {
+pub(crate) fn record_item(pk: String, sk: &str, kind: &str, data: String) -> Item {
     HashMap::from([
         (PK.to_owned(), s(pk)),
         (SK.to_owned(), s(sk)),
@@ -262,17 +262,17 @@ fn decode_cursor(query: &str, partition: &str, cursor: &Cursor) -> Result<Item, 
 }
 
 /// One paginated query: which index, which partition, which sort-key prefix, which order.
-struct QuerySpec {
-    name: &'static str,
-    index: Option<&'static str>,
-    pk_attr: &'static str,
-    sk_attr: &'static str,
-    partition: String,
-    sk_prefix: Option<&'static str>,
-    forward: bool,
+pub(crate) struct QuerySpec {
+    pub(crate) name: &'static str,
+    pub(crate) index: Option<&'static str>,
+    pub(crate) pk_attr: &'static str,
+    pub(crate) sk_attr: &'static str,
+    pub(crate) partition: String,
+    pub(crate) sk_prefix: Option<&'static str>,
+    pub(crate) forward: bool,
 }
 
-enum Put {
+pub(crate) enum Put {
     Written,
     /// The condition failed; the item as it was, when DynamoDB returned it.
     Conflict(Option<Item>),
@@ -387,7 +387,7 @@ impl DynamoStore {
         Ok(self.get(revoked_pk(grant), "REVOKED").await?.is_some())
     }
 
-    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+    pub(crate) async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -402,7 +402,7 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    async fn get_decoded<T: DeserializeOwned>(
+    pub(crate) async fn get_decoded<T: DeserializeOwned>(
         &self,
         pk: String,
         sk: &str,
@@ -433,7 +433,7 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn put_if(
+    pub(crate) async fn put_if(
         &self,
         item: Item,
         condition: &str,
@@ -465,7 +465,7 @@ impl DynamoStore {
     }
 
     /// The item that beat a conditional write: from ALL_OLD when DynamoDB sent it, else read.
-    async fn current<T: DeserializeOwned>(
+    pub(crate) async fn current<T: DeserializeOwned>(
         &self,
         returned: Option<Item>,
         pk: String,
@@ -553,7 +553,7 @@ impl DynamoStore {
         Ok((out.items.unwrap_or_default(), next))
     }
 
-    async fn query<T: DeserializeOwned>(
+    pub(crate) async fn query<T: DeserializeOwned>(
         &self,
         spec: QuerySpec,
         page: &PageRequest,

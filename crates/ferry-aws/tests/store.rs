@@ -1,4 +1,4 @@
-//! DynamoStore against moto: the ferry-core JobStore contract, unchanged.
+//! DynamoStore against moto: the ferry-core JobStore and ReleaseStore contracts, unchanged.
 
 mod common;
 
@@ -10,6 +10,21 @@ async fn dynamo_store_keeps_the_job_store_contract() {
     let moto = Moto::start().await;
     let config = moto.config().await;
     ferry_core::contract::job_store_contract(|| {
+        let config = config.clone();
+        async move {
+            let store = DynamoStore::new(&config, unique("ferry-jobs"));
+            store.create_table().await.unwrap();
+            store
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dynamo_store_keeps_the_release_store_contract() {
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    ferry_core::release_contract::release_store_contract(|| {
         let config = config.clone();
         async move {
             let store = DynamoStore::new(&config, unique("ferry-jobs"));

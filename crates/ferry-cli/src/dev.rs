@@ -45,6 +45,10 @@ pub struct DevArgs {
     /// JSON lines on stdout instead of tables.
     #[arg(long)]
     json: bool,
+    /// Do not sync builds on their own: `ferry release create` decides which installs get a
+    /// build, in steps.
+    #[arg(long)]
+    releases: bool,
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -54,6 +58,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let system = DevSystem::start(DevOptions {
         state_dir: args.state_dir.clone(),
         app_dir: args.app.clone(),
+        manual_releases: args.releases,
         installs: args.installs,
         registry_addr: args.registry_addr,
     })

@@ -11,6 +11,7 @@ mod image;
 mod manage;
 mod progress;
 mod registry;
+mod release;
 mod state;
 
 use std::process::ExitCode;
@@ -86,6 +87,11 @@ enum Command {
         #[command(subcommand)]
         command: image::ImageCommand,
     },
+    /// Roll builds out to installs in steps: create, show, list, pause, resume, abort.
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
+    },
     /// Pull grants: the incident kill switch.
     Grants {
         #[command(subcommand)]
@@ -142,6 +148,7 @@ fn main() -> ExitCode {
             Command::Syncs(args) => manage::syncs(args, ctx).await,
             Command::Lineage(args) => manage::lineage(args, ctx).await,
             Command::Dlq { command } => manage::dlq(command, ctx).await,
+            Command::Release { command } => release::run(command, ctx).await,
             Command::Grants { command } => grants::run(command).await,
             Command::Image { command } => image::run(command).await,
         }

@@ -29,11 +29,11 @@ pub struct StateArgs {
     state_dir: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl StateArgs {
-    async fn open(&self, ctx: Option<&str>) -> Result<Backend> {
+    pub(crate) async fn open(&self, ctx: Option<&str>) -> Result<Backend> {
         context::open(ctx, self.state_dir.as_deref()).await
     }
 }

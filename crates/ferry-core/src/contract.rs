@@ -519,6 +519,32 @@ where
     queue_visibility_and_receive_count(&make().await).await;
     queue_batches(&make().await).await;
     queue_isolation_and_errors(&make().await).await;
+    queue_delays(&make().await).await;
+}
+
+/// A delayed message is not received before its delay; a delay past the SQS limit is refused.
+async fn queue_delays<Q: Queue>(f: &QueueFixture<Q>) {
+    let q = &f.queue;
+    let e = q.send_delayed(&f.a, "late", 901).await;
+    assert!(
+        matches!(e, Err(QueueError::Invalid { .. })),
+        "contract: a delay over 900 s is refused as Invalid, got {e:?}"
+    );
+    ok(
+        q.send_delayed(&f.a, "{\"later\":1}", 600).await,
+        "send_delayed",
+    );
+    assert!(
+        ok(q.receive(&f.a, &opts(10, 60)).await, "receive").is_empty(),
+        "contract: a delayed message stays invisible until its delay has passed"
+    );
+    ok(
+        q.send_delayed(&f.a, "{\"now\":1}", 0).await,
+        "send_delayed 0",
+    );
+    let got = receive_n(q, &f.a, 1).await;
+    assert_eq!(got.len(), 1, "contract: a zero delay is an ordinary send");
+    assert_eq!(got[0].body, "{\"now\":1}");
 }
 
 async fn queue_visibility_and_receive_count<Q: Queue>(f: &QueueFixture<Q>) {

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{
-    AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository, SyncId,
+    AppName, BuildId, ComponentName, Digest, InstallId, QueueName, ReleaseId, Repository, SyncId,
 };
 use crate::state::{JobError, JobState, JobStatus, TransitionError};
 
@@ -220,6 +220,9 @@ pub struct SyncJob {
     pub grant_expires_at: Option<u64>,
     pub stats: Option<SyncStats>,
     pub state: JobState,
+    /// The release that asked for it; its end is reported to that release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<ReleaseId>,
 }
 
 impl SyncJob {
@@ -241,7 +244,14 @@ impl SyncJob {
             grant_expires_at: None,
             stats: None,
             state: JobState::new(now),
+            release_id: None,
         }
+    }
+
+    /// The same job, asked for by release `release`.
+    pub fn for_release(mut self, release: Option<ReleaseId>) -> SyncJob {
+        self.release_id = release;
+        self
     }
 
     /// Where the sync's state machine stands.

@@ -16,7 +16,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::domain::SealedGrant;
 use crate::id::{
-    AppName, BuildId, ComponentName, Digest, EventId, IdError, InstallId, Repository, SyncId,
+    AppName, BuildId, ComponentName, Digest, EventId, IdError, InstallId, ReleaseId, Repository,
+    SyncId,
 };
 
 /// The schema version of the vendor-side events (build.requested, build.completed,
@@ -41,9 +42,14 @@ pub const BUILD_COMPLETED: &str = "build.completed";
 pub const SYNC_REQUESTED: &str = "sync.requested";
 /// The `type` of an agent's signed report on a sync.
 pub const SYNC_REPORTED: &str = "sync.reported";
+/// The `type` of a release's step timer (and of the continuation of a step's fan-out).
+pub const RELEASE_STEP: &str = "release.step";
+/// The `type` of "a sync of a release reached a terminal state".
+pub const RELEASE_SYNCED: &str = "release.synced";
 /// The `type` of the job message on an install's queue (not an event).
 pub const SYNC_JOB: &str = "sync.job";
-const KNOWN_TYPES: &str = "build.requested, build.completed, sync.requested, sync.reported";
+const KNOWN_TYPES: &str = "build.requested, build.completed, sync.requested, sync.reported, \
+                           release.step, release.synced";
 
 /// Why bytes are not a valid event or job message; each variant names the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,6 +140,32 @@ pub struct SyncRequested {
     pub install_id: InstallId,
     pub repository: Repository,
     pub digest: Digest,
+    /// The release that asked for this sync, if one did (absent for the implicit fan-out of a
+    /// build): its end is reported back to that release.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<ReleaseId>,
+}
+
+/// `release.step`: start (or continue) step `step` of round `round` of a release. Sent with a
+/// delay as the step timer, and again, at once, for each further page of the step's targets
+/// (`page` counts pages, `cursor` is the store's position after the previous one), so a step
+/// of any size is handled in bounded pieces and a timeout resumes at the page it stopped at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseStep {
+    pub release_id: ReleaseId,
+    pub step: u32,
+    pub round: u32,
+    pub page: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// `release.synced`: sync `sync_id` of a release is terminal. Only ids: the handler reads the
+/// outcome from the store, never from the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseSynced {
+    pub release_id: ReleaseId,
+    pub sync_id: SyncId,
 }
 
 /// What an agent reports about one attempt of a sync.
@@ -173,6 +205,8 @@ pub enum Payload {
     BuildCompleted(BuildCompleted),
     SyncRequested(SyncRequested),
     SyncReported(SyncReported),
+    ReleaseStep(ReleaseStep),
+    ReleaseSynced(ReleaseSynced),
 }
 
 impl Payload {
@@ -188,6 +222,8 @@ impl Payload {
             Payload::BuildCompleted(_) => BUILD_COMPLETED,
             Payload::SyncRequested(_) => SYNC_REQUESTED,
             Payload::SyncReported(_) => SYNC_REPORTED,
+            Payload::ReleaseStep(_) => RELEASE_STEP,
+            Payload::ReleaseSynced(_) => RELEASE_SYNCED,
         }
     }
 }
@@ -198,6 +234,9 @@ impl Payload {
 pub enum JobRef {
     Build(BuildId),
     Sync(SyncId),
+    /// A release's own events: a dead-lettered one is logged; the release shows where it
+    /// stands, and `ferry release resume` re-drives it.
+    Release(ReleaseId),
 }
 
 impl JobRef {
@@ -206,6 +245,7 @@ impl JobRef {
         match self {
             JobRef::Build(b) => b.as_str(),
             JobRef::Sync(s) => s.as_str(),
+            JobRef::Release(r) => r.as_str(),
         }
     }
 
@@ -320,6 +360,8 @@ impl Event {
             Payload::BuildCompleted(ev) => JobRef::Build(ev.build_id.clone()),
             Payload::SyncRequested(ev) => JobRef::Sync(ev.sync_id.clone()),
             Payload::SyncReported(ev) => JobRef::Sync(ev.sync_id.clone()),
+            Payload::ReleaseStep(ev) => JobRef::Release(ev.release_id.clone()),
+            Payload::ReleaseSynced(ev) => JobRef::Release(ev.release_id.clone()),
         }
     }
 }
@@ -497,6 +539,8 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             BUILD_COMPLETED => BUILD_COMPLETED,
             SYNC_REQUESTED => SYNC_REQUESTED,
             SYNC_REPORTED => SYNC_REPORTED,
+            RELEASE_STEP => RELEASE_STEP,
+            RELEASE_SYNCED => RELEASE_SYNCED,
             _ => {
                 return Err(EventError::UnknownType {
                     found: t.chars().take(80).collect(),
@@ -577,6 +621,27 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             install_id: f.req_id("install_id", InstallId::new)?,
             repository: f.req_id("repository", Repository::new)?,
             digest: f.req_id("digest", Digest::new)?,
+            release_id: f.opt_id("release_id", ReleaseId::new)?,
+        }),
+        RELEASE_STEP => {
+            let mut small = |field: &'static str| -> Result<u32, EventError> {
+                let v = f.req_u64(field)?;
+                u32::try_from(v).map_err(|_| f.invalid(field, "expected 0 to 4294967295"))
+            };
+            let step = small("step")?;
+            let round = small("round")?;
+            let page = small("page")?;
+            Payload::ReleaseStep(ReleaseStep {
+                release_id: f.req_id("release_id", ReleaseId::new)?,
+                step,
+                round,
+                page,
+                cursor: f.opt_text("cursor", MAX_TEXT)?,
+            })
+        }
+        RELEASE_SYNCED => Payload::ReleaseSynced(ReleaseSynced {
+            release_id: f.req_id("release_id", ReleaseId::new)?,
+            sync_id: f.req_id("sync_id", SyncId::new)?,
         }),
         _ => {
             let ev = SyncReported {

@@ -31,12 +31,15 @@ use crate::event::{
     BuildCompleted, BuildOutcome, BuildRequested, Event, EventError, Payload, SyncJobMessage,
     SyncReportStatus, SyncReported, SyncRequested,
 };
-use crate::id::{AppName, BuildId, ComponentName, EventId, InstallId, SyncId};
+use crate::id::{
+    AppName, BuildId, ComponentName, EventId, InstallId, QueueName, ReleaseId, SyncId,
+};
 use crate::ports::{
     Backend, Batch, BuildSpec, Builder, BuilderError, BusError, Clock, EventBus, GrantError,
     GrantId, GrantMinter, IdGenerator, IdempotencyClaim, JobStore, PageRequest, Queue, QueueError,
     StoreError, WriteError, MAX_PAGE,
 };
+use crate::release::{ReleaseError, ReleaseStatus, ReleaseTransitionError};
 use crate::state::{Expected, JobError, JobStatus, TransitionError};
 use crate::trust::{verify_report, VendorKey};
 
@@ -51,6 +54,10 @@ pub struct Config {
     pub max_sync_attempts: u32,
     /// Re-reads after a conditional-write conflict before giving up (the event is retried).
     pub max_write_tries: u32,
+    /// True (the default, and `ferry dev`'s behaviour): a successful build is synced at once
+    /// to every subscribed install, an implicit release. False: builds only record their
+    /// artifact, and `ferry release create` decides which installs get it, in steps.
+    pub fan_out_on_build: bool,
 }
 
 impl Default for Config {
@@ -60,6 +67,7 @@ impl Default for Config {
             in_progress_ms: 5 * 60 * 1000,
             max_sync_attempts: 5,
             max_write_tries: 5,
+            fan_out_on_build: true,
         }
     }
 }
@@ -78,6 +86,9 @@ pub struct Ports<P: Backend> {
     /// Signs job messages and keys sync ids. Only build-completed and sync-requested (and
     /// sync-reported, which re-dispatches after `grant_expired`) use it.
     pub vendor_key: Arc<VendorKey>,
+    /// The queue release step timers are sent to with a delay: the queue the bus routes
+    /// `release.step` and `release.synced` to.
+    pub release_queue: QueueName,
 }
 
 impl<P: Backend> Clone for Ports<P>
@@ -99,6 +110,7 @@ where
             clock: self.clock.clone(),
             config: self.config,
             vendor_key: self.vendor_key.clone(),
+            release_queue: self.release_queue.clone(),
         }
     }
 }
@@ -148,6 +160,25 @@ pub enum Outcome {
     StaleReport {
         sync_id: SyncId,
         reported_attempt: u32,
+    },
+    /// One page of a release step: its syncs were requested.
+    ReleaseStepHandled {
+        release_id: ReleaseId,
+        step: u32,
+        page: u32,
+        syncs_requested: usize,
+    },
+    /// A release sync's outcome was recorded on its target; `status` is the release's after.
+    ReleaseSynced {
+        release_id: ReleaseId,
+        sync_id: SyncId,
+        status: ReleaseStatus,
+    },
+    /// A release event that no longer applies (a stale timer, a paused release); nothing
+    /// changed.
+    ReleaseIgnored {
+        release_id: ReleaseId,
+        reason: String,
     },
     /// The event was handled before; `first` is what that run did.
     Replayed {
@@ -233,6 +264,12 @@ pub enum HandlerError {
     Publish { failed: usize, first: String },
     #[error("could not encode a message: {message}")]
     Encode { message: String },
+    #[error("release {release_id} does not exist; `ferry release list APP` shows the releases")]
+    UnknownRelease { release_id: ReleaseId },
+    #[error(transparent)]
+    Release(ReleaseError),
+    #[error(transparent)]
+    ReleaseTransition(#[from] ReleaseTransitionError),
     #[error(transparent)]
     Event(#[from] EventError),
     #[error(transparent)]
@@ -528,6 +565,15 @@ pub async fn dispatch<P: Backend>(
         Payload::SyncRequested(ev) => handle_sync_requested(ports, claim, ev).await,
         // Its key is derived from the authenticated attempt, never from the sender's id.
         Payload::SyncReported(ev) => handle_sync_reported(ports, ev).await,
+        // Release events are naturally idempotent (conditional writes on the release's
+        // version, derived sync ids) and a step timer may be sent again under the same id,
+        // so they are not wrapped in an idempotency record.
+        Payload::ReleaseStep(ev) => crate::rollout::handle_release_step(ports, ev)
+            .instrument(tracing::info_span!("release.step", release_id = %ev.release_id, step = ev.step, page = ev.page))
+            .await,
+        Payload::ReleaseSynced(ev) => crate::rollout::handle_release_synced(ports, ev)
+            .instrument(tracing::info_span!("release.synced", release_id = %ev.release_id, sync_id = %ev.sync_id))
+            .await,
     }
 }
 
@@ -773,7 +819,9 @@ async fn build_completed<P: Backend>(
     .await?;
 
     let syncs_requested = match (stored.status(), &stored.artifact) {
-        (JobStatus::Succeeded, Some(artifact)) => fan_out(ports, &stored, artifact).await?,
+        (JobStatus::Succeeded, Some(artifact)) if ports.config.fan_out_on_build => {
+            fan_out(ports, &stored, artifact).await?
+        }
         _ => 0,
     };
     tracing::info!(status = %stored.status(), syncs_requested, "build completion recorded");
@@ -835,6 +883,7 @@ fn sync_request_event(
             install_id: install.clone(),
             repository: artifact.repository.clone(),
             digest: artifact.digest.clone(),
+            release_id: None,
         }),
     ))
 }
@@ -869,7 +918,8 @@ async fn sync_requested<P: Backend>(
         ev.repository.clone(),
         ev.digest.clone(),
         now,
-    );
+    )
+    .for_release(ev.release_id.clone());
     let Some(install) = store.get_install(&ev.install_id).await? else {
         let reason = format!(
             "install {} is not registered; register it, or fix \"install_id\" in the request",
@@ -877,7 +927,8 @@ async fn sync_requested<P: Backend>(
         );
         tracing::warn!(%reason, "sync rejected");
         let failed = fresh.fail(now, JobError::new("unknown_install", reason.clone()), None)?;
-        create_or_existing_sync(store, &failed).await?;
+        let stored = create_or_existing_sync(store, &failed).await?;
+        crate::rollout::sync_finished(ports, &stored).await?;
         return Ok(Outcome::SyncRejected {
             sync_id: ev.sync_id.clone(),
             reason,
@@ -943,7 +994,7 @@ async fn dispatch_sync<P: Backend>(
                 "no grant could be minted for install {}: {message}",
                 install.id
             );
-            fail_unless_finished(
+            let stored = fail_unless_finished(
                 &ports.store,
                 &ports.config,
                 now,
@@ -952,6 +1003,7 @@ async fn dispatch_sync<P: Backend>(
                 &reason,
             )
             .await?;
+            crate::rollout::sync_finished(ports, &stored).await?;
             return Ok(Outcome::SyncRejected {
                 sync_id: job.id,
                 reason,
@@ -1194,6 +1246,7 @@ async fn report_succeeded<P: Backend>(
         })
         .await?;
     revoke_quietly(&ports.minter, grant).await;
+    crate::rollout::sync_finished(ports, &stored).await?;
     tracing::info!(bytes_copied = stats.bytes_copied, "sync succeeded");
     Ok(Outcome::SyncRecorded {
         sync_id: stored.id,
@@ -1221,6 +1274,7 @@ async fn report_failed<P: Backend>(
     })
     .await?;
     revoke_quietly(&ports.minter, grant).await;
+    crate::rollout::sync_finished(ports, &stored).await?;
     tracing::warn!(error = %message, "sync failed");
     Ok(Outcome::SyncRecorded {
         sync_id: stored.id,
@@ -1279,6 +1333,7 @@ async fn report_grant_expired<P: Backend>(
         );
         let stored =
             fail_unless_finished(store, config, now, job, "grant_expired", &reason).await?;
+        crate::rollout::sync_finished(ports, &stored).await?;
         return Ok(Outcome::SyncRecorded {
             status: stored.status(),
             sync_id: stored.id,

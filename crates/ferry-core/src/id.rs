@@ -127,6 +127,11 @@ id_type!(
     "sync id"
 );
 id_type!(
+    /// One release: builds rolled out to a target set of installs in steps.
+    ReleaseId,
+    "release id"
+);
+id_type!(
     /// The producer's id of an event; replays carry the same id.
     EventId,
     "event id"

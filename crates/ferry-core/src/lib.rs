@@ -12,6 +12,9 @@ pub mod id;
 pub mod manage;
 pub mod ports;
 pub mod record;
+pub mod release;
+pub mod release_port;
+pub mod rollout;
 pub mod seal;
 pub mod state;
 pub mod trust;
@@ -20,6 +23,7 @@ pub mod trust;
 pub mod contract;
 #[cfg(any(test, feature = "contract"))]
 pub mod manage_contract;
+pub mod release_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -568,7 +568,8 @@ pub async fn describe_dead_letter<S: JobStore>(
             ),
             None => (None, None),
         },
-        None => (None, None),
+        // A release is not a job with a status; `ferry release show` tells where it stands.
+        Some(crate::event::JobRef::Release(_)) | None => (None, None),
     };
     Ok(DeadLetter {
         message_id,

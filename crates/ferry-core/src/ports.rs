@@ -335,6 +335,9 @@ pub struct ReceiptHandle(pub String);
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// The longest long poll (SQS's limit).
 pub const MAX_WAIT_SECONDS: u32 = 20;
+/// The longest delay of one message (SQS `DelaySeconds`: 15 minutes). Longer waits are chained
+/// by the receiver (a release step timer re-sends itself until it is due).
+pub const MAX_DELAY_SECONDS: u32 = 15 * 60;
 /// The longest visibility timeout (SQS's limit: 12 hours).
 pub const MAX_VISIBILITY_SECONDS: u32 = 12 * 60 * 60;
 
@@ -409,6 +412,19 @@ impl ReceiveOptions {
     }
 }
 
+/// Refuses a delay past [`MAX_DELAY_SECONDS`] (one rule for every adapter).
+pub fn check_delay(delay_seconds: u32) -> Result<(), QueueError> {
+    if delay_seconds > MAX_DELAY_SECONDS {
+        return Err(QueueError::Invalid {
+            message: format!(
+                "a message delay must be at most {MAX_DELAY_SECONDS}s, got {delay_seconds}s; \
+                 chain longer waits"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One received message: its body and the handle to delete or extend it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
@@ -427,6 +443,14 @@ pub trait Queue: Send + Sync {
         &self,
         queue: &QueueName,
         body: &str,
+    ) -> impl Future<Output = Result<MessageId, QueueError>> + Send;
+    /// Sends one message that stays invisible for `delay_seconds` (at most
+    /// [`MAX_DELAY_SECONDS`]; more is refused as `Invalid`): the platform's timer.
+    fn send_delayed(
+        &self,
+        queue: &QueueName,
+        body: &str,
+        delay_seconds: u32,
     ) -> impl Future<Output = Result<MessageId, QueueError>> + Send;
     /// One result per entry, in order.
     fn send_batch(
@@ -582,8 +606,8 @@ pub trait IdGenerator: Send + Sync {
 /// port. Implement it on a marker type (it is never instantiated); the adapters themselves
 /// live in `Ports`.
 pub trait Backend {
-    /// Jobs, installs, lineage and idempotency records (DynamoDB, SQLite).
-    type Store: JobStore;
+    /// Jobs, installs, lineage, idempotency records and releases (DynamoDB, SQLite).
+    type Store: JobStore + crate::release::ReleaseStore;
     /// The agents' queues (SQS, SQLite).
     type Queue: Queue;
     /// The event bus (EventBridge, the local bus).
@@ -621,6 +645,13 @@ mod tests {
         assert!(ReceiveOptions::new(11, 0, 0).is_err());
         assert!(ReceiveOptions::new(1, 21, 0).is_err());
         assert!(ReceiveOptions::new(1, 0, 43_201).is_err());
+    }
+
+    #[test]
+    fn delays_check_the_sqs_limit() {
+        assert_eq!(check_delay(900), Ok(()));
+        let e = check_delay(901).unwrap_err().to_string();
+        assert!(e.contains("at most 900"), "{e}");
     }
 
     #[test]

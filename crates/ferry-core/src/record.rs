@@ -193,6 +193,9 @@ async fn fail_job<S: JobStore>(
                     .await
                     .map_err(|e| matches!(e, WriteError::Conflict(_)))
             }
+            // A release is not a job that fails: it keeps its state, which `release show`
+            // prints, and `release resume` re-drives it.
+            JobRef::Release(_) => return Ok(()),
         };
         match r {
             Ok(()) => return Ok(()),

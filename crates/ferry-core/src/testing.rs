@@ -21,7 +21,7 @@ use crate::domain::{Build, Component, Install, LineageRecord, SealedGrant, SyncJ
 use crate::event::Event;
 use crate::handlers::{Config, Ports};
 use crate::id::{
-    AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository, SyncId,
+    AppName, BuildId, ComponentName, Digest, InstallId, QueueName, ReleaseId, Repository, SyncId,
 };
 use crate::ports::{
     Batch, BuildSpec, Builder, BuilderError, BusError, Clock, Conflict, Cursor, EntryFailure,
@@ -29,6 +29,7 @@ use crate::ports::{
     Page, PageRequest, Queue, QueueError, ReceiptHandle, ReceiveOptions, ReceivedMessage,
     StoreError, WriteError, MAX_MESSAGE_BYTES,
 };
+use crate::release::{Release, ReleaseStore, ReleaseTarget};
 use crate::state::Expected;
 use crate::trust::VendorKey;
 
@@ -111,7 +112,142 @@ struct StoreState {
     lineage: BTreeMap<(Digest, InstallId), LineageRecord>,
     idempotency: BTreeMap<String, IdemRecord>,
     security: BTreeMap<String, (u64, u64)>,
+    releases: BTreeMap<ReleaseId, Release>,
+    targets: BTreeMap<(ReleaseId, u32, InstallId), ReleaseTarget>,
     writes: u64,
+}
+
+impl ReleaseStore for MemStore {
+    async fn create_release(&self, release: &Release) -> Result<(), WriteError<Release>> {
+        yield_now().await;
+        let mut s = lock(&self.0);
+        insert_if_absent(&mut s.releases, release.id.clone(), release)?;
+        s.writes += 1;
+        Ok(())
+    }
+
+    async fn get_release(&self, id: &ReleaseId) -> Result<Option<Release>, StoreError> {
+        yield_now().await;
+        Ok(lock(&self.0).releases.get(id).cloned())
+    }
+
+    async fn update_release(
+        &self,
+        next: &Release,
+        expected: u64,
+    ) -> Result<(), WriteError<Release>> {
+        yield_now().await;
+        let mut s = lock(&self.0);
+        match s.releases.get(&next.id) {
+            Some(cur) if cur.version == expected => {
+                s.releases.insert(next.id.clone(), next.clone());
+                s.writes += 1;
+                Ok(())
+            }
+            cur => Err(WriteError::Conflict(Conflict {
+                current: cur.cloned(),
+            })),
+        }
+    }
+
+    async fn releases_by_app(
+        &self,
+        app: &AppName,
+        page: &PageRequest,
+    ) -> Result<Page<Release>, StoreError> {
+        yield_now().await;
+        let items = lock(&self.0)
+            .releases
+            .values()
+            .filter(|r| &r.app == app)
+            .map(|r| ((Reverse(r.created_at), Reverse(r.id.clone())), r.clone()))
+            .collect();
+        paginate(items, page)
+    }
+
+    async fn create_target(&self, target: &ReleaseTarget) -> Result<(), WriteError<ReleaseTarget>> {
+        yield_now().await;
+        let mut s = lock(&self.0);
+        let key = (
+            target.release_id.clone(),
+            target.step,
+            target.install_id.clone(),
+        );
+        // One target per (release, install), whatever its step.
+        if let Some(cur) = s
+            .targets
+            .values()
+            .find(|t| t.release_id == target.release_id && t.install_id == target.install_id)
+        {
+            return Err(WriteError::Conflict(Conflict {
+                current: Some(cur.clone()),
+            }));
+        }
+        s.targets.insert(key, target.clone());
+        s.writes += 1;
+        Ok(())
+    }
+
+    async fn get_target(
+        &self,
+        release: &ReleaseId,
+        install: &InstallId,
+    ) -> Result<Option<ReleaseTarget>, StoreError> {
+        yield_now().await;
+        Ok(lock(&self.0)
+            .targets
+            .values()
+            .find(|t| &t.release_id == release && &t.install_id == install)
+            .cloned())
+    }
+
+    async fn update_target(
+        &self,
+        next: &ReleaseTarget,
+        expected: u64,
+    ) -> Result<(), WriteError<ReleaseTarget>> {
+        yield_now().await;
+        let mut s = lock(&self.0);
+        let key = (next.release_id.clone(), next.step, next.install_id.clone());
+        match s.targets.get(&key) {
+            Some(cur) if cur.version == expected => {
+                s.targets.insert(key, next.clone());
+                s.writes += 1;
+                Ok(())
+            }
+            cur => Err(WriteError::Conflict(Conflict {
+                current: cur.cloned(),
+            })),
+        }
+    }
+
+    async fn targets_by_step(
+        &self,
+        release: &ReleaseId,
+        step: u32,
+        page: &PageRequest,
+    ) -> Result<Page<ReleaseTarget>, StoreError> {
+        yield_now().await;
+        let items = lock(&self.0)
+            .targets
+            .values()
+            .filter(|t| &t.release_id == release && t.step == step)
+            .map(|t| (t.install_id.clone(), t.clone()))
+            .collect();
+        paginate(items, page)
+    }
+
+    async fn get_lineage(
+        &self,
+        digest: &Digest,
+        install: &InstallId,
+    ) -> Result<Option<LineageRecord>, StoreError> {
+        yield_now().await;
+        Ok(lock(&self.0)
+            .lineage
+            .get(&(digest.clone(), install.clone()))
+            .cloned())
+    }
 }
 
 /// A JobStore in memory, with DynamoDB-like conditional writes.
@@ -554,6 +690,16 @@ impl MemQueue {
         queue: &QueueName,
         body: &str,
     ) -> Result<MessageId, QueueError> {
+        self.push_delayed(s, queue, body, 0)
+    }
+
+    fn push_delayed(
+        &self,
+        s: &mut QueueState,
+        queue: &QueueName,
+        body: &str,
+        delay_ms: u64,
+    ) -> Result<MessageId, QueueError> {
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(QueueError::Invalid {
                 message: format!(
@@ -576,7 +722,7 @@ impl MemQueue {
                 id: id.clone(),
                 body: body.to_string(),
                 receive_count: 0,
-                visible_at: now,
+                visible_at: now + delay_ms,
                 receipt: None,
             });
         }
@@ -613,6 +759,18 @@ impl Queue for MemQueue {
             });
         }
         self.push(&mut s, queue, body)
+    }
+
+    async fn send_delayed(
+        &self,
+        queue: &QueueName,
+        body: &str,
+        delay_seconds: u32,
+    ) -> Result<MessageId, QueueError> {
+        crate::ports::check_delay(delay_seconds)?;
+        yield_now().await;
+        let mut s = lock(&self.state);
+        self.push_delayed(&mut s, queue, body, u64::from(delay_seconds) * 1000)
     }
 
     async fn send_batch(
@@ -946,18 +1104,26 @@ impl crate::ports::Backend for Fakes {
 /// The handlers' ports over the fakes.
 pub type FakePorts = Ports<Fakes>;
 
+/// The release queue of the fake ports (created by [`fake_ports`]).
+pub const FAKE_RELEASE_QUEUE: &str = "release";
+
 /// Fresh fakes sharing one clock that starts at `start_ms`.
 pub fn fake_ports(start_ms: u64) -> FakePorts {
     let clock = ManualClock::new(start_ms);
+    let release_queue =
+        QueueName::new(FAKE_RELEASE_QUEUE).unwrap_or_else(|e| panic!("release queue name: {e}"));
+    let queue = MemQueue::new(clock.clone());
+    queue.create_queue(&release_queue);
     Ports {
         store: MemStore::new(),
-        queue: MemQueue::new(clock.clone()),
+        queue,
         bus: MemBus::default(),
         builder: MemBuilder::default(),
         minter: MemMinter::new(clock.clone()),
         clock,
         config: Config::default(),
         vendor_key: Arc::new(test_vendor_key()),
+        release_queue,
     }
 }
 

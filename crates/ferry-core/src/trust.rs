@@ -30,7 +30,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::event::{SyncJobMessage, SyncReportStatus, SyncReported};
-use crate::id::{BuildId, InstallId, SyncId};
+use crate::id::{BuildId, InstallId, ReleaseId, SyncId};
 use crate::seal::AgentKeypair;
 
 /// Text prefix of the vendor secret (a 0600 file, or a Secrets Manager value).
@@ -222,6 +222,26 @@ impl VendorKey {
         put(&mut input, b"sync");
         put(&mut input, build.as_str().as_bytes());
         put(&mut input, install.as_str().as_bytes());
+        let mac = derive(self.ids.as_ref(), &input);
+        SyncId::from_derived(format!("s-{}", hex::encode(&mac[..16])))
+    }
+
+    /// The sync id of one round of a release's sync of `build` into `install`: keyed like
+    /// [`VendorKey::sync_id`], so a replayed step derives the same id (and enqueues nothing
+    /// twice), while a retry round after `release resume` gets a fresh job.
+    pub fn release_sync_id(
+        &self,
+        release: &ReleaseId,
+        build: &BuildId,
+        install: &InstallId,
+        round: u32,
+    ) -> SyncId {
+        let mut input = Vec::with_capacity(96);
+        put(&mut input, b"release-sync");
+        put(&mut input, release.as_str().as_bytes());
+        put(&mut input, build.as_str().as_bytes());
+        put(&mut input, install.as_str().as_bytes());
+        put(&mut input, &round.to_be_bytes());
         let mac = derive(self.ids.as_ref(), &input);
         SyncId::from_derived(format!("s-{}", hex::encode(&mac[..16])))
     }

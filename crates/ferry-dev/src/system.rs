@@ -49,6 +49,10 @@ pub struct DevOptions {
     pub installs: u32,
     /// Registry listen address; port 0 picks a free port.
     pub registry_addr: SocketAddr,
+    /// False (today's behaviour): every successful build is synced at once to every
+    /// subscribed install. True: builds only record their artifact, and `ferry release create`
+    /// decides which installs get it, in steps.
+    pub manual_releases: bool,
 }
 
 /// The whole system on one machine, running.
@@ -145,7 +149,13 @@ impl DevSystem {
             minter,
             SystemClock,
             RandomIds,
-            ImsOptions::default(),
+            ImsOptions {
+                handlers: ferry_core::Config {
+                    fan_out_on_build: !options.manual_releases,
+                    ..ferry_core::Config::default()
+                },
+                ..ImsOptions::default()
+            },
             vendor_key.clone(),
         )
         .await

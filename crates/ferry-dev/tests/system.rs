@@ -19,6 +19,7 @@ async fn starts_in_process_builds_and_syncs_every_install() {
         app_dir: demo,
         installs: 2,
         registry_addr: "127.0.0.1:0".parse().unwrap(),
+        manual_releases: false,
     })
     .await
     .unwrap();

@@ -6,7 +6,10 @@
 //! entry. This module must never drop an event silently: an event without a route, or whose
 //! queue refuses it, is a failed entry the caller sees.
 
-use ferry_core::event::{Event, BUILD_COMPLETED, BUILD_REQUESTED, SYNC_REPORTED, SYNC_REQUESTED};
+use ferry_core::event::{
+    Event, BUILD_COMPLETED, BUILD_REQUESTED, RELEASE_STEP, RELEASE_SYNCED, SYNC_REPORTED,
+    SYNC_REQUESTED,
+};
 use ferry_core::id::QueueName;
 use ferry_core::ports::{Batch, BusError, EntryFailure, EventBus, Queue};
 
@@ -14,6 +17,8 @@ pub const BUILD_REQUESTED_QUEUE: &str = "build-requested";
 pub const BUILD_COMPLETED_QUEUE: &str = "build-completed";
 pub const SYNC_REQUESTED_QUEUE: &str = "sync-requested";
 pub const SYNC_REPORTED_QUEUE: &str = "sync-reported";
+/// Release step timers (sent to it with a delay) and the end of each release sync.
+pub const RELEASE_QUEUE: &str = "release";
 
 /// Event type → queue (the EventBridge rules of the AWS stack).
 pub const ROUTES: &[(&str, &str)] = &[
@@ -21,6 +26,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     (BUILD_COMPLETED, BUILD_COMPLETED_QUEUE),
     (SYNC_REQUESTED, SYNC_REQUESTED_QUEUE),
     (SYNC_REPORTED, SYNC_REPORTED_QUEUE),
+    (RELEASE_STEP, RELEASE_QUEUE),
+    (RELEASE_SYNCED, RELEASE_QUEUE),
 ];
 
 /// The queue an event type is routed to.
@@ -31,12 +38,15 @@ pub fn route(event_type: &str) -> Option<&'static str> {
         .map(|(_, q)| *q)
 }
 
-/// The IMS queues, in routing order.
+/// The IMS queues, in routing order, each once.
 pub fn ims_queues() -> Vec<QueueName> {
-    ROUTES
-        .iter()
-        .filter_map(|(_, q)| QueueName::new(*q).ok())
-        .collect()
+    let mut out: Vec<QueueName> = Vec::new();
+    for q in ROUTES.iter().filter_map(|(_, q)| QueueName::new(*q).ok()) {
+        if !out.contains(&q) {
+            out.push(q);
+        }
+    }
+    out
 }
 
 /// An event bus that delivers into queues of `Q` (cheap to clone when `Q` is).
@@ -111,6 +121,7 @@ mod tests {
             install_id: InstallId::new("i-1").unwrap(),
             repository: Repository::new("shop/web").unwrap(),
             digest: Digest::new(format!("sha256:{}", "a".repeat(64))).unwrap(),
+            release_id: None,
         }))
     }
 
@@ -121,12 +132,15 @@ mod tests {
             BUILD_COMPLETED,
             SYNC_REQUESTED,
             SYNC_REPORTED,
+            RELEASE_STEP,
+            RELEASE_SYNCED,
         ] {
             assert!(route(t).is_some(), "{t} has no route");
         }
         let mut qs: Vec<_> = ims_queues();
+        qs.sort();
         qs.dedup();
-        assert_eq!(qs.len(), 4);
+        assert_eq!(qs.len(), 5, "{qs:?}");
         assert_eq!(route("sync.job"), None);
     }
 

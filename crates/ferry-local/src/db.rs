@@ -87,6 +87,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE apps (name TEXT PRIMARY KEY, body TEXT NOT NULL);
     "#,
+    // 4: releases and their targets (one row per install of a release).
+    r#"
+    CREATE TABLE releases (
+        id TEXT PRIMARY KEY, app TEXT NOT NULL, version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL, body TEXT NOT NULL
+    );
+    CREATE INDEX releases_by_app ON releases (app, created_at DESC, id DESC);
+    CREATE TABLE release_targets (
+        key TEXT PRIMARY KEY, release_id TEXT NOT NULL, install_id TEXT NOT NULL,
+        step INTEGER NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL
+    );
+    CREATE INDEX release_targets_by_step ON release_targets (release_id, step, install_id);
+    "#,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -13,5 +13,6 @@ pub mod clock;
 pub mod db;
 pub mod minter;
 pub mod queue;
+pub mod releases;
 pub mod store;
 pub mod worker;

@@ -180,11 +180,28 @@ fn insert_message(
     body: &str,
     now: u64,
 ) -> Result<MessageId, TxError> {
+    insert_delayed(tx, queue, body, now, 0)
+}
+
+/// A message invisible until `now + delay_ms` (SQS `DelaySeconds`).
+fn insert_delayed(
+    tx: &Transaction<'_>,
+    queue: &QueueName,
+    body: &str,
+    now: u64,
+    delay_ms: u64,
+) -> Result<MessageId, TxError> {
     check_body(body).map_err(TxError::Queue)?;
     let id = format!("m-{}", random_hex(16));
     tx.execute(
-        "INSERT INTO messages (id, queue, body, sent_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![id, queue.as_str(), body, to_i64(now)],
+        "INSERT INTO messages (id, queue, body, sent_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            id,
+            queue.as_str(),
+            body,
+            to_i64(now),
+            to_i64(now.saturating_add(delay_ms))
+        ],
     )?;
     Ok(MessageId(id))
 }
@@ -601,6 +618,28 @@ impl Queue for SqliteQueue {
             })
             .await?;
         self.wake(queue.as_str());
+        Ok(id)
+    }
+
+    async fn send_delayed(
+        &self,
+        queue: &QueueName,
+        body: &str,
+        delay_seconds: u32,
+    ) -> Result<MessageId, QueueError> {
+        ferry_core::ports::check_delay(delay_seconds)?;
+        check_body(body)?;
+        let (q, body) = (queue.clone(), body.to_string());
+        let delay_ms = u64::from(delay_seconds) * 1000;
+        let id = self
+            .run(move |tx| {
+                require_queue(tx, &q)?;
+                insert_delayed(tx, &q, &body, unix_ms(), delay_ms)
+            })
+            .await?;
+        if delay_seconds == 0 {
+            self.wake(queue.as_str());
+        }
         Ok(id)
     }
 

@@ -75,7 +75,7 @@ fn all_bodies(conn: &Connection, sql: &str) -> Result<Vec<serde_json::Value>, Db
     Ok(out)
 }
 
-fn store_err(e: DbError) -> StoreError {
+pub(crate) fn store_err(e: DbError) -> StoreError {
     match e {
         DbError::Corrupt { key, message } => StoreError::Corrupt { key, message },
         DbError::Invalid(message) => StoreError::Invalid { message },
@@ -85,25 +85,25 @@ fn store_err(e: DbError) -> StoreError {
     }
 }
 
-fn write_err<T: std::fmt::Debug>(e: DbError) -> WriteError<T> {
+pub(crate) fn write_err<T: std::fmt::Debug>(e: DbError) -> WriteError<T> {
     WriteError::Store(store_err(e))
 }
 
-fn encode<T: Serialize>(key: &str, item: &T) -> Result<String, DbError> {
+pub(crate) fn encode<T: Serialize>(key: &str, item: &T) -> Result<String, DbError> {
     serde_json::to_string(item).map_err(|e| DbError::Corrupt {
         key: key.to_string(),
         message: format!("cannot encode: {e}"),
     })
 }
 
-fn decode<T: DeserializeOwned>(key: &str, body: &str) -> Result<T, DbError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, body: &str) -> Result<T, DbError> {
     serde_json::from_str(body).map_err(|e| DbError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),
     })
 }
 
-fn get_body<T: DeserializeOwned>(
+pub(crate) fn get_body<T: DeserializeOwned>(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -118,17 +118,17 @@ fn get_body<T: DeserializeOwned>(
 // another query (or another component) is refused instead of silently restarting.
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct CursorKey {
+pub(crate) struct CursorKey {
     /// The query's parameters.
-    p: Vec<String>,
+    pub(crate) p: Vec<String>,
     /// created_at of the last item, for newest-first queries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    t: Option<u64>,
+    pub(crate) t: Option<u64>,
     /// The id (or install id) of the last item.
-    id: String,
+    pub(crate) id: String,
 }
 
-fn make_cursor(query: &str, key: &CursorKey) -> Cursor {
+pub(crate) fn make_cursor(query: &str, key: &CursorKey) -> Cursor {
     // Encoding a struct of strings and numbers cannot fail; an empty cursor would be refused.
     Cursor::new(format!(
         "{query}:{}",
@@ -136,7 +136,7 @@ fn make_cursor(query: &str, key: &CursorKey) -> Cursor {
     ))
 }
 
-fn read_cursor(
+pub(crate) fn read_cursor(
     query: &str,
     params: &[&str],
     page: &PageRequest,
@@ -162,7 +162,7 @@ fn read_cursor(
 }
 
 /// Turns `limit + 1` fetched rows into a page; `key_of` builds the cursor of the last item.
-fn paginate<T>(
+pub(crate) fn paginate<T>(
     query: &str,
     mut rows: Vec<T>,
     limit: u32,
@@ -178,7 +178,7 @@ fn paginate<T>(
     Page { items: rows, next }
 }
 
-fn query_bodies<T: DeserializeOwned>(
+pub(crate) fn query_bodies<T: DeserializeOwned>(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
@@ -197,7 +197,7 @@ fn query_bodies<T: DeserializeOwned>(
 // Conditional writes shared by builds and syncs
 
 /// Inserts unless the id exists; on conflict returns the stored item.
-fn insert_if_absent<T: DeserializeOwned>(
+pub(crate) fn insert_if_absent<T: DeserializeOwned>(
     tx: &Transaction<'_>,
     insert: &str,
     params: impl rusqlite::Params,
@@ -212,7 +212,7 @@ fn insert_if_absent<T: DeserializeOwned>(
 }
 
 /// Updates when (status, version) match; on 0 rows returns the item as it is now.
-fn update_if<T: DeserializeOwned>(
+pub(crate) fn update_if<T: DeserializeOwned>(
     tx: &Transaction<'_>,
     update: &str,
     params: impl rusqlite::Params,
@@ -226,7 +226,7 @@ fn update_if<T: DeserializeOwned>(
     Ok(Some(Conflict { current }))
 }
 
-fn conflict_or_ok<T: std::fmt::Debug>(
+pub(crate) fn conflict_or_ok<T: std::fmt::Debug>(
     r: Result<Option<Conflict<T>>, DbError>,
 ) -> Result<(), WriteError<T>> {
     match r {

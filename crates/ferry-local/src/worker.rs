@@ -327,6 +327,11 @@ where
             clock,
             config: options.handlers,
             vendor_key,
+            release_queue: QueueName::new(crate::bus::RELEASE_QUEUE).map_err(|e| {
+                QueueError::Invalid {
+                    message: e.to_string(),
+                }
+            })?,
         };
         Ok(LocalIms {
             ports: Arc::new(ports),

@@ -54,3 +54,11 @@ async fn sqlite_queue_keeps_the_queue_contract() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_keeps_the_release_store_contract() {
+    ferry_core::release_contract::release_store_contract(|| async {
+        SqliteStore::open_in_memory().unwrap()
+    })
+    .await;
+}

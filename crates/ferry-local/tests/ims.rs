@@ -50,6 +50,15 @@ fn agent_queue(i: &str) -> QueueName {
 }
 
 async fn env(visibility: Duration, max_receive_count: u32) -> Env {
+    env_with(visibility, max_receive_count, &INSTALLS, true).await
+}
+
+async fn env_with(
+    visibility: Duration,
+    max_receive_count: u32,
+    installs: &[&str],
+    fan_out_on_build: bool,
+) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path().join("ferry.db")).unwrap();
     let clock = ManualClock::new(1_700_000_000_000);
@@ -62,7 +71,10 @@ async fn env(visibility: Duration, max_receive_count: u32) -> Env {
             wait_seconds: 1,
             ..WorkerOptions::default()
         },
-        ..ImsOptions::default()
+        handlers: ferry_core::Config {
+            fan_out_on_build,
+            ..ferry_core::Config::default()
+        },
     };
     let ims = LocalIms::new(
         db,
@@ -87,7 +99,7 @@ async fn env(visibility: Duration, max_receive_count: u32) -> Env {
         })
         .await
         .unwrap();
-    for i in INSTALLS {
+    for &i in installs {
         ims.queue()
             .create_queue(&agent_queue(i), QueueConfig::default())
             .await
@@ -492,4 +504,211 @@ async fn a_poison_message_reaches_the_dlq_and_the_rest_go_through() {
     assert_eq!(env.builder.starts().len(), 9);
     env.quiescent().await;
     env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Releases on the SQLite store and queues, drained by the real workers
+
+mod releases {
+    use super::*;
+    use ferry_core::id::ReleaseId;
+    use ferry_core::release::{FailureBudget, ReleasePolicy, ReleaseStatus, TargetState};
+    use ferry_core::rollout::{ReleaseRequest, Releases as _};
+
+    const SIX: [&str; 6] = ["r-0", "r-1", "r-2", "r-3", "r-4", "r-5"];
+
+    fn request(id: &str, build: &BuildId, per_step: u32) -> ReleaseRequest {
+        ReleaseRequest {
+            id: ReleaseId::new(id).unwrap(),
+            app: app(),
+            builds: vec![build.clone()],
+            installs: None,
+            policy: ReleasePolicy {
+                installs_per_step: per_step,
+                delay_ms: 0,
+                max_failures: FailureBudget::parse("1").unwrap(),
+            },
+            requested_by: "test".into(),
+        }
+    }
+
+    /// Every agent takes what is on its queue and reports; `refusing` installs report that
+    /// their registry refused the push. Returns how many jobs were taken.
+    async fn agents(env: &Env, refusing: &[&str]) -> usize {
+        let mut taken = 0;
+        for i in SIX {
+            let q = agent_queue(i);
+            let got = env
+                .ims
+                .queue()
+                .receive(&q, &ReceiveOptions::new(10, 0, 60).unwrap())
+                .await
+                .unwrap();
+            for m in got {
+                let job = parse_sync_job(m.body.as_bytes()).unwrap();
+                let mut report = reported(&job);
+                if refusing.contains(&i) {
+                    if let Payload::SyncReported(r) = &mut report.payload {
+                        r.status = SyncReportStatus::Failed;
+                        r.error = Some(format!(
+                            "the install registry {i}.registry.test refused the push: 403 denied"
+                        ));
+                        r.signature = String::new();
+                        *r = ferry_core::testing::signed_by_test_agent(r.clone());
+                    }
+                }
+                env.publish(report).await;
+                env.ims.queue().delete(&q, &m.receipt_handle).await.unwrap();
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    /// Runs the agents until nothing moves: the IMS queues are empty and no agent has a job.
+    async fn settle(env: &Env) -> usize {
+        let mut taken = 0;
+        loop {
+            env.quiescent().await;
+            let n = agents(env, &[]).await;
+            if n == 0 {
+                return taken;
+            }
+            taken += n;
+        }
+    }
+
+    /// Runs the agents until the release stops at `want`.
+    async fn until(env: &Env, id: &ReleaseId, refusing: &[&str], want: ReleaseStatus) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut taken = 0;
+        loop {
+            taken += agents(env, refusing).await;
+            let (r, _) = env.ims.ports().show(id).await.unwrap();
+            if r.status == want {
+                return taken;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for release {id} to be {want}: {r:?}"
+            );
+            env.quiescent().await;
+        }
+    }
+
+    async fn built(env: &Env, name: &str) -> BuildId {
+        let b = BuildId::new(name).unwrap();
+        env.publish(Event::with_id(
+            EventId::new(format!("req-{name}")).unwrap(),
+            Payload::BuildRequested(BuildRequested {
+                build_id: Some(b.clone()),
+                app: app(),
+                component: web(),
+                source_ref: "v1".into(),
+                requested_by: "test".into(),
+            }),
+        ))
+        .await;
+        eventually("the build to start", || async {
+            env.build(&b)
+                .await
+                .filter(|x| x.status() == JobStatus::Running)
+        })
+        .await;
+        env.publish(completed(&b)).await;
+        eventually("the build to succeed", || async {
+            env.build(&b)
+                .await
+                .filter(|x| x.status() == JobStatus::Succeeded)
+        })
+        .await;
+        b
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refusing_install_halts_its_step_and_resume_finishes_the_release() {
+        let mut env = env_with(Duration::from_secs(30), 5, &SIX, false).await;
+        let b = built(&env, "b-rel").await;
+        assert!(env.syncs(&b).await.is_empty(), "no implicit release");
+        let ports = env.ims.ports().clone();
+        let r = ports.create(&request("rel-1", &b, 2)).await.unwrap();
+        assert_eq!(r.steps, 3);
+        let taken = until(&env, &r.id, &["r-3"], ReleaseStatus::Halted).await;
+        assert_eq!(taken, 4, "steps 1 and 2 ran, step 3 did not");
+        let (halted, targets) = ports.show(&r.id).await.unwrap();
+        assert_eq!(halted.step, 1);
+        assert!(halted.reason.unwrap().contains("ferry release resume"));
+        let failed: Vec<_> = targets
+            .iter()
+            .filter(|t| t.state(halted.round) == TargetState::Failed)
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].install_id.as_str(), "r-3");
+        assert!(
+            failed[0]
+                .error()
+                .unwrap()
+                .message
+                .contains("refused the push"),
+            "{:?}",
+            failed[0].error()
+        );
+        assert_eq!(
+            targets
+                .iter()
+                .filter(|t| t.state(halted.round) == TargetState::Pending)
+                .count(),
+            2
+        );
+
+        // The registry is fixed: resume retries r-3, then runs step 3.
+        ports.resume(&r.id).await.unwrap();
+        let taken = until(&env, &r.id, &[], ReleaseStatus::Completed).await;
+        assert_eq!(taken, 3);
+        let (done, targets) = ports.show(&r.id).await.unwrap();
+        assert!(targets
+            .iter()
+            .all(|t| t.state(done.round) == TargetState::Succeeded));
+
+        // Releasing the same build again syncs nothing.
+        let syncs = env.syncs(&b).await.len();
+        let again = ports.create(&request("rel-2", &b, 6)).await.unwrap();
+        until(&env, &again.id, &[], ReleaseStatus::Completed).await;
+        let (_, targets) = ports.show(&again.id).await.unwrap();
+        assert!(targets.iter().all(|t| t.state(0) == TargetState::Current));
+        assert_eq!(env.syncs(&b).await.len(), syncs);
+        env.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pause_resume_and_abort_on_sqlite() {
+        let mut env = env_with(Duration::from_secs(30), 5, &SIX, false).await;
+        let b = built(&env, "b-pause").await;
+        let ports = env.ims.ports().clone();
+        let r = ports.create(&request("rel-p", &b, 2)).await.unwrap();
+        ports.pause(&r.id).await.unwrap();
+        // Whatever step was in flight finishes; no further step starts while paused.
+        let taken = settle(&env).await;
+        let (paused, _) = ports.show(&r.id).await.unwrap();
+        assert_eq!(paused.status, ReleaseStatus::Paused);
+        assert!(
+            taken <= 2,
+            "at most the first step ran while paused: {taken}"
+        );
+        ports.resume(&r.id).await.unwrap();
+        until(&env, &r.id, &[], ReleaseStatus::Completed).await;
+        let e = ports.abort(&r.id, "ops").await.unwrap_err();
+        assert!(e.to_string().contains("already completed"), "{e}");
+
+        let b2 = built(&env, "b-abort").await;
+        let r2 = ports.create(&request("rel-a", &b2, 2)).await.unwrap();
+        let aborted = ports.abort(&r2.id, "ops").await.unwrap();
+        assert_eq!(aborted.status, ReleaseStatus::Aborted);
+        settle(&env).await;
+        assert!(
+            env.syncs(&b2).await.len() <= 2,
+            "nothing past the first step"
+        );
+        env.stop().await;
+    }
 }

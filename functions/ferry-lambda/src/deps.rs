@@ -17,6 +17,7 @@
 use ferry_aws::{
     CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
 };
+use ferry_core::id::QueueName;
 use ferry_core::ports::Backend;
 use ferry_core::trust::VendorKey;
 use ferry_core::{Config, Ports};
@@ -35,6 +36,12 @@ pub const VENDOR_KEY_SECRET_ENV: &str = "FERRY_VENDOR_KEY_SECRET";
 /// The `maxReceiveCount` of the functions' queues (template.yaml sets it from the same
 /// parameter): on that receive a failing record's job records its error before the DLQ.
 pub const MAX_RECEIVE_COUNT_ENV: &str = "FERRY_MAX_RECEIVE_COUNT";
+/// The URL of the release queue (release step timers and the end of each release sync).
+/// Optional: without it the queue is looked up by the name [`RELEASE_QUEUE_DEFAULT`], and a
+/// stack without that queue refuses `release create` with a "queue does not exist" error.
+pub const RELEASE_QUEUE_URL_ENV: &str = "FERRY_RELEASE_QUEUE_URL";
+/// The release queue's name when [`RELEASE_QUEUE_URL_ENV`] is not set.
+pub const RELEASE_QUEUE_DEFAULT: &str = "ferry-release";
 
 /// The configuration could not be read; the function cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +72,8 @@ pub struct Settings {
     pub vendor_key_secret: String,
     /// The queues' `maxReceiveCount`.
     pub max_receive_count: u32,
+    /// The release queue's URL, when set.
+    pub release_queue_url: Option<String>,
 }
 
 fn required(
@@ -76,6 +85,18 @@ fn required(
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
         .ok_or(ConfigError::Missing { name, hint })
+}
+
+/// The queue name at the end of an SQS queue URL.
+fn release_queue_name(url: &str) -> Result<QueueName, ConfigError> {
+    url.rsplit('/')
+        .next()
+        .and_then(|name| QueueName::new(name).ok())
+        .ok_or(ConfigError::Invalid {
+            name: RELEASE_QUEUE_URL_ENV,
+            value: url.chars().take(200).collect(),
+            reason: "expected an SQS queue URL such as https://sqs.<region>.amazonaws.com/<account>/<name>",
+        })
 }
 
 /// Splits `<account>.dkr.ecr.<region>.<suffix>` into (account, region).
@@ -153,7 +174,14 @@ impl Settings {
                 value: max_receive_count.chars().take(20).collect(),
                 reason: "expected a whole number of at least 1 (the queues' maxReceiveCount)",
             })?;
+        let release_queue_url = get(RELEASE_QUEUE_URL_ENV)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        if let Some(url) = &release_queue_url {
+            release_queue_name(url)?;
+        }
         Ok(Settings {
+            release_queue_url,
             vendor_key_secret,
             max_receive_count,
             table,
@@ -242,6 +270,19 @@ impl Deps {
             VendorKey::from_secret_string(&text).map_err(|e| vendor_key_error(e.to_string()))?;
         drop(text);
         let store = DynamoStore::new(&config, settings.table.clone());
+        let mut queue = SqsQueue::new(&config);
+        let release_queue = match &settings.release_queue_url {
+            Some(url) => {
+                let name = release_queue_name(url)?;
+                queue = queue.with_url(name.clone(), url.clone());
+                name
+            }
+            None => QueueName::new(RELEASE_QUEUE_DEFAULT).map_err(|_| ConfigError::Invalid {
+                name: RELEASE_QUEUE_URL_ENV,
+                value: RELEASE_QUEUE_DEFAULT.into(),
+                reason: "the default release queue name is not a queue name",
+            })?,
+        };
         tracing::info!(
             table = %settings.table,
             event_bus = %settings.event_bus,
@@ -252,13 +293,14 @@ impl Deps {
         Ok(Deps {
             ports: Ports {
                 store: store.clone(),
-                queue: SqsQueue::new(&config),
+                queue,
                 bus: EventBridgeBus::new(&config, settings.event_bus.clone()),
                 builder: CodeBuildBuilder::new(&config, settings.build_project.clone()),
                 minter: EcrGrantMinter::new(&config, settings.grants.clone(), store),
                 clock: SystemClock,
                 config: Config::default(),
                 vendor_key: Arc::new(vendor_key),
+                release_queue,
             },
             ids: RandomIds,
             max_receive_count: settings.max_receive_count,
@@ -343,6 +385,29 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_release_queue_url_is_optional_but_checked() {
+        assert_eq!(
+            Settings::from_lookup(env(FULL)).unwrap().release_queue_url,
+            None
+        );
+        let mut pairs = FULL.to_vec();
+        pairs.push((
+            "FERRY_RELEASE_QUEUE_URL",
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/ferry-release",
+        ));
+        let s = Settings::from_lookup(env(&pairs)).unwrap();
+        let url = s.release_queue_url.unwrap();
+        assert_eq!(release_queue_name(&url).unwrap().as_str(), "ferry-release");
+        pairs.pop();
+        pairs.push(("FERRY_RELEASE_QUEUE_URL", "https://sqs/bad name!"));
+        let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("FERRY_RELEASE_QUEUE_URL is"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -322,6 +322,7 @@ async fn a_build_reaches_every_install_through_aws() {
         vendor_key_secret: "ferry-vendor-key".into(),
         // The template's MaxReceiveCount default.
         max_receive_count: 5,
+        release_queue_url: None,
     };
     ferry_testkit::create_secret(
         &moto.endpoint(),

@@ -2,4 +2,5 @@
 
 mod events;
 mod flow;
+mod releases;
 mod trust;
