@@ -678,14 +678,21 @@ impl Functions {
     }
 
     /// The event source mapping of one function's queue: receive, handle, delete; until a
-    /// receive comes back empty after at least `want` events (30 s at most).
+    /// receive comes back empty after at least `want` events (30 s at most). Long-polls (1 s)
+    /// until `want` (at least one) came, then checks once more without waiting.
     async fn run(&self, queue: &ferry_core::id::QueueName, want: usize) -> Vec<ferry_core::Event> {
         use ferry_core::ports::{Queue as _, ReceiveOptions};
-        let opts = ReceiveOptions::new(10, 1, 30).unwrap();
+        let long = ReceiveOptions::new(10, 1, 30).unwrap();
+        let short = ReceiveOptions::new(10, 0, 30).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut handled = Vec::new();
         loop {
-            let msgs = self.ports.queue.receive(queue, &opts).await.unwrap();
+            let opts = if handled.len() < want.max(1) {
+                &long
+            } else {
+                &short
+            };
+            let msgs = self.ports.queue.receive(queue, opts).await.unwrap();
             if msgs.is_empty() && handled.len() >= want {
                 return handled;
             }

@@ -280,9 +280,14 @@ pub async fn aws_json(
 }
 
 /// The path of another workspace package's binary `bin` (for a test of one crate that runs a
-/// binary of another, which `CARGO_BIN_EXE_*` cannot name): `cargo build -p package --bin bin`
-/// into the same target directory as `sibling` (a binary of the calling test, e.g.
-/// `env!("CARGO_BIN_EXE_ferry")`), so it is built once and never stale.
+/// binary of another, which `CARGO_BIN_EXE_*` cannot name), in the same target directory as
+/// `sibling` (a binary of the calling test, e.g. `env!("CARGO_BIN_EXE_ferry")`).
+///
+/// `cargo test --workspace` builds it fresh; when it is missing (one crate's tests alone) it
+/// is built here with `cargo build -p package --bin bin`. It is not rebuilt when present:
+/// building it from a test of another crate resolves features differently, so every run
+/// would recompile it (about a minute). After changing that package, run
+/// `cargo build -p package` before one crate's tests.
 pub fn workspace_bin(package: &str, bin: &str, sibling: &str) -> std::path::PathBuf {
     let sibling = std::path::Path::new(sibling);
     // <target>/<profile>/<bin>
@@ -290,6 +295,10 @@ pub fn workspace_bin(package: &str, bin: &str, sibling: &str) -> std::path::Path
     let target_dir = profile_dir
         .parent()
         .expect("a profile directory has a parent");
+    let path = profile_dir.join(bin);
+    if path.exists() {
+        return path;
+    }
     let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
     cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
         .arg("--target-dir")
@@ -302,7 +311,6 @@ pub fn workspace_bin(package: &str, bin: &str, sibling: &str) -> std::path::Path
         status.success(),
         "cargo build -p {package} --bin {bin}: {status}"
     );
-    let path = profile_dir.join(bin);
     assert!(path.exists(), "{} was not built", path.display());
     path
 }
