@@ -445,7 +445,7 @@ async fn onboarding_on_moto_through_the_cli() {
         2,
         "one sync.requested per install"
     );
-    let syncs = synced(&functions, &rep, &json, &build_id, 2).await;
+    let syncs = synced(&functions, &rep, &json, customers.path(), &build_id, 2).await;
     let mut by_install: Vec<String> = syncs
         .iter()
         .map(|s| s["install_id"].as_str().unwrap().to_owned())
@@ -499,7 +499,7 @@ async fn onboarding_on_moto_through_the_cli() {
     let second_digest = functions.codebuild(&second_id, app_root.path()).await;
     assert_ne!(second_digest, digest);
     assert_eq!(functions.run(&sr, 1).await.len(), 1, "one install left");
-    let syncs = synced(&functions, &rep, &json, &second_id, 1).await;
+    let syncs = synced(&functions, &rep, &json, customers.path(), &second_id, 1).await;
     assert_eq!(syncs[0]["install_id"], "acme", "{syncs:?}");
     let held = json(&["lineage", &second_digest, "--json"]);
     assert_eq!(held.as_array().unwrap().len(), 1, "{held:#}");
@@ -797,13 +797,15 @@ impl Functions {
 }
 
 /// Runs the sync-reported function until `ferry syncs --build BUILD --json` shows `want`
-/// syncs, all succeeded (30 s at most); returns them.
+/// syncs, all succeeded (30 s at most); returns them. On timeout it shows the agents' logs
+/// (`*.log` in `agent_logs`).
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(feature = "aws")]
 async fn synced(
     functions: &Functions,
     reports: &ferry_core::id::QueueName,
     json: &dyn Fn(&[&str]) -> serde_json::Value,
+    agent_logs: &std::path::Path,
     build: &str,
     want: usize,
 ) -> Vec<serde_json::Value> {
@@ -819,9 +821,18 @@ async fn synced(
         if rows.len() == want && done == want {
             return rows;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{want} syncs of {build} did not succeed: {syncs:#}"
-        );
+        if std::time::Instant::now() >= deadline {
+            let logs: String = std::fs::read_dir(agent_logs)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                    format!("{}:\n{}\n", e.path().display(), tail.join("\n"))
+                })
+                .collect();
+            panic!("{want} syncs of {build} did not succeed: {syncs:#}\nagents:\n{logs}");
+        }
     }
 }
