@@ -116,16 +116,19 @@ fn layout_to_layout_with_json_lines() {
     assert_eq!(tagged["digest"], img.manifest.digest.as_str());
 }
 
-/// Onboarding on moto through the `ferry` binary only, after creating what the vendor stack
-/// (SAM) would: a context for the stack, an app and a component, two installs registered
-/// (twice: the second time changes nothing), each install queue's policy admitting exactly
-/// its agent role, a build request reaching the bus, and a removed install's queue gone.
+/// Onboarding on moto through the `ferry` and `ferry-agent` binaries only, after creating what
+/// the vendor stack (SAM) would: a context for the stack, an app and a component, two
+/// customers (`ferry-agent keygen`) registered (twice: the second time changes nothing), each
+/// install queue's policy admitting exactly its agent role, two `ferry-agent run` processes on
+/// their queues; `ferry build request` → the functions (ferry-core's handlers in-process, as
+/// the Lambda runtime would run them) and CodeBuild's part (ferry-build pushing to an embedded
+/// registry) → both agents sync → `ferry syncs` and `ferry lineage` show both; `ferry install
+/// remove` one → a second build reaches only the other.
 #[cfg(feature = "aws")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onboarding_on_moto_through_the_cli() {
     use ferry_aws::manage::AGENT_QUEUE_ACTIONS;
     use ferry_core::id::QueueName;
-    use ferry_core::ports::{Queue as _, ReceiveOptions};
 
     let moto = ferry_testkit::Moto::start_within(std::time::Duration::from_secs(15)).await;
     let endpoint = moto.endpoint();
@@ -174,6 +177,44 @@ async fn onboarding_on_moto_through_the_cli() {
         .send()
         .await
         .unwrap();
+    let sr = QueueName::new("ferry-sync-requested").unwrap();
+    sqs.create_queue_with_dlq(&sr, 5, 30).await.unwrap();
+    bus.client()
+        .put_rule()
+        .name("ferry-sync-requested")
+        .event_bus_name("ferry")
+        .event_pattern(r#"{"source":["ferry"],"detail-type":["sync.requested"]}"#)
+        .send()
+        .await
+        .unwrap();
+    bus.client()
+        .put_targets()
+        .rule("ferry-sync-requested")
+        .event_bus_name("ferry")
+        .targets(ferry_aws_types_target("sr", &sqs.arn(&sr).await.unwrap()))
+        .send()
+        .await
+        .unwrap();
+    ferry_testkit::aws_json(
+        &endpoint,
+        "codebuild",
+        "CodeBuild_20161006.CreateProject",
+        serde_json::json!({
+            "name": "ferry-build",
+            "source": {"type": "S3", "location": "ferry-sources/source.zip"},
+            "artifacts": {"type": "NO_ARTIFACTS"},
+            "environment": {"type": "ARM_CONTAINER", "computeType": "BUILD_GENERAL1_SMALL",
+                "image": "aws/codebuild/amazonlinux2-aarch64-standard:3.0"},
+            "serviceRole": "arn:aws:iam::123456789012:role/ferry-codebuild",
+        }),
+    )
+    .await;
+    let pull_role = ferry_testkit::create_role(&endpoint, "ferry-pull").await;
+    // moto has no registry API: the vendor registry and each install's are embedded Ferry
+    // registries on loopback.
+    let registries = tempfile::tempdir().unwrap();
+    let vendor_registry = registry(&registries.path().join("vendor")).await;
+    let vhost = vendor_registry.host();
     let vendor_key = ferry_core::trust::VendorKey::generate().unwrap();
     ferry_testkit::create_secret(
         &endpoint,
@@ -231,7 +272,7 @@ async fn onboarding_on_moto_through_the_cli() {
         "--report-queue-url",
         &report_url,
         "--vendor-registry",
-        "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+        &vhost,
         "--vendor-key-secret-arn",
         "ferry-vendor-key",
     ]);
@@ -263,22 +304,46 @@ async fn onboarding_on_moto_through_the_cli() {
         "shop",
         "web",
         "--kind",
-        "image",
-        "--source",
-        "docker.io/library/nginx:1.27",
+        "opentofu-module",
+        "--dir",
+        "module",
     ]);
     let comps = json(&["component", "list", "--json"]);
     assert_eq!(comps.as_array().unwrap().len(), 1, "{comps}");
 
     // ---- two customers: keys (ferry-agent keygen's two public halves), register twice.
+    let agent_bin =
+        ferry_testkit::workspace_bin("ferry-agent", "ferry-agent", env!("CARGO_BIN_EXE_ferry"));
+    let customers = tempfile::tempdir().unwrap();
     let mut roles = Vec::new();
+    let mut install_registries = Vec::new();
+    let mut agents = Vec::new();
     for id in ["acme", "globex"] {
-        let kp = ferry_core::seal::AgentKeypair::generate().unwrap();
+        // The customer: `ferry-agent keygen`, an install registry.
+        let key_file = customers.path().join(format!("{id}.key"));
+        let out = std::process::Command::new(&agent_bin)
+            .arg("keygen")
+            .arg("--out")
+            .arg(&key_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let printed = String::from_utf8_lossy(&out.stdout).to_string();
+        let half = |label: &str| {
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix(label))
+                .unwrap_or_else(|| panic!("no {label} in {printed}"))
+                .trim()
+                .to_owned()
+        };
+        let (public, report) = (half("public key:"), half("report key:"));
+        let install_registry = registry(&registries.path().join(id)).await;
+        let install_target = format!("{}/ferry", install_registry.host());
         let role = format!(
             "arn:aws:iam::2109876543{}:role/ferry-agent-{id}",
             roles.len() + 10
         );
-        let (public, report) = (kp.public_key_string(), kp.report_key().public_key_string());
         let args = [
             "install",
             "register",
@@ -292,7 +357,7 @@ async fn onboarding_on_moto_through_the_cli() {
             "--agent-role-arn",
             &role,
             "--registry",
-            "210987654321.dkr.ecr.eu-west-1.amazonaws.com/ferry",
+            &install_target,
             "--json",
         ];
         let first = json(&args);
@@ -309,6 +374,15 @@ async fn onboarding_on_moto_through_the_cli() {
         );
         assert_eq!(again["install"], first["install"]);
         roles.push(role);
+        // The customer starts the agent with the settings registration printed.
+        agents.push(spawn_agent(
+            &agent_bin,
+            &first["agent_settings"],
+            &key_file,
+            &endpoint,
+            &customers.path().join(format!("{id}.log")),
+        ));
+        install_registries.push(install_registry);
     }
     // Exactly the registered role may receive, delete and change visibility; nothing else.
     for (id, role) in ["acme", "globex"].iter().zip(&roles) {
@@ -344,20 +418,55 @@ async fn onboarding_on_moto_through_the_cli() {
     let installs = json(&["install", "list", "--json"]);
     assert_eq!(installs.as_array().unwrap().len(), 2, "{installs}");
 
-    // ---- a build request reaches the bus (and its rule's queue).
+    // ---- a build request reaches the bus; the functions and CodeBuild (stood in for
+    // in-process) build it; both agents sync it.
+    let functions = Functions::connect(&config, table, &vhost, &pull_role, &vendor_key);
+    let app_root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(app_root.path().join("module")).unwrap();
+    std::fs::write(
+        app_root.path().join("module/main.tf"),
+        "variable \"name\" { default = \"v1\" }\n",
+    )
+    .unwrap();
     let requested = json(&[
         "build", "request", "shop", "web", "--ref", "v1.0.0", "--json",
     ]);
     let build_id = requested["build_id"].as_str().unwrap().to_owned();
-    let got = sqs
-        .receive(&br, &ReceiveOptions::new(10, 5, 30).unwrap())
-        .await
-        .unwrap();
+    let handled = functions.run(&br, 1).await;
     assert!(
-        got.iter()
-            .any(|m| m.body.contains(&build_id) && m.body.contains("build.requested")),
-        "build.requested for {build_id} on the bus: {got:?}"
+        handled
+            .iter()
+            .any(|e| e.to_json().unwrap().contains(&build_id)),
+        "build.requested for {build_id} came from the bus: {handled:?}"
     );
+    let digest = functions.codebuild(&build_id, app_root.path()).await;
+    assert_eq!(
+        functions.run(&sr, 2).await.len(),
+        2,
+        "one sync.requested per install"
+    );
+    let syncs = synced(&functions, &rep, &json, customers.path(), &build_id, 2).await;
+    let mut by_install: Vec<String> = syncs
+        .iter()
+        .map(|s| s["install_id"].as_str().unwrap().to_owned())
+        .collect();
+    by_install.sort();
+    assert_eq!(by_install, ["acme", "globex"], "{syncs:?}");
+    let lineage = json(&["lineage", &digest, "--json"]);
+    let mut holders: Vec<&str> = lineage
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["install_id"].as_str().unwrap())
+        .collect();
+    holders.sort();
+    assert_eq!(holders, ["acme", "globex"], "{lineage:#}");
+    for id in ["acme", "globex"] {
+        assert!(
+            holds(&registries.path().join(id), &digest[7..]),
+            "install registry {id} holds {digest}"
+        );
+    }
     let (code, _, stderr) = run(&["build", "request", "shop", "nope"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("unknown component shop/nope"), "{stderr}");
@@ -376,6 +485,32 @@ async fn onboarding_on_moto_through_the_cli() {
     let (code, _, stderr) = run(&["install", "remove", "globex"]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("unknown install globex"), "{stderr}");
+    // ---- a second build reaches only the remaining install.
+    std::fs::write(
+        app_root.path().join("module/main.tf"),
+        "variable \"name\" { default = \"v2\" }\n",
+    )
+    .unwrap();
+    let second = json(&[
+        "build", "request", "shop", "web", "--ref", "v1.1.0", "--json",
+    ]);
+    let second_id = second["build_id"].as_str().unwrap().to_owned();
+    assert_eq!(functions.run(&br, 1).await.len(), 1);
+    let second_digest = functions.codebuild(&second_id, app_root.path()).await;
+    assert_ne!(second_digest, digest);
+    assert_eq!(functions.run(&sr, 1).await.len(), 1, "one install left");
+    let syncs = synced(&functions, &rep, &json, customers.path(), &second_id, 1).await;
+    assert_eq!(syncs[0]["install_id"], "acme", "{syncs:?}");
+    let held = json(&["lineage", &second_digest, "--json"]);
+    assert_eq!(held.as_array().unwrap().len(), 1, "{held:#}");
+    assert_eq!(held[0]["install_id"], "acme");
+    assert!(
+        holds(&registries.path().join("acme"), &second_digest[7..])
+            && !holds(&registries.path().join("globex"), &second_digest[7..]),
+        "the removed install got no job"
+    );
+    drop(agents);
+
     let dlqs = json(&["dlq", "list", "--json"]);
     assert!(
         dlqs.as_array().unwrap().iter().any(|q| q == "install-acme"),
@@ -411,4 +546,293 @@ fn ferry_aws_types_target(id: &str, arn: &str) -> ferry_aws::manage::Target {
         .arn(arn)
         .build()
         .unwrap()
+}
+
+/// An embedded Ferry registry on loopback with no access control (moto has no registry API).
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(feature = "aws")]
+async fn registry(root: &std::path::Path) -> ferry_registry::server::RunningRegistry {
+    ferry_registry::server::RegistryServer::builder(root)
+        .build()
+        .unwrap()
+        .spawn()
+        .await
+        .unwrap()
+}
+
+/// Whether a file under `dir` is named by `hex` (a stored blob or manifest).
+#[cfg(feature = "aws")]
+fn holds(dir: &std::path::Path, hex: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let p = e.path();
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(hex))
+                || (p.is_dir() && holds(&p, hex))
+        })
+}
+
+/// `ferry-agent run` in AWS mode with the settings `ferry install register` printed, against
+/// moto; killed when dropped. Its JSON log goes to `log`.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(feature = "aws")]
+fn spawn_agent(
+    bin: &std::path::Path,
+    settings: &serde_json::Value,
+    key_file: &std::path::Path,
+    endpoint: &str,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let s = |k: &str| {
+        settings[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {k} in {settings}"))
+            .to_owned()
+    };
+    tokio::process::Command::new(bin)
+        .arg("run")
+        .args(["--install", &s("install"), "--queue", &s("queue")])
+        .args(["--report-queue", &s("report-queue")])
+        .args(["--vendor-registry", &s("vendor-registry")])
+        .args(["--vendor-public-key", &s("vendor-public-key")])
+        .args(["--install-registry", &s("install-registry")])
+        .args(["--install-namespace", &s("install-namespace")])
+        // The vendor repositories here have no prefix (shop/web).
+        .arg("--vendor-prefix=")
+        .args(["--wait-seconds", "1", "--grace-seconds", "1"])
+        .arg("--key-file")
+        .arg(key_file)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", ferry_testkit::REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .env_remove("FERRY_KEEP_LAST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// The vendor stack's functions on moto, as the Lambda runtime would run them (ferry-core's
+/// handlers over the AWS adapters), plus CodeBuild's part (ferry-build pushes to the vendor
+/// registry; its state change goes through the build-completed function's decoder).
+#[cfg(feature = "aws")]
+struct Functions {
+    ports: ferry_core::Ports<MotoAws>,
+    vendor_registry: String,
+    ecr: ferry_aws::EcrRepositories,
+}
+
+#[cfg(feature = "aws")]
+struct MotoAws;
+
+#[cfg(feature = "aws")]
+impl ferry_core::ports::Backend for MotoAws {
+    type Store = ferry_aws::DynamoStore;
+    type Queue = ferry_aws::SqsQueue;
+    type Bus = ferry_aws::EventBridgeBus;
+    type Builder = ferry_aws::CodeBuildBuilder;
+    type Minter = ferry_aws::EcrGrantMinter;
+    type Clock = ferry_local::clock::SystemClock;
+}
+
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(feature = "aws")]
+impl Functions {
+    fn connect(
+        config: &ferry_aws::SdkConfig,
+        table: &str,
+        vendor_registry: &str,
+        pull_role: &str,
+        vendor_key: &ferry_core::trust::VendorKey,
+    ) -> Functions {
+        let store = ferry_aws::DynamoStore::new(config, table);
+        let grants = ferry_aws::EcrGrantSettings {
+            pull_role_arn: pull_role.to_owned(),
+            registry_account_id: "123456789012".into(),
+            region: ferry_testkit::REGION.into(),
+            registry_host: Some(vendor_registry.to_owned()),
+        };
+        let key = ferry_core::trust::VendorKey::from_secret_string(&vendor_key.to_secret_string())
+            .unwrap();
+        Functions {
+            ports: ferry_core::Ports {
+                store: store.clone(),
+                queue: ferry_aws::SqsQueue::new(config),
+                bus: ferry_aws::EventBridgeBus::new(config, "ferry"),
+                builder: ferry_aws::CodeBuildBuilder::new(config, "ferry-build"),
+                minter: ferry_aws::EcrGrantMinter::new(config, grants, store),
+                clock: ferry_local::clock::SystemClock,
+                config: ferry_core::Config::default(),
+                vendor_key: std::sync::Arc::new(key),
+            },
+            vendor_registry: vendor_registry.to_owned(),
+            ecr: ferry_aws::EcrRepositories::new(config),
+        }
+    }
+
+    /// The event source mapping of one function's queue: receive, handle, delete; until a
+    /// receive comes back empty after at least `want` events (30 s at most). Long-polls (1 s)
+    /// until `want` (at least one) came, then checks once more without waiting.
+    async fn run(&self, queue: &ferry_core::id::QueueName, want: usize) -> Vec<ferry_core::Event> {
+        use ferry_core::ports::{Queue as _, ReceiveOptions};
+        let long = ReceiveOptions::new(10, 1, 30).unwrap();
+        let short = ReceiveOptions::new(10, 0, 30).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut handled = Vec::new();
+        loop {
+            let opts = if handled.len() < want.max(1) {
+                &long
+            } else {
+                &short
+            };
+            let msgs = self.ports.queue.receive(queue, opts).await.unwrap();
+            if msgs.is_empty() && handled.len() >= want {
+                return handled;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{queue}: {} of {want} events came",
+                handled.len()
+            );
+            for m in msgs {
+                let event = ferry_core::parse_event(m.body.as_bytes())
+                    .unwrap_or_else(|e| panic!("{queue}: {e}: {}", m.body));
+                ferry_core::dispatch(&self.ports, &event)
+                    .await
+                    .unwrap_or_else(|e| panic!("{queue}: {e}"));
+                self.ports
+                    .queue
+                    .delete(queue, &m.receipt_handle)
+                    .await
+                    .unwrap();
+                handled.push(event);
+            }
+        }
+    }
+
+    /// CodeBuild's part of build `build_id` (started by build-requested): build the module in
+    /// `app_root`, push it, and hand the SUCCEEDED state change to build-completed. Returns the
+    /// artifact's digest.
+    async fn codebuild(&self, build_id: &str, app_root: &std::path::Path) -> String {
+        use ferry_core::ports::JobStore as _;
+        let id = ferry_core::id::BuildId::new(build_id).unwrap();
+        let build = self
+            .ports
+            .store
+            .get_build(&id)
+            .await
+            .unwrap()
+            .expect("build recorded");
+        let external = build.external_id.clone().expect("the CodeBuild build id");
+        let component = self
+            .ports
+            .store
+            .get_component(&build.app, &build.component)
+            .await
+            .unwrap()
+            .expect("component recorded");
+        // The build's push creates the vendor repository in ECR (grants are scoped to it).
+        self.ecr
+            .ensure_repository(&component.repository)
+            .await
+            .unwrap();
+        let builder = ferry_build::ArtifactBuilder::new(ferry_build::BuildConfig::new(
+            self.vendor_registry.clone(),
+            app_root,
+        ))
+        .unwrap();
+        let artifact = builder
+            .build(&ferry_core::ports::BuildSpec {
+                build_id: id.clone(),
+                component: component.clone(),
+                source_ref: build.source_ref.clone(),
+            })
+            .await
+            .unwrap();
+        let digest = artifact.digest.to_string();
+        let change = serde_json::json!({
+            "version": "0",
+            "id": format!("cb-{build_id}"),
+            "source": "aws.codebuild",
+            "detail-type": "CodeBuild Build State Change",
+            "account": "123456789012",
+            "region": ferry_testkit::REGION,
+            "resources": [external],
+            "detail": {
+                "build-status": "SUCCEEDED",
+                "project-name": "ferry-build",
+                "build-id": external,
+                "current-phase": "COMPLETED",
+                "additional-information": {
+                    "build-complete": true,
+                    "environment": {"environment-variables": [
+                        {"name": "FERRY_BUILD_ID", "type": "PLAINTEXT", "value": build_id},
+                        {"name": "FERRY_APP", "type": "PLAINTEXT", "value": component.app.as_str()},
+                        {"name": "FERRY_COMPONENT_NAME", "type": "PLAINTEXT", "value": component.name.as_str()},
+                        {"name": "FERRY_SOURCE_REF", "type": "PLAINTEXT", "value": build.source_ref},
+                        {"name": "FERRY_REPOSITORY", "type": "PLAINTEXT", "value": component.repository.as_str()},
+                    ]},
+                    "exported-environment-variables": [
+                        {"name": "FERRY_ARTIFACT_DIGEST", "value": digest},
+                        {"name": "FERRY_ARTIFACT_MEDIA_TYPE", "value": artifact.media_type},
+                    ],
+                },
+            },
+        });
+        let event = ferry_aws::CodeBuildStateChange::parse(change.to_string().as_bytes())
+            .unwrap()
+            .to_build_completed()
+            .unwrap()
+            .expect("a finished build");
+        ferry_core::dispatch(&self.ports, &event).await.unwrap();
+        digest
+    }
+}
+
+/// Runs the sync-reported function until `ferry syncs --build BUILD --json` shows `want`
+/// syncs, all succeeded (30 s at most); returns them. On timeout it shows the agents' logs
+/// (`*.log` in `agent_logs`).
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[cfg(feature = "aws")]
+async fn synced(
+    functions: &Functions,
+    reports: &ferry_core::id::QueueName,
+    json: &dyn Fn(&[&str]) -> serde_json::Value,
+    agent_logs: &std::path::Path,
+    build: &str,
+    want: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        functions.run(reports, 0).await;
+        let syncs = json(&["syncs", "--build", build, "--json"]);
+        let rows = syncs.as_array().unwrap().clone();
+        let done = rows
+            .iter()
+            .filter(|s| s.to_string().contains("\"succeeded\""))
+            .count();
+        if rows.len() == want && done == want {
+            return rows;
+        }
+        if std::time::Instant::now() >= deadline {
+            let logs: String = std::fs::read_dir(agent_logs)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                    format!("{}:\n{}\n", e.path().display(), tail.join("\n"))
+                })
+                .collect();
+            panic!("{want} syncs of {build} did not succeed: {syncs:#}\nagents:\n{logs}");
+        }
+    }
 }

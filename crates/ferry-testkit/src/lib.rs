@@ -246,3 +246,71 @@ impl Logs {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }
+
+/// One call of an AWS JSON-protocol API (CodeBuild, EventBridge, Secrets Manager, DynamoDB)
+/// on moto, for resources a test creates as a stack would; panics on an error answer.
+pub async fn aws_json(
+    endpoint: &str,
+    service: &str,
+    target: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let content_type = if service == "dynamodb" {
+        "application/x-amz-json-1.0"
+    } else {
+        "application/x-amz-json-1.1"
+    };
+    let resp = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header("authorization", moto_auth(service))
+        .header("x-amz-target", target)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{target}: {status}: {text}");
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// The path of another workspace package's binary `bin` (for a test of one crate that runs a
+/// binary of another, which `CARGO_BIN_EXE_*` cannot name), in the same target directory as
+/// `sibling` (a binary of the calling test, e.g. `env!("CARGO_BIN_EXE_ferry")`).
+///
+/// `cargo test --workspace` builds it fresh; when it is missing (one crate's tests alone) it
+/// is built here with `cargo build -p package --bin bin`. It is not rebuilt when present:
+/// building it from a test of another crate resolves features differently, so every run
+/// would recompile it (about a minute). After changing that package, run
+/// `cargo build -p package` before one crate's tests.
+pub fn workspace_bin(package: &str, bin: &str, sibling: &str) -> std::path::PathBuf {
+    let sibling = std::path::Path::new(sibling);
+    // <target>/<profile>/<bin>
+    let profile_dir = sibling.parent().expect("a binary path has a directory");
+    let target_dir = profile_dir
+        .parent()
+        .expect("a profile directory has a parent");
+    let path = profile_dir.join(bin);
+    if path.exists() {
+        return path;
+    }
+    let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()));
+    cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin}: {status}"
+    );
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
