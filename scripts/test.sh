@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install-peers.sh
 # The helm pull test must run, not skip: point it at the interpreter that has helm-python-sdk.
 export FERRY_HELM_PYTHON="${FERRY_HELM_PYTHON:-$(command -v python3)}"
+# The console's browser test must run, not skip: install-peers.sh installed the browser.
+export FERRY_REQUIRE_BROWSER=1
 cargo test --workspace --all-targets
 # The deployable stacks: cfn-lint, static policy checks, the customer stack in moto.
 bash scripts/check-deploy.sh

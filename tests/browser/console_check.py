@@ -45,6 +45,12 @@ def fail(msg):
     sys.exit(1)
 
 
+def summary_text(d):
+    # Read through the DOM each time: the live update replaces the element.
+    return d.execute_script(
+        "const s = document.querySelector('#view .summary'); return s ? s.textContent : '';")
+
+
 def fits(d, page):
     for width, height, label in [(1280, 800, "desktop"), (390, 844, "phone")]:
         d.set_window_size(width, height)
@@ -86,8 +92,9 @@ def main():
         before = d.find_element(By.ID, "view").text
         try:
             WebDriverWait(d, WAIT).until(
-                lambda d: d.find_element(By.ID, "view").get_attribute("data-refreshed")
-                and d.find_element(By.ID, "view").text != before)
+                lambda d: d.execute_script(
+                    "const v = document.getElementById('view');"
+                    "return v.dataset.refreshed ? v.innerText : null;") not in (None, before))
         except Exception:
             fail(f"the release page did not change within {WAIT}s while the release ran")
         if d.execute_script("return window.__ferryMarker") != "still here":
@@ -104,9 +111,13 @@ def main():
         d.switch_to.alert.accept()
         try:
             WebDriverWait(d, 30).until(
-                lambda d: "paused" in d.find_element(By.CSS_SELECTOR, "#view .summary").text)
+                lambda d: "paused" in summary_text(d))
         except Exception:
-            fail("the release page did not show `paused` after Pause was confirmed")
+            try:
+                note = "alert: " + d.switch_to.alert.text
+            except Exception:
+                note = "page: " + summary_text(d)
+            fail(f"the release page did not show `paused` after Pause was confirmed ({note})")
         d.save_screenshot(f"{SHOTS}/release-paused.png")
 
         # 4. The other pages render and fit.

@@ -49,6 +49,23 @@ pub struct DevArgs {
     /// build, in steps.
     #[arg(long)]
     releases: bool,
+    /// Where the vendor console listens (loopback; if the port is taken, a free one is used).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    console_addr: std::net::SocketAddr,
+    /// Do not serve the vendor console.
+    #[arg(long)]
+    no_console: bool,
+}
+
+/// Binds the console's listener: the asked address, or a free loopback port if it is taken.
+async fn console_listener(addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::info!(%addr, error = %e, "console address taken; using a free port");
+            tokio::net::TcpListener::bind((addr.ip(), 0)).await.ok()
+        }
+    }
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -73,9 +90,42 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let host = system.registry_host().to_string();
     let (app, app_root) = system.app();
     let out = Output { json: args.json };
-    out.banner(&state, &host, app, app_root, args.installs);
-
     let signal = CancellationToken::new();
+    // The vendor console, on loopback, over this state dir's management and release ports.
+    let mut console_url = None;
+    if !args.no_console {
+        let listener = console_listener(args.console_addr).await;
+        let source = crate::context::open(None, Some(&args.state_dir))
+            .await
+            .and_then(crate::console::BackendSource::new);
+        match (listener, source) {
+            (Some(listener), Ok(source)) => {
+                if let Ok(local) = listener.local_addr() {
+                    console_url = Some(format!("http://{local}/"));
+                }
+                let config = ferry_console::ConsoleConfig::new(args.console_addr);
+                let stop = signal.clone();
+                tokio::spawn(async move {
+                    let shutdown = async move { stop.cancelled().await };
+                    if let Err(e) = ferry_console::serve(listener, source, &config, shutdown).await
+                    {
+                        tracing::warn!(error = %e, "the console stopped");
+                    }
+                });
+            }
+            (None, _) => tracing::warn!("no loopback port for the console"),
+            (_, Err(e)) => tracing::warn!(error = %e, "the console could not open the state"),
+        }
+    }
+    out.banner(
+        &state,
+        &host,
+        app,
+        app_root,
+        args.installs,
+        console_url.as_deref(),
+    );
+
     {
         let s = signal.clone();
         tokio::spawn(async move {
@@ -220,7 +270,15 @@ struct Output {
 }
 
 impl Output {
-    fn banner(&self, state: &StateDir, host: &str, app: &AppName, root: &Path, installs: u32) {
+    fn banner(
+        &self,
+        state: &StateDir,
+        host: &str,
+        app: &AppName,
+        root: &Path,
+        installs: u32,
+        console: Option<&str>,
+    ) {
         let db = state.db_path();
         if self.json {
             println!(
@@ -228,7 +286,7 @@ impl Output {
                 json!({"event": "started", "registry": format!("http://{host}"),
                     "vendor_namespace": "vendor/", "install_namespace": "installs/<id>/",
                     "database": db, "state_dir": state.root(), "app": app, "app_root": root,
-                    "installs": installs, "log": state.log_file()})
+                    "installs": installs, "log": state.log_file(), "console": console})
             );
             return;
         }
@@ -248,6 +306,9 @@ impl Output {
             "  manage     ferry builds|syncs|lineage|build request … --state-dir {}",
             state.root().display()
         );
+        if let Some(url) = console {
+            println!("  console    {url}   (fleet, releases, builds, lineage)");
+        }
         println!();
     }
 

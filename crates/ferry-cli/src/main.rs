@@ -3,6 +3,7 @@
 //!
 //! It must never print a credential, and never exit 0 after a failure.
 
+mod console;
 mod context;
 mod copy;
 mod dev;
@@ -87,6 +88,8 @@ enum Command {
         #[command(subcommand)]
         command: image::ImageCommand,
     },
+    /// The vendor console: a web page for the fleet, releases, builds and lineage.
+    Console(console::ConsoleArgs),
     /// Roll builds out to installs in steps: create, show, list, pause, resume, abort.
     Release {
         #[command(subcommand)]
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
             Command::Lineage(args) => manage::lineage(args, ctx).await,
             Command::Dlq { command } => manage::dlq(command, ctx).await,
             Command::Release { command } => release::run(command, ctx).await,
+            Command::Console(args) => console::run(args, ctx).await,
             Command::Grants { command } => grants::run(command).await,
             Command::Image { command } => image::run(command).await,
         }

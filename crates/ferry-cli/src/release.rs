@@ -132,6 +132,13 @@ async fn desk(
              sync to every subscribed install"
         ),
     };
+    local_desk(&state)
+}
+
+/// The release desk of a local state dir (shared with `ferry console`).
+pub(crate) fn local_desk(
+    state: &crate::state::StateDir,
+) -> Result<ReleaseDesk<SqliteStore, SqliteQueue, SystemClock>> {
     let db = state.open_existing()?;
     Ok(ReleaseDesk {
         store: SqliteStore::new(db.clone()),

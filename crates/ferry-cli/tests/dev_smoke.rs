@@ -184,3 +184,144 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Stops `ferry dev` when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The vendor console in a real browser (Debian's headless Chromium through Selenium,
+/// `tests/browser/console_check.py`) against `ferry dev` with 6 installs and a stepped release:
+/// the fleet lists 6 installs, the release page moves without a reload, Pause on the page
+/// pauses the release (checked with `ferry release show --json`). Screenshots go to
+/// `target/console-shots/`.
+#[test]
+fn the_console_in_a_browser_shows_the_fleet_and_pauses_a_release() {
+    let have_browser = Path::new("/usr/bin/chromium").exists()
+        && Path::new("/usr/bin/chromedriver").exists()
+        && Command::new("python3")
+            .args(["-c", "import selenium"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if !have_browser {
+        assert!(
+            std::env::var_os("FERRY_REQUIRE_BROWSER").is_none(),
+            "FERRY_REQUIRE_BROWSER is set but chromium, chromedriver or selenium is missing"
+        );
+        eprintln!("chromium/chromedriver/selenium not installed (scripts/install-peers.sh): skipping the browser test");
+        return;
+    }
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap().to_string();
+    let mut dev = Child(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "dev",
+                "--installs",
+                "6",
+                "--releases",
+                "--json",
+                "--timeout",
+                "600",
+            ])
+            .args(["--console-addr", "127.0.0.1:0", "--state-dir", &state])
+            .current_dir(workspace_root())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start ferry dev"),
+    );
+    let mut lines = std::io::BufReader::new(dev.0.stdout.take().unwrap()).lines();
+    let started: serde_json::Value = loop {
+        let line = lines.next().expect("ferry dev prints its start").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["event"] == "started" {
+            break v;
+        }
+    };
+    let console = started["console"]
+        .as_str()
+        .expect("ferry dev prints the console URL");
+    let console = console.trim_end_matches('/').to_string();
+    // Keep draining ferry dev's output so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+
+    // Every build done (in --releases mode nothing syncs until a release says so).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let builds = loop {
+        let out = ferry(&["builds", "--json", "--state-dir", &state]);
+        let builds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let all = builds.as_array().cloned().unwrap_or_default();
+        let done = all.len() >= 4
+            && all.iter().all(|b| {
+                let s = b["state"]["status"].as_str().unwrap_or("");
+                s == "succeeded" || s == "failed"
+            });
+        if done {
+            break all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "builds not done: {all:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let ok: Vec<String> = builds
+        .iter()
+        .filter(|b| b["state"]["status"] == "succeeded")
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!ok.is_empty(), "no build succeeded: {builds:?}");
+    // Three steps of two installs, 20 s apart: long enough to watch it move and pause it.
+    let out = ferry(&[
+        "release",
+        "create",
+        "demo",
+        "--build",
+        &ok.join(","),
+        "--all",
+        "--per-step",
+        "2",
+        "--delay",
+        "20s",
+        "--json",
+        "--state-dir",
+        &state,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let release: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = release["id"].as_str().expect("release id").to_string();
+
+    let shots = workspace_root().join("target/console-shots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = workspace_root().join("tests/browser/console_check.py");
+    let check = Command::new("python3")
+        .arg(&script)
+        .args([console.as_str(), id.as_str(), "6"])
+        .arg(&shots)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        check.status.success(),
+        "browser check failed:\n{}\n{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let out = ferry(&["release", "show", &id, "--json", "--state-dir", &state]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["release"]["status"], "paused", "{shown}");
+    assert!(shots.join("release-desktop.png").is_file());
+    drop(dev);
+}

@@ -58,6 +58,7 @@ pub fn page(title: &str, active: &str, watch: Option<&str>, csrf: &str, main: &s
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"ferry-csrf\" content=\"{csrf}\">\
          <title>{title} · Ferry console</title>\
+         <link rel=\"icon\" href=\"/assets/favicon.svg\" type=\"image/svg+xml\">\
          <link rel=\"stylesheet\" href=\"/assets/console.css\">\
          <script src=\"/assets/console.js\" defer></script></head>\
          <body><header><p class=\"brand\">Ferry console</p><nav aria-label=\"Main\"><ul>{nav}</ul></nav></header>\

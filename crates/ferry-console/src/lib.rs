@@ -43,6 +43,7 @@ use view::Action;
 /// The assets, embedded: no CDN, no build step at run time.
 const CSS: &str = include_str!("../assets/console.css");
 const JS: &str = include_str!("../assets/console.js");
+const ICON: &str = include_str!("../assets/favicon.svg");
 
 /// How the console serves.
 #[derive(Debug, Clone)]
@@ -174,6 +175,10 @@ pub fn router<S: ConsoleSource>(
         .route(
             "/assets/console.js",
             get(|| async { asset(JS, "text/javascript") }),
+        )
+        .route(
+            "/assets/favicon.svg",
+            get(|| async { asset(ICON, "image/svg+xml") }),
         )
         .route("/login", get(login::<S>))
         .layer(DefaultBodyLimit::max(16 * 1024))
