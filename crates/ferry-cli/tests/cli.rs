@@ -671,6 +671,8 @@ impl Functions {
                 clock: ferry_local::clock::SystemClock,
                 config: ferry_core::Config::default(),
                 vendor_key: std::sync::Arc::new(key),
+                // No release runs in this test; the stack has no release queue yet.
+                release_queue: ferry_core::id::QueueName::new("ferry-release").unwrap(),
             },
             vendor_registry: vendor_registry.to_owned(),
             ecr: ferry_aws::EcrRepositories::new(config),
