@@ -181,6 +181,25 @@ fn known_list(known: &[String]) -> String {
     }
 }
 
+/// `put_component(.., subscribe_all = true)`'s rule, one definition for every backend: of
+/// `installs`, those of the component's app; returns the ones that must be stored again (now
+/// subscribed) and the ids of every install of the app (all of them receive it).
+pub fn subscribe_all(
+    installs: Vec<Install>,
+    component: &Component,
+) -> (Vec<Install>, Vec<InstallId>) {
+    let mut changed = Vec::new();
+    let mut subscribed = Vec::new();
+    for mut i in installs.into_iter().filter(|i| i.app == component.app) {
+        subscribed.push(i.id.clone());
+        if !i.components.contains(&component.name) {
+            i.components.push(component.name.clone());
+            changed.push(i);
+        }
+    }
+    (changed, subscribed)
+}
+
 /// The management port. Every method is safe to retry: adding an existing record replaces it,
 /// registering an install twice with the same settings changes nothing, removing a removed
 /// install is `NotFound`. Listings are bounded by [`MAX_LISTING`], newest first.

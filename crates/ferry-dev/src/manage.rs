@@ -146,17 +146,13 @@ impl Management for LocalManagement {
     ) -> Result<Vec<InstallId>, ManageError> {
         self.require_app(&component.app).await?;
         self.store.put_component(component).await?;
-        let mut subscribed = Vec::new();
-        if subscribe_all {
-            for mut i in self.catalog.installs().await? {
-                if i.app == component.app {
-                    if !i.components.contains(&component.name) {
-                        i.components.push(component.name.clone());
-                        self.store.put_install(&i).await?;
-                    }
-                    subscribed.push(i.id.clone());
-                }
-            }
+        if !subscribe_all {
+            return Ok(Vec::new());
+        }
+        let (changed, subscribed) =
+            manage::subscribe_all(self.catalog.installs().await?, component);
+        for i in &changed {
+            self.store.put_install(i).await?;
         }
         Ok(subscribed)
     }
