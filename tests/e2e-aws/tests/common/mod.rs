@@ -209,33 +209,6 @@ impl FaultProxy {
     }
 }
 
-/// One call of an AWS JSON-protocol API, straight to moto (no faults: provisioning).
-pub async fn aws_json(
-    endpoint: &str,
-    service: &str,
-    target: &str,
-    body: serde_json::Value,
-) -> serde_json::Value {
-    let content_type = if service == "dynamodb" {
-        "application/x-amz-json-1.0"
-    } else {
-        "application/x-amz-json-1.1"
-    };
-    let resp = reqwest::Client::new()
-        .post(format!("{endpoint}/"))
-        .header("authorization", ferry_testkit::moto_auth(service))
-        .header("x-amz-target", target)
-        .header("content-type", content_type)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "{target}: {status}: {text}");
-    if text.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    }
-}
+/// One call of an AWS JSON-protocol API, straight to moto (no faults: provisioning): the
+/// testkit's, the one definition.
+pub use ferry_testkit::aws_json;
