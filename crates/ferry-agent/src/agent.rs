@@ -352,6 +352,19 @@ where
             })?;
         self.verify(&client, &dst_ref, &digest, &report, receive_count)
             .await?;
+        // A chart bundle gets its values override next to it, before the sync is reported.
+        match ferry_oci::chart_bundle::write_values_override(&client, &dst_ref, &digest).await {
+            Ok(Some(w)) => tracing::info!(chart = %w.chart, values = %w.manifest,
+                images = w.images, "values override written"),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(transient_or_failed(
+                    e,
+                    receive_count,
+                    self.config.max_receives,
+                ))
+            }
+        }
         if let Some(keep_last) = self.config.keep_last {
             // The sync has succeeded whatever retention does: a failure is logged, and the
             // next successful sync of the repository applies retention again.

@@ -108,6 +108,10 @@ pub enum BuildError {
         source: ferry_oci::Error,
     },
 
+    /// The images a chart runs could not be found, checked or bundled.
+    #[error("component {component}: chart images: {reason}")]
+    ChartImages { component: String, reason: String },
+
     #[error("app file {path}: {reason}")]
     InvalidAppFile { path: PathBuf, reason: String },
 

@@ -342,7 +342,7 @@ fn parse_chart_yaml(text: &str) -> Result<serde_json::Map<String, Value>, String
     }
 }
 
-fn to_json(y: Yaml) -> Result<Value, String> {
+pub(crate) fn to_json(y: Yaml) -> Result<Value, String> {
     Ok(match y {
         Yaml::Null | Yaml::BadValue => Value::Null,
         Yaml::Boolean(b) => Value::Bool(b),

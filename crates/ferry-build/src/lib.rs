@@ -11,6 +11,7 @@
 //! See docs/design/build.md.
 
 pub mod app;
+mod chart_images;
 mod chart_repo;
 mod docker;
 pub mod error;
@@ -37,6 +38,7 @@ use ferry_oci::{
 use serde::Serialize;
 
 pub use app::AppFile;
+pub use chart_images::ChartRenderer;
 pub use error::BuildError;
 pub use helm::{package_chart, ChartPackage};
 pub use inprocess::InProcessBuilder;
@@ -62,6 +64,8 @@ pub struct BuildConfig {
     pub app_root: PathBuf,
     /// Parent of the temporary directories a build writes; `None` for the system default.
     pub work_dir: Option<PathBuf>,
+    /// How charts are rendered to find the images they run (`discover_images`).
+    pub chart_renderer: ChartRenderer,
 }
 
 impl BuildConfig {
@@ -73,6 +77,7 @@ impl BuildConfig {
             insecure: false,
             app_root: app_root.into(),
             work_dir: None,
+            chart_renderer: ChartRenderer::default(),
         }
     }
 
@@ -207,16 +212,33 @@ impl ArtifactBuilder {
             kind = component.kind.name(), repository = %repository, "build started");
         let result = match &component.kind {
             ComponentKind::Image { source } => image::build(self, spec, source, &repository).await,
-            ComponentKind::HelmChart { chart } => match chart {
-                ChartSource::Dir { path } => helm::build(self, spec, path, &repository).await,
-                ChartSource::Repo {
-                    url,
-                    chart,
-                    version,
-                } => {
-                    chart_repo::build(self, spec, url, chart, version.as_deref(), &repository).await
+            ComponentKind::HelmChart {
+                chart,
+                images,
+                discover_images,
+                values,
+            } => {
+                let built = match chart {
+                    ChartSource::Dir { path } => helm::build(self, spec, path, &repository).await,
+                    ChartSource::Repo {
+                        url,
+                        chart,
+                        version,
+                    } => {
+                        chart_repo::build(self, spec, url, chart, version.as_deref(), &repository)
+                            .await
+                    }
+                };
+                let want = chart_images::ImagesSpec {
+                    images,
+                    discover: *discover_images,
+                    values: values.as_ref(),
+                };
+                match built {
+                    Ok(chart) => chart_images::bundle(self, spec, chart, want).await,
+                    Err(e) => Err(e),
                 }
-            },
+            }
             ComponentKind::OpentofuModule { dir } => {
                 tofu::build(self, spec, dir, &repository).await
             }

@@ -255,11 +255,10 @@ async fn bad_input_gets_errors_that_name_it() {
 
     // A directory without Chart.yaml.
     let mut s = chart.clone();
-    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
-        chart: ferry_core::domain::ChartSource::Dir {
+    s.component.kind =
+        ferry_core::domain::ComponentKind::helm_chart(ferry_core::domain::ChartSource::Dir {
             path: "module".into(),
-        },
-    };
+        });
     let e = env.builder.build(&s).await.unwrap_err();
     assert!(matches!(e, BuildError::NotAChart { .. }), "{e:?}");
     let msg = e.to_string();
@@ -307,9 +306,10 @@ async fn bad_input_gets_errors_that_name_it() {
     std::fs::write(dir.path().join("c/Chart.yaml"), "apiVersion: v2\nname: c\n").unwrap();
     let env2 = common::env_with_root(dir.path().to_path_buf()).await;
     let mut s = chart.clone();
-    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
-        chart: ferry_core::domain::ChartSource::Dir { path: "c".into() },
-    };
+    s.component.kind =
+        ferry_core::domain::ComponentKind::helm_chart(ferry_core::domain::ChartSource::Dir {
+            path: "c".into(),
+        });
     let e = env2.builder.build(&s).await.unwrap_err();
     assert!(e.to_string().contains("version is required"), "{e}");
 

@@ -385,6 +385,9 @@ pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
             chart: ChartSource::Dir {
                 path: need(dir, "--dir")?,
             },
+            images: vec![],
+            discover_images: false,
+            values: None,
         },
         Kind::OpentofuModule => ComponentKind::OpentofuModule {
             dir: need(dir, "--dir")?,

@@ -39,29 +39,78 @@ pub enum ChartSource {
     },
 }
 
+/// One image a chart runs: the name the chart's values give it, and where the build copies it
+/// from when that is not the name itself (a mirror, or an `oci:DIR[:tag]` layout in the source).
+///
+/// In the app file either a string (`"nginx:1.27"`) or `{"name": …, "source": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChartImage {
+    /// Copied from where the name points.
+    Name(String),
+    /// Named `name` in the chart, copied from `source`.
+    Mirrored { name: String, source: String },
+}
+
+impl ChartImage {
+    /// The reference as the chart's values write it.
+    pub fn name(&self) -> &str {
+        match self {
+            ChartImage::Name(n) | ChartImage::Mirrored { name: n, .. } => n,
+        }
+    }
+
+    /// Where the build copies the image from.
+    pub fn source(&self) -> &str {
+        match self {
+            ChartImage::Name(n) => n,
+            ChartImage::Mirrored { source, .. } => source,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// What a component is built from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ComponentKind {
     /// An external image, copied as is (the build's source ref picks the tag or digest).
-    Image {
-        source: String,
-    },
+    Image { source: String },
     /// A Dockerfile built from source.
-    DockerBuild {
-        context: String,
-        dockerfile: String,
-    },
+    DockerBuild { context: String, dockerfile: String },
     HelmChart {
         chart: ChartSource,
+        /// The images the chart runs (like Zarf's `images:`): each is copied into the vendor
+        /// registry by digest with the chart, and synced with it as one unit.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<ChartImage>,
+        /// Also find the images the chart's templates use, and fail the build when one is not
+        /// in `images` (docs/design/build.md says how they are found).
+        #[serde(default, skip_serializing_if = "is_false")]
+        discover_images: bool,
+        /// Values the vendor sets for every install (merged over the chart's `values.yaml`);
+        /// they go into the values override the agent writes next to the chart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        values: Option<serde_json::Value>,
     },
     /// An OpenTofu/Terraform module directory.
-    OpentofuModule {
-        dir: String,
-    },
+    OpentofuModule { dir: String },
 }
 
 impl ComponentKind {
+    /// A `helm-chart` kind from `chart`, with no images listed, none discovered and no values.
+    pub fn helm_chart(chart: ChartSource) -> ComponentKind {
+        ComponentKind::HelmChart {
+            chart,
+            images: Vec::new(),
+            discover_images: false,
+            values: None,
+        }
+    }
+
     /// The kind's name as the app file and the events spell it (`image`, `docker-build`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -390,6 +439,9 @@ mod tests {
                 chart: ChartSource::Dir {
                     path: "deploy/chart".into(),
                 },
+                images: vec![],
+                discover_images: false,
+                values: None,
             },
             repository: Repository::new("shop/chart").unwrap(),
         };
@@ -398,6 +450,35 @@ mod tests {
         let back: Component = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.kind.name(), "helm-chart");
+    }
+
+    #[test]
+    fn chart_images_are_optional_and_take_two_shapes() {
+        let v = serde_json::json!({"app": "shop", "name": "chart", "kind": "helm-chart",
+            "chart": {"from": "dir", "path": "c"}, "repository": "shop/chart",
+            "images": ["nginx:1.27", {"name": "demo.example/x:1", "source": "oci:x:1"}],
+            "discover_images": true, "values": {"replicas": 2}});
+        let c: Component = serde_json::from_value(v.clone()).unwrap();
+        let ComponentKind::HelmChart {
+            images,
+            discover_images,
+            ..
+        } = &c.kind
+        else {
+            panic!("{c:?}")
+        };
+        assert!(*discover_images);
+        assert_eq!(images[0].source(), "nginx:1.27");
+        assert_eq!(
+            (images[1].name(), images[1].source()),
+            ("demo.example/x:1", "oci:x:1")
+        );
+        assert_eq!(serde_json::to_value(&c).unwrap(), v);
+        // Without them, the JSON is what it was before the fields existed.
+        let plain = serde_json::json!({"app": "shop", "name": "chart", "kind": "helm-chart",
+            "chart": {"from": "dir", "path": "c"}, "repository": "shop/chart"});
+        let c: Component = serde_json::from_value(plain.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), plain);
     }
 
     #[test]
