@@ -200,6 +200,14 @@ pub fn package_chart(
 
     let ignore = HelmIgnore::load(component, dir)?;
     let files = package::collect_files(component, dir, &|rel, is_dir| ignore.ignored(rel, is_dir))?;
+    if !files.iter().any(|f| f.rel == "Chart.yaml") {
+        // Helm refuses such a chart too ("Chart.yaml file is missing").
+        return Err(invalid(
+            ".helmignore excludes Chart.yaml (a `!pattern` line keeps only what matches it), \
+             and Helm refuses a chart without it; add `!Chart.yaml` or narrow the pattern"
+                .into(),
+        ));
+    }
     let archive = out.join(format!("{name}-{version}.tgz"));
     let (archive_digest, archive_size) = write_tgz(&name, &files, &archive)?;
     Ok(ChartPackage {
@@ -459,7 +467,8 @@ fn encode_config(meta: &serde_json::Map<String, Value>) -> Result<Vec<u8>, Strin
 /// - a trailing `/` makes a rule match directories only; a leading `/` or any `/` inside
 ///   matches the whole relative path, otherwise only the base name; globs are Go's
 ///   `filepath.Match` (`*`, `?`, `[...]` with ranges and `^`, `\` escapes; `*` never crosses `/`);
-/// - rules are tried in order and the first positive match ignores the path;
+/// - rules are tried in order and the first positive match ignores the path; Helm's default
+///   rule `templates/.?*` (hidden files in templates/) comes after the file's own;
 /// - a negated rule `!pat` ignores every path that does **not** match it (and every file, when
 ///   it is directory-only); a path that matches it goes on to the next rule. So `!` does not
 ///   re-include what an earlier rule ignored: it narrows what is kept, as in Helm.
@@ -524,6 +533,13 @@ impl HelmIgnore {
                 whole_path,
             });
         }
+        // Helm's `AddDefaults`, after the file's own rules: hidden files in templates/.
+        rules.push(IgnoreRule {
+            pattern: "templates/.?*".into(),
+            negate: false,
+            dir_only: false,
+            whole_path: true,
+        });
         Ok(HelmIgnore { rules })
     }
 
@@ -682,6 +698,11 @@ mod tests {
         let ig = HelmIgnore::parse("!templates/\n").unwrap();
         assert!(ig.ignored("templates/a.yaml", false));
         assert!(!ig.ignored("templates", true));
+        // Helm's default rule: hidden files in templates/ are left out.
+        let ig = HelmIgnore::parse("").unwrap();
+        assert!(ig.ignored("templates/.hidden.yaml", false));
+        assert!(!ig.ignored("templates/cm.yaml", false));
+        assert!(!ig.ignored(".helmignore", false));
         // Helm refuses ** and malformed classes.
         assert!(HelmIgnore::parse("a/**/b\n").unwrap_err().contains("**"));
         assert!(HelmIgnore::parse("[abc\n").is_err());
