@@ -66,7 +66,7 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     );
     let syncs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let syncs = syncs.as_array().unwrap();
-    assert_eq!(syncs.len(), 12, "4 components × 3 installs");
+    assert_eq!(syncs.len(), 15, "5 components × 3 installs");
     assert!(
         syncs.iter().all(|s| s["state"]["status"] == "succeeded"),
         "{syncs:?}"

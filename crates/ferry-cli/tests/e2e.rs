@@ -207,7 +207,7 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
     assert_eq!(summary["verified_installs"], 3, "{summary}");
 
     let builds = table_bodies(&state, "SELECT body FROM builds");
-    assert_eq!(builds.len(), 4, "one build per component");
+    assert_eq!(builds.len(), 5, "one build per component");
     let vendor = format!("vendor:{}", dev.secret("vendor.secret"));
     let mut kinds_seen = Vec::new();
     for b in &builds {
@@ -243,6 +243,16 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
                 assert_eq!(m["layers"][0]["mediaType"], "archive/zip", "{m}");
                 kinds_seen.push("opentofu-module");
             }
+            "shop" => {
+                // The chart with the images it runs: one bundle, synced as one unit.
+                assert_eq!(
+                    m["artifactType"],
+                    ferry_oci::chart_bundle::BUNDLE_ARTIFACT_TYPE,
+                    "{m}"
+                );
+                assert_eq!(m["manifests"].as_array().unwrap().len(), 3, "{m}");
+                kinds_seen.push("helm-chart");
+            }
             "web" => kinds_seen.push("docker-build"),
             "base" => kinds_seen.push("image"),
             other => panic!("unexpected component {other}"),
@@ -251,7 +261,13 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
     kinds_seen.sort_unstable();
     assert_eq!(
         kinds_seen,
-        ["docker-build", "helm-chart", "image", "opentofu-module"]
+        [
+            "docker-build",
+            "helm-chart",
+            "helm-chart",
+            "image",
+            "opentofu-module"
+        ]
     );
     // An agent cannot read another install's namespace.
     let creds = format!("agent:dev-1:{}", dev.secret("agent-dev-1.secret"));
