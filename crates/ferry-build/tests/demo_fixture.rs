@@ -1,6 +1,8 @@
 //! The demo's checked-in base image is exactly what the generator makes, so its digest is
 //! stable. Regenerate with `FERRY_REGENERATE_DEMO=1 cargo test -p ferry-build --test demo_fixture`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 #[test]
