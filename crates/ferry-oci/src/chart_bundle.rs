@@ -276,18 +276,31 @@ pub async fn write_values_override(
     let bytes = serde_json::to_vec(&doc)
         .map_err(|e| invalid(bundle, format!("cannot encode the override manifest: {e}")))?;
     let values_manifest = Manifest::from_bytes(Bytes::from(bytes), OCI_MANIFEST)?;
-    client
-        .put_manifest(repo, &values_tag(bundle), &values_manifest)
-        .await?;
+    put_tag(client, repo, &values_tag(bundle), &values_manifest).await?;
     let chart = client.get_manifest(repo, b.chart.digest.as_str()).await?;
-    client
-        .put_manifest(repo, &chart_tag(bundle), &chart)
-        .await?;
+    put_tag(client, repo, &chart_tag(bundle), &chart).await?;
     Ok(Some(WrittenOverride {
         manifest: values_manifest.digest,
         chart: b.chart.digest,
         images: b.images.len(),
     }))
+}
+
+/// Tags `manifest` as `tag`, unless the tag already holds exactly it (an immutable tag on ECR
+/// must not be rewritten, and a redelivered job writes the same bytes again).
+async fn put_tag(
+    client: &RegistryClient,
+    repo: &RepoRef,
+    tag: &str,
+    manifest: &Manifest,
+) -> Result<()> {
+    if let Some(held) = client.head_manifest(repo, tag).await? {
+        if held.digest == manifest.digest {
+            return Ok(());
+        }
+    }
+    client.put_manifest(repo, tag, manifest).await?;
+    Ok(())
 }
 
 async fn put_blob(
