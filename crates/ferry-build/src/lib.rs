@@ -12,6 +12,7 @@
 
 pub mod app;
 mod chart_repo;
+pub mod completion;
 mod docker;
 pub mod error;
 pub mod git;
