@@ -215,7 +215,9 @@ async fn keygen_into_secret(secret_arn: &str, rotate: bool) -> anyhow::Result<()
         .with_context(|| format!("writing the agent key into secret {secret_arn}"))?;
     println!("public key: {}", kp.public_key_string());
     println!("report key: {}", kp.report_key().public_key_string());
-    println!("private key: in secret {secret_arn} (version {version}); not printed, not saved here");
+    println!(
+        "private key: in secret {secret_arn} (version {version}); not printed, not saved here"
+    );
     Ok(())
 }
 

@@ -93,18 +93,33 @@ async fn keygen_writes_the_key_into_the_stack_secret_and_prints_only_public_keys
     assert!(rotated.ok, "{}", rotated.stderr);
     let new_key = stored(&config, secret).await;
     assert_ne!(new_key.public_key_string(), key.public_key_string());
-    assert_eq!(printed(&rotated, "public key:"), new_key.public_key_string());
+    assert_eq!(
+        printed(&rotated, "public key:"),
+        new_key.public_key_string()
+    );
 
     // A secret that does not exist is named; nothing is printed as if it worked.
     let missing = keygen(&endpoint, &["--secret-arn", "ferry/agent/nope/key"]).await;
     assert!(!missing.ok);
-    assert!(missing.stderr.contains("ferry/agent/nope/key"), "{}", missing.stderr);
-    assert!(!missing.stdout.contains("public key:"), "{}", missing.stdout);
+    assert!(
+        missing.stderr.contains("ferry/agent/nope/key"),
+        "{}",
+        missing.stderr
+    );
+    assert!(
+        !missing.stdout.contains("public key:"),
+        "{}",
+        missing.stdout
+    );
 }
 
 #[tokio::test]
 async fn keygen_needs_a_destination() {
     let run = keygen("http://127.0.0.1:9", &[]).await;
     assert!(!run.ok);
-    assert!(run.stderr.contains("--out") && run.stderr.contains("--secret-arn"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--out") && run.stderr.contains("--secret-arn"),
+        "{}",
+        run.stderr
+    );
 }

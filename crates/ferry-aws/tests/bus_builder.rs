@@ -387,7 +387,11 @@ async fn ferry_build_posts_its_completion_under_its_own_source() {
             break;
         }
     }
-    assert_eq!(got.len(), 1, "one completion on the build-completed rule's queue");
+    assert_eq!(
+        got.len(),
+        1,
+        "one completion on the build-completed rule's queue"
+    );
     let envelope: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
     assert_eq!(envelope["source"], BUILD_SOURCE);
     assert_eq!(envelope["detail-type"], "build.completed");

@@ -174,9 +174,10 @@ async fn handle_one(
     match outcome {
         // The build already has its result (usually ferry-build's own completion, which came
         // first): CodeBuild's later view of it changes nothing.
-        RecordOutcome::Retry(ferry_core::RecordError::Handler(
-            HandlerError::AlreadyFinished { status, .. },
-        )) if state_change => {
+        RecordOutcome::Retry(ferry_core::RecordError::Handler(HandlerError::AlreadyFinished {
+            status,
+            ..
+        })) if state_change => {
             tracing::info!(%status, "build already finished; the CodeBuild state change changes nothing");
             Ok(None)
         }
@@ -309,7 +310,9 @@ mod tests {
         assert!(matches!(err, RecordError::Malformed(_)), "{err}");
         // SUCCEEDED: ferry-build posted the result itself; nothing to do.
         let succeeded = r#"{"source":"aws.codebuild","detail":{"build-status":"SUCCEEDED"}}"#;
-        assert!(parse_body(Kind::BuildCompleted, succeeded).unwrap().is_none());
+        assert!(parse_body(Kind::BuildCompleted, succeeded)
+            .unwrap()
+            .is_none());
         let no_id = r#"{"source":"aws.codebuild","detail":{"build-status":"FAILED"}}"#;
         let err = parse_body(Kind::BuildCompleted, no_id).unwrap_err();
         assert!(err.to_string().contains("FERRY_BUILD_ID"), "{err}");

@@ -443,7 +443,10 @@ async fn a_state_change_never_overrides_a_recorded_result_in_either_order() {
     // b-first: ferry-build's success first, then CodeBuild times out / is stopped.
     let records = vec![
         record("c-1", &ferry_build_completed("eb-first", "b-first")),
-        record("c-2", &codebuild_state("cb-first-1", "b-first", "TIMED_OUT")),
+        record(
+            "c-2",
+            &codebuild_state("cb-first-1", "b-first", "TIMED_OUT"),
+        ),
         record("c-3", &codebuild_state("cb-first-2", "b-first", "STOPPED")),
     ];
     let failures = process_records(&deps, Kind::BuildCompleted, &records).await;
