@@ -20,12 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Writes a new agent key to a file (mode 0600) and prints its two public keys: the
-    /// sealing key (`--public-key` at registration) and the report key (`--report-key`).
-    Keygen {
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Makes a new agent key, writes its private half to a file (mode 0600) or straight into
+    /// the install stack's key secret (`--secret-arn`, never printed or saved locally), and
+    /// prints its two public keys: the sealing key (`--public-key` at registration) and the
+    /// report key (`--report-key`).
+    Keygen(KeygenArgs),
     /// Runs the agent until SIGTERM or Ctrl-C.
     Run(Box<RunArgs>),
     /// Declares what runs (embedded install registry): a digest marked in use is never
@@ -34,6 +33,22 @@ enum Command {
         #[command(subcommand)]
         action: InUseAction,
     },
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["out", "secret_arn"])))]
+struct KeygenArgs {
+    /// Write the private key to this file (it must not exist).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the private key into this Secrets Manager secret (the install stack's
+    /// AgentKeySecretArn output), with the ambient AWS credentials.
+    #[arg(long)]
+    secret_arn: Option<String>,
+    /// Replace a key already put into the secret (the agent then needs a restart, and the
+    /// install a new registration with the printed keys).
+    #[arg(long, requires = "secret_arn")]
+    rotate: bool,
 }
 
 #[derive(Subcommand)]
@@ -129,7 +144,14 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { out } => keygen(&out),
+        Command::Keygen(args) => match (args.out, args.secret_arn) {
+            (Some(out), _) => keygen(&out),
+            (None, Some(arn)) => {
+                let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                rt.block_on(keygen_into_secret(&arn, args.rotate))
+            }
+            (None, None) => bail!("say where the private key goes: --out FILE or --secret-arn ARN"),
+        },
         Command::Run(args) => {
             init_logs();
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -179,6 +201,29 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
     println!("public key: {}", kp.public_key_string());
     println!("report key: {}", kp.report_key().public_key_string());
     Ok(())
+}
+
+/// `keygen --secret-arn`: the private key goes from memory into the secret; only the public
+/// keys are printed. No logging is set up here, so no layer can record the value.
+#[cfg(feature = "aws")]
+async fn keygen_into_secret(secret_arn: &str, rotate: bool) -> anyhow::Result<()> {
+    let kp = AgentKeypair::generate().context("generating a key")?;
+    let text = zeroize::Zeroizing::new(format!("{}\n", kp.to_secret_string().as_str()));
+    let config = ferry_aws::config::from_env().await;
+    let version = ferry_aws::agent::put_secret_string(&config, secret_arn, &text, rotate)
+        .await
+        .with_context(|| format!("writing the agent key into secret {secret_arn}"))?;
+    println!("public key: {}", kp.public_key_string());
+    println!("report key: {}", kp.report_key().public_key_string());
+    println!(
+        "private key: in secret {secret_arn} (version {version}); not printed, not saved here"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn keygen_into_secret(_secret_arn: &str, _rotate: bool) -> anyhow::Result<()> {
+    bail!("--secret-arn needs a ferry-agent built with the `aws` feature; use --out FILE")
 }
 
 fn is_url(s: &str) -> bool {

@@ -16,6 +16,8 @@ pub mod manage;
 pub mod minter;
 pub mod queue;
 pub mod releases;
+#[cfg(feature = "cloudformation")]
+pub mod stack;
 pub mod store;
 mod token_vault;
 

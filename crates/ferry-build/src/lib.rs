@@ -13,6 +13,7 @@
 pub mod app;
 mod chart_images;
 mod chart_repo;
+pub mod completion;
 mod docker;
 pub mod error;
 pub mod git;
