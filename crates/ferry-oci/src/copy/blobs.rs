@@ -14,7 +14,7 @@ use super::CopyReport;
 use crate::client::MountOutcome;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::progress::{BlobOutcome, ProgressEvent};
+use crate::progress::{BlobOutcome, ProgressEvent, ProgressSink};
 
 pub(super) async fn copy_blobs(
     ctx: Arc<BlobCtx>,
@@ -60,36 +60,38 @@ pub(super) async fn copy_blobs(
     Ok(())
 }
 
+/// Reports every blob as skipped: every destination already holds the root, and so its graph.
+pub(super) fn skip_all_blobs(
+    blobs: &BTreeMap<Digest, u64>,
+    progress: &dyn ProgressSink,
+    report: &mut CopyReport,
+) {
+    for (digest, size) in blobs {
+        progress.event(ProgressEvent::BlobStarted {
+            digest: digest.clone(),
+            size: *size,
+        });
+        progress.event(ProgressEvent::BlobFinished {
+            digest: digest.clone(),
+            size: *size,
+            outcome: BlobOutcome::Skipped,
+        });
+        report.blobs_skipped += 1;
+        report.bytes_skipped += size;
+    }
+}
+
 /// Moves one blob to every destination that lacks it.
 pub(super) async fn transfer_blob(
     ctx: &BlobCtx,
     digest: &Digest,
     size: u64,
 ) -> Result<BlobOutcome> {
-    // One permit per distinct host, always taken in sorted order so two transfers can never
-    // each hold what the other waits for.
-    let mut keys: Vec<&String> = std::iter::once(&ctx.src_key)
-        .chain(ctx.dst_keys.iter())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let mut permits = Vec::with_capacity(keys.len());
-    for k in keys {
-        if let Some(gate) = ctx.hosts.get(k) {
-            permits.push(gate.acquire(digest).await?);
-        }
-    }
-
+    let permits = ctx.acquire_hosts(digest).await?;
     ctx.progress.event(ProgressEvent::BlobStarted {
         digest: digest.clone(),
         size,
     });
-    let mut pending = Vec::new();
-    for (i, d) in ctx.dsts.iter().enumerate() {
-        if d.has_blob(digest).await?.is_none() {
-            pending.push(i);
-        }
-    }
     let finish = |outcome: BlobOutcome| -> Result<BlobOutcome> {
         ctx.progress.event(ProgressEvent::BlobFinished {
             digest: digest.clone(),
@@ -98,52 +100,82 @@ pub(super) async fn transfer_blob(
         });
         Ok(outcome)
     };
+    let pending = lacking(ctx, digest).await?;
     if pending.is_empty() {
         return finish(BlobOutcome::Skipped);
     }
+    let pending = mount_from_source(ctx, digest, pending).await;
+    if pending.is_empty() {
+        return finish(BlobOutcome::Mounted);
+    }
+    stream_and_mount(ctx, digest, size, &pending).await?;
+    // The permits are released only after BlobFinished, so events show the real overlap.
+    let outcome = finish(BlobOutcome::Copied);
+    drop(permits);
+    outcome
+}
 
-    // Same registry, other repository, same identity: ask the registry to mount instead of
-    // moving bytes. A mount is authorised as the destination's identity and needs pull on
-    // the source; when the copy was given a separate identity for the source, that is not
-    // expected to hold, and asking would send the destination identity after the source's
-    // scope (and cost a 202 round trip per blob), so the bytes are streamed instead.
-    if let Endpoint::Registry { client, r: src } = &ctx.src {
-        let mut still = Vec::new();
-        for i in pending {
-            let mounted = match &ctx.dsts[i] {
-                Endpoint::Registry { r: dst, .. }
-                    if dst.repo.registry == src.repo.registry
-                        && dst.repo.repository != src.repo.repository
-                        && client.same_identity(&src.repo, &dst.repo) =>
-                {
-                    match client
-                        .mount_blob(&dst.repo, &src.repo.repository, digest)
-                        .await
-                    {
-                        Ok(MountOutcome::Mounted) => true,
-                        Ok(MountOutcome::NotMounted) => false,
-                        Err(e) => {
-                            tracing::debug!(%digest, error = %e, "mount failed; copying instead");
-                            false
-                        }
-                    }
-                }
-                _ => false,
-            };
-            if !mounted {
-                still.push(i);
-            }
-        }
-        pending = still;
-        if pending.is_empty() {
-            return finish(BlobOutcome::Mounted);
+/// The destinations (by index) that do not hold the blob.
+async fn lacking(ctx: &BlobCtx, digest: &Digest) -> Result<Vec<usize>> {
+    let mut pending = Vec::new();
+    for (i, d) in ctx.dsts.iter().enumerate() {
+        if d.has_blob(digest).await?.is_none() {
+            pending.push(i);
         }
     }
+    Ok(pending)
+}
 
-    // Upload once per registry, mount the rest: a destination that is another repository of
-    // a registry this transfer already uploads to, under the same identity, gets a
-    // cross-repository mount from that repository once the upload has committed.
-    let (upload, followers) = split_for_mounts(ctx, &pending);
+/// Same registry, other repository, same identity: asks the registry to mount instead of
+/// moving bytes. Returns the destinations that still lack the blob.
+///
+/// A mount is authorised as the destination's identity and needs pull on the source; when
+/// the copy was given a separate identity for the source, that is not expected to hold, and
+/// asking would send the destination identity after the source's scope (and cost a 202
+/// round trip per blob), so the bytes are streamed instead.
+async fn mount_from_source(ctx: &BlobCtx, digest: &Digest, pending: Vec<usize>) -> Vec<usize> {
+    let Endpoint::Registry { client, r: src } = &ctx.src else {
+        return pending;
+    };
+    let mut still = Vec::new();
+    for i in pending {
+        let mounted = match &ctx.dsts[i] {
+            Endpoint::Registry { r: dst, .. }
+                if dst.repo.registry == src.repo.registry
+                    && dst.repo.repository != src.repo.repository
+                    && client.same_identity(&src.repo, &dst.repo) =>
+            {
+                match client
+                    .mount_blob(&dst.repo, &src.repo.repository, digest)
+                    .await
+                {
+                    Ok(MountOutcome::Mounted) => true,
+                    Ok(MountOutcome::NotMounted) => false,
+                    Err(e) => {
+                        tracing::debug!(%digest, error = %e, "mount failed; copying instead");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        };
+        if !mounted {
+            still.push(i);
+        }
+    }
+    still
+}
+
+/// Upload once per registry, mount the rest: a destination that is another repository of a
+/// registry this transfer already uploads to, under the same identity, gets a
+/// cross-repository mount from that repository once the upload has committed.
+async fn stream_and_mount(
+    ctx: &BlobCtx,
+    digest: &Digest,
+    size: u64,
+    pending: &[usize],
+) -> Result<()> {
+    let (upload, followers) = split_for_mounts(ctx, pending);
     stream_with_retries(ctx, digest, size, upload).await?;
     let mounts = followers
         .iter()
@@ -157,10 +189,7 @@ pub(super) async fn transfer_blob(
         // A registry that answered 202 (or refused) gets the bytes after all.
         stream_with_retries(ctx, digest, size, fallback).await?;
     }
-    // The permits are released only after BlobFinished, so events show the real overlap.
-    let outcome = finish(BlobOutcome::Copied);
-    drop(permits);
-    outcome
+    Ok(())
 }
 
 /// Splits the destinations that need a blob into those the bytes are streamed to and those

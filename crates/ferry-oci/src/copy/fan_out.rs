@@ -7,14 +7,14 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::hosts::BlobCtx;
 use crate::digest::{Digest, VerifyingStream};
 use crate::error::{Error, Result, Step};
-use crate::progress::ProgressEvent;
+use crate::progress::{ProgressEvent, ProgressSink};
 use crate::ByteStream;
 
 /// Chunks buffered per destination in the fan-out tee: enough to absorb jitter between
@@ -61,7 +61,7 @@ pub(super) async fn fan_out(
             })
         }
     };
-    let mut source = VerifyingStream::new(source, digest.clone(), Some(size));
+    let source = VerifyingStream::new(source, digest.clone(), Some(size));
     let cancel = CancellationToken::new();
     let first_failed: Arc<Mutex<Option<usize>>> = Arc::new(Mutex::new(None));
 
@@ -85,73 +85,97 @@ pub(super) async fn fan_out(
         });
     }
 
-    let progress = ctx.progress.clone();
-    let pump = async move {
-        async fn abort_all(
-            txs: &mut [Option<mpsc::Sender<Result<Bytes>>>],
-            digest: &Digest,
-            why: &str,
-        ) {
-            for tx in txs.iter_mut().filter_map(Option::take) {
-                let _ = tx.send(Err(aborted(digest, why))).await;
-            }
-        }
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    abort_all(&mut txs, digest, "a destination failed").await;
-                    return None;
-                }
-                n = source.next() => n,
-            };
-            match next {
-                // Verified and complete: closing the channels ends every body.
-                None => return None,
-                Some(Err(e)) => {
-                    abort_all(
-                        &mut txs,
-                        digest,
-                        "the source failed verification or reading",
-                    )
-                    .await;
-                    return Some(e);
-                }
-                Some(Ok(chunk)) => {
-                    let mut cancelled = false;
-                    for slot in txs.iter_mut() {
-                        let Some(tx) = slot.as_ref() else { continue };
-                        let sent = tokio::select! {
-                            biased;
-                            _ = cancel.cancelled() => {
-                                cancelled = true;
-                                break;
-                            }
-                            r = tx.send(Ok(chunk.clone())) => r,
-                        };
-                        if sent.is_err() {
-                            // The writer stopped reading; its own result says why.
-                            *slot = None;
-                        }
-                    }
-                    if cancelled {
-                        abort_all(&mut txs, digest, "a destination failed").await;
-                        return None;
-                    }
-                    progress.event(ProgressEvent::BlobProgress {
-                        digest: digest.clone(),
-                        bytes: chunk.len() as u64,
-                    });
-                    if txs.iter().all(Option::is_none) {
-                        return None;
-                    }
-                }
-            }
-        }
-    };
+    let pump = pump(source, txs, &cancel, digest, ctx.progress.as_ref());
     let (source_error, results) = tokio::join!(pump, futures::future::join_all(writers));
 
     let first = first_failed.lock().ok().and_then(|f| *f);
+    outcome(source_error, results, first, targets)
+}
+
+type Tee = Option<mpsc::Sender<Result<Bytes>>>;
+
+/// Ends every body still open with an error, so no destination commits the blob.
+async fn abort_all(txs: &mut [Tee], digest: &Digest, why: &str) {
+    for tx in txs.iter_mut().filter_map(Option::take) {
+        let _ = tx.send(Err(aborted(digest, why))).await;
+    }
+}
+
+/// Reads the verified source and hands each chunk to every body still open. Returns the
+/// source's error, if reading or verification failed; `None` when the source was read to
+/// its verified end, a destination failed (its writer reports why), or no body is open.
+async fn pump<S>(
+    mut source: S,
+    mut txs: Vec<Tee>,
+    cancel: &CancellationToken,
+    digest: &Digest,
+    progress: &dyn ProgressSink,
+) -> Option<Error>
+where
+    S: Stream<Item = Result<Bytes>> + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => {
+                abort_all(&mut txs, digest, "a destination failed").await;
+                return None;
+            }
+            n = source.next() => n,
+        };
+        let chunk = match next {
+            // Verified and complete: closing the channels ends every body.
+            None => return None,
+            Some(Err(e)) => {
+                abort_all(
+                    &mut txs,
+                    digest,
+                    "the source failed verification or reading",
+                )
+                .await;
+                return Some(e);
+            }
+            Some(Ok(chunk)) => chunk,
+        };
+        if !send_to_all(&mut txs, &chunk, cancel).await {
+            abort_all(&mut txs, digest, "a destination failed").await;
+            return None;
+        }
+        progress.event(ProgressEvent::BlobProgress {
+            digest: digest.clone(),
+            bytes: chunk.len() as u64,
+        });
+        if txs.iter().all(Option::is_none) {
+            return None;
+        }
+    }
+}
+
+/// Sends `chunk` to every open body; a body whose writer stopped reading is closed (its own
+/// result says why). Returns false if the copy was cancelled meanwhile.
+async fn send_to_all(txs: &mut [Tee], chunk: &Bytes, cancel: &CancellationToken) -> bool {
+    for slot in txs.iter_mut() {
+        let Some(tx) = slot.as_ref() else { continue };
+        let sent = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return false,
+            r = tx.send(Ok(chunk.clone())) => r,
+        };
+        if sent.is_err() {
+            *slot = None;
+        }
+    }
+    true
+}
+
+/// The attempt's result: the source's error first, else the first destination to fail,
+/// else any other; with the destinations that still lack the blob (all, if none failed).
+fn outcome(
+    source_error: Option<Error>,
+    results: Vec<(usize, Result<()>)>,
+    first: Option<usize>,
+    targets: &[usize],
+) -> std::result::Result<(), FanOutFailure> {
     let mut failed = Vec::new();
     let mut first_error = None;
     let mut other_error = None;

@@ -150,4 +150,22 @@ impl BlobCtx {
             progress,
         }
     }
+
+    /// One permit per distinct host this transfer touches, always taken in sorted order so
+    /// two transfers can never each hold what the other waits for. Held (never read) until
+    /// the transfer ends.
+    pub(super) async fn acquire_hosts(&self, digest: &Digest) -> Result<Vec<HeldPermit>> {
+        let mut keys: Vec<&String> = std::iter::once(&self.src_key)
+            .chain(self.dst_keys.iter())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut permits = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(gate) = self.hosts.get(k) {
+                permits.push(gate.acquire(digest).await?);
+            }
+        }
+        Ok(permits)
+    }
 }

@@ -7,12 +7,37 @@ use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 
-use super::endpoint::Endpoint;
+use super::endpoint::{Endpoint, Held};
 use super::graph::Graph;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::media::{Descriptor, Manifest, OCI_INDEX};
 use crate::progress::{ProgressEvent, ProgressSink};
+
+/// Writes, at every destination at once, what its warm check found missing: nothing, the
+/// tag only, or the manifests and then the tag. Returns how many were written in all.
+pub(super) async fn write_every_destination(
+    dsts: &[Endpoint],
+    tags: Vec<Option<String>>,
+    held: Vec<Held>,
+    graph: &Graph,
+    root: &Manifest,
+    progress: &dyn ProgressSink,
+) -> Result<usize> {
+    let jobs = dsts
+        .iter()
+        .zip(tags)
+        .zip(held)
+        .map(|((d, tag), h)| async move {
+            match h {
+                Held::Tagged => Ok(0),
+                Held::Present => write_tag(d, root, tag, progress).await,
+                Held::Absent => write_manifests(d, graph, root, tag, true, progress).await,
+                Held::Missing => write_manifests(d, graph, root, tag, false, progress).await,
+            }
+        });
+    Ok(futures::future::try_join_all(jobs).await?.into_iter().sum())
+}
 
 /// Writes every manifest a destination lacks, children first, then the tag. Returns how
 /// many manifests (and tags) were written.

@@ -32,16 +32,16 @@ use crate::client::RegistryClient;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::OciLayout;
-use crate::media::Platform;
-use crate::progress::{BlobOutcome, ProgressEvent, ProgressSink};
+use crate::media::{Manifest, Platform};
+use crate::progress::{ProgressEvent, ProgressSink};
 use crate::reference::Reference;
 use crate::retry::RetryPolicy;
 
-use blobs::copy_blobs;
+use blobs::{copy_blobs, skip_all_blobs};
 use endpoint::{Endpoint, Held};
 use graph::{select_platform, Graph};
 use hosts::BlobCtx;
-use manifests::{write_manifests, write_tag};
+use manifests::write_every_destination;
 
 #[derive(Debug, Clone)]
 pub struct CopyOptions {
@@ -161,63 +161,15 @@ impl CopyEngine {
         }
 
         // 1. The root, narrowed to one platform if asked.
-        let mut root = src.root_manifest().await?;
-        if let Some(want) = &self.options.platform {
-            if root.is_index() {
-                root = select_platform(&src, &root, want).await?;
-            }
-        }
-        for d in &dsts {
-            if let Some(want) = d.digest() {
-                if want != &root.digest {
-                    return Err(Error::Config(format!(
-                        "destination {} names digest {want}, but {source} resolves to {}; \
-                         drop the digest from the destination or fix it",
-                        d.name(),
-                        root.digest
-                    )));
-                }
-            }
-        }
-
+        let root = self.resolve_root(source, &src, &dsts).await?;
         // Each destination's tag, decided once: used by the warm check and written last.
         let tags: Vec<Option<String>> =
             dsts.iter().map(|d| self.destination_tag(&src, d)).collect();
-
-        // 1b. Warm check: a destination that already holds the root holds its whole graph,
-        // so it needs no blob or manifest HEADs, at most the tag.
-        let mut held = Vec::with_capacity(dsts.len());
-        match early {
-            // Already asked about this very digest (the source named it): not again.
-            Some((digest, early_held)) if digest == root.digest => held = early_held,
-            _ => {
-                for (d, tag) in dsts.iter().zip(&tags) {
-                    held.push(if self.options.referrers {
-                        Held::Missing
-                    } else {
-                        d.holds_root(&root.digest, tag.as_deref()).await?
-                    });
-                }
-            }
-        }
+        // 1b. Warm check: what each destination already holds of the root.
+        let held = self.warm_check(&dsts, &tags, &root.digest, early).await?;
 
         // 2. The graph.
-        let mut graph = Graph::default();
-        graph.add_tree(&src, root.clone()).await?;
-        if self.options.referrers {
-            graph.add_referrers(&src).await?;
-        }
-        let total_bytes = graph.blobs.values().sum();
-        progress.event(ProgressEvent::Plan {
-            source: source.to_string(),
-            digest: root.digest.clone(),
-            manifests: graph.manifests.len(),
-            blobs: graph.blobs.len(),
-            total_bytes,
-        });
-        tracing::debug!(source = %source, digest = %root.digest, manifests = graph.manifests.len(),
-            blobs = graph.blobs.len(), total_bytes, "copy planned");
-
+        let graph = self.plan(source, &src, &root, progress.as_ref()).await?;
         let mut report = CopyReport {
             digest: Some(root.digest.clone()),
             media_type: root.media_type.clone(),
@@ -233,19 +185,7 @@ impl CopyEngine {
             .map(|(d, _)| d.clone())
             .collect();
         if missing.is_empty() {
-            for (digest, size) in &graph.blobs {
-                progress.event(ProgressEvent::BlobStarted {
-                    digest: digest.clone(),
-                    size: *size,
-                });
-                progress.event(ProgressEvent::BlobFinished {
-                    digest: digest.clone(),
-                    size: *size,
-                    outcome: BlobOutcome::Skipped,
-                });
-                report.blobs_skipped += 1;
-                report.bytes_skipped += size;
-            }
+            skip_all_blobs(&graph.blobs, progress.as_ref(), &mut report);
         } else {
             let ctx = Arc::new(BlobCtx::new(
                 src.clone(),
@@ -258,23 +198,92 @@ impl CopyEngine {
         }
 
         // 5. Manifests, children first, then the tag, per destination.
-        let (graph, root_ref, sink) = (&graph, &root, progress.as_ref());
-        let mut jobs = Vec::new();
-        for ((d, tag), h) in dsts.iter().zip(tags).zip(held) {
-            jobs.push(async move {
-                match h {
-                    Held::Tagged => Ok(0),
-                    Held::Present => write_tag(d, root_ref, tag, sink).await,
-                    Held::Absent => write_manifests(d, graph, root_ref, tag, true, sink).await,
-                    Held::Missing => write_manifests(d, graph, root_ref, tag, false, sink).await,
-                }
-            });
-        }
-        for written in futures::future::try_join_all(jobs).await? {
-            report.manifests_written += written;
-        }
+        report.manifests_written +=
+            write_every_destination(&dsts, tags, held, &graph, &root, progress.as_ref()).await?;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// The source's root manifest, narrowed to the selected platform, checked against any
+    /// digest a destination names.
+    async fn resolve_root(
+        &self,
+        source: &Reference,
+        src: &Endpoint,
+        dsts: &[Endpoint],
+    ) -> Result<Manifest> {
+        let mut root = src.root_manifest().await?;
+        if let Some(want) = &self.options.platform {
+            if root.is_index() {
+                root = select_platform(src, &root, want).await?;
+            }
+        }
+        for d in dsts {
+            if let Some(want) = d.digest() {
+                if want != &root.digest {
+                    return Err(Error::Config(format!(
+                        "destination {} names digest {want}, but {source} resolves to {}; \
+                         drop the digest from the destination or fix it",
+                        d.name(),
+                        root.digest
+                    )));
+                }
+            }
+        }
+        Ok(root)
+    }
+
+    /// What each destination holds of `root`. A destination that already holds the root
+    /// holds its whole graph, so it needs no blob or manifest HEADs, at most the tag. `early`
+    /// is the answer of [`Self::warm_by_digest`], reused when it asked about this very root.
+    async fn warm_check(
+        &self,
+        dsts: &[Endpoint],
+        tags: &[Option<String>],
+        root: &Digest,
+        early: Option<(Digest, Vec<Held>)>,
+    ) -> Result<Vec<Held>> {
+        match early {
+            // Already asked about this very digest (the source named it): not again.
+            Some((digest, early_held)) if &digest == root => Ok(early_held),
+            _ => {
+                let mut held = Vec::with_capacity(dsts.len());
+                for (d, tag) in dsts.iter().zip(tags) {
+                    held.push(if self.options.referrers {
+                        Held::Missing
+                    } else {
+                        d.holds_root(root, tag.as_deref()).await?
+                    });
+                }
+                Ok(held)
+            }
+        }
+    }
+
+    /// Resolves the graph below `root` (and its referrers, if asked) and announces the plan.
+    async fn plan(
+        &self,
+        source: &Reference,
+        src: &Endpoint,
+        root: &Manifest,
+        progress: &dyn ProgressSink,
+    ) -> Result<Graph> {
+        let mut graph = Graph::default();
+        graph.add_tree(src, root.clone()).await?;
+        if self.options.referrers {
+            graph.add_referrers(src).await?;
+        }
+        let total_bytes = graph.blobs.values().sum();
+        progress.event(ProgressEvent::Plan {
+            source: source.to_string(),
+            digest: root.digest.clone(),
+            manifests: graph.manifests.len(),
+            blobs: graph.blobs.len(),
+            total_bytes,
+        });
+        tracing::debug!(source = %source, digest = %root.digest, manifests = graph.manifests.len(),
+            blobs = graph.blobs.len(), total_bytes, "copy planned");
+        Ok(graph)
     }
 
     /// The warm check done before the source is touched, possible when the source names a

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use crate::layout::journal;
 use crate::layout::tests::{bytes_stream, write_real_image};
 use crate::media::{Descriptor, Manifest, OCI_INDEX, OCI_MANIFEST, ZIP_LAYER};
+use crate::progress::BlobOutcome;
 
 #[derive(Default)]
 struct Events(Mutex<Vec<ProgressEvent>>);
