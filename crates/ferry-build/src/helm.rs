@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use ferry_core::domain::Component;
 use ferry_core::ports::BuildSpec;
 use ferry_oci::media::{HELM_CHART_LAYER, HELM_CONFIG};
+use ferry_oci::reference::valid_tag;
 use ferry_oci::{Digest as OciDigest, OciLayout};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -162,13 +163,6 @@ pub(crate) async fn push_chart(
     }
     b.push_layout(component, layout_dir, repository, tags, tmp)
         .await
-}
-
-fn valid_tag(t: &str) -> bool {
-    let mut chars = t.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
-        && t.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Packages the chart in `dir` into `<out>/<name>-<version>.tgz`.
