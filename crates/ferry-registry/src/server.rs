@@ -1170,7 +1170,7 @@ async fn cancel_upload(ctx: &Ctx, name: &str, id: &str) -> Handled {
 }
 
 async fn referrers(ctx: &Ctx, name: &str, digest: &str) -> Handled {
-    ctx.authorize(name, Action::Pull, Target::Repository)
+    ctx.authorize(name, Action::Pull, Target::Referrers(digest.to_string()))
         .await?;
     let artifact_type = ctx.query.get("artifactType").cloned();
     let last = ctx.query.get("last").cloned();
