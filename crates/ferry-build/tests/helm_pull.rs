@@ -141,6 +141,7 @@ fn repo_component(url: &str, chart: &str, version: Option<&str>, repository: &st
             chart: chart.into(),
             version: version.map(str::to_string),
         },
+        source: None,
     };
     component.repository = Repository::new(repository).unwrap();
     BuildSpec {

@@ -63,6 +63,7 @@ async fn a_failed_build_is_published_with_its_error() {
         chart: ferry_core::domain::ChartSource::Dir {
             path: "does-not-exist".into(),
         },
+        source: None,
     };
     builder.start(&s).await.unwrap();
     let done = builder.wait(&s.build_id).await.unwrap();

@@ -380,14 +380,17 @@ pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
         Kind::DockerBuild => ComponentKind::DockerBuild {
             context: need(context, "--build-context")?,
             dockerfile,
+            source: None,
         },
         Kind::HelmChart => ComponentKind::HelmChart {
             chart: ChartSource::Dir {
                 path: need(dir, "--dir")?,
             },
+            source: None,
         },
         Kind::OpentofuModule => ComponentKind::OpentofuModule {
             dir: need(dir, "--dir")?,
+            source: None,
         },
     };
     let repo_text = repository.unwrap_or_else(|| format!("{app}/{cname}").to_lowercase());

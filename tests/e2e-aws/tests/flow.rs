@@ -250,6 +250,7 @@ async fn a_build_reaches_every_install_through_aws() {
         name: ComponentName::new("web").unwrap(),
         kind: ComponentKind::OpentofuModule {
             dir: "module".into(),
+            source: None,
         },
         repository: repository.clone(),
     };

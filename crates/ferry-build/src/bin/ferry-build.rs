@@ -54,6 +54,10 @@ struct Args {
     /// Allow plain HTTP to registries that are not on loopback.
     #[arg(long, env = "FERRY_INSECURE")]
     insecure: bool,
+    /// The app root already is the checkout of the component's git source, at this commit
+    /// (CodeBuild checked it out as a source override); the build does not fetch it again.
+    #[arg(long, env = "FERRY_SOURCE_REVISION")]
+    source_revision: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +125,7 @@ fn setup(args: Args) -> Result<(ArtifactBuilder, BuildSpec)> {
         .with_credentials(credentials);
     config.insecure = args.insecure;
     config.work_dir = args.work_dir;
+    config.checked_out = args.source_revision.filter(|r| !r.trim().is_empty());
     let builder = ArtifactBuilder::new(config)?;
     Ok((
         builder,
