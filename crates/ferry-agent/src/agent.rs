@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_core::domain::{KeyRequirement, VerifyPolicy};
 use ferry_core::event::{
     parse_sync_job, Event, Payload, SyncJobMessage, SyncReportStatus, SyncReported,
 };
@@ -24,7 +25,7 @@ use ferry_core::ports::{Queue, QueueError, ReceivedMessage};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
 use ferry_core::trust::{verify_job, ReportKey};
 use ferry_oci::{
-    ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
+    cosign, ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
     ProgressEvent, ProgressSink, Reference, RegistryClient, RegistryRef, RepoRef, Secret,
 };
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,8 @@ enum CopyFailure {
     GrantRefused(String),
     Transient(String),
     Failed(String),
+    /// The artifact did not meet the job's verification policy; nothing was written.
+    PolicyFailed(String),
 }
 
 pub struct Agent<Q, R> {
@@ -272,6 +275,11 @@ where
                 return Disposition::RetryAfter(10);
             }
             Err(CopyFailure::Failed(why)) => (SyncReportStatus::Failed, None, Some(why)),
+            Err(CopyFailure::PolicyFailed(why)) => {
+                tracing::warn!(security_event = "policy_failed", error = %why,
+                    "the artifact failed its verification policy; nothing was written");
+                (SyncReportStatus::PolicyFailed, None, Some(why))
+            }
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let mut report = SyncReported {
@@ -327,6 +335,12 @@ where
             tag: None,
             digest: Some(digest.clone()),
         });
+        let src_repo = RepoRef::new(src_registry.clone(), msg.repository.as_str());
+        // Verified before anything is written into the install: a failure leaves it untouched.
+        if let Some(policy) = &msg.verify {
+            self.verify_policy(&client, &src_repo, msg, policy, receive_count)
+                .await?;
+        }
         let dst_ref = RepoRef::new(self.config.install_registry.clone(), dst_repo);
         let destination = Reference::Registry(RegistryRef {
             repo: dst_ref.clone(),
@@ -337,7 +351,14 @@ where
             digest: None,
         });
         tracing::info!(source = %source, destination = %destination, "copy started");
-        let engine = CopyEngine::new(client.clone(), CopyOptions::default());
+        // Signatures, SBOMs and attestations travel with the artifact.
+        let engine = CopyEngine::new(
+            client.clone(),
+            CopyOptions {
+                referrers: true,
+                ..CopyOptions::default()
+            },
+        );
         let report = engine
             .copy(&source, &[destination], Arc::new(LogProgress))
             .await
@@ -352,6 +373,22 @@ where
             })?;
         self.verify(&client, &dst_ref, &digest, &report, receive_count)
             .await?;
+        // Cosign's tag scheme (`sha256-<hex>.sig`, `.att`, `.sbom`), where the vendor has them.
+        let plain = CopyEngine::new(client.clone(), CopyOptions::default());
+        let tags = cosign::copy_tag_scheme(&plain, &client, &src_repo, &dst_ref, &digest)
+            .await
+            .map_err(|e| {
+                classify(
+                    e,
+                    &src_registry,
+                    msg,
+                    receive_count,
+                    self.config.max_receives,
+                )
+            })?;
+        if !tags.is_empty() {
+            tracing::info!(?tags, "signature tags copied");
+        }
         if let Some(keep_last) = self.config.keep_last {
             // The sync has succeeded whatever retention does: a failure is logged, and the
             // next successful sync of the repository applies retention again.
@@ -365,6 +402,37 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// Checks the artifact's cosign signatures in the vendor registry against the job's
+    /// policy (signed by the vendor with the job, so it cannot have been dropped on the way).
+    async fn verify_policy(
+        &self,
+        client: &RegistryClient,
+        src_repo: &RepoRef,
+        msg: &SyncJobMessage,
+        policy: &VerifyPolicy,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        let parsed = cosign::Policy::from_pems(
+            policy.keys.iter().map(String::as_str),
+            policy.require == KeyRequirement::All,
+        )
+        .map_err(|e| CopyFailure::PolicyFailed(e.to_string()))?;
+        match cosign::verify(client, src_repo, &msg.digest, &parsed).await {
+            Ok(v) => {
+                tracing::info!(keys = ?v.keys, "signature policy met");
+                Ok(())
+            }
+            Err(cosign::VerifyError::Registry { source, .. }) => Err(classify(
+                source,
+                &self.config.vendor.registry,
+                msg,
+                receive_count,
+                self.config.max_receives,
+            )),
+            Err(e) => Err(CopyFailure::PolicyFailed(e.to_string())),
+        }
     }
 
     /// Opens the job's sealed grant and checks it is for this job and not expired.

@@ -253,6 +253,7 @@ async fn a_build_reaches_every_install_through_aws() {
             source: None,
         },
         repository: repository.clone(),
+        verify: None,
     };
     store.put_component(&component).await.unwrap();
 
