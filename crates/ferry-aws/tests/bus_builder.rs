@@ -331,6 +331,33 @@ fn a_green_build_without_a_digest_fails_clearly() {
 }
 
 #[test]
+fn a_build_from_git_reports_its_commit() {
+    let path = format!(
+        "{}/tests/data/codebuild-succeeded.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let base: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let with_revision = |rev: &str| {
+        let mut v = base.clone();
+        v["detail"]["additional-information"]["exported-environment-variables"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"name": "FERRY_ARTIFACT_REVISION", "value": rev}));
+        CodeBuildStateChange::parse(v.to_string().as_bytes()).unwrap()
+    };
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let c = completed(with_revision(commit).to_build_completed().unwrap().unwrap());
+    assert_eq!(c.revision.as_deref(), Some(commit));
+    let e = with_revision("main").to_build_completed().unwrap_err();
+    assert!(e.to_string().contains("FERRY_ARTIFACT_REVISION"), "{e}");
+    // No export (a build not from git): no revision.
+    let plain = CodeBuildStateChange::parse(base.to_string().as_bytes()).unwrap();
+    assert!(completed(plain.to_build_completed().unwrap().unwrap())
+        .revision
+        .is_none());
+}
+
+#[test]
 fn foreign_events_are_refused() {
     assert!(CodeBuildStateChange::parse(br#"{"source":"aws.s3","detail":{}}"#).is_err());
     assert!(CodeBuildStateChange::parse(b"not json").is_err());
