@@ -351,14 +351,7 @@ where
             digest: None,
         });
         tracing::info!(source = %source, destination = %destination, "copy started");
-        // Signatures, SBOMs and attestations travel with the artifact.
-        let engine = CopyEngine::new(
-            client.clone(),
-            CopyOptions {
-                referrers: true,
-                ..CopyOptions::default()
-            },
-        );
+        let engine = CopyEngine::new(client.clone(), CopyOptions::default());
         let report = engine
             .copy(&source, &[destination], Arc::new(LogProgress))
             .await
@@ -373,22 +366,8 @@ where
             })?;
         self.verify(&client, &dst_ref, &digest, &report, receive_count)
             .await?;
-        // Cosign's tag scheme (`sha256-<hex>.sig`, `.att`, `.sbom`), where the vendor has them.
-        let plain = CopyEngine::new(client.clone(), CopyOptions::default());
-        let tags = cosign::copy_tag_scheme(&plain, &client, &src_repo, &dst_ref, &digest)
-            .await
-            .map_err(|e| {
-                classify(
-                    e,
-                    &src_registry,
-                    msg,
-                    receive_count,
-                    self.config.max_receives,
-                )
-            })?;
-        if !tags.is_empty() {
-            tracing::info!(?tags, "signature tags copied");
-        }
+        self.copy_attachments(&client, &source, &src_repo, &dst_ref, msg, receive_count)
+            .await?;
         if let Some(keep_last) = self.config.keep_last {
             // The sync has succeeded whatever retention does: a failure is logged, and the
             // next successful sync of the repository applies retention again.
@@ -402,6 +381,63 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// What travels with the artifact, once it is in the install: its referrers (signatures,
+    /// SBOMs, attestations through the OCI 1.1 API or its tag-schema index) and cosign's
+    /// `sha256-<hex>.sig`, `.att` and `.sbom` tags. The referrers are carried where the install
+    /// registry accepts them (a registry refusing referrer manifests does not fail the sync:
+    /// the artifact is what the install runs); the cosign tags are required when the job has a
+    /// policy, so the signature that was verified is in the install too.
+    async fn copy_attachments(
+        &self,
+        client: &RegistryClient,
+        source: &Reference,
+        src_repo: &RepoRef,
+        dst_ref: &RepoRef,
+        msg: &SyncJobMessage,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        let with_referrers = CopyEngine::new(
+            client.clone(),
+            CopyOptions {
+                referrers: true,
+                ..CopyOptions::default()
+            },
+        );
+        let by_digest = Reference::Registry(RegistryRef {
+            repo: dst_ref.clone(),
+            tag: None,
+            digest: None,
+        });
+        if let Err(e) = with_referrers
+            .copy(
+                source,
+                &[by_digest],
+                Arc::new(ferry_oci::progress::NoProgress),
+            )
+            .await
+        {
+            tracing::warn!(error = %e,
+                "the artifact's referrers were not copied; the install holds the artifact without them");
+        }
+        let plain = CopyEngine::new(client.clone(), CopyOptions::default());
+        match cosign::copy_tag_scheme(&plain, client, src_repo, dst_ref, &msg.digest).await {
+            Ok(tags) if tags.is_empty() => {}
+            Ok(tags) => tracing::info!(?tags, "signature tags copied"),
+            Err(e) if msg.verify.is_some() => {
+                return Err(classify(
+                    e,
+                    &self.config.vendor.registry,
+                    msg,
+                    receive_count,
+                    self.config.max_receives,
+                ))
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "the artifact's signature tags were not copied; the install holds it without them"),
+        }
+        Ok(())
     }
 
     /// Checks the artifact's cosign signatures in the vendor registry against the job's
