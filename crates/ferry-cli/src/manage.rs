@@ -107,7 +107,7 @@ pub enum ComponentCommand {
         #[arg(long)]
         subscribe_all: bool,
         #[command(flatten)]
-        extras: ComponentExtras,
+        extras: Box<ComponentExtras>,
         #[command(flatten)]
         common: StateArgs,
     },
