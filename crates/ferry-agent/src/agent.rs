@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_core::domain::{KeyRequirement, VerifyPolicy};
 use ferry_core::event::{
     parse_sync_job, Event, Payload, SyncJobMessage, SyncReportStatus, SyncReported,
 };
@@ -24,7 +25,7 @@ use ferry_core::ports::{Queue, QueueError, ReceivedMessage};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
 use ferry_core::trust::{verify_job, ReportKey};
 use ferry_oci::{
-    ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
+    cosign, ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
     ProgressEvent, ProgressSink, Reference, RegistryClient, RegistryRef, RepoRef, Secret,
 };
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,8 @@ enum CopyFailure {
     GrantRefused(String),
     Transient(String),
     Failed(String),
+    /// The artifact did not meet the job's verification policy; nothing was written.
+    PolicyFailed(String),
 }
 
 pub struct Agent<Q, R> {
@@ -272,6 +275,11 @@ where
                 return Disposition::RetryAfter(10);
             }
             Err(CopyFailure::Failed(why)) => (SyncReportStatus::Failed, None, Some(why)),
+            Err(CopyFailure::PolicyFailed(why)) => {
+                tracing::warn!(security_event = "policy_failed", error = %why,
+                    "the artifact failed its verification policy; nothing was written");
+                (SyncReportStatus::PolicyFailed, None, Some(why))
+            }
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let mut report = SyncReported {
@@ -327,6 +335,12 @@ where
             tag: None,
             digest: Some(digest.clone()),
         });
+        let src_repo = RepoRef::new(src_registry.clone(), msg.repository.as_str());
+        // Verified before anything is written into the install: a failure leaves it untouched.
+        if let Some(policy) = &msg.verify {
+            self.verify_policy(&client, &src_repo, msg, policy, receive_count)
+                .await?;
+        }
         let dst_ref = RepoRef::new(self.config.install_registry.clone(), dst_repo);
         let destination = Reference::Registry(RegistryRef {
             repo: dst_ref.clone(),
@@ -351,6 +365,8 @@ where
                 )
             })?;
         self.verify(&client, &dst_ref, &digest, &report, receive_count)
+            .await?;
+        self.copy_attachments(&client, &source, &src_repo, &dst_ref, msg, receive_count)
             .await?;
         // A chart bundle gets its values override next to it, before the sync is reported.
         match ferry_oci::chart_bundle::write_values_override(&client, &dst_ref, &digest).await {
@@ -378,6 +394,94 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// What travels with the artifact, once it is in the install: its referrers (signatures,
+    /// SBOMs, attestations through the OCI 1.1 API or its tag-schema index) and cosign's
+    /// `sha256-<hex>.sig`, `.att` and `.sbom` tags. The referrers are carried where the install
+    /// registry accepts them (a registry refusing referrer manifests does not fail the sync:
+    /// the artifact is what the install runs); the cosign tags are required when the job has a
+    /// policy, so the signature that was verified is in the install too.
+    async fn copy_attachments(
+        &self,
+        client: &RegistryClient,
+        source: &Reference,
+        src_repo: &RepoRef,
+        dst_ref: &RepoRef,
+        msg: &SyncJobMessage,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        let with_referrers = CopyEngine::new(
+            client.clone(),
+            CopyOptions {
+                referrers: true,
+                ..CopyOptions::default()
+            },
+        );
+        let by_digest = Reference::Registry(RegistryRef {
+            repo: dst_ref.clone(),
+            tag: None,
+            digest: None,
+        });
+        if let Err(e) = with_referrers
+            .copy(
+                source,
+                &[by_digest],
+                Arc::new(ferry_oci::progress::NoProgress),
+            )
+            .await
+        {
+            tracing::warn!(error = %e,
+                "the artifact's referrers were not copied; the install holds the artifact without them");
+        }
+        let plain = CopyEngine::new(client.clone(), CopyOptions::default());
+        match cosign::copy_tag_scheme(&plain, client, src_repo, dst_ref, &msg.digest).await {
+            Ok(tags) if tags.is_empty() => {}
+            Ok(tags) => tracing::info!(?tags, "signature tags copied"),
+            Err(e) if msg.verify.is_some() => {
+                return Err(classify(
+                    e,
+                    &self.config.vendor.registry,
+                    msg,
+                    receive_count,
+                    self.config.max_receives,
+                ))
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "the artifact's signature tags were not copied; the install holds it without them"),
+        }
+        Ok(())
+    }
+
+    /// Checks the artifact's cosign signatures in the vendor registry against the job's
+    /// policy (signed by the vendor with the job, so it cannot have been dropped on the way).
+    async fn verify_policy(
+        &self,
+        client: &RegistryClient,
+        src_repo: &RepoRef,
+        msg: &SyncJobMessage,
+        policy: &VerifyPolicy,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        let parsed = cosign::Policy::from_pems(
+            policy.keys.iter().map(String::as_str),
+            policy.require == KeyRequirement::All,
+        )
+        .map_err(|e| CopyFailure::PolicyFailed(e.to_string()))?;
+        match cosign::verify(client, src_repo, &msg.digest, &parsed).await {
+            Ok(v) => {
+                tracing::info!(keys = ?v.keys, "signature policy met");
+                Ok(())
+            }
+            Err(cosign::VerifyError::Registry { source, .. }) => Err(classify(
+                source,
+                &self.config.vendor.registry,
+                msg,
+                receive_count,
+                self.config.max_receives,
+            )),
+            Err(e) => Err(CopyFailure::PolicyFailed(e.to_string())),
+        }
     }
 
     /// Opens the job's sealed grant and checks it is for this job and not expired.

@@ -14,7 +14,9 @@
 //! component and the source ref; and never read an artifact digest from a state change.
 
 use aws_config::SdkConfig;
-use aws_sdk_codebuild::types::{EnvironmentVariable, EnvironmentVariableType};
+use aws_sdk_codebuild::types::{
+    EnvironmentVariable, EnvironmentVariableType, ProjectSource, ProjectSourceVersion, SourceType,
+};
 use aws_sdk_codebuild::Client;
 use serde::Deserialize;
 
@@ -33,6 +35,9 @@ pub const ENV_COMPONENT_NAME: &str = "FERRY_COMPONENT_NAME";
 pub const ENV_COMPONENT: &str = "FERRY_COMPONENT";
 pub const ENV_SOURCE_REF: &str = "FERRY_SOURCE_REF";
 pub const ENV_REPOSITORY: &str = "FERRY_REPOSITORY";
+/// The secondary source a component's own git repository is checked out as; the buildspec
+/// finds it at `$CODEBUILD_SRC_DIR_component`.
+pub const SOURCE_IDENTIFIER: &str = "component";
 /// The environment variable that names the CodeBuild project (set by the SAM template).
 pub const PROJECT_ENV: &str = "FERRY_BUILD_PROJECT";
 /// Every override [`environment`] sets, in its order (the buildspec and `ferry-build` read
@@ -110,6 +115,48 @@ pub fn environment(spec: &BuildSpec) -> Result<Vec<(&'static str, String)>, Buil
     ])
 }
 
+/// A component's own git repository as a CodeBuild secondary source override: the source
+/// type for its host, its URL, and the ref to build (the request's, else the component's).
+/// `None` for components without a git source, and for hosts CodeBuild has no source type for
+/// (those `ferry-build` checks out itself with the git CLI inside the build).
+pub fn source_override(spec: &BuildSpec) -> Option<(SourceType, String, String)> {
+    let git = spec.component.kind.git_source()?;
+    let url = git.git.trim();
+    let host = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(url)
+        .split(['/', ':'])
+        .next()?
+        .rsplit('@')
+        .next()?
+        .to_ascii_lowercase();
+    let kind = match host.as_str() {
+        "github.com" => SourceType::Github,
+        "bitbucket.org" => SourceType::Bitbucket,
+        "gitlab.com" => SourceType::Gitlab,
+        h if h.starts_with("git-codecommit.") && h.ends_with(".amazonaws.com") => {
+            SourceType::Codecommit
+        }
+        _ => return None,
+    };
+    if !url.starts_with("https://") {
+        // CodeBuild clones these over HTTPS with its own source credentials.
+        return None;
+    }
+    Some((
+        kind,
+        url.to_string(),
+        git.effective_ref(&spec.source_ref).to_string(),
+    ))
+}
+
+fn rejected(what: &str) -> impl FnOnce(aws_sdk_codebuild::error::BuildError) -> BuilderError + '_ {
+    move |e| BuilderError::Rejected {
+        message: format!("bad {what}: {e}"),
+    }
+}
+
 impl Builder for CodeBuildBuilder {
     async fn start(&self, spec: &BuildSpec) -> Result<String, BuilderError> {
         let mut req = self
@@ -121,6 +168,25 @@ impl Builder for CodeBuildBuilder {
             .idempotency_token(spec.build_id.as_str());
         for (name, value) in environment(spec)? {
             req = req.environment_variables_override(plain(name, &value)?);
+        }
+        if let Some((kind, location, version)) = source_override(spec) {
+            req = req
+                .secondary_sources_override(
+                    ProjectSource::builder()
+                        .r#type(kind)
+                        .location(location)
+                        .source_identifier(SOURCE_IDENTIFIER)
+                        .git_clone_depth(1)
+                        .build()
+                        .map_err(rejected("git source override"))?,
+                )
+                .secondary_sources_version_override(
+                    ProjectSourceVersion::builder()
+                        .source_identifier(SOURCE_IDENTIFIER)
+                        .source_version(version)
+                        .build()
+                        .map_err(rejected("git source version"))?,
+                );
         }
         let out = req.send().await.map_err(|e| {
             let f = describe("CodeBuild", "StartBuild", &e);
@@ -363,6 +429,7 @@ impl CodeBuildStateChange {
             repository: None,
             media_type: None,
             error: Some(error),
+            revision: None,
         });
         // EventBridge keeps the id across redeliveries, so a replay dedupes on it.
         Ok(Some(match self.id.as_deref().map(EventId::new) {

@@ -99,6 +99,7 @@ fn spec(build: &str) -> BuildSpec {
                 source: "docker.io/library/alpine".into(),
             },
             repository: Repository::new("shop/web").unwrap(),
+            verify: None,
         },
         source_ref: "3.20".into(),
     }
@@ -181,6 +182,44 @@ async fn start_build_passes_ferry_overrides_and_the_build_id_token() {
     assert_eq!(env["FERRY_REPOSITORY"], "shop/web");
     let component: Component = serde_json::from_str(&env["FERRY_COMPONENT"]).unwrap();
     assert_eq!(component, spec("b-42").component);
+    assert!(
+        start.get("secondarySourcesOverride").is_none(),
+        "an image has no git source: {start}"
+    );
+
+    // A component with its own GitHub repository: a secondary source override at the
+    // request's ref (the component's ref is the default).
+    let mut git = spec("b-43");
+    git.component.kind = ComponentKind::DockerBuild {
+        context: "web".into(),
+        dockerfile: "Dockerfile".into(),
+        source: Some(ferry_core::domain::GitSource {
+            git: "https://github.com/acme/shop.git".into(),
+            reference: Some("main".into()),
+            path: Some("services".into()),
+        }),
+    };
+    git.source_ref = "v2.1.0".into();
+    builder.start(&git).await.unwrap();
+    let bodies = proxy.bodies.lock().unwrap().clone();
+    let start: serde_json::Value = bodies
+        .iter()
+        .filter(|b| b.contains("secondarySourcesOverride"))
+        .map(|b| serde_json::from_str(b).unwrap())
+        .next()
+        .expect("a StartBuild request with a source override");
+    let source = &start["secondarySourcesOverride"][0];
+    assert_eq!(source["type"], "GITHUB", "{start}");
+    assert_eq!(source["location"], "https://github.com/acme/shop.git");
+    assert_eq!(source["sourceIdentifier"], "component");
+    let version = &start["secondarySourcesVersionOverride"][0];
+    assert_eq!(version["sourceIdentifier"], "component");
+    assert_eq!(version["sourceVersion"], "v2.1.0");
+    // A host CodeBuild has no source type for is checked out by ferry-build itself.
+    if let ComponentKind::DockerBuild { source, .. } = &mut git.component.kind {
+        source.as_mut().unwrap().git = "https://git.example.com/acme/shop.git".into();
+    }
+    assert!(ferry_aws::builder::source_override(&git).is_none());
 }
 
 #[tokio::test]
@@ -375,6 +414,7 @@ async fn ferry_build_posts_its_completion_under_its_own_source() {
         repository: Some(Repository::new("ferry/shop/web").unwrap()),
         media_type: Some("application/vnd.oci.image.index.v1+json".into()),
         error: None,
+        revision: None,
     }));
     let id = post_completion(&config, "ferry", &done).await.unwrap();
     assert!(!id.is_empty());

@@ -151,6 +151,7 @@ pub(crate) async fn push_chart(
     if let Some(h) = chart.home.as_ref().filter(|h| !h.is_empty()) {
         annotations.insert("org.opencontainers.image.url".into(), h.clone());
     }
+    annotations.extend(b.source_annotations().clone());
     package::write_manifest(&layout, None, &config, &layers, &annotations)
         .await
         .map_err(oci)?;

@@ -115,6 +115,7 @@ async fn the_scan_refuses_a_literal_image_and_pushes_no_bundle() {
         images,
         discover_images: true,
         values: None,
+        source: None,
     };
     let e = builder.build(&s).await.unwrap_err();
     assert!(matches!(e, BuildError::ChartImages { .. }), "{e:?}");

@@ -82,6 +82,7 @@ fn component() -> Component {
         name: ComponentName::new("chart").unwrap(),
         kind: ComponentKind::helm_chart(ChartSource::Dir { path: "c".into() }),
         repository: Repository::new("t/chart").unwrap(),
+        verify: None,
     }
 }
 

@@ -408,6 +408,102 @@ async fn onboarding_on_moto_through_the_cli() {
     let comps = json(&["component", "list", "--json"]);
     assert_eq!(comps.as_array().unwrap().len(), 1, "{comps}");
 
+    // A signed external image and a component with its own git repository (another app, so
+    // the flow below is unchanged): both stored in DynamoDB and read back.
+    let key_file = config_dir.path().join("cosign.pub");
+    let key_pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEgRwD5kGfdfOaBkxHauk5/vxGIdS4\nV0ToabWm41GDBmOExdHDMJdHutZP/Q0Fp4YAG8Q4oYCD1qHliDCFjDcnLg==\n-----END PUBLIC KEY-----\n";
+    std::fs::write(&key_file, key_pem).unwrap();
+    let key_path = key_file.to_str().unwrap();
+    ok(&["app", "add", "signed"]);
+    ok(&[
+        "component",
+        "add",
+        "signed",
+        "proxy",
+        "--kind",
+        "image",
+        "--source",
+        "registry.example/acme/proxy:1.4",
+        "--verify-key",
+        key_path,
+        "--verify-require",
+        "all",
+    ]);
+    ok(&[
+        "component",
+        "add",
+        "signed",
+        "api",
+        "--kind",
+        "docker-build",
+        "--build-context",
+        "api",
+        "--git",
+        "https://github.com/acme/api.git",
+        "--git-ref",
+        "main",
+        "--git-path",
+        "services",
+    ]);
+    let signed = json(&["component", "list", "signed", "--json"]);
+    let by_name = |n: &str| {
+        signed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} in {signed}"))
+    };
+    let proxy = by_name("proxy");
+    assert_eq!(proxy["verify"]["keys"][0], key_pem, "{proxy}");
+    assert_eq!(proxy["verify"]["require"], "all", "{proxy}");
+    let api = by_name("api");
+    assert_eq!(
+        api["source"]["git"], "https://github.com/acme/api.git",
+        "{api}"
+    );
+    assert_eq!(api["source"]["ref"], "main", "{api}");
+    assert_eq!(api["source"]["path"], "services", "{api}");
+    // Refused, with nothing stored: a policy on a kind Ferry builds, a file that is not a key.
+    let (code, _, stderr) = run(&[
+        "component",
+        "add",
+        "signed",
+        "module",
+        "--kind",
+        "opentofu-module",
+        "--dir",
+        "m",
+        "--verify-key",
+        key_path,
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("image components only"), "{stderr}");
+    let not_a_key = config_dir.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "hello").unwrap();
+    let (code, _, stderr) = run(&[
+        "component",
+        "add",
+        "signed",
+        "other",
+        "--kind",
+        "image",
+        "--source",
+        "registry.example/acme/other:1",
+        "--verify-key",
+        not_a_key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("BEGIN PUBLIC KEY"), "{stderr}");
+    assert_eq!(
+        json(&["component", "list", "signed", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
     // ---- two customers: keys (ferry-agent keygen's two public halves), register twice.
     let agent_bin =
         ferry_testkit::workspace_bin("ferry-agent", "ferry-agent", env!("CARGO_BIN_EXE_ferry"));

@@ -178,8 +178,10 @@ async fn store_catalog<S: JobStore>(s: &S) {
         kind: ComponentKind::DockerBuild {
             context: ".".into(),
             dockerfile: "Dockerfile".into(),
+            source: None,
         },
         repository: repo("shop/web"),
+        verify: None,
     };
     assert_eq!(
         ok(s.get_component(&c.app, &c.name).await, "get_component"),

@@ -69,6 +69,33 @@ impl ChartImage {
     }
 }
 
+/// A buildable component's own git repository: `{"git": URL, "ref": REF, "path": DIR}`.
+///
+/// The build checks out `ref` (a branch, tag or commit id; `HEAD` when absent, and a build
+/// request's source ref overrides it) and treats `path` (default the repository root) as the
+/// app root: the component's paths are relative to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    /// The repository URL (https, http, ssh, git or file). Never with a password in it:
+    /// credentials come from the builder's credential store.
+    pub git: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl GitSource {
+    /// The ref to build: a non-empty build request ref wins over the component's.
+    pub fn effective_ref<'a>(&'a self, requested: &'a str) -> &'a str {
+        match requested.trim() {
+            "" => self.reference.as_deref().unwrap_or("HEAD"),
+            r => r,
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -80,7 +107,13 @@ pub enum ComponentKind {
     /// An external image, copied as is (the build's source ref picks the tag or digest).
     Image { source: String },
     /// A Dockerfile built from source.
-    DockerBuild { context: String, dockerfile: String },
+    DockerBuild {
+        context: String,
+        dockerfile: String,
+        /// Its own git repository; without one, the builder's app root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<GitSource>,
+    },
     HelmChart {
         chart: ChartSource,
         /// The images the chart runs (like Zarf's `images:`): each is copied into the vendor
@@ -95,9 +128,17 @@ pub enum ComponentKind {
         /// they go into the values override the agent writes next to the chart.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         values: Option<serde_json::Value>,
+        /// Its own git repository (for a chart directory); without one, the builder's app root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<GitSource>,
     },
     /// An OpenTofu/Terraform module directory.
-    OpentofuModule { dir: String },
+    OpentofuModule {
+        dir: String,
+        /// Its own git repository; without one, the builder's app root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<GitSource>,
+    },
 }
 
 impl ComponentKind {
@@ -108,6 +149,7 @@ impl ComponentKind {
             images: Vec::new(),
             discover_images: false,
             values: None,
+            source: None,
         }
     }
 
@@ -120,6 +162,77 @@ impl ComponentKind {
             ComponentKind::OpentofuModule { .. } => "opentofu-module",
         }
     }
+
+    /// The component's own git repository, for the kinds built from files.
+    pub fn git_source(&self) -> Option<&GitSource> {
+        match self {
+            ComponentKind::DockerBuild { source, .. }
+            | ComponentKind::HelmChart { source, .. }
+            | ComponentKind::OpentofuModule { source, .. } => source.as_ref(),
+            ComponentKind::Image { .. } => None,
+        }
+    }
+}
+
+/// Most keys a verification policy may list.
+pub const MAX_POLICY_KEYS: usize = 8;
+/// Longest PEM text of one policy key (a P-256 `cosign.pub` is 178 bytes).
+pub const MAX_POLICY_KEY_BYTES: usize = 4096;
+
+/// Whether one or every key of a [`VerifyPolicy`] must have signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRequirement {
+    /// A valid signature by any one of the keys.
+    #[default]
+    Any,
+    /// A valid signature by every key.
+    All,
+}
+
+impl KeyRequirement {
+    /// `any` / `all`, as the app file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRequirement::Any => "any",
+            KeyRequirement::All => "all",
+        }
+    }
+}
+
+/// Signatures an `image` component must carry before it is imported by a build or promoted
+/// into an install by its agent: cosign key-based signatures (ECDSA P-256) by `keys`.
+///
+/// Plain data here; the keys are parsed and the signatures checked by `ferry_oci::cosign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPolicy {
+    /// PEM `PUBLIC KEY` blocks (cosign's `cosign.pub`). Public, so safe to store and show.
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub require: KeyRequirement,
+}
+
+impl VerifyPolicy {
+    /// Checks the bounds (1 to [`MAX_POLICY_KEYS`] keys, each a PEM public key of at most
+    /// [`MAX_POLICY_KEY_BYTES`]). Whether a key is a usable P-256 key is ferry-oci's check.
+    pub fn check(&self) -> Result<(), String> {
+        if self.keys.is_empty() || self.keys.len() > MAX_POLICY_KEYS {
+            return Err(format!(
+                "a verification policy lists 1 to {MAX_POLICY_KEYS} public keys, not {}",
+                self.keys.len()
+            ));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.len() > MAX_POLICY_KEY_BYTES || !k.contains("-----BEGIN PUBLIC KEY-----") {
+                return Err(format!(
+                    "policy key #{i} is not a PEM public key of at most {MAX_POLICY_KEY_BYTES} \
+                     bytes; give the cosign.pub file"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One deployable part of an app: how it is built and the vendor repository it lands in.
@@ -131,6 +244,51 @@ pub struct Component {
     pub kind: ComponentKind,
     /// The repository in the vendor registry that builds of this component push to.
     pub repository: Repository,
+    /// Signatures the artifact must carry before it is imported and before an agent promotes
+    /// it into an install (`image` components only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
+}
+
+impl Component {
+    /// Checks what the type system does not: a policy's bounds, a policy only where it can be
+    /// met (an `image`: what Ferry builds itself carries no external signature), a git
+    /// source only where the chart is a directory.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(p) = &self.verify {
+            if !matches!(self.kind, ComponentKind::Image { .. }) {
+                return Err(format!(
+                    "component {}: a verification policy applies to image components only (a {} \
+                     is built by Ferry and carries no external signature)",
+                    self.name,
+                    self.kind.name()
+                ));
+            }
+            p.check()
+                .map_err(|e| format!("component {}: {e}", self.name))?;
+        }
+        if let ComponentKind::HelmChart {
+            chart: ChartSource::Repo { .. },
+            source: Some(_),
+            ..
+        } = &self.kind
+        {
+            return Err(format!(
+                "component {}: a chart from a chart repository has no git source; drop \"source\" \
+                 or use {{\"from\": \"dir\"}}",
+                self.name
+            ));
+        }
+        if let Some(g) = self.kind.git_source() {
+            if g.git.trim().is_empty() || g.git.starts_with('-') {
+                return Err(format!(
+                    "component {}: source.git {:?} is not a repository URL",
+                    self.name, g.git
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A build's result in the vendor registry.
@@ -153,6 +311,9 @@ pub struct Build {
     pub external_id: Option<String>,
     pub artifact: Option<Artifact>,
     pub state: JobState,
+    /// The commit a build from git resolved its ref to, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 impl Build {
@@ -174,6 +335,7 @@ impl Build {
             external_id: None,
             artifact: None,
             state: JobState::new(now),
+            revision: None,
         }
     }
 
@@ -442,8 +604,10 @@ mod tests {
                 images: vec![],
                 discover_images: false,
                 values: None,
+                source: None,
             },
             repository: Repository::new("shop/chart").unwrap(),
+            verify: None,
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["kind"], "helm-chart");

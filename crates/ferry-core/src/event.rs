@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::domain::SealedGrant;
+use crate::domain::{SealedGrant, VerifyPolicy};
 use crate::id::{
     AppName, BuildId, ComponentName, Digest, EventId, IdError, InstallId, ReleaseId, Repository,
     SyncId,
@@ -130,6 +130,9 @@ pub struct BuildCompleted {
     pub media_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The commit a build from git resolved its ref to (40 or 64 hex); recorded on the build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// `sync.requested`: copy `digest` of `repository` into install `install_id`.
@@ -176,6 +179,9 @@ pub enum SyncReportStatus {
     Failed,
     /// The agent could not use the grant in time; the IMS re-mints and re-enqueues.
     GrantExpired,
+    /// The artifact did not carry the signatures its component's verification policy
+    /// requires; the agent promoted nothing, and the error says why.
+    PolicyFailed,
 }
 
 /// `sync.reported`: an agent's signed report on one attempt of a sync job.
@@ -586,7 +592,18 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
                 repository: f.opt_id("repository", Repository::new)?,
                 media_type: f.opt_text("media_type", 255)?,
                 error: f.opt_text("error", MAX_ERROR_TEXT)?,
+                revision: f.opt_text("revision", 64)?,
             };
+            if let Some(rev) = &ev.revision {
+                if !(rev.len() == 40 || rev.len() == 64)
+                    || !rev.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(f.invalid(
+                        "revision",
+                        format!("{rev:?} is not a full git commit id (40 or 64 hex digits)"),
+                    ));
+                }
+            }
             if let Some(mt) = &ev.media_type {
                 if !mt.contains('/') {
                     return Err(f.invalid(
@@ -647,7 +664,7 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             let ev = SyncReported {
                 sync_id: f.req_id("sync_id", SyncId::new)?,
                 install_id: f.req_id("install_id", InstallId::new)?,
-                status: f.req_enum("status", "succeeded, failed, grant_expired")?,
+                status: f.req_enum("status", "succeeded, failed, grant_expired, policy_failed")?,
                 digest: f.req_id("digest", Digest::new)?,
                 bytes_copied: f.req_u64("bytes_copied")?,
                 bytes_skipped: f.req_u64("bytes_skipped")?,
@@ -686,6 +703,11 @@ pub struct SyncJobMessage {
     /// Echo this in sync.reported so a late report for an old attempt is ignored.
     pub attempt: u32,
     pub grant: SealedGrant,
+    /// The component's verification policy: the agent verifies the artifact's signatures
+    /// against it before it writes anything into the install. Signed with the rest, so no one
+    /// between the vendor and the agent can drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
     /// The vendor's Ed25519 signature (base64url) over [`crate::trust::job_signing_bytes`];
     /// empty until [`crate::trust::VendorKey::sign_job`] sets it.
     pub signature: String,
@@ -712,8 +734,15 @@ impl SyncJobMessage {
             digest,
             attempt,
             grant,
+            verify: None,
             signature: String::new(),
         }
+    }
+
+    /// The same message, carrying `policy` for the agent to enforce.
+    pub fn with_policy(mut self, policy: Option<VerifyPolicy>) -> SyncJobMessage {
+        self.verify = policy;
+        self
     }
 }
 

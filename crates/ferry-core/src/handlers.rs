@@ -795,7 +795,11 @@ async fn build_completed<P: Backend>(
             };
         }
         let next = match (ev.status, &artifact) {
-            (BuildOutcome::Succeeded, Some(a)) => b.succeed(now, a.clone())?,
+            (BuildOutcome::Succeeded, Some(a)) => {
+                let mut done = b.succeed(now, a.clone())?;
+                done.revision = ev.revision.clone();
+                done
+            }
             (BuildOutcome::Succeeded, None) => {
                 // The parser guarantees both; guard anyway rather than record a digestless success.
                 return Err(HandlerError::Mismatch {
@@ -1012,6 +1016,7 @@ async fn dispatch_sync<P: Backend>(
         Err(e) => return Err(HandlerError::Grant(e)),
     };
     let expires_at = grant.expires_at;
+    let policy = sync_policy(&ports.store, &job).await?;
     let mut message = SyncJobMessage::new(
         job.id.clone(),
         job.build_id.clone(),
@@ -1020,7 +1025,8 @@ async fn dispatch_sync<P: Backend>(
         job.digest.clone(),
         attempt,
         grant,
-    );
+    )
+    .with_policy(policy);
     ports.vendor_key.sign_job(&mut message);
     let body = serde_json::to_string(&message).map_err(|e| HandlerError::Encode {
         message: e.to_string(),
@@ -1041,6 +1047,21 @@ async fn dispatch_sync<P: Backend>(
         sync_id: job.id,
         attempt,
     })
+}
+
+/// The verification policy of the component the job's build is of, for the agent to enforce.
+/// Read at dispatch, so the policy the vendor holds now is the one the install applies.
+async fn sync_policy<S: JobStore>(
+    store: &S,
+    job: &SyncJob,
+) -> Result<Option<crate::domain::VerifyPolicy>, HandlerError> {
+    let Some(build) = store.get_build(&job.build_id).await? else {
+        return Ok(None);
+    };
+    Ok(store
+        .get_component(&build.app, &build.component)
+        .await?
+        .and_then(|c| c.verify))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1130,6 +1151,7 @@ fn status_name(s: SyncReportStatus) -> &'static str {
         SyncReportStatus::Succeeded => "succeeded",
         SyncReportStatus::Failed => "failed",
         SyncReportStatus::GrantExpired => "grant_expired",
+        SyncReportStatus::PolicyFailed => "policy_failed",
     }
 }
 
@@ -1192,7 +1214,7 @@ async fn sync_reported<P: Backend>(
     match ev.status {
         // A success from any attempt is true: the install holds the digest.
         SyncReportStatus::Succeeded => report_succeeded(ports, job, &grant, stats).await,
-        SyncReportStatus::Failed => {
+        SyncReportStatus::Failed | SyncReportStatus::PolicyFailed => {
             if ev.attempt != job.state.attempts
                 || ports
                     .minter
@@ -1205,7 +1227,11 @@ async fn sync_reported<P: Backend>(
             let message = ev.error.clone().unwrap_or_else(|| {
                 "the agent reported a failure without detail; see the agent's logs".to_string()
             });
-            report_failed(ports, job, &grant, stats, message).await
+            let code = match ev.status {
+                SyncReportStatus::PolicyFailed => "policy_failed",
+                _ => "sync_failed",
+            };
+            report_failed(ports, job, &grant, stats, code, message).await
         }
         SyncReportStatus::GrantExpired => {
             report_grant_expired(ports, job, &install, ev.attempt).await
@@ -1260,6 +1286,7 @@ async fn report_failed<P: Backend>(
     job: SyncJob,
     grant: &GrantId,
     stats: SyncStats,
+    code: &str,
     message: String,
 ) -> Result<Outcome, HandlerError> {
     let now = ports.clock.now_ms();
@@ -1268,7 +1295,7 @@ async fn report_failed<P: Backend>(
         s if s.is_terminal() => Err(finished_conflict(j, s, "failed")),
         _ => Ok(Decision::Write(j.fail(
             now,
-            JobError::new("sync_failed", message.clone()),
+            JobError::new(code, message.clone()),
             Some(stats),
         )?)),
     })

@@ -58,6 +58,7 @@ fn component(app: &str, name: &str) -> Component {
             source: format!("docker.io/library/{name}:1"),
         },
         repository: id(Repository::new(format!("{app}/{name}"))),
+        verify: None,
     }
 }
 

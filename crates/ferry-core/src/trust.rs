@@ -274,6 +274,17 @@ pub fn job_signing_bytes(msg: &SyncJobMessage) -> Vec<u8> {
     put(&mut out, &msg.attempt.to_be_bytes());
     put(&mut out, msg.grant.ciphertext());
     put(&mut out, &msg.grant.expires_at.to_be_bytes());
+    // Appended only when present, so jobs without a policy sign as before; with one, the
+    // bytes differ, so a policy cannot be dropped (or a key swapped) without breaking the
+    // signature.
+    if let Some(policy) = &msg.verify {
+        put(&mut out, b"verify");
+        put(&mut out, policy.require.as_str().as_bytes());
+        put(&mut out, &(policy.keys.len() as u64).to_be_bytes());
+        for key in &policy.keys {
+            put(&mut out, key.as_bytes());
+        }
+    }
     out
 }
 
@@ -346,6 +357,7 @@ fn status_tag(status: SyncReportStatus) -> &'static [u8] {
         SyncReportStatus::Succeeded => b"succeeded",
         SyncReportStatus::Failed => b"failed",
         SyncReportStatus::GrantExpired => b"grant_expired",
+        SyncReportStatus::PolicyFailed => b"policy_failed",
     }
 }
 
@@ -499,6 +511,51 @@ mod tests {
                 Err(TrustError::BadSignature { .. })
             ));
         }
+    }
+
+    #[test]
+    fn a_jobs_verification_policy_is_signed_and_cannot_be_dropped_or_changed() {
+        use crate::domain::{KeyRequirement, VerifyPolicy};
+        let k = VendorKey::generate().unwrap();
+        let policy = VerifyPolicy {
+            keys: vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()],
+            require: KeyRequirement::Any,
+        };
+        let mut m = job().with_policy(Some(policy.clone()));
+        k.sign_job(&mut m);
+        verify_job(&k.public_key_string(), &m).unwrap();
+        let tampered: Vec<Tamper<SyncJobMessage>> = vec![
+            Box::new(|m| m.verify = None),
+            Box::new(|m| {
+                if let Some(p) = m.verify.as_mut() {
+                    p.require = KeyRequirement::All;
+                }
+            }),
+            Box::new(|m| {
+                if let Some(p) = m.verify.as_mut() {
+                    p.keys[0] =
+                        "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n".into();
+                }
+            }),
+            Box::new(|m| {
+                if let Some(p) = m.verify.as_mut() {
+                    p.keys.push(p.keys[0].clone());
+                }
+            }),
+        ];
+        for t in tampered {
+            let mut bad = m.clone();
+            t(&mut bad);
+            assert!(matches!(
+                verify_job(&k.public_key_string(), &bad),
+                Err(TrustError::BadSignature { .. })
+            ));
+        }
+        // A job signed without a policy does not verify once one is added either.
+        let mut plain = job();
+        k.sign_job(&mut plain);
+        let added = plain.clone().with_policy(Some(policy));
+        assert!(verify_job(&k.public_key_string(), &added).is_err());
     }
 
     #[test]

@@ -96,6 +96,7 @@ async fn env_with(
                 source: "docker.io/library/nginx".into(),
             },
             repository: Repository::new("shop/web").unwrap(),
+            verify: None,
         })
         .await
         .unwrap();
@@ -215,6 +216,7 @@ fn completed(build: &BuildId) -> Event {
         repository: Some(Repository::new("shop/web").unwrap()),
         media_type: None,
         error: None,
+        revision: None,
     }))
 }
 

@@ -109,6 +109,30 @@ impl PublicKey {
     }
 }
 
+impl Policy {
+    /// A policy from PEM keys (as a component stores them); `all` when every key must sign.
+    pub fn from_pems<'a>(
+        keys: impl IntoIterator<Item = &'a str>,
+        all: bool,
+    ) -> Result<Policy, VerifyError> {
+        let keys = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                PublicKey::from_pem(k).map_err(|e| VerifyError::BadKey(format!("key #{i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            keys,
+            require: if all {
+                Requirement::AllKeys
+            } else {
+                Requirement::AnyKey
+            },
+        })
+    }
+}
+
 /// Which keys must have signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Requirement {
@@ -373,6 +397,46 @@ pub async fn verify(
             .map_err(registry)?;
     }
     tally.judge(policy, target)
+}
+
+/// Cosign's tag-scheme suffixes that travel with an artifact: signatures, attestations, SBOMs.
+pub const TAG_SUFFIXES: &[&str] = &["sig", "att", "sbom"];
+
+/// Copies cosign's tag-scheme artifacts of `digest` (`sha256-<hex>.sig`, `.att`, `.sbom`) from
+/// the repository `from` to the same tags in `to`, each by the engine (blobs first, verified,
+/// tag last); returns the tags copied. Missing ones are skipped: travelling is not verifying.
+pub async fn copy_tag_scheme(
+    engine: &crate::CopyEngine,
+    client: &RegistryClient,
+    from: &RepoRef,
+    to: &RepoRef,
+    digest: &Digest,
+) -> Result<Vec<String>, Error> {
+    let base = signature_tag(digest);
+    let stem = base.trim_end_matches(".sig");
+    let mut copied = Vec::new();
+    for suffix in TAG_SUFFIXES {
+        let tag = format!("{stem}.{suffix}");
+        if client.head_manifest(from, &tag).await?.is_none() {
+            continue;
+        }
+        let at = |repo: &RepoRef| {
+            crate::Reference::Registry(crate::RegistryRef {
+                repo: repo.clone(),
+                tag: Some(tag.clone()),
+                digest: None,
+            })
+        };
+        engine
+            .copy(
+                &at(from),
+                &[at(to)],
+                std::sync::Arc::new(crate::progress::NoProgress),
+            )
+            .await?;
+        copied.push(tag);
+    }
+    Ok(copied)
 }
 
 /// A payload blob, bounded, checked against its digest.

@@ -581,24 +581,37 @@ impl AccessControl {
                 "this sync grant allows only {what}; request {repository} with its own grant"
             ));
         }
+        let base = graph.manifest_references(&grant.repository, &grant.digest);
         let in_graph = |d: &str| {
-            graph
-                .manifest_references(&grant.repository, &grant.digest)
+            base.as_ref()
                 .is_some_and(|refs| refs.iter().any(|r| r == d))
+        };
+        // What travels with the artifact: computed only for what the graph does not hold.
+        let attached = |d: &str| {
+            crate::grant_scope::attached(graph, &grant.repository, &grant.digest, base.as_deref())
+                .contains(d)
         };
         let allowed = match target {
             Target::Manifest(reference) if !is_digest(reference) => {
-                return forbidden(format!(
-                    "a sync grant pulls by digest only: fetch {what}, not a tag"
-                ));
+                if crate::grant_scope::is_attached_tag(&grant.digest, reference) {
+                    true
+                } else {
+                    return forbidden(format!(
+                        "a sync grant pulls by digest only: fetch {what}, not a tag \
+                         (only its signature tags {})",
+                        crate::grant_scope::attached_tags(&grant.digest).join(", ")
+                    ));
+                }
             }
-            Target::Manifest(d) => *d == grant.digest || in_graph(d),
-            Target::Blob(d) => in_graph(d),
+            Target::Manifest(d) => *d == grant.digest || in_graph(d) || attached(d),
+            Target::Blob(d) => in_graph(d) || attached(d),
+            Target::Referrers(d) => *d == grant.digest || in_graph(d) || attached(d),
             Target::Repository | Target::Catalog => false,
         };
         if !allowed {
             return forbidden(format!(
-                "this sync grant allows only {what} and the manifests and blobs it references"
+                "this sync grant allows only {what}, the manifests and blobs it references, and \
+                 its referrers and signature tags"
             ));
         }
         Ok(Principal {

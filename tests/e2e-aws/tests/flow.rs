@@ -260,8 +260,10 @@ async fn a_build_reaches_every_install_through_aws() {
         name: ComponentName::new("web").unwrap(),
         kind: ComponentKind::OpentofuModule {
             dir: "module".into(),
+            source: None,
         },
         repository: repository.clone(),
+        verify: None,
     };
     store.put_component(&component).await.unwrap();
 

@@ -62,6 +62,10 @@ struct Args {
     /// AWS credentials (in CodeBuild, the build role). Without it the event is only printed.
     #[arg(long, env = "FERRY_EVENT_BUS")]
     event_bus: Option<String>,
+    /// The app root already is the checkout of the component's git source, at this commit
+    /// (CodeBuild checked it out as a source override); the build does not fetch it again.
+    #[arg(long, env = "FERRY_SOURCE_REVISION")]
+    source_revision: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -146,6 +150,7 @@ fn setup(args: Args) -> Result<(ArtifactBuilder, BuildSpec)> {
         .with_credentials(credentials);
     config.insecure = args.insecure;
     config.work_dir = args.work_dir;
+    config.checked_out = args.source_revision.filter(|r| !r.trim().is_empty());
     let builder = ArtifactBuilder::new(config)?;
     Ok((
         builder,

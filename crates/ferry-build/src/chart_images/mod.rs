@@ -203,6 +203,7 @@ pub(crate) async fn bundle(
         media_type: index.media_type.clone(),
         size: index.bytes.len() as u64,
         tags: vec![tag],
+        revision: chart.revision.clone(),
     })
 }
 

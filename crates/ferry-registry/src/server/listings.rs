@@ -91,7 +91,7 @@ pub(super) async fn tags(ctx: &Ctx, name: &str) -> Handled {
 }
 
 pub(super) async fn referrers(ctx: &Ctx, name: &str, digest: &str) -> Handled {
-    ctx.authorize(name, Action::Pull, Target::Repository)
+    ctx.authorize(name, Action::Pull, Target::Referrers(digest.to_string()))
         .await?;
     let artifact_type = ctx.query.get("artifactType").cloned();
     let last = ctx.query.get("last").cloned();

@@ -343,6 +343,18 @@ impl GraphLookup for Storage {
         validate_tag(tag).ok()?;
         self.read_tag(repository, tag).ok().flatten()
     }
+
+    fn referrers_of(&self, repository: &str, digest: &str, limit: usize) -> Vec<String> {
+        // Bounded read: descriptors are well under 4 KiB each.
+        self.referrers_page(repository, digest, None, None, limit.saturating_mul(4096))
+            .map(|(page, _)| page)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| d.get("digest").and_then(serde_json::Value::as_str))
+            .take(limit)
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 /// Checks a manifest PUT's size and reference: the tag to write (`None` for a digest
