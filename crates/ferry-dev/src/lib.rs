@@ -10,6 +10,7 @@
 //! put a secret into an error or a log line.
 
 mod agents;
+pub mod bundle;
 mod builder;
 mod error;
 pub mod manage;
