@@ -170,7 +170,10 @@ pub async fn receipts(cmd: ReceiptsCommand, ctx: Option<&str>) -> Result<()> {
                 }
                 ReceiptOutcome::Refused { reason } => format!("REFUSED: {reason}"),
             };
-            println!("{} {} {}@{}: {what}", r.install_id, r.build_id, r.repository, r.digest);
+            println!(
+                "{} {} {}@{}: {what}",
+                r.install_id, r.build_id, r.repository, r.digest
+            );
         }
     }
     let refused = outcomes

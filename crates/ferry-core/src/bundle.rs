@@ -444,7 +444,9 @@ mod tests {
         for t in [
             |r: &mut BundleReceipt| r.install_id = InstallId::new("victim").unwrap(),
             |r: &mut BundleReceipt| r.build_id = BuildId::new("b-2").unwrap(),
-            |r: &mut BundleReceipt| r.digest = Digest::new(format!("sha256:{}", "b".repeat(64))).unwrap(),
+            |r: &mut BundleReceipt| {
+                r.digest = Digest::new(format!("sha256:{}", "b".repeat(64))).unwrap()
+            },
             |r: &mut BundleReceipt| r.repository = Repository::new("vendor/x").unwrap(),
             |r: &mut BundleReceipt| r.imported_at = 6,
             |r: &mut BundleReceipt| r.bundle_id = "b2".into(),

@@ -88,7 +88,8 @@ async fn run(mib: usize, work: Option<std::path::PathBuf>) {
         .upload_blob(&repo, &layer_digest, size, layer(mib))
         .await
         .unwrap();
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_digest = ferry_oci::Digest::of(config);
     client
         .upload_blob(

@@ -201,7 +201,9 @@ pub async fn export_bundle<S: JobStore + ReleaseStore>(
         artifacts,
         blobs: listed,
     };
-    let bytes = manifest.to_bytes().context("encoding the bundle manifest")?;
+    let bytes = manifest
+        .to_bytes()
+        .context("encoding the bundle manifest")?;
     let signature = sign_bundle(vendor_key, &bytes);
 
     let mut writer = BundleWriter::create(&request.out)
@@ -274,7 +276,10 @@ async fn resolve_builds<S: JobStore + ReleaseStore>(
         bail!("nothing to export: give --release R or --build B (see `ferry builds`)");
     }
     if ids.len() > MAX_BUNDLE_ARTIFACTS {
-        bail!("{} builds is more than one bundle holds ({MAX_BUNDLE_ARTIFACTS})", ids.len());
+        bail!(
+            "{} builds is more than one bundle holds ({MAX_BUNDLE_ARTIFACTS})",
+            ids.len()
+        );
     }
     let install = match &request.install {
         Some(id) => match store.get_install(id).await? {
@@ -359,10 +364,14 @@ async fn held(vendor_key: &VendorKey, request: &ExportRequest) -> Result<Held> {
         }
     }
     if let Some(path) = &request.have {
-        let file = std::fs::File::open(path).with_context(|| format!("--have {}", path.display()))?;
+        let file =
+            std::fs::File::open(path).with_context(|| format!("--have {}", path.display()))?;
         for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
             if n >= MAX_HAVE_LINES {
-                bail!("--have {}: more than {MAX_HAVE_LINES} lines", path.display());
+                bail!(
+                    "--have {}: more than {MAX_HAVE_LINES} lines",
+                    path.display()
+                );
             }
             let line = line.with_context(|| format!("--have {}", path.display()))?;
             let line = line.trim();

@@ -10,8 +10,8 @@
 //! put a secret into an error or a log line.
 
 mod agents;
-pub mod bundle;
 mod builder;
+pub mod bundle;
 mod error;
 pub mod manage;
 pub mod state;

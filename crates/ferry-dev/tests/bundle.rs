@@ -120,7 +120,12 @@ impl Air {
 
     /// Tags in every repository the bundle would write: none may exist after a refusal.
     async fn tags(&self, repos: &[String]) -> usize {
-        let c = client(&self.host, "installs/air", &format!("agent:{AIR}"), AIR_SECRET);
+        let c = client(
+            &self.host,
+            "installs/air",
+            &format!("agent:{AIR}"),
+            AIR_SECRET,
+        );
         let mut n = 0;
         for r in repos {
             n += c
@@ -256,15 +261,20 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
     let reader = BundleReader::open(&first.out, &[BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE])
         .await
         .unwrap();
-    let largest = first_manifest
-        .blobs
-        .iter()
-        .max_by_key(|b| b.size)
-        .unwrap()
-        .clone();
+    // The largest layer or config (not a manifest) of the base image.
+    let base_art = base.artifact.as_ref().unwrap();
+    let graph = ferry_oci::bundle::resolve_graph(
+        &vendor,
+        &RepoRef::new(vendor_host.clone(), base_art.repository.as_str()),
+        &base_art.digest,
+    )
+    .await
+    .unwrap();
+    let (largest, largest_size) = graph.blobs.iter().max_by_key(|(_, s)| **s).unwrap();
+    assert!(first_manifest.blobs.iter().any(|b| &b.digest == largest));
     let a_manifest = first_manifest.artifacts[0].digest.clone();
     let at = |d: &Digest| reader.entry(&blob_path(d)).unwrap().offset as usize;
-    let (blob_at, manifest_at) = (at(&largest.digest), at(&a_manifest));
+    let (blob_at, manifest_at) = (at(largest), at(&a_manifest));
     let signed_at = reader.entry(BUNDLE_MANIFEST_FILE).unwrap().offset as usize;
     let sig = reader.entry(BUNDLE_SIGNATURE_FILE).unwrap();
     let manifest_bytes = reader
@@ -278,7 +288,9 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         damaged(&first.out, dir.path(), "truncated.tar", |b| {
             b.truncate(b.len() / 2)
         }),
-        damaged(&first.out, dir.path(), "blob.tar", |b| b[blob_at + 100] ^= 1),
+        damaged(&first.out, dir.path(), "blob.tar", |b| {
+            b[blob_at + (*largest_size / 2) as usize] ^= 1
+        }),
         damaged(&first.out, dir.path(), "manifest.tar", |b| {
             b[manifest_at + 2] ^= 1
         }),
@@ -298,13 +310,21 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
             case.display()
         );
         eprintln!("{}: {err}", case.file_name().unwrap().to_string_lossy());
-        assert_eq!(air.tags(&repos).await, 0, "{}: nothing tagged", case.display());
+        assert_eq!(
+            air.tags(&repos).await,
+            0,
+            "{}: nothing tagged",
+            case.display()
+        );
     }
     // A bundle for another install is refused too.
     let mut elsewhere = air.config();
     elsewhere.install_id = InstallId::new("dev-1").unwrap();
     let err = import_bundle(&elsewhere, &first.out).await.unwrap_err();
-    assert!(err.to_string().contains("exported for install air"), "{err}");
+    assert!(
+        err.to_string().contains("exported for install air"),
+        "{err}"
+    );
 
     // 3. The real one imports.
     let one = import_bundle(&air.config(), &first.out).await.unwrap();
@@ -346,7 +366,10 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
     }
     assert!(second.blobs_left_out > 0, "{second:?}");
     assert!(!manifests.is_empty());
-    assert_eq!(second_manifest.since.as_deref(), Some(first.bundle_id.as_str()));
+    assert_eq!(
+        second_manifest.since.as_deref(),
+        Some(first.bundle_id.as_str())
+    );
     let two = import_bundle(&air.config(), &second.out).await.unwrap();
     assert_eq!(two.artifacts.len(), 4);
 
@@ -358,7 +381,10 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         let a = b.artifact.as_ref().unwrap();
         let mut queue = vec![a.digest.clone()];
         while let Some(d) = queue.pop() {
-            let theirs = skopeo_raw(&format!("{vendor_host}/{}@{d}", a.repository), &vendor_creds);
+            let theirs = skopeo_raw(
+                &format!("{vendor_host}/{}@{d}", a.repository),
+                &vendor_creds,
+            );
             let ours = skopeo_raw(&format!("{air_host}/{repo}@{d}"), &air_creds);
             assert_eq!(theirs, ours, "{repo}@{d}");
             assert_eq!(Digest::of(&ours), d);
@@ -375,9 +401,17 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         let tagged = skopeo_raw(&format!("{air_host}/{repo}:{tag}"), &air_creds);
         assert_eq!(Digest::of(&tagged), a.digest);
     }
-    assert!(compared >= 6, "four artifacts and the platforms: {compared}");
+    assert!(
+        compared >= 6,
+        "four artifacts and the platforms: {compared}"
+    );
     // Referrers the vendor has travelled too.
-    let air_client = client(&air_host, "installs/air", &format!("agent:{AIR}"), AIR_SECRET);
+    let air_client = client(
+        &air_host,
+        "installs/air",
+        &format!("agent:{AIR}"),
+        AIR_SECRET,
+    );
     for art in &second_manifest.artifacts {
         let dst = art.repository.in_install("vendor", "installs/air").unwrap();
         for r in &art.referrers {
@@ -385,7 +419,11 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
                 .referrers(&RepoRef::new(air_host.clone(), dst.to_string()), &r.subject)
                 .await
                 .unwrap();
-            assert!(found.iter().any(|d| d.digest == r.digest), "referrer {}", r.digest);
+            assert!(
+                found.iter().any(|d| d.digest == r.digest),
+                "referrer {}",
+                r.digest
+            );
         }
     }
 
@@ -414,7 +452,10 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         let held = lineage.iter().find(|l| l.install_id.as_str() == AIR);
         assert!(held.is_some_and(|l| &l.build_id == &b.id), "{lineage:?}");
     }
-    let status = m.install_status(&InstallId::new(AIR).unwrap()).await.unwrap();
+    let status = m
+        .install_status(&InstallId::new(AIR).unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.holds.len(), 4, "current versions: {status:?}");
     // Replays are no-ops.
     let again = import_receipts(m.store(), &vendor_key, now + 1, &read)

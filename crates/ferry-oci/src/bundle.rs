@@ -114,7 +114,10 @@ async fn add_tree(
         }
         if seen.len() > MAX_GRAPH_MANIFESTS {
             return Err(Error::InvalidManifest {
-                target: format!("{}/{}@{}", repo.registry, repo.repository, graph.root.digest),
+                target: format!(
+                    "{}/{}@{}",
+                    repo.registry, repo.repository, graph.root.digest
+                ),
                 reason: format!("its graph has more than {MAX_GRAPH_MANIFESTS} manifests"),
             });
         }
@@ -331,7 +334,10 @@ fn allowed(name: &str, named: &[&str]) -> bool {
         return true;
     }
     name.strip_prefix("blobs/sha256/").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -343,7 +349,13 @@ fn checksum_ok(block: &[u8; BLOCK as usize]) -> bool {
     let sum: u64 = block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
         .sum();
     stored == Some(sum)
 }
@@ -427,10 +439,7 @@ impl BundleReader {
                 return Err(bundle_err(path, format!("entry {name} appears twice")));
             }
             if entries.len() > MAX_ENTRIES {
-                return Err(bundle_err(
-                    path,
-                    format!("more than {MAX_ENTRIES} entries"),
-                ));
+                return Err(bundle_err(path, format!("more than {MAX_ENTRIES} entries")));
             }
             pos = end;
         }
