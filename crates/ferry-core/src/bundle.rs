@@ -472,4 +472,100 @@ mod tests {
         assert!(err.to_string().contains("0 artifacts"), "{err}");
         assert!(BundleManifest::parse(b"not json").is_err());
     }
+
+    #[tokio::test]
+    async fn receipts_record_a_sync_and_lineage_once_and_only_for_their_install() {
+        use crate::domain::{Artifact, Build, Install, RegistryTarget};
+        use crate::id::QueueName;
+        use crate::testing::{test_agent_key, test_vendor_key, MemStore};
+
+        let store = MemStore::new();
+        let vendor = test_vendor_key();
+        let app = AppName::new("demo").unwrap();
+        for id in ["air", "other"] {
+            let install = InstallId::new(id).unwrap();
+            let key = test_agent_key(&install);
+            store
+                .put_install(&Install {
+                    id: install.clone(),
+                    app: app.clone(),
+                    registry: RegistryTarget {
+                        endpoint: "r".into(),
+                        namespace: format!("installs/{id}"),
+                    },
+                    agent_public_key: key.public_key_string(),
+                    agent_report_key: key.report_key().public_key_string(),
+                    queue: QueueName::new(format!("install-{id}")).unwrap(),
+                    components: vec![],
+                })
+                .await
+                .unwrap();
+        }
+        let r0 = receipt();
+        let build = Build::new(
+            r0.build_id.clone(),
+            app,
+            ComponentName::new("web").unwrap(),
+            "main".into(),
+            "t".into(),
+            1,
+        )
+        .start(2, "x".into())
+        .unwrap()
+        .succeed(
+            3,
+            Artifact {
+                repository: r0.repository.clone(),
+                digest: r0.digest.clone(),
+                media_type: "m".into(),
+            },
+        )
+        .unwrap();
+        store.create_build(&build).await.unwrap();
+
+        let air = InstallId::new("air").unwrap();
+        let mut good = r0.clone();
+        sign_receipt(&test_agent_key(&air).report_key(), &mut good);
+        let first = record_receipt(&store, &vendor, 100, &good).await.unwrap();
+        let sync_id = vendor.sync_id(&good.build_id, &air);
+        assert_eq!(
+            first,
+            ReceiptOutcome::Recorded {
+                sync_id: sync_id.clone()
+            }
+        );
+        let again = record_receipt(&store, &vendor, 200, &good).await.unwrap();
+        assert_eq!(again, ReceiptOutcome::Replayed { sync_id });
+        assert_eq!(store.lineage().len(), 1);
+        assert_eq!(
+            store.lineage()[0].since,
+            5,
+            "the import time, earlier than now"
+        );
+
+        // Signed by another install's key; naming another install with air's key; a digest the
+        // build did not produce: all refused, nothing written but the security counters.
+        let mut by_other = r0.clone();
+        sign_receipt(
+            &test_agent_key(&InstallId::new("other").unwrap()).report_key(),
+            &mut by_other,
+        );
+        let mut for_other = r0.clone();
+        for_other.install_id = InstallId::new("other").unwrap();
+        sign_receipt(&test_agent_key(&air).report_key(), &mut for_other);
+        let mut wrong_digest = r0.clone();
+        wrong_digest.digest = Digest::new(format!("sha256:{}", "f".repeat(64))).unwrap();
+        sign_receipt(&test_agent_key(&air).report_key(), &mut wrong_digest);
+        for bad in [by_other, for_other, wrong_digest] {
+            let out = record_receipt(&store, &vendor, 300, &bad).await.unwrap();
+            assert!(matches!(out, ReceiptOutcome::Refused { .. }), "{out:?}");
+        }
+        assert_eq!(store.syncs().len(), 1);
+        assert_eq!(store.lineage().len(), 1);
+        let (count, _) = store
+            .security_event_count(SecurityEvent::ReportUnauthenticated.as_str())
+            .await
+            .unwrap();
+        assert_eq!(count, 2);
+    }
 }

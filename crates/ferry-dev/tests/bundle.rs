@@ -114,7 +114,7 @@ impl Air {
             keypair: &self.keypair,
             keep_last: Some(20),
             work_dir: self.work.clone(),
-            now_ms: now_ms,
+            now_ms,
         }
     }
 
@@ -450,7 +450,7 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         let digest = &b.artifact.as_ref().unwrap().digest;
         let lineage = lineage_via(m.store(), digest).await.unwrap();
         let held = lineage.iter().find(|l| l.install_id.as_str() == AIR);
-        assert!(held.is_some_and(|l| &l.build_id == &b.id), "{lineage:?}");
+        assert!(held.is_some_and(|l| l.build_id == b.id), "{lineage:?}");
     }
     let status = m
         .install_status(&InstallId::new(AIR).unwrap())
