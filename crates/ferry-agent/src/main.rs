@@ -33,6 +33,47 @@ enum Command {
         #[command(subcommand)]
         action: InUseAction,
     },
+    /// Air-gapped installs: checks a bundle (`ferry bundle export`) against the vendor key and
+    /// every digest, then writes it into the install registry as a sync does, and writes
+    /// signed receipts for the vendor (`ferry receipts import`). Nothing is tagged unless every
+    /// check passed.
+    Import(Box<ImportArgs>),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The bundle tar.
+    bundle: PathBuf,
+    /// Where the signed receipts are written (one JSON object a line); carry this file back
+    /// to the vendor.
+    #[arg(long)]
+    receipts: PathBuf,
+    #[arg(long, env = "FERRY_INSTALL")]
+    install: String,
+    #[arg(long, env = "FERRY_INSTALL_REGISTRY")]
+    install_registry: String,
+    /// Repository prefix in the install registry (default `installs/<install>`).
+    #[arg(long, env = "FERRY_INSTALL_NAMESPACE")]
+    install_namespace: Option<String>,
+    /// The vendor registry's repository prefix, replaced by the install namespace.
+    #[arg(long, env = "FERRY_VENDOR_REPOSITORY_PREFIX", default_value = ferry_agent::config::DEFAULT_VENDOR_PREFIX)]
+    vendor_prefix: String,
+    /// The vendor's public key (`ferry-vendor-ed25519:…`) the bundle must be signed with.
+    #[arg(long, env = "FERRY_VENDOR_PUBLIC_KEY")]
+    vendor_public_key: String,
+    /// The agent key: receipts are signed with its report key.
+    #[arg(long, env = "FERRY_AGENT_KEY_FILE")]
+    key_file: PathBuf,
+    /// File holding the secret of identity `agent:<install>`.
+    #[arg(long, env = "FERRY_AGENT_IDENTITY_SECRET_FILE")]
+    identity_secret_file: PathBuf,
+    /// After each artifact keep the N most recent versions of its repository plus everything
+    /// marked in use; 0 turns it off.
+    #[arg(long, env = "FERRY_KEEP_LAST", default_value_t = ferry_agent::DEFAULT_KEEP_LAST)]
+    keep_last: usize,
+    /// Where the bundle is unpacked while it is checked (needs room for its blobs).
+    #[arg(long, env = "FERRY_IMPORT_WORK_DIR")]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -160,6 +201,11 @@ fn main() -> anyhow::Result<()> {
         Command::InUse { action } => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(in_use(action))
+        }
+        Command::Import(args) => {
+            init_logs();
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(import(*args))
         }
     }
 }
@@ -442,4 +488,59 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `ferry-agent import`: reads the keys, calls the library, writes the receipts, prints.
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use ferry_agent::import::{import_bundle, write_receipts, ImportConfig};
+    use ferry_core::id::InstallId;
+
+    let install = InstallId::new(args.install.as_str())?;
+    let key_text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.key_file)
+            .with_context(|| format!("reading the agent key {}", args.key_file.display()))?,
+    );
+    let keypair = AgentKeypair::from_secret_string(&key_text)?;
+    let secret = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.identity_secret_file).with_context(|| {
+            format!(
+                "reading the identity secret {}",
+                args.identity_secret_file.display()
+            )
+        })?,
+    );
+    let access = ferry_agent::StaticIdentity {
+        username: format!("agent:{install}"),
+        password: ferry_oci::Secret::new(secret.trim()),
+    };
+    let config = ImportConfig {
+        install_namespace: args
+            .install_namespace
+            .unwrap_or_else(|| format!("installs/{install}")),
+        install_id: install,
+        vendor_public_key: args.vendor_public_key,
+        install_registry: args.install_registry,
+        vendor_prefix: args.vendor_prefix,
+        access: &access,
+        keypair: &keypair,
+        keep_last: (args.keep_last > 0).then_some(args.keep_last),
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        now_ms: ferry_clock::unix_ms,
+    };
+    let summary = import_bundle(&config, &args.bundle).await?;
+    write_receipts(&args.receipts, &summary.receipts)?;
+    for a in &summary.artifacts {
+        println!(
+            "{}@{} imported ({} bytes copied, {} already present)",
+            a.repository, a.digest, a.report.bytes_copied, a.report.bytes_skipped
+        );
+    }
+    println!(
+        "bundle {}: {} artifacts; {} receipts written to {}",
+        summary.bundle_id,
+        summary.artifacts.len(),
+        summary.receipts.len(),
+        args.receipts.display()
+    );
+    Ok(())
 }

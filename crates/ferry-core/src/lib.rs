@@ -5,6 +5,7 @@
 //! adapters (ferry-local, ferry-aws) implement the ports. This crate must never do I/O, read a
 //! clock or name an AWS type, so the same logic runs on both backends and in tests.
 
+pub mod bundle;
 pub mod domain;
 pub mod event;
 pub mod handlers;

@@ -90,7 +90,7 @@ fn derive(key: &[u8], label: &[u8]) -> Zeroizing<[u8; SEED_LEN]> {
 }
 
 /// Appends `part` with a length prefix, so ("ab","c") and ("a","bc") sign differently.
-fn put(out: &mut Vec<u8>, part: &[u8]) {
+pub(crate) fn put(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(&(part.len() as u64).to_be_bytes());
     out.extend_from_slice(part);
 }
@@ -105,7 +105,7 @@ fn decode_signature(text: &str) -> Option<Signature> {
     Some(Signature::from_bytes(&bytes))
 }
 
-fn parse_verifying_key(
+pub(crate) fn parse_verifying_key(
     text: &str,
     prefix: &'static str,
     what: &'static str,
@@ -126,7 +126,7 @@ fn parse_verifying_key(
     VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("it is not an Ed25519 point"))
 }
 
-fn verify(
+pub(crate) fn verify(
     key: &VerifyingKey,
     message: &[u8],
     signature: &str,
@@ -246,6 +246,12 @@ impl VendorKey {
         SyncId::from_derived(format!("s-{}", hex::encode(&mac[..16])))
     }
 
+    /// Signs `message` with the job-signing key (base64url). Only for byte layouts with their
+    /// own domain-separation context (bundle manifests: `crate::bundle`).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> String {
+        encode_signature(&self.signing.sign(message))
+    }
+
     /// Signs `msg` in place (its `signature` field), over [`job_signing_bytes`].
     pub fn sign_job(&self, msg: &mut SyncJobMessage) {
         let sig = self.signing.sign(&job_signing_bytes(msg));
@@ -334,6 +340,12 @@ impl ReportKey {
             "{AGENT_REPORT_KEY_PREFIX}{}",
             URL_SAFE_NO_PAD.encode(self.signing.verifying_key().to_bytes())
         )
+    }
+
+    /// Signs `message` with the report key (base64url). Only for byte layouts with their own
+    /// domain-separation context (bundle receipts: `crate::bundle`).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> String {
+        encode_signature(&self.signing.sign(message))
     }
 
     /// Signs `report` in place (its `signature` field), over [`report_signing_bytes`].
