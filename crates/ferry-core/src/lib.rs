@@ -16,7 +16,9 @@ pub mod release;
 pub mod release_port;
 pub mod rollout;
 pub mod seal;
+pub mod reconcile;
 pub mod state;
+pub mod telemetry;
 pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]

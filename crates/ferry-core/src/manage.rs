@@ -588,7 +588,9 @@ pub async fn describe_dead_letter<S: JobStore>(
             None => (None, None),
         },
         // A release is not a job with a status; `ferry release show` tells where it stands.
-        Some(crate::event::JobRef::Release(_)) | None => (None, None),
+        Some(crate::event::JobRef::Release(_) | crate::event::JobRef::Install(_)) | None => {
+            (None, None)
+        }
     };
     Ok(DeadLetter {
         message_id,

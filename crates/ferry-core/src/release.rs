@@ -565,6 +565,12 @@ pub trait ReleaseStore: Send + Sync {
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<ReleaseTarget>, StoreError>> + Send;
 
+    /// Releases whose status is `running`, by id ascending (what the reconciler checks).
+    fn running_releases(
+        &self,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<Page<Release>, StoreError>> + Send;
+
     /// Whether `install` holds `digest` (its agent verified it), and since when.
     fn get_lineage(
         &self,

@@ -14,6 +14,7 @@ const SAMPLES: [&str; 6] = [
     "sync.reported",
     "release.step",
     "release.synced",
+    "install.heartbeat",
 ];
 const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
 
