@@ -26,6 +26,8 @@ pub mod contract;
 #[cfg(any(test, feature = "contract"))]
 pub mod manage_contract;
 pub mod release_contract;
+#[cfg(any(test, all(feature = "contract", feature = "testing")))]
+pub mod reconcile_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -7,7 +7,7 @@ use crate::event::{
     parse_event, parse_sync_job, BuildOutcome, EventError, Payload, SyncReportStatus,
 };
 
-const SAMPLES: [&str; 6] = [
+const SAMPLES: [&str; 7] = [
     "build.requested",
     "build.completed",
     "sync.requested",
@@ -283,7 +283,7 @@ proptest! {
         let key = &keys[pick % keys.len()];
         let mut cut = v.clone();
         cut.as_object_mut().unwrap().remove(key);
-        let optional = ["id", "build_id", "media_type", "error"];
+        let optional = ["id", "build_id", "media_type", "error", "last_poll_at", "last_sync_at"];
         match parse_event(cut.to_string().as_bytes()) {
             Ok(_) => prop_assert!(
                 optional.contains(&key.as_str()) && !(name == "sync.requested" && key == "build_id")

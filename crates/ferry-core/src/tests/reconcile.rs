@@ -228,3 +228,21 @@ async fn a_release_whose_synced_event_was_lost_is_retallied() {
     let r = p.store.get_release(&id).await.unwrap().unwrap();
     assert_eq!(r.status, ReleaseStatus::Completed, "{r:?}");
 }
+
+#[tokio::test]
+async fn the_reconcile_scenario_holds_on_the_fakes() {
+    let p = crate::testing::fake_ports(1_700_000_000_000);
+    let queues = [
+        QueueName::new("q-rc-alive").unwrap(),
+        QueueName::new("q-rc-gone").unwrap(),
+    ];
+    for q in &queues {
+        p.queue.create_queue(q);
+    }
+    crate::reconcile_contract::reconcile_scenario(crate::reconcile_contract::ReconcileFixture {
+        ports: &p,
+        clock: &p.clock.clone(),
+        queues,
+    })
+    .await;
+}
