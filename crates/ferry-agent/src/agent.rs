@@ -210,7 +210,9 @@ where
         let mut heartbeat = {
             let t = self.telemetry();
             let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
-            if t.last_sent.is_some_and(|sent| now.saturating_sub(sent) < every_ms) {
+            if t.last_sent
+                .is_some_and(|sent| now.saturating_sub(sent) < every_ms)
+            {
                 return false;
             }
             InstallHeartbeat {

@@ -151,9 +151,7 @@ impl ConsoleSource for BackendSource {
         for i in installs.iter().take(ferry_core::manage::MAX_LISTING) {
             let st = port!(self, m => m.install_status(&i.id).await).map_err(manage_err)?;
             // The one rule: no heartbeat or report within STALE_AFTER.
-            let stale = st
-                .liveness(now, STALE_AFTER.as_millis() as u64)
-                .is_stale();
+            let stale = st.liveness(now, STALE_AFTER.as_millis() as u64).is_stale();
             let mut components = Vec::new();
             for c in &i.components {
                 let builds = port!(self, m => m.list_builds(&BuildFilter {

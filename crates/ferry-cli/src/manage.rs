@@ -622,7 +622,15 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                     })
                     .collect();
                 print_table(
-                    &["INSTALL", "APP", "COMPONENTS", "STALE", "LAST SEEN", "QUEUE", "REGISTRY"],
+                    &[
+                        "INSTALL",
+                        "APP",
+                        "COMPONENTS",
+                        "STALE",
+                        "LAST SEEN",
+                        "QUEUE",
+                        "REGISTRY",
+                    ],
                     &rows,
                 );
             }
@@ -663,7 +671,9 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                     );
                     println!(
                         "  last agent sync  {}",
-                        t.last_sync_at.map(time).unwrap_or_else(|| "none yet".into())
+                        t.last_sync_at
+                            .map(time)
+                            .unwrap_or_else(|| "none yet".into())
                     );
                     println!("  health           {}", t.health);
                 }

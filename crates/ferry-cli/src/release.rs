@@ -14,8 +14,8 @@ use clap::{Args, Subcommand};
 use ferry_core::id::{AppName, BuildId, InstallId, QueueName, ReleaseId};
 use ferry_core::ports::IdGenerator as _;
 use ferry_core::release::{
-    estimate_completion,
-    FailureBudget, Release, ReleasePolicy, ReleaseStatus, ReleaseTarget, StepPhase, TargetState,
+    estimate_completion, FailureBudget, Release, ReleasePolicy, ReleaseStatus, ReleaseTarget,
+    StepPhase, TargetState,
 };
 use ferry_core::rollout::{ReleaseDesk, ReleaseRequest, Releases as _};
 use ferry_local::bus::RELEASE_QUEUE;

@@ -151,9 +151,15 @@ async fn store_telemetry<S: JobStore>(s: &S) {
         "contract: an install that never sent a heartbeat has no telemetry"
     );
     let first = telemetry("i-1", 10_000, "ok");
-    assert_eq!(ok(s.record_heartbeat(&first).await, "record_heartbeat"), first);
+    assert_eq!(
+        ok(s.record_heartbeat(&first).await, "record_heartbeat"),
+        first
+    );
     let later = telemetry("i-1", 20_000, "disk 91% full");
-    assert_eq!(ok(s.record_heartbeat(&later).await, "record_heartbeat"), later);
+    assert_eq!(
+        ok(s.record_heartbeat(&later).await, "record_heartbeat"),
+        later
+    );
     let older = telemetry("i-1", 15_000, "replayed");
     assert_eq!(
         ok(s.record_heartbeat(&older).await, "record_heartbeat"),
@@ -181,18 +187,27 @@ async fn store_stale_syncs<S: JobStore>(s: &S) {
     let running = sync(40, "cb-0001", "i-40", 1_000);
     ok(s.create_sync(&running).await, "create_sync");
     let r = ok(running.dispatch(1_500, 9_999), "dispatch");
-    ok(s.update_sync(&r, running.state.expected()).await, "update_sync");
+    ok(
+        s.update_sync(&r, running.state.expected()).await,
+        "update_sync",
+    );
     let done = sync(41, "cb-0001", "i-41", 1_000);
     ok(s.create_sync(&done).await, "create_sync");
     let d = ok(
         done.succeed(1_100, crate::domain::SyncStats::default()),
         "succeed",
     );
-    ok(s.update_sync(&d, done.state.expected()).await, "update_sync");
+    ok(
+        s.update_sync(&d, done.state.expected()).await,
+        "update_sync",
+    );
     let failed = sync(42, "cb-0001", "i-42", 1_000);
     ok(s.create_sync(&failed).await, "create_sync");
     let f = ok(failed.fail(1_100, JobError::new("x", "y"), None), "fail");
-    ok(s.update_sync(&f, failed.state.expected()).await, "update_sync");
+    ok(
+        s.update_sync(&f, failed.state.expected()).await,
+        "update_sync",
+    );
 
     let ids = |v: Vec<SyncJob>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
     let before_all = ids(collect(7, |p| async move { s.stale_syncs(2_000, &p).await }).await);

@@ -11,12 +11,12 @@ pub mod handlers;
 pub mod id;
 pub mod manage;
 pub mod ports;
+pub mod reconcile;
 pub mod record;
 pub mod release;
 pub mod release_port;
 pub mod rollout;
 pub mod seal;
-pub mod reconcile;
 pub mod state;
 pub mod telemetry;
 pub mod trust;
@@ -25,9 +25,9 @@ pub mod trust;
 pub mod contract;
 #[cfg(any(test, feature = "contract"))]
 pub mod manage_contract;
-pub mod release_contract;
 #[cfg(any(test, all(feature = "contract", feature = "testing")))]
 pub mod reconcile_contract;
+pub mod release_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

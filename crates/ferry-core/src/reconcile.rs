@@ -25,9 +25,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Install, SyncJob};
-use crate::handlers::{
-    apply, dispatch_sync, revoke_quietly, Decision, HandlerError, Ports,
-};
+use crate::handlers::{apply, dispatch_sync, revoke_quietly, Decision, HandlerError, Ports};
 use crate::id::{ReleaseId, SyncId};
 use crate::ports::{Backend, Clock, GrantId, JobStore, PageRequest, MAX_PAGE};
 use crate::release::{ReleaseStatus, ReleaseStore, StepPhase, TargetState};
@@ -102,10 +100,7 @@ async fn reconcile_syncs<P: Backend>(
     config: &ReconcileConfig,
     report: &mut ReconcileReport,
 ) -> Result<(), HandlerError> {
-    let before = ports
-        .clock
-        .now_ms()
-        .saturating_sub(config.sync_deadline_ms);
+    let before = ports.clock.now_ms().saturating_sub(config.sync_deadline_ms);
     let budget = config.max_syncs as usize;
     let mut seen = 0usize;
     let mut page = PageRequest::first(MAX_PAGE.min(config.max_syncs.max(1)));
@@ -239,7 +234,11 @@ async fn redrive<P: Backend>(
         return Ok(None);
     }
     // The lost attempt's grant is of no further use.
-    revoke_quietly(&ports.minter, &GrantId::new(requeued.id.clone(), old_attempt)).await;
+    revoke_quietly(
+        &ports.minter,
+        &GrantId::new(requeued.id.clone(), old_attempt),
+    )
+    .await;
     let id = requeued.id.clone();
     dispatch_sync(ports, install, requeued).await?;
     tracing::info!(sync_id = %id, attempt = old_attempt + 1, "reconciler re-drove a stuck sync");

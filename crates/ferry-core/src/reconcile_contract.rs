@@ -11,7 +11,9 @@
 use crate::domain::{Component, ComponentKind, Install, RegistryTarget};
 use crate::event::{parse_sync_job, Event, InstallHeartbeat, Payload, SyncRequested};
 use crate::handlers::{dispatch, Ports};
-use crate::id::{AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository, SyncId};
+use crate::id::{
+    AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository, SyncId,
+};
 use crate::ports::{Backend, Clock, JobStore, Queue, ReceiveOptions};
 use crate::reconcile::{reconcile, ReconcileConfig};
 use crate::state::JobStatus;
@@ -88,14 +90,16 @@ pub async fn reconcile_scenario<P: Backend>(f: ReconcileFixture<'_, P>) {
         );
     }
     let t0 = f.clock.now_ms();
-    must(dispatch(p, &heartbeat(p, &ids[1])).await, "gone agent's last heartbeat");
-    let digest = must(
-        Digest::new(format!("sha256:{}", "ab".repeat(32))),
-        "digest",
+    must(
+        dispatch(p, &heartbeat(p, &ids[1])).await,
+        "gone agent's last heartbeat",
     );
+    let digest = must(Digest::new(format!("sha256:{}", "ab".repeat(32))), "digest");
     let mut syncs = Vec::new();
     for id in &ids {
-        let sync_id = p.vendor_key.sync_id(&must(BuildId::new("b-rc"), "build"), id);
+        let sync_id = p
+            .vendor_key
+            .sync_id(&must(BuildId::new("b-rc"), "build"), id);
         let ev = Event::new(Payload::SyncRequested(SyncRequested {
             sync_id: sync_id.clone(),
             build_id: must(BuildId::new("b-rc"), "build"),
@@ -110,9 +114,16 @@ pub async fn reconcile_scenario<P: Backend>(f: ReconcileFixture<'_, P>) {
     // The alive install's job message is lost: received and deleted without a report.
     let opts = must(ReceiveOptions::new(10, 1, 30), "receive options");
     let got = must(p.queue.receive(&f.queues[0], &opts).await, "receive");
-    assert_eq!(got.len(), 1, "reconcile scenario: one job message was enqueued");
+    assert_eq!(
+        got.len(),
+        1,
+        "reconcile scenario: one job message was enqueued"
+    );
     for m in &got {
-        must(p.queue.delete(&f.queues[0], &m.receipt_handle).await, "delete");
+        must(
+            p.queue.delete(&f.queues[0], &m.receipt_handle).await,
+            "delete",
+        );
     }
 
     let config = ReconcileConfig {
@@ -129,7 +140,10 @@ pub async fn reconcile_scenario<P: Backend>(f: ReconcileFixture<'_, P>) {
         "reconcile scenario: nothing is touched before its deadline ({early:?})"
     );
     f.clock.advance(2 * 60 * MINUTE);
-    must(dispatch(p, &heartbeat(p, &ids[0])).await, "alive agent's heartbeat");
+    must(
+        dispatch(p, &heartbeat(p, &ids[0])).await,
+        "alive agent's heartbeat",
+    );
     let (mut redriven, mut failed) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let r = must(reconcile(p, &config).await, "reconcile");

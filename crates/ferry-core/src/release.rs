@@ -726,7 +726,9 @@ mod tests {
     #[test]
     fn the_estimate_follows_the_finished_steps_and_the_delays() {
         // 6 installs, 2 per step, 10 minute delay; step 1 took 4 minutes.
-        let r = release(6, 2, FailureBudget::Count(1)).start_step(1000).unwrap();
+        let r = release(6, 2, FailureBudget::Count(1))
+            .start_step(1000)
+            .unwrap();
         let mut t = ReleaseTarget {
             release_id: r.id.clone(),
             install_id: InstallId::new("i-1").unwrap(),
@@ -736,7 +738,11 @@ mod tests {
             updated_at: 1000 + 240_000,
             version: 1,
         };
-        assert_eq!(estimate_completion(&r, &[t.clone()], 2000), None, "no step finished");
+        assert_eq!(
+            estimate_completion(&r, &[t.clone()], 2000),
+            None,
+            "no step finished"
+        );
         let r = r.finish_step(tally(2, 2, 0), 241_000).unwrap();
         // Waiting for step 2 (due at 841_000): then 4 min, 10 min delay, 4 min.
         let eta = estimate_completion(&r, &[t.clone()], 300_000).unwrap();

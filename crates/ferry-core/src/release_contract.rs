@@ -101,7 +101,10 @@ async fn running_releases_are_listed<S: ReleaseStore>(s: &S) {
     let mut page = PageRequest::first(2);
     for _ in 0..20 {
         let got = ok(s.running_releases(&page).await, "running_releases");
-        assert!(got.items.len() <= 2, "contract: a page holds at most `limit`");
+        assert!(
+            got.items.len() <= 2,
+            "contract: a page holds at most `limit`"
+        );
         ids.extend(got.items.into_iter().map(|r| r.id.to_string()));
         match got.next {
             Some(c) => page = PageRequest::after(2, c),

@@ -242,7 +242,11 @@ async fn target_installs<D: Desk>(
 }
 
 /// The event id of one page of one step of one round: a duplicate of it is the same piece.
-pub(crate) fn step_event(release: &Release, page: u32, cursor: Option<Cursor>) -> Result<Event, HandlerError> {
+pub(crate) fn step_event(
+    release: &Release,
+    page: u32,
+    cursor: Option<Cursor>,
+) -> Result<Event, HandlerError> {
     let id = EventId::new(format!(
         "{}.s{}.r{}.p{}",
         release.id, release.step, release.round, page
@@ -711,7 +715,11 @@ pub(crate) async fn record_outcome<D: Desk>(
     release: &Release,
     job: &SyncJob,
 ) -> Result<Option<ReleaseTarget>, HandlerError> {
-    let Some(target) = ports.store().get_target(&release.id, &job.install_id).await? else {
+    let Some(target) = ports
+        .store()
+        .get_target(&release.id, &job.install_id)
+        .await?
+    else {
         return Ok(None);
     };
     let (state, error) = match job.status() {

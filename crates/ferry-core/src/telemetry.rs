@@ -112,24 +112,14 @@ pub async fn handle_install_heartbeat<P: Backend>(
             "install.heartbeat claims install {}, which is not registered",
             ev.install_id
         );
-        crate::handlers::security_event(
-            store,
-            now,
-            SecurityEvent::ReportUnauthenticated,
-            &reason,
-        )
-        .await?;
+        crate::handlers::security_event(store, now, SecurityEvent::ReportUnauthenticated, &reason)
+            .await?;
         return Ok(refuse(reason));
     };
     if let Err(e) = verify_heartbeat(&install.agent_report_key, ev) {
         let reason = format!("install.heartbeat for install {}: {e}", ev.install_id);
-        crate::handlers::security_event(
-            store,
-            now,
-            SecurityEvent::ReportUnauthenticated,
-            &reason,
-        )
-        .await?;
+        crate::handlers::security_event(store, now, SecurityEvent::ReportUnauthenticated, &reason)
+            .await?;
         return Ok(refuse(reason));
     }
     let skew = now.abs_diff(ev.sent_at);

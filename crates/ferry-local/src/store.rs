@@ -658,9 +658,8 @@ impl JobStore for SqliteStore {
             .call(move |conn| {
                 let b = before.to_string();
                 let after = read_cursor(Q, &[b.as_str()], &page)?;
-                let (t, id) = after.map_or((-1, String::new()), |k| {
-                    (to_i64(k.t.unwrap_or(0)), k.id)
-                });
+                let (t, id) =
+                    after.map_or((-1, String::new()), |k| (to_i64(k.t.unwrap_or(0)), k.id));
                 let rows: Vec<SyncJob> = query_bodies(
                     conn,
                     "SELECT body FROM syncs

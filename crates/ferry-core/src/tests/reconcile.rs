@@ -4,7 +4,9 @@
 //! reports and make an install stale when they stop.
 
 use super::flow::{agent_key, build_requested, build_succeeded, digest, install_id, report, setup};
-use crate::event::{parse_event, parse_sync_job, Event, InstallHeartbeat, Payload, SyncReportStatus};
+use crate::event::{
+    parse_event, parse_sync_job, Event, InstallHeartbeat, Payload, SyncReportStatus,
+};
 use crate::handlers::{dispatch, Outcome, SecurityEvent};
 use crate::id::{AppName, BuildId, InstallId, QueueName, ReleaseId};
 use crate::ports::{Clock as _, JobStore as _, Queue as _, ReceiveOptions};
@@ -73,10 +75,16 @@ async fn heartbeats_are_authenticated_and_stopping_them_makes_an_install_stale()
     let forged = dispatch(&p, &heartbeat(&p, &a, &b, "forged"))
         .await
         .unwrap();
-    assert!(matches!(forged, Outcome::HeartbeatRefused { .. }), "{forged:?}");
+    assert!(
+        matches!(forged, Outcome::HeartbeatRefused { .. }),
+        "{forged:?}"
+    );
     let kind = SecurityEvent::ReportUnauthenticated.as_str();
     assert_eq!(p.store.security_event_count(kind).await.unwrap().0, 1);
-    assert_eq!(p.store.get_telemetry(&a).await.unwrap().unwrap().health, "ok");
+    assert_eq!(
+        p.store.get_telemetry(&a).await.unwrap().unwrap().health,
+        "ok"
+    );
 
     // A replayed (old) heartbeat is not recorded.
     let old = heartbeat(&p, &a, &a, "old");
@@ -87,13 +95,39 @@ async fn heartbeats_are_authenticated_and_stopping_them_makes_an_install_stale()
     ));
 
     // The agent stopped 22 minutes ago: stale by the one rule, with a 15 minute threshold.
-    let seen = p.store.get_telemetry(&a).await.unwrap().map(|t| t.last_seen);
-    assert_eq!(liveness(seen, p.clock.now_ms(), 15 * MINUTE), Liveness::Stale);
-    let none = p.store.get_telemetry(&b).await.unwrap().map(|t| t.last_seen);
-    assert_eq!(liveness(none, p.clock.now_ms(), 15 * MINUTE), Liveness::Never);
-    dispatch(&p, &heartbeat(&p, &a, &a, "ok again")).await.unwrap();
-    let seen = p.store.get_telemetry(&a).await.unwrap().map(|t| t.last_seen);
-    assert_eq!(liveness(seen, p.clock.now_ms(), 15 * MINUTE), Liveness::Live);
+    let seen = p
+        .store
+        .get_telemetry(&a)
+        .await
+        .unwrap()
+        .map(|t| t.last_seen);
+    assert_eq!(
+        liveness(seen, p.clock.now_ms(), 15 * MINUTE),
+        Liveness::Stale
+    );
+    let none = p
+        .store
+        .get_telemetry(&b)
+        .await
+        .unwrap()
+        .map(|t| t.last_seen);
+    assert_eq!(
+        liveness(none, p.clock.now_ms(), 15 * MINUTE),
+        Liveness::Never
+    );
+    dispatch(&p, &heartbeat(&p, &a, &a, "ok again"))
+        .await
+        .unwrap();
+    let seen = p
+        .store
+        .get_telemetry(&a)
+        .await
+        .unwrap()
+        .map(|t| t.last_seen);
+    assert_eq!(
+        liveness(seen, p.clock.now_ms(), 15 * MINUTE),
+        Liveness::Live
+    );
 }
 
 #[tokio::test]
@@ -104,10 +138,17 @@ async fn heartbeats_write_at_most_once_per_interval() {
     let writes = p.store.write_count();
     p.clock.advance(1_000);
     dispatch(&p, &heartbeat(&p, &a, &a, "two")).await.unwrap();
-    assert_eq!(p.store.write_count(), writes, "a second heartbeat within the interval");
+    assert_eq!(
+        p.store.write_count(),
+        writes,
+        "a second heartbeat within the interval"
+    );
     p.clock.advance(p.config.heartbeat_min_interval_ms);
     dispatch(&p, &heartbeat(&p, &a, &a, "three")).await.unwrap();
-    assert_eq!(p.store.get_telemetry(&a).await.unwrap().unwrap().health, "three");
+    assert_eq!(
+        p.store.get_telemetry(&a).await.unwrap().unwrap().health,
+        "three"
+    );
 }
 
 #[tokio::test]
@@ -115,9 +156,13 @@ async fn the_reconciler_redrives_a_lost_message_and_fails_a_gone_agent_once_each
     let p = setup(2).await;
     let (alive, gone) = (install_id(0), install_id(1));
     // The gone agent was last heard from now; the alive one keeps sending heartbeats.
-    dispatch(&p, &heartbeat(&p, &gone, &gone, "ok")).await.unwrap();
+    dispatch(&p, &heartbeat(&p, &gone, &gone, "ok"))
+        .await
+        .unwrap();
     dispatch(&p, &build_requested("b-1")).await.unwrap();
-    dispatch(&p, &build_succeeded("b-1", digest(1))).await.unwrap();
+    dispatch(&p, &build_succeeded("b-1", digest(1)))
+        .await
+        .unwrap();
     drain_bus(&p, 0).await;
     // Both jobs are running; the alive install's message is lost (received and deleted).
     let opts = ReceiveOptions::new(10, 0, 30).unwrap();
@@ -134,7 +179,9 @@ async fn the_reconciler_redrives_a_lost_message_and_fails_a_gone_agent_once_each
     assert!(r.redriven.is_empty() && r.failed.is_empty(), "{r:?}");
 
     p.clock.advance(2 * 60 * MINUTE);
-    dispatch(&p, &heartbeat(&p, &alive, &alive, "ok")).await.unwrap();
+    dispatch(&p, &heartbeat(&p, &alive, &alive, "ok"))
+        .await
+        .unwrap();
     let mut redriven = Vec::new();
     let mut failed = Vec::new();
     for _ in 0..3 {
@@ -175,7 +222,9 @@ async fn a_release_whose_synced_event_was_lost_is_retallied() {
     let mut p = setup(2).await;
     p.config.fan_out_on_build = false;
     dispatch(&p, &build_requested("b-1")).await.unwrap();
-    dispatch(&p, &build_succeeded("b-1", digest(1))).await.unwrap();
+    dispatch(&p, &build_succeeded("b-1", digest(1)))
+        .await
+        .unwrap();
     create_release(
         &p,
         &ReleaseRequest {
