@@ -68,5 +68,8 @@ async fn heartbeats_go_out_at_most_once_per_interval_signed_by_the_install() {
     let other = test_agent_key(&InstallId::new("b").unwrap())
         .report_key()
         .public_key_string();
-    assert!(verify_heartbeat(&other, &h).is_err(), "B's key does not verify A's heartbeat");
+    assert!(
+        verify_heartbeat(&other, &h).is_err(),
+        "B's key does not verify A's heartbeat"
+    );
 }
