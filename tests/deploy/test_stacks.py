@@ -29,7 +29,7 @@ CUSTOMER = ROOT / "infra" / "install-agent.yaml"
 BUILDSPEC = ROOT / "infra" / "buildspec.yml"
 AWS_DESIGN = ROOT / "docs" / "design" / "aws.md"
 
-FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported"]
+FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "reconcile"]
 ENV_CONTRACT = [
     "FERRY_TABLE",
     "FERRY_EVENT_BUS",
@@ -225,6 +225,8 @@ def test_sqs_triggers_report_batch_item_failures_and_visibility_is_six_times_tim
     for name in functions(vendor):
         p = function_props(vendor, name)
         for ev in p["Events"].values():
+            if ev["Type"] == "ScheduleV2":  # the reconciler runs on a schedule, not a queue
+                continue
             assert ev["Type"] == "SQS", name
             props = ev["Properties"]
             assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
@@ -321,10 +323,10 @@ def test_table_matches_the_aws_design_and_has_pitr_ttl_sse(vendor):
     assert p["SSESpecification"]["SSEEnabled"] is True
     assert [k["AttributeName"] for k in p["KeySchema"]] == ["pk", "sk"]
     gsis = {g["IndexName"]: [k["AttributeName"] for k in g["KeySchema"]] for g in p["GlobalSecondaryIndexes"]}
-    assert gsis == {"gsi1": ["gsi1pk", "gsi1sk"], "gsi2": ["gsi2pk", "gsi2sk"]}
+    assert gsis == {"gsi1": ["gsi1pk", "gsi1sk"], "gsi2": ["gsi2pk", "gsi2sk"], "gsi3": ["gsi3pk", "gsi3sk"]}
     if AWS_DESIGN.exists():
         design = AWS_DESIGN.read_text()
-        for name in ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi1", "gsi2", "ttl"]:
+        for name in ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi1", "gsi2", "gsi3", "ttl"]:
             assert f"`{name}`" in design, f"{name} is not in docs/design/aws.md"
         assert "**TTL attribute**" in design and "| `ttl` |" in design
 
@@ -343,7 +345,7 @@ def policy_of(t: dict, role: str) -> list[dict]:
 
 def test_function_roles_are_separate_and_narrow(vendor):
     roles = {refs(f["Properties"]["Role"]).pop() for f in functions(vendor).values()}
-    assert len(roles) == 4
+    assert len(roles) == len(functions(vendor))
     for role in roles:
         sts = policy_of(vendor, role)
         actions = {a for s in sts for a in as_list(s["Action"])}
@@ -351,13 +353,13 @@ def test_function_roles_are_separate_and_narrow(vendor):
             assert "codebuild:StartBuild" in actions
         else:
             assert "codebuild:StartBuild" not in actions, role
-        minting = role in ("SyncRequestedRole", "SyncReportedRole")
+        minting = role in ("SyncRequestedRole", "SyncReportedRole", "ReconcileRole")
         assert ("sts:AssumeRole" in actions) == minting, role
         for s in sts:
             if "sts:AssumeRole" in as_list(s["Action"]):
                 assert refs(s["Resource"]) == {"PullRole"}
             if "sqs:SendMessage" in as_list(s["Action"]):
-                assert s["Resource"]["Fn::Sub"].endswith(":${NamePrefix}-install-*"), role
+                assert s["Resource"]["Fn::Sub"].endswith((":${NamePrefix}-install-*", ":${NamePrefix}-release")), role
         assert not any(a.startswith(("ecr:", "iam:", "s3:")) for a in actions), role
 
 
@@ -365,7 +367,7 @@ def test_pull_role_trusts_only_minting_functions_and_only_reads(vendor):
     role = resources(vendor)["PullRole"]["Properties"]
     assert role["MaxSessionDuration"] == 3600
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
-    assert refs(trust["Principal"]) == {"SyncRequestedRole", "SyncReportedRole"}
+    assert refs(trust["Principal"]) == {"SyncRequestedRole", "SyncReportedRole", "ReconcileRole"}
     for s in policy_of(vendor, "PullRole"):
         for a in as_list(s["Action"]):
             assert not is_write(a), a
@@ -440,7 +442,7 @@ def test_sam_transform_yields_sqs_mappings_with_partial_batch_failures(monkeypat
         assert m["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert m["Properties"]["BatchSize"] == 10
     lambdas = [r for r in out["Resources"].values() if r["Type"] == "AWS::Lambda::Function"]
-    assert len(lambdas) == 4
+    assert len(lambdas) == len(FUNCTIONS)
     assert all(fn["Properties"]["Architectures"] == ["arm64"] for fn in lambdas)
     # Explicit roles: SAM generated none (so no managed policy with Resource "*").
     assert not [r for r in out["Resources"] if r.endswith("FunctionRole")]
@@ -927,7 +929,8 @@ def test_security_events_are_counted_and_alarmed(vendor):
 
 
 def test_only_the_ims_functions_read_the_vendor_key(vendor):
-    """The vendor key signs jobs: the four function roles may read it, and nothing else."""
+    """The vendor key signs jobs: the IMS function roles (and the reconciler, which re-sends
+    job messages) may read it, and nothing else."""
     readers = []
     for name, where, st in statements(vendor):
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
@@ -935,4 +938,5 @@ def test_only_the_ims_functions_read_the_vendor_key(vendor):
             assert refs(st["Resource"]) == {"VendorKeySecret"}, (name, st)
             readers.append(name)
     assert sorted(readers) == sorted(f"{f}Policy" for f in
-                                     ["BuildRequested", "BuildCompleted", "SyncRequested", "SyncReported"])
+                                     ["BuildRequested", "BuildCompleted", "SyncRequested", "SyncReported",
+                                      "Reconcile"])

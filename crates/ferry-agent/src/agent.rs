@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_core::domain::{KeyRequirement, VerifyPolicy};
 use ferry_core::event::{
-    parse_sync_job, Event, Payload, SyncJobMessage, SyncReportStatus, SyncReported,
+    parse_sync_job, Event, InstallHeartbeat, Payload, SyncJobMessage, SyncReportStatus,
+    SyncReported, MAX_HEALTH_TEXT,
 };
 use ferry_core::ports::{Queue, QueueError, ReceivedMessage};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
@@ -67,7 +68,20 @@ enum CopyFailure {
     PolicyFailed(String),
 }
 
+/// What the next install heartbeat says (agent clock, unix ms).
+#[derive(Debug, Default)]
+struct Telemetry {
+    last_sent: Option<u64>,
+    last_poll: Option<u64>,
+    last_sync: Option<u64>,
+    health: String,
+}
+
+/// The agent's version, as heartbeats report it.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub struct Agent<Q, R> {
+    telemetry: std::sync::Mutex<Telemetry>,
     config: AgentConfig,
     queue: Arc<Q>,
     reporter: Arc<R>,
@@ -100,6 +114,7 @@ where
             password: config.identity_secret.clone(),
         });
         Agent {
+            telemetry: std::sync::Mutex::new(Telemetry::default()),
             config,
             queue,
             reporter,
@@ -137,6 +152,8 @@ where
                 _ = shutdown.cancelled() => break,
                 r = self.queue.receive(&self.config.queue, &self.config.receive) => r,
             };
+            self.polled(received.as_ref().err());
+            self.heartbeat_if_due().await;
             match received {
                 Ok(messages) if messages.is_empty() => {
                     // A queue that does not long-poll answers at once: do not spin.
@@ -158,13 +175,72 @@ where
 
     /// Receives once (one long poll) and handles what came; returns how many messages.
     pub async fn poll_once(&self, shutdown: &CancellationToken) -> Result<usize, AgentError> {
-        let messages = self
+        let received = self
             .queue
             .receive(&self.config.queue, &self.config.receive)
-            .await?;
+            .await;
+        self.polled(received.as_ref().err());
+        self.heartbeat_if_due().await;
+        let messages = received?;
         let n = messages.len();
         self.handle_batch(messages, shutdown).await;
         Ok(n)
+    }
+
+    fn telemetry(&self) -> std::sync::MutexGuard<'_, Telemetry> {
+        // Plain data: a panic elsewhere cannot leave it half-written.
+        self.telemetry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a poll of the job queue and whether it worked (the heartbeat's health line).
+    fn polled(&self, error: Option<&QueueError>) {
+        let now = (self.clock)();
+        let mut t = self.telemetry();
+        t.last_poll = Some(now);
+        t.health = match error {
+            None => "ok".to_string(),
+            Some(e) => format!("receiving jobs failed: {e}"),
+        };
+    }
+
+    /// Sends an install heartbeat if none was sent within `telemetry_every`; returns whether
+    /// one was sent. A failed send is logged and tried again after the next poll.
+    pub async fn heartbeat_if_due(&self) -> bool {
+        let Some(every) = self.config.telemetry_every else {
+            return false;
+        };
+        let now = (self.clock)();
+        let mut heartbeat = {
+            let t = self.telemetry();
+            let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+            if t.last_sent
+                .is_some_and(|sent| now.saturating_sub(sent) < every_ms)
+            {
+                return false;
+            }
+            InstallHeartbeat {
+                install_id: self.config.install_id.clone(),
+                agent_version: AGENT_VERSION.to_string(),
+                last_poll_at: t.last_poll,
+                last_sync_at: t.last_sync,
+                health: t.health.chars().take(MAX_HEALTH_TEXT).collect(),
+                sent_at: now,
+                signature: String::new(),
+            }
+        };
+        self.report_key.sign_heartbeat(&mut heartbeat);
+        let event = Event::new(Payload::InstallHeartbeat(heartbeat));
+        match self.reporter.report(&event).await {
+            Ok(()) => {
+                self.telemetry().last_sent = Some(now);
+                tracing::debug!("heartbeat sent");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat not sent; retried after the next poll");
+                false
+            }
+        }
     }
 
     async fn handle_batch(&self, messages: Vec<ReceivedMessage>, shutdown: &CancellationToken) {
@@ -301,6 +377,7 @@ where
             tracing::warn!(error = %e, "report not sent; the job is retried on redelivery");
             return Disposition::RetryAfter(5);
         }
+        self.telemetry().last_sync = Some((self.clock)());
         tracing::info!(status = ?status, error = error.as_deref().unwrap_or(""), duration_ms,
             bytes_copied = copy.as_ref().map_or(0, |r| r.bytes_copied),
             bytes_skipped = copy.as_ref().map_or(0, |r| r.bytes_skipped), "sync reported");

@@ -686,24 +686,53 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
         InstallCommand::List { common } => {
             let backend = common.open(ctx).await?;
             let installs = with_backend!(&backend, m => m.list_installs().await)?;
+            let now = crate::console::now_ms();
+            let stale_after = crate::console::STALE_AFTER.as_millis() as u64;
+            let mut statuses = Vec::with_capacity(installs.len());
+            for i in &installs {
+                statuses.push(with_backend!(&backend, m => m.install_status(&i.id).await)?);
+            }
             if common.json {
-                println!("{}", serde_json::to_string_pretty(&installs)?);
-            } else {
-                let rows: Vec<Vec<String>> = installs
+                let rows: Vec<serde_json::Value> = statuses
                     .iter()
-                    .map(|i| {
+                    .map(|st| {
+                        let mut v = serde_json::to_value(&st.install).unwrap_or_default();
+                        v["last_seen"] = json!(st.last_seen);
+                        v["liveness"] = json!(st.liveness(now, stale_after).as_str());
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rows: Vec<Vec<String>> = statuses
+                    .iter()
+                    .map(|st| {
+                        let i = &st.install;
                         let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+                        let liveness = st.liveness(now, stale_after);
                         vec![
                             i.id.to_string(),
                             i.app.to_string(),
                             comps.join(","),
+                            if liveness.is_stale() { "STALE" } else { "" }.to_string(),
+                            st.last_seen
+                                .map(|t| ferry_core::telemetry::ago(t, now))
+                                .unwrap_or_else(|| "never".into()),
                             i.queue.to_string(),
                             format!("{}/{}", i.registry.endpoint, i.registry.namespace),
                         ]
                     })
                     .collect();
                 print_table(
-                    &["INSTALL", "APP", "COMPONENTS", "QUEUE", "REGISTRY"],
+                    &[
+                        "INSTALL",
+                        "APP",
+                        "COMPONENTS",
+                        "STALE",
+                        "LAST SEEN",
+                        "QUEUE",
+                        "REGISTRY",
+                    ],
                     &rows,
                 );
             }
@@ -726,10 +755,32 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                 "  registry         {}/{}",
                 i.registry.endpoint, i.registry.namespace
             );
+            let now = crate::console::now_ms();
+            let liveness = st.liveness(now, crate::console::STALE_AFTER.as_millis() as u64);
             println!(
-                "  last report      {}",
-                st.last_seen.map(time).unwrap_or_else(|| "never".into())
+                "  last seen        {}{}",
+                st.last_seen
+                    .map(|t| format!("{} ({})", time(t), ferry_core::telemetry::ago(t, now)))
+                    .unwrap_or_else(|| "never".into()),
+                if liveness.is_stale() { "  STALE" } else { "" }
             );
+            match &st.telemetry {
+                Some(t) => {
+                    println!("  agent version    {}", t.agent_version);
+                    println!(
+                        "  last poll        {}",
+                        t.last_poll_at.map(time).unwrap_or_else(|| "never".into())
+                    );
+                    println!(
+                        "  last agent sync  {}",
+                        t.last_sync_at
+                            .map(time)
+                            .unwrap_or_else(|| "none yet".into())
+                    );
+                    println!("  health           {}", t.health);
+                }
+                None => println!("  heartbeat        none received"),
+            }
             match &st.last_sync {
                 Some(s) => println!(
                     "  last sync        {} {} {} ({})",

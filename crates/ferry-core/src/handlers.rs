@@ -58,6 +58,11 @@ pub struct Config {
     /// to every subscribed install, an implicit release. False: builds only record their
     /// artifact, and `ferry release create` decides which installs get it, in steps.
     pub fan_out_on_build: bool,
+    /// An install's heartbeats cause at most one store write per this many ms.
+    pub heartbeat_min_interval_ms: u64,
+    /// A heartbeat whose `sent_at` is further than this from the IMS's clock is not recorded
+    /// (bounds replays of a captured heartbeat, and flags a wrong agent clock).
+    pub heartbeat_max_skew_ms: u64,
 }
 
 impl Default for Config {
@@ -68,6 +73,8 @@ impl Default for Config {
             max_sync_attempts: 5,
             max_write_tries: 5,
             fan_out_on_build: true,
+            heartbeat_min_interval_ms: 30_000,
+            heartbeat_max_skew_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -178,6 +185,18 @@ pub enum Outcome {
     /// changed.
     ReleaseIgnored {
         release_id: ReleaseId,
+        reason: String,
+    },
+    /// An authenticated heartbeat was recorded (or fell within the write interval of the last
+    /// one); `last_seen` is the install's last-seen time as stored.
+    HeartbeatRecorded {
+        install_id: InstallId,
+        last_seen: u64,
+    },
+    /// A heartbeat that did not authenticate as the install's agent, or whose time is too far
+    /// from the IMS's: nothing changed, and it is not retried.
+    HeartbeatRefused {
+        install_id: InstallId,
         reason: String,
     },
     /// The event was handled before; `first` is what that run did.
@@ -318,7 +337,7 @@ struct StoredResult {
 
 /// Counts and logs one security event. The count is the signal (an alarm in AWS); the log
 /// line carries the reason, never a secret.
-async fn security_event<S: JobStore>(
+pub(crate) async fn security_event<S: JobStore>(
     store: &S,
     now: u64,
     event: SecurityEvent,
@@ -406,7 +425,7 @@ where
 }
 
 /// A stored job that can be written conditionally.
-trait Job: Clone + fmt::Debug + Send + Sync + Sized {
+pub(crate) trait Job: Clone + fmt::Debug + Send + Sync + Sized {
     const WHAT: &'static str;
     fn id_string(&self) -> String;
     fn expected(&self) -> Expected;
@@ -451,7 +470,7 @@ impl Job for SyncJob {
     }
 }
 
-enum Decision<T> {
+pub(crate) enum Decision<T> {
     Write(T),
     /// Already in the wanted state (a resumed or raced handler): nothing to write.
     Keep,
@@ -459,7 +478,7 @@ enum Decision<T> {
 
 /// Applies `decide` to the latest stored version until a conditional write lands or `decide`
 /// says there is nothing to do. Returns the item as stored afterwards.
-async fn apply<S: JobStore, T: Job>(
+pub(crate) async fn apply<S: JobStore, T: Job>(
     store: &S,
     config: &Config,
     mut current: T,
@@ -573,6 +592,11 @@ pub async fn dispatch<P: Backend>(
             .await,
         Payload::ReleaseSynced(ev) => crate::rollout::handle_release_synced(ports, ev)
             .instrument(tracing::info_span!("release.synced", release_id = %ev.release_id, sync_id = %ev.sync_id))
+            .await,
+        // Authenticated against the install's report key; naturally idempotent (last-seen
+        // only moves forward, and writes are rate-limited per install).
+        Payload::InstallHeartbeat(ev) => crate::telemetry::handle_install_heartbeat(ports, ev)
+            .instrument(tracing::info_span!("install.heartbeat", install_id = %ev.install_id))
             .await,
     }
 }
@@ -979,7 +1003,7 @@ async fn create_or_existing_sync<S: JobStore>(
 }
 
 /// Queued job → mint a sealed grant → enqueue the job message → Running.
-async fn dispatch_sync<P: Backend>(
+pub(crate) async fn dispatch_sync<P: Backend>(
     ports: &Ports<P>,
     install: &Install,
     job: SyncJob,
@@ -1183,7 +1207,7 @@ fn report_payload_hash(ev: &SyncReported) -> String {
     hex::encode(h.finalize())
 }
 
-async fn revoke_quietly<G: GrantMinter>(minter: &G, grant: &GrantId) {
+pub(crate) async fn revoke_quietly<G: GrantMinter>(minter: &G, grant: &GrantId) {
     // Grants expire within 15 minutes anyway; a failed revoke must not fail the report.
     if let Err(e) = minter.revoke(grant).await {
         tracing::warn!(grant = %grant, error = %e, "could not revoke grant; it will expire");

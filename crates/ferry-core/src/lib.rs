@@ -12,18 +12,22 @@ pub mod handlers;
 pub mod id;
 pub mod manage;
 pub mod ports;
+pub mod reconcile;
 pub mod record;
 pub mod release;
 pub mod release_port;
 pub mod rollout;
 pub mod seal;
 pub mod state;
+pub mod telemetry;
 pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
 #[cfg(any(test, feature = "contract"))]
 pub mod manage_contract;
+#[cfg(any(test, all(feature = "contract", feature = "testing")))]
+pub mod reconcile_contract;
 pub mod release_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -29,7 +29,7 @@ use rand_core::{OsRng, TryRngCore};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::event::{SyncJobMessage, SyncReportStatus, SyncReported};
+use crate::event::{InstallHeartbeat, SyncJobMessage, SyncReportStatus, SyncReported};
 use crate::id::{BuildId, InstallId, ReleaseId, SyncId};
 use crate::seal::AgentKeypair;
 
@@ -54,6 +54,7 @@ const LABEL_GENERATED_ROOT: &[u8] = b"ferry vendor secret from generated text v1
 // Domain separation of the signed byte layouts.
 const JOB_CONTEXT: &[u8] = b"ferry-sync-job-v2";
 const REPORT_CONTEXT: &[u8] = b"ferry-sync-reported-v2";
+const HEARTBEAT_CONTEXT: &[u8] = b"ferry-install-heartbeat-v2";
 
 /// Why a signature, key or keyed id could not be made or checked; never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -353,6 +354,12 @@ impl ReportKey {
         let sig = self.signing.sign(&report_signing_bytes(report));
         report.signature = encode_signature(&sig);
     }
+
+    /// Signs `heartbeat` in place (its `signature` field), over [`heartbeat_signing_bytes`].
+    pub fn sign_heartbeat(&self, heartbeat: &mut InstallHeartbeat) {
+        let sig = self.signing.sign(&heartbeat_signing_bytes(heartbeat));
+        heartbeat.signature = encode_signature(&sig);
+    }
 }
 
 impl fmt::Debug for ReportKey {
@@ -401,6 +408,45 @@ pub fn verify_report(agent_report_key: &str, report: &SyncReported) -> Result<()
         &report_signing_bytes(report),
         &report.signature,
         "sync.reported",
+        "the install's registered agent",
+    )
+}
+
+fn opt_time(t: Option<u64>) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    if let Some(t) = t {
+        out[0] = 1;
+        out[1..].copy_from_slice(&t.to_be_bytes());
+    }
+    out
+}
+
+/// The bytes an agent signs for a heartbeat: every field it claims, under its own context (a
+/// report's signature never verifies as a heartbeat's, nor the reverse).
+pub fn heartbeat_signing_bytes(h: &InstallHeartbeat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    put(&mut out, HEARTBEAT_CONTEXT);
+    put(&mut out, h.install_id.as_str().as_bytes());
+    put(&mut out, h.agent_version.as_bytes());
+    put(&mut out, &opt_time(h.last_poll_at));
+    put(&mut out, &opt_time(h.last_sync_at));
+    put(&mut out, h.health.as_bytes());
+    put(&mut out, &h.sent_at.to_be_bytes());
+    out
+}
+
+/// The IMS's check of a heartbeat against the report key registered for its install.
+pub fn verify_heartbeat(agent_report_key: &str, h: &InstallHeartbeat) -> Result<(), TrustError> {
+    let key = parse_verifying_key(
+        agent_report_key,
+        AGENT_REPORT_KEY_PREFIX,
+        "the install's agent report key",
+    )?;
+    verify(
+        &key,
+        &heartbeat_signing_bytes(h),
+        &h.signature,
+        "install.heartbeat",
         "the install's registered agent",
     )
 }

@@ -75,6 +75,9 @@ async fn env_with(
             fan_out_on_build,
             ..ferry_core::Config::default()
         },
+        // The tests drive time by hand; a reconciler pass runs only when a test asks.
+        reconcile_every: None,
+        reconcile: ferry_core::reconcile::ReconcileConfig::default(),
     };
     let ims = LocalIms::new(
         db,

@@ -26,7 +26,9 @@ use tracing::Instrument as _;
 
 use ferry_aws::builder::StateChangeError;
 use ferry_aws::CodeBuildStateChange;
-use ferry_core::event::{BUILD_COMPLETED, BUILD_REQUESTED, SYNC_REPORTED, SYNC_REQUESTED};
+use ferry_core::event::{
+    BUILD_COMPLETED, BUILD_REQUESTED, INSTALL_HEARTBEAT, SYNC_REPORTED, SYNC_REQUESTED,
+};
 use ferry_core::{
     handle_record, parse_event, Event, EventError, HandlerError, Outcome, Record, RecordOutcome,
     Redrive,
@@ -71,7 +73,7 @@ impl Kind {
             }
             Kind::BuildRequested => "build.requested events",
             Kind::SyncRequested => "sync.requested events",
-            Kind::SyncReported => "sync.reported events",
+            Kind::SyncReported => "sync.reported and install.heartbeat events",
         }
     }
 }
@@ -138,7 +140,9 @@ fn parse_body(kind: Kind, body: impl AsRef<[u8]>) -> Result<Option<Event>, Recor
         return Ok(change.to_build_completed()?);
     }
     let event = parse_event(body)?;
-    if event.event_type() != kind.event_type() {
+    // Heartbeats share the agents' report queue (and its authentication).
+    let heartbeat = kind == Kind::SyncReported && event.event_type() == INSTALL_HEARTBEAT;
+    if event.event_type() != kind.event_type() && !heartbeat {
         return Err(RecordError::WrongType {
             function: kind.function_name(),
             accepts: kind.accepts(),
@@ -282,8 +286,9 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, RecordError::WrongType { .. }));
         assert!(
-            text.contains("sync-reported function handles only sync.reported events")
-                && text.contains("this record is a build.requested event"),
+            text.contains(
+                "sync-reported function handles only sync.reported and install.heartbeat events"
+            ) && text.contains("this record is a build.requested event"),
             "{text}"
         );
     }
