@@ -62,6 +62,7 @@ pub async fn reconcile_scenario<P: Backend>(f: ReconcileFixture<'_, P>) {
                     source: "docker.io/library/busybox".into(),
                 },
                 repository: must(Repository::new("vendor/shop/web"), "repository"),
+                verify: None,
             })
             .await,
         "put_component",
