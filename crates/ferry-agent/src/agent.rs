@@ -194,6 +194,10 @@ where
 
     /// Notes a poll of the job queue and whether it worked (the heartbeat's health line).
     fn polled(&self, error: Option<&QueueError>) {
+        if self.config.telemetry_every.is_none() {
+            // No heartbeats, so nothing reads it (and the clock is left to grant expiry).
+            return;
+        }
         let now = (self.clock)();
         let mut t = self.telemetry();
         t.last_poll = Some(now);
