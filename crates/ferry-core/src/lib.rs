@@ -17,6 +17,7 @@ pub mod release_port;
 pub mod rollout;
 pub mod seal;
 pub mod state;
+pub mod timing;
 pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]
