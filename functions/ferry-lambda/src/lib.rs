@@ -1,5 +1,5 @@
-//! Shared plumbing of Ferry's four Lambda functions (build-requested, build-completed,
-//! sync-requested, sync-reported): the AWS ports built once from the environment ([`Deps`]),
+//! Shared plumbing of Ferry's five Lambda functions (build-requested, build-completed,
+//! sync-requested, sync-reported, release): the AWS ports built once from the environment ([`Deps`]),
 //! one SQS batch handled record by record with partial failures ([`handle_sqs_batch`]), and
 //! structured JSON logs ([`logging`]).
 //!
@@ -13,7 +13,9 @@ pub mod sqs;
 
 pub use deps::{AwsOverrides, AwsPorts, ConfigError, Deps, RandomIds, Settings, SystemClock};
 pub use logging::init_logging;
-pub use sqs::{handle_sqs_batch, process_records, Kind, RecordError, RecordFailure};
+pub use sqs::{
+    handle_sqs_batch, process_records, process_records_until, Kind, RecordError, RecordFailure,
+};
 
 // Re-exported so the function crates need no direct dependency on these.
 pub use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
