@@ -40,6 +40,10 @@ pub const MAX_RECEIVE_COUNT_ENV: &str = "FERRY_MAX_RECEIVE_COUNT";
 /// Optional: without it the queue is looked up by the name [`RELEASE_QUEUE_DEFAULT`], and a
 /// stack without that queue refuses `release create` with a "queue does not exist" error.
 pub const RELEASE_QUEUE_URL_ENV: &str = "FERRY_RELEASE_QUEUE_URL";
+/// `true` (the default) or `false`: whether a successful build is synced at once to every
+/// subscribed install (an implicit release, `Config::fan_out_on_build`). `false` leaves every
+/// rollout to `ferry release create`. Read by build-completed (template.yaml: FanOutOnBuild).
+pub const FAN_OUT_ON_BUILD_ENV: &str = "FERRY_FAN_OUT_ON_BUILD";
 /// The release queue's name when [`RELEASE_QUEUE_URL_ENV`] is not set.
 pub const RELEASE_QUEUE_DEFAULT: &str = "ferry-release";
 
@@ -74,6 +78,8 @@ pub struct Settings {
     pub max_receive_count: u32,
     /// The release queue's URL, when set.
     pub release_queue_url: Option<String>,
+    /// Whether a successful build fans out to every subscribed install at once.
+    pub fan_out_on_build: bool,
 }
 
 fn required(
@@ -180,8 +186,20 @@ impl Settings {
         if let Some(url) = &release_queue_url {
             release_queue_name(url)?;
         }
+        let fan_out_on_build = match get(FAN_OUT_ON_BUILD_ENV).as_deref().map(str::trim) {
+            None | Some("") | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: FAN_OUT_ON_BUILD_ENV,
+                    value: other.chars().take(20).collect(),
+                    reason: "expected true or false",
+                })
+            }
+        };
         Ok(Settings {
             release_queue_url,
+            fan_out_on_build,
             vendor_key_secret,
             max_receive_count,
             table,
@@ -298,7 +316,10 @@ impl Deps {
                 builder: CodeBuildBuilder::new(&config, settings.build_project.clone()),
                 minter: EcrGrantMinter::new(&config, settings.grants.clone(), store),
                 clock: SystemClock,
-                config: Config::default(),
+                config: Config {
+                    fan_out_on_build: settings.fan_out_on_build,
+                    ..Config::default()
+                },
                 vendor_key: Arc::new(vendor_key),
                 release_queue,
             },
@@ -408,6 +429,18 @@ mod tests {
             err.to_string().starts_with("FERRY_RELEASE_QUEUE_URL is"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_implicit_release_is_on_unless_turned_off() {
+        assert!(Settings::from_lookup(env(FULL)).unwrap().fan_out_on_build);
+        let mut pairs = FULL.to_vec();
+        pairs.push(("FERRY_FAN_OUT_ON_BUILD", "false"));
+        assert!(!Settings::from_lookup(env(&pairs)).unwrap().fan_out_on_build);
+        pairs.pop();
+        pairs.push(("FERRY_FAN_OUT_ON_BUILD", "no"));
+        let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+        assert!(err.to_string().starts_with("FERRY_FAN_OUT_ON_BUILD is"), "{err}");
     }
 
     #[test]
