@@ -7,16 +7,22 @@
 //! `additional-information.exported-environment-variables`. This module must never pass a
 //! secret as a PLAINTEXT variable: the overrides hold ids, the component and the source ref.
 
+#[cfg(feature = "codebuild")]
 use aws_config::SdkConfig;
+#[cfg(feature = "codebuild")]
 use aws_sdk_codebuild::types::{EnvironmentVariable, EnvironmentVariableType};
+#[cfg(feature = "codebuild")]
 use aws_sdk_codebuild::Client;
 use serde::Deserialize;
 
 use ferry_core::event::{BuildCompleted, BuildOutcome};
 use ferry_core::id::{BuildId, Digest, EventId, Repository};
-use ferry_core::ports::{BuildSpec, Builder, BuilderError};
+#[cfg(feature = "codebuild")]
+use ferry_core::ports::Builder;
+use ferry_core::ports::{BuildSpec, BuilderError};
 use ferry_core::{Event, Payload};
 
+#[cfg(feature = "codebuild")]
 use crate::error::describe;
 
 pub const ENV_BUILD_ID: &str = "FERRY_BUILD_ID";
@@ -33,6 +39,9 @@ pub const ENV_ARTIFACT_MEDIA_TYPE: &str = "FERRY_ARTIFACT_MEDIA_TYPE";
 /// The environment variable that names the CodeBuild project (set by the SAM template).
 pub const PROJECT_ENV: &str = "FERRY_BUILD_PROJECT";
 
+/// The builder port on CodeBuild (feature `codebuild`: only build-requested links the
+/// CodeBuild client).
+#[cfg(feature = "codebuild")]
 #[derive(Clone, Debug)]
 pub struct CodeBuildBuilder {
     client: Client,
@@ -40,6 +49,7 @@ pub struct CodeBuildBuilder {
 }
 
 /// Error codes that say the request itself can never start a build.
+#[cfg(feature = "codebuild")]
 const REJECTED_CODES: &[&str] = &[
     "ResourceNotFoundException",
     "InvalidInputException",
@@ -47,6 +57,7 @@ const REJECTED_CODES: &[&str] = &[
     "OAuthProviderException",
 ];
 
+#[cfg(feature = "codebuild")]
 impl CodeBuildBuilder {
     pub fn new(config: &SdkConfig, project: impl Into<String>) -> CodeBuildBuilder {
         CodeBuildBuilder::from_client(Client::new(config), project)
@@ -64,6 +75,7 @@ impl CodeBuildBuilder {
     }
 }
 
+#[cfg(feature = "codebuild")]
 fn plain(name: &str, value: &str) -> Result<EnvironmentVariable, BuilderError> {
     EnvironmentVariable::builder()
         .name(name)
@@ -90,6 +102,7 @@ pub fn environment(spec: &BuildSpec) -> Result<Vec<(&'static str, String)>, Buil
     ])
 }
 
+#[cfg(feature = "codebuild")]
 impl Builder for CodeBuildBuilder {
     async fn start(&self, spec: &BuildSpec) -> Result<String, BuilderError> {
         let mut req = self

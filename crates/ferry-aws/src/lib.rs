@@ -17,12 +17,17 @@ pub mod minter;
 pub mod queue;
 pub mod releases;
 pub mod store;
+#[cfg(feature = "minter")]
 mod token_vault;
 
 /// Callers hold and pass SDK configs without depending on the SDK crates themselves.
 pub use aws_config::SdkConfig;
-pub use builder::{CodeBuildBuilder, CodeBuildStateChange};
+pub use builder::CodeBuildStateChange;
+#[cfg(feature = "codebuild")]
+pub use builder::CodeBuildBuilder;
 pub use bus::EventBridgeBus;
-pub use minter::{EcrGrantMinter, EcrGrantSettings, EcrRepositories};
+pub use minter::EcrGrantSettings;
+#[cfg(feature = "minter")]
+pub use minter::{EcrGrantMinter, EcrRepositories};
 pub use queue::{QueueWithDlq, SqsQueue};
 pub use store::DynamoStore;

@@ -14,9 +14,7 @@
 //! `FERRY_REPOSITORY_PREFIX`: an install record names its own queue, and a component its
 //! repository.
 
-use ferry_aws::{
-    CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
-};
+use ferry_aws::{DynamoStore, EcrGrantSettings, EventBridgeBus, SqsQueue};
 use ferry_core::id::QueueName;
 use ferry_core::ports::Backend;
 use ferry_core::trust::VendorKey;
@@ -228,7 +226,21 @@ pub struct AwsOverrides {
 /// The system clock and random ids, written once in ferry-clock.
 pub use ferry_clock::{RandomIds, SystemClock};
 
-/// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild, STS + ECR grants, the system clock.
+/// The builder port: CodeBuild with the `builder` feature (build-requested), else none.
+#[cfg(feature = "builder")]
+pub type BuilderPort = ferry_aws::CodeBuildBuilder;
+/// The builder port: CodeBuild with the `builder` feature (build-requested), else none.
+#[cfg(not(feature = "builder"))]
+pub type BuilderPort = crate::absent::NoBuilder;
+/// The grant minter: STS + ECR with the `minter` feature (the sync functions), else none.
+#[cfg(feature = "minter")]
+pub type MinterPort = ferry_aws::EcrGrantMinter;
+/// The grant minter: STS + ECR with the `minter` feature (the sync functions), else none.
+#[cfg(not(feature = "minter"))]
+pub type MinterPort = crate::absent::NoMinter;
+
+/// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild and STS + ECR grants where this
+/// function links them ([`BuilderPort`], [`MinterPort`]), the system clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Aws;
 
@@ -236,8 +248,8 @@ impl Backend for Aws {
     type Store = DynamoStore;
     type Queue = SqsQueue;
     type Bus = EventBridgeBus;
-    type Builder = CodeBuildBuilder;
-    type Minter = EcrGrantMinter;
+    type Builder = BuilderPort;
+    type Minter = MinterPort;
     type Clock = SystemClock;
 }
 
@@ -313,8 +325,14 @@ impl Deps {
                 store: store.clone(),
                 queue,
                 bus: EventBridgeBus::new(&config, settings.event_bus.clone()),
-                builder: CodeBuildBuilder::new(&config, settings.build_project.clone()),
-                minter: EcrGrantMinter::new(&config, settings.grants.clone(), store),
+                #[cfg(feature = "builder")]
+                builder: ferry_aws::CodeBuildBuilder::new(&config, settings.build_project.clone()),
+                #[cfg(not(feature = "builder"))]
+                builder: crate::absent::NoBuilder,
+                #[cfg(feature = "minter")]
+                minter: ferry_aws::EcrGrantMinter::new(&config, settings.grants.clone(), store),
+                #[cfg(not(feature = "minter"))]
+                minter: crate::absent::NoMinter,
                 clock: SystemClock,
                 config: Config {
                     fan_out_on_build: settings.fan_out_on_build,

@@ -7,6 +7,7 @@
 //! It must never let one bad record fail the batch, never decide job state itself, and never
 //! name an AWS SDK type (those stay in ferry-aws).
 
+mod absent;
 pub mod deps;
 pub mod logging;
 pub mod sqs;
