@@ -22,9 +22,9 @@ mod token_vault;
 
 /// Callers hold and pass SDK configs without depending on the SDK crates themselves.
 pub use aws_config::SdkConfig;
-pub use builder::CodeBuildStateChange;
 #[cfg(feature = "codebuild")]
 pub use builder::CodeBuildBuilder;
+pub use builder::CodeBuildStateChange;
 pub use bus::EventBridgeBus;
 pub use minter::EcrGrantSettings;
 #[cfg(feature = "minter")]

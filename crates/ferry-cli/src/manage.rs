@@ -682,7 +682,12 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                         |c| format!("{} {}", c.build_id, short_digest(c.digest.as_str())),
                     );
                     let in_sync = if v.in_sync { "yes" } else { "no" };
-                    vec![v.component.to_string(), desired, current, in_sync.to_string()]
+                    vec![
+                        v.component.to_string(),
+                        desired,
+                        current,
+                        in_sync.to_string(),
+                    ]
                 })
                 .collect();
             println!("  versions:");

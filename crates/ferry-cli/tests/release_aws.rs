@@ -89,7 +89,11 @@ impl Stack {
                     }),
                 ));
                 ferry_core::dispatch(&self.ports, &report).await.unwrap();
-                self.ports.queue.delete(&q, &m.receipt_handle).await.unwrap();
+                self.ports
+                    .queue
+                    .delete(&q, &m.receipt_handle)
+                    .await
+                    .unwrap();
                 taken += 1;
             }
         }
@@ -101,9 +105,8 @@ impl Stack {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut taken = 0;
         loop {
-            let moved = self.drain(&self.release).await
-                + self.drain(&self.sync_requested).await
-                + {
+            let moved =
+                self.drain(&self.release).await + self.drain(&self.sync_requested).await + {
                     let n = self.agents().await;
                     taken += n;
                     n
@@ -111,7 +114,10 @@ impl Stack {
             if moved == 0 {
                 return taken;
             }
-            assert!(Instant::now() < deadline, "the stack did not settle in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "the stack did not settle in 60 s"
+            );
         }
     }
 
@@ -289,7 +295,10 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
     // ---- the vendor's CLI: context, app, component, four installs.
     let config_dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let out = ferry(config_dir.path()).args(args).output().expect("run ferry");
+        let out = ferry(config_dir.path())
+            .args(args)
+            .output()
+            .expect("run ferry");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -329,7 +338,13 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
         "--vendor-public-key",
         &vendor_key.public_key_string(),
     ]);
-    ok(&["app", "add", "shop", "--source", "https://git.example/shop.git"]);
+    ok(&[
+        "app",
+        "add",
+        "shop",
+        "--source",
+        "https://git.example/shop.git",
+    ]);
     ok(&[
         "component",
         "add",
@@ -363,7 +378,14 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
     let b1 = stack.built("b-rel-1", D1).await;
     assert_eq!(stack.settle().await, 0, "no implicit release of a build");
     let created = json(&[
-        "release", "create", "shop", "--build", b1.as_str(), "--all", "--per-step", "2",
+        "release",
+        "create",
+        "shop",
+        "--build",
+        b1.as_str(),
+        "--all",
+        "--per-step",
+        "2",
         "--json",
     ]);
     let r1 = created["id"].as_str().unwrap().to_owned();
@@ -373,13 +395,22 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
     assert_eq!(stack.drain(&rel).await, 1, "one step timer");
     let paused = json(&["release", "pause", &r1, "--json"]);
     assert_eq!(paused["status"], "paused", "{paused}");
-    assert_eq!(stack.settle().await, 2, "the step in flight finishes: 2 installs");
+    assert_eq!(
+        stack.settle().await,
+        2,
+        "the step in flight finishes: 2 installs"
+    );
     let show = json(&["release", "show", &r1, "--json"]);
     assert_eq!(show["release"]["status"], "paused", "{show}");
     assert_eq!(
         states(&show),
-        [("a0", "succeeded"), ("a1", "succeeded"), ("a2", "pending"), ("a3", "pending")]
-            .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        [
+            ("a0", "succeeded"),
+            ("a1", "succeeded"),
+            ("a2", "pending"),
+            ("a3", "pending")
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned())),
         "{show}"
     );
     let table_out = ok(&["release", "show", &r1]);
@@ -392,7 +423,10 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
     assert_eq!(stack.settle().await, 2, "the second step: 2 installs");
     let show = json(&["release", "show", &r1, "--json"]);
     assert_eq!(show["release"]["status"], "completed", "{show}");
-    assert!(states(&show).iter().all(|(_, s)| s == "succeeded"), "{show}");
+    assert!(
+        states(&show).iter().all(|(_, s)| s == "succeeded"),
+        "{show}"
+    );
 
     // ---- desired vs current on the install.
     let a0 = json(&["install", "show", "a0", "--json"]);
@@ -405,7 +439,14 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
 
     // ---- the same build to the same installs again: nothing is synced.
     let again = json(&[
-        "release", "create", "shop", "--build", b1.as_str(), "--all", "--per-step", "2",
+        "release",
+        "create",
+        "shop",
+        "--build",
+        b1.as_str(),
+        "--all",
+        "--per-step",
+        "2",
         "--json",
     ]);
     let r2 = again["id"].as_str().unwrap().to_owned();
@@ -418,8 +459,19 @@ async fn releases_on_a_deployed_stack_through_the_cli() {
     // ---- a new build, an hour between steps, aborted while the second step waits.
     let b2 = stack.built("b-rel-2", D2).await;
     let r3 = json(&[
-        "release", "create", "shop", "--build", b2.as_str(), "--all", "--per-step", "2",
-        "--delay", "1h", "--max-failures", "50%", "--json",
+        "release",
+        "create",
+        "shop",
+        "--build",
+        b2.as_str(),
+        "--all",
+        "--per-step",
+        "2",
+        "--delay",
+        "1h",
+        "--max-failures",
+        "50%",
+        "--json",
     ])["id"]
         .as_str()
         .unwrap()

@@ -7,7 +7,8 @@
 //!   timeout (what AWS recommends for SQS event sources), so a message is never handed to a
 //!   second invocation while the first may still run.
 //! - One SDK call, retries and backoff included, takes at most [`SDK_OPERATION_TIMEOUT`], a
-//!   third of the function timeout, and one attempt at most [`SDK_ATTEMPT_TIMEOUT`]: a handler
+//!   third of the function timeout, and one attempt at most [`SDK_ATTEMPT_TIMEOUT`] (half of
+//!   that): a handler
 //!   always hears how its calls ended (and records it) before Lambda kills it. Before, both
 //!   were 30 s, so a StartBuild could succeed unrecorded in a killed invocation.
 //! - The idempotency lock (the in-progress record) lasts until the invocation's deadline (the
@@ -29,9 +30,9 @@ pub const FUNCTION_TIMEOUT: Duration = Duration::from_secs(FUNCTION_TIMEOUT_SECS
 pub const VISIBILITY_TIMEOUT_SECS: u64 = 6 * FUNCTION_TIMEOUT_SECS;
 /// A whole SDK call, retries and backoff included: a third of the function timeout.
 pub const SDK_OPERATION_TIMEOUT: Duration = Duration::from_secs(FUNCTION_TIMEOUT_SECS / 3);
-/// One attempt of one SDK call: a quarter of the operation timeout, so the standard retry
-/// mode's attempts fit in one operation.
-pub const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(FUNCTION_TIMEOUT_SECS / 12);
+/// One attempt of one SDK call: half the operation timeout, so at least two attempts fit in
+/// one operation (the operation timeout cuts any further retry).
+pub const SDK_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(FUNCTION_TIMEOUT_SECS / 6);
 /// Added to the invocation's deadline for the lock: clock skew between Lambda and the store.
 pub const LOCK_MARGIN: Duration = Duration::from_secs(5);
 
@@ -58,11 +59,14 @@ mod tests {
 
     #[test]
     fn sdk_calls_end_well_before_the_function() {
-        // The standard retry mode makes at most 4 attempts; they fit in one operation.
-        assert!(SDK_ATTEMPT_TIMEOUT * 4 <= SDK_OPERATION_TIMEOUT);
+        // A slow first attempt still leaves room for a retry within the operation.
+        assert!(SDK_ATTEMPT_TIMEOUT * 2 <= SDK_OPERATION_TIMEOUT);
         // A handler can make two slow calls back to back and still record the outcome.
         assert!(SDK_OPERATION_TIMEOUT * 2 < FUNCTION_TIMEOUT);
-        assert!(SDK_ATTEMPT_TIMEOUT >= Duration::from_secs(3), "room for a slow attempt");
+        assert!(
+            SDK_ATTEMPT_TIMEOUT >= Duration::from_secs(5),
+            "room for a slow attempt"
+        );
     }
 
     #[test]
@@ -92,6 +96,8 @@ mod tests {
     #[test]
     fn the_visibility_timeout_is_six_function_timeouts() {
         assert_eq!(VISIBILITY_TIMEOUT_SECS, 360);
-        assert!(VISIBILITY_TIMEOUT_SECS * 1000 > (FUNCTION_TIMEOUT + LOCK_MARGIN).as_millis() as u64);
+        assert!(
+            VISIBILITY_TIMEOUT_SECS * 1000 > (FUNCTION_TIMEOUT + LOCK_MARGIN).as_millis() as u64
+        );
     }
 }

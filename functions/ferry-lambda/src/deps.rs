@@ -458,7 +458,10 @@ mod tests {
         pairs.pop();
         pairs.push(("FERRY_FAN_OUT_ON_BUILD", "no"));
         let err = Settings::from_lookup(env(&pairs)).unwrap_err();
-        assert!(err.to_string().starts_with("FERRY_FAN_OUT_ON_BUILD is"), "{err}");
+        assert!(
+            err.to_string().starts_with("FERRY_FAN_OUT_ON_BUILD is"),
+            "{err}"
+        );
     }
 
     #[test]

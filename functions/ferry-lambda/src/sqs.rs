@@ -367,7 +367,8 @@ mod tests {
 
     #[test]
     fn the_release_function_takes_both_release_events_and_nothing_else() {
-        let step = r#"{"version":1,"type":"release.step","release_id":"r-1","step":0,"round":0,"page":0}"#;
+        let step =
+            r#"{"version":1,"type":"release.step","release_id":"r-1","step":0,"round":0,"page":0}"#;
         assert!(parse_body(Kind::Release, step).is_ok());
         let err = parse_body(Kind::Release, REQUESTED).unwrap_err();
         assert!(

@@ -26,7 +26,11 @@ fn values(text: &str, key: &str) -> Vec<u64> {
 fn the_function_timeout_is_the_rules() {
     let timeouts = values(&template(), "Timeout");
     // One, in Globals: no function overrides it.
-    assert_eq!(timeouts, vec![FUNCTION_TIMEOUT_SECS], "template Timeout lines");
+    assert_eq!(
+        timeouts,
+        vec![FUNCTION_TIMEOUT_SECS],
+        "template Timeout lines"
+    );
 }
 
 #[test]
