@@ -29,9 +29,11 @@ CUSTOMER = ROOT / "infra" / "install-agent.yaml"
 BUILDSPEC = ROOT / "infra" / "buildspec.yml"
 AWS_DESIGN = ROOT / "docs" / "design" / "aws.md"
 
-FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "release"]
+FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "release",
+             "reconcile"]
 # The functions that send release events (release.synced, step timers) to the release queue.
-RELEASE_SENDERS = {"SyncRequestedFunction", "SyncReportedFunction", "ReleaseFunction"}
+RELEASE_SENDERS = {"SyncRequestedFunction", "SyncReportedFunction", "ReleaseFunction",
+                   "ReconcileFunction"}
 ENV_CONTRACT = [
     "FERRY_TABLE",
     "FERRY_EVENT_BUS",
@@ -227,6 +229,8 @@ def test_sqs_triggers_report_batch_item_failures_and_visibility_is_six_times_tim
     for name in functions(vendor):
         p = function_props(vendor, name)
         for ev in p["Events"].values():
+            if ev["Type"] == "ScheduleV2":  # the reconciler runs on a schedule, not a queue
+                continue
             assert ev["Type"] == "SQS", name
             props = ev["Properties"]
             assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
@@ -287,8 +291,14 @@ def test_rules_feed_their_queues_and_only_eventbridge_from_that_rule_may_send(ve
         if pattern["source"] == ["aws.codebuild"]:
             assert "EventBusName" not in p  # CodeBuild publishes on the default bus
             assert pattern["detail-type"] == ["CodeBuild Build State Change"]
-            assert sorted(pattern["detail"]["build-status"]) == ["FAILED", "STOPPED", "SUCCEEDED"]
+            # Only the ends after which ferry-build may not have posted (never SUCCEEDED).
+            assert sorted(pattern["detail"]["build-status"]) == sorted(rust_str_array("CAUGHT_STATUSES"))
+            assert "SUCCEEDED" not in pattern["detail"]["build-status"]
             assert refs(pattern["detail"]["project-name"]) == {"BuildProject"}
+            assert queue == "BuildCompletedQueue"
+        elif pattern["source"] == [rust_const("BUILD_SOURCE")]:
+            assert p["EventBusName"] == {"Ref": "FerryBus"}
+            assert pattern["detail-type"] == ["build.completed"]
             assert queue == "BuildCompletedQueue"
         else:
             assert p["EventBusName"] == {"Ref": "FerryBus"}
@@ -302,7 +312,11 @@ def test_rules_feed_their_queues_and_only_eventbridge_from_that_rule_may_send(ve
             if s.get("Principal") == {"Service": "events.amazonaws.com"}
         ]
         assert len(allows) == 1 and allows[0]["Action"] == "sqs:SendMessage"
-        assert refs(allows[0]["Condition"]["ArnEquals"]["aws:SourceArn"]) == {rule_name}
+        assert rule_name in refs(allows[0]["Condition"]["ArnEquals"]["aws:SourceArn"])
+        # Only rules that target this queue may send to it.
+        feeding = {n for n, r in rules.items()
+                   if queue_of_arn(r["Properties"]["Targets"][0]["Arn"]) == queue}
+        assert refs(allows[0]["Condition"]["ArnEquals"]["aws:SourceArn"]) == feeding
     assert not wanted, f"no rule for {wanted}"
 
 
@@ -315,10 +329,10 @@ def test_table_matches_the_aws_design_and_has_pitr_ttl_sse(vendor):
     assert p["SSESpecification"]["SSEEnabled"] is True
     assert [k["AttributeName"] for k in p["KeySchema"]] == ["pk", "sk"]
     gsis = {g["IndexName"]: [k["AttributeName"] for k in g["KeySchema"]] for g in p["GlobalSecondaryIndexes"]}
-    assert gsis == {"gsi1": ["gsi1pk", "gsi1sk"], "gsi2": ["gsi2pk", "gsi2sk"]}
+    assert gsis == {"gsi1": ["gsi1pk", "gsi1sk"], "gsi2": ["gsi2pk", "gsi2sk"], "gsi3": ["gsi3pk", "gsi3sk"]}
     if AWS_DESIGN.exists():
         design = AWS_DESIGN.read_text()
-        for name in ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi1", "gsi2", "ttl"]:
+        for name in ["pk", "sk", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", "gsi3pk", "gsi3sk", "gsi1", "gsi2", "gsi3", "ttl"]:
             assert f"`{name}`" in design, f"{name} is not in docs/design/aws.md"
         assert "**TTL attribute**" in design and "| `ttl` |" in design
 
@@ -345,14 +359,15 @@ def test_function_roles_are_separate_and_narrow(vendor):
             assert "codebuild:StartBuild" in actions
         else:
             assert "codebuild:StartBuild" not in actions, role
-        minting = role in ("SyncRequestedRole", "SyncReportedRole")
+        minting = role in ("SyncRequestedRole", "SyncReportedRole", "ReconcileRole")
         assert ("sts:AssumeRole" in actions) == minting, role
         for s in sts:
             if "sts:AssumeRole" in as_list(s["Action"]):
                 assert refs(s["Resource"]) == {"PullRole"}
             if "sqs:SendMessage" in as_list(s["Action"]):
                 if refs(s["Resource"]) == {"ReleaseQueue"}:
-                    assert role in ("SyncRequestedRole", "SyncReportedRole", "ReleaseRole"), role
+                    assert role in ("SyncRequestedRole", "SyncReportedRole", "ReleaseRole",
+                                    "ReconcileRole"), role
                 else:
                     assert s["Resource"]["Fn::Sub"].endswith(":${NamePrefix}-install-*"), role
         assert not any(a.startswith(("ecr:", "iam:", "s3:")) for a in actions), role
@@ -362,7 +377,7 @@ def test_pull_role_trusts_only_minting_functions_and_only_reads(vendor):
     role = resources(vendor)["PullRole"]["Properties"]
     assert role["MaxSessionDuration"] == 3600
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
-    assert refs(trust["Principal"]) == {"SyncRequestedRole", "SyncReportedRole"}
+    assert refs(trust["Principal"]) == {"SyncRequestedRole", "SyncReportedRole", "ReconcileRole"}
     for s in policy_of(vendor, "PullRole"):
         for a in as_list(s["Action"]):
             assert not is_write(a), a
@@ -659,14 +674,87 @@ def test_agent_role_may_give_its_repositories_their_protections(customer):
 # ------------------------------------------------------------------------- buildspec
 
 
-def test_buildspec_runs_ferry_build_and_exports_the_digest():
+BUILDER_RS = ROOT / "crates/ferry-aws/src/builder.rs"
+FERRY_BUILD_RS = ROOT / "crates/ferry-build/src/bin/ferry-build.rs"
+
+
+def rust_const(name: str, path: Path = BUILDER_RS) -> str:
+    """The value of `pub const NAME: &str = "…";` in a Rust file (one definition of a name)."""
+    m = re.search(rf'pub const {name}: &str = "([^"]+)";', path.read_text())
+    assert m, f"no const {name} in {path}"
+    return m.group(1)
+
+
+def rust_str_array(name: str, path: Path = BUILDER_RS) -> list[str]:
+    m = re.search(rf"pub const {name}: \[&str; \d+\] = \[([^\]]*)\];", path.read_text())
+    assert m, f"no const {name} in {path}"
+    return re.findall(r'"([^"]+)"', m.group(1))
+
+
+def overrides() -> set[str]:
+    """The environment overrides build-requested sets on every build (ferry-aws OVERRIDES)."""
+    m = re.search(r"pub const OVERRIDES: \[&str; \d+\] = \[([^\]]*)\];", BUILDER_RS.read_text())
+    assert m
+    return {rust_const(n.strip()) for n in m.group(1).split(",") if n.strip()}
+
+
+def test_buildspec_runs_ferry_build_which_posts_the_result():
     spec = yaml.safe_load(BUILDSPEC.read_text())
     assert str(spec["version"]) == "0.2"
-    assert "FERRY_ARTIFACT_DIGEST" in spec["env"]["exported-variables"]
-    build = "\n".join(spec["phases"]["build"]["commands"])
-    assert "bin/ferry-build" in build
-    assert "FERRY_REGISTRY_PASSWORD" not in spec["env"]["exported-variables"]
+    # Nothing rests on CodeBuild's exported variables any more.
+    assert "exported-variables" not in spec["env"]
+    build = spec["phases"]["build"]["commands"]
+    # ferry-build is the last command, so a build whose result was posted cannot fail after.
+    assert build[-1].startswith("bin/ferry-build")
+    assert "FERRY_EVENT_BUS:?" in "\n".join(build)
     assert "FERRY_REGISTRY_PASSWORD" not in spec["env"].get("variables", {})
+    assert "post-build" not in spec["phases"] and "post_build" not in spec["phases"]
+
+
+def test_buildspec_and_template_agree_on_names(vendor):
+    """Every FERRY_* variable the buildspec or ferry-build reads is set: by the project, by
+    build-requested's overrides, or by the buildspec itself; and what ferry-build posts
+    (bus, source, detail-type) is exactly what the rule, the build role and the bus policy
+    name."""
+    spec = yaml.safe_load(BUILDSPEC.read_text())
+    text = "\n".join(
+        c for phase in spec["phases"].values() for c in phase.get("commands", [])
+    )
+    project = resources(vendor)["BuildProject"]["Properties"]
+    project_vars = {v["Name"]: v["Value"] for v in project["Environment"]["EnvironmentVariables"]}
+    exported = set(re.findall(r"(?:^|\s)(FERRY_[A-Z_]+)=", text, re.M))
+    provided = set(project_vars) | overrides() | exported
+    read = set(re.findall(r'\$\{?(FERRY_[A-Z_]+)', text)) | set(
+        re.findall(r'os\.environ\["(FERRY_[A-Z_]+)"\]', text))
+    assert read, "the buildspec reads FERRY_* variables"
+    assert read <= provided, f"read but never set: {read - provided}"
+    # ferry-build's own inputs: each one it needs is provided; the others are optional.
+    optional = {"FERRY_WORK_DIR", "FERRY_INSECURE"}
+    bin_vars = set(re.findall(r'env = "(FERRY_[A-Z_]+)"', FERRY_BUILD_RS.read_text()))
+    assert {"FERRY_BUILD_ID", "FERRY_COMPONENT", "FERRY_EVENT_BUS"} <= bin_vars
+    assert bin_vars - optional <= provided, f"ferry-build reads, nobody sets: {bin_vars - optional - provided}"
+    # The bus ferry-build posts to is the Ferry bus.
+    assert project_vars["FERRY_EVENT_BUS"] == {"Ref": "FerryBus"}
+    assert rust_const("BUS_ENV", ROOT / "crates/ferry-aws/src/bus.rs") == "FERRY_EVENT_BUS"
+    source = rust_const("BUILD_SOURCE")
+    # The build role may put only that source and type, on that bus.
+    (post,) = [s for s in policy_of(vendor, "BuildRole") if "events:PutEvents" in as_list(s["Action"])]
+    assert refs(post["Resource"]) == {"FerryBus"}
+    assert post["Condition"]["StringEquals"] == {
+        "events:source": source, "events:detail-type": "build.completed"}
+    # Nobody else may put that source: the bus policy denies it to every other principal.
+    (bus_policy,) = resources(vendor, "AWS::Events::EventBusPolicy").values()
+    st = bus_policy["Properties"]["Statement"]
+    assert refs(bus_policy["Properties"]["EventBusName"]) == {"FerryBus"}
+    assert st["Effect"] == "Deny" and st["Principal"] == "*" and st["Action"] == "events:PutEvents"
+    assert st["Condition"]["StringEquals"] == {"events:source": source}
+    assert refs(st["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]) == {"BuildRole"}
+    # The functions publish under Ferry's own source, never the builder's.
+    assert rust_const("SOURCE", ROOT / "crates/ferry-aws/src/bus.rs") != source
+    # The handler names the same overrides the buildspec header documents.
+    header = BUILDSPEC.read_text().split("version:")[0]
+    for name in overrides() | set(project_vars):
+        assert name in header, f"{name} is not documented in the buildspec header"
 
 
 def test_buildspec_and_template_agree_on_docker_builds(vendor):
@@ -851,7 +939,8 @@ def test_security_events_are_counted_and_alarmed(vendor):
 
 
 def test_only_the_ims_functions_read_the_vendor_key(vendor):
-    """The vendor key signs jobs and keys sync ids: the function roles may read it, and nothing else."""
+    """The vendor key signs jobs and keys sync ids: the IMS function roles (and the reconciler,
+    which re-sends job messages) may read it, and nothing else."""
     readers = []
     for name, where, st in statements(vendor):
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
@@ -860,7 +949,7 @@ def test_only_the_ims_functions_read_the_vendor_key(vendor):
             readers.append(name)
     assert sorted(readers) == sorted(f"{f}Policy" for f in
                                      ["BuildRequested", "BuildCompleted", "SyncRequested", "SyncReported",
-                                      "Release"])
+                                      "Release", "Reconcile"])
 
 
 def test_release_queue_is_fed_by_the_functions_and_the_operator_only(vendor):
@@ -886,7 +975,8 @@ def test_release_queue_is_fed_by_the_functions_and_the_operator_only(vendor):
             senders.add(name)
         if "sqs:ReceiveMessage" in actions:
             consumers.add(name)
-    assert senders == {"SyncRequestedPolicy", "SyncReportedPolicy", "ReleasePolicy", "RegistrationPolicy"}
+    assert senders == {"SyncRequestedPolicy", "SyncReportedPolicy", "ReleasePolicy",
+                       "ReconcilePolicy", "RegistrationPolicy"}
     assert consumers == {"ReleasePolicy"}
     # Exactly the senders among the functions know the queue's URL.
     for name in functions(vendor):

@@ -17,14 +17,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ferry_core::domain::{KeyRequirement, VerifyPolicy};
 use ferry_core::event::{
-    parse_sync_job, Event, Payload, SyncJobMessage, SyncReportStatus, SyncReported,
+    parse_sync_job, Event, InstallHeartbeat, Payload, SyncJobMessage, SyncReportStatus,
+    SyncReported, MAX_HEALTH_TEXT,
 };
 use ferry_core::ports::{Queue, QueueError, ReceivedMessage};
 use ferry_core::seal::{AgentKeypair, ClearGrant, GrantScheme};
 use ferry_core::trust::{verify_job, ReportKey};
 use ferry_oci::{
-    ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
+    cosign, ClientConfig, CopyEngine, CopyOptions, CopyReport, Credential, CredentialStore, Digest,
     ProgressEvent, ProgressSink, Reference, RegistryClient, RegistryRef, RepoRef, Secret,
 };
 use tokio_util::sync::CancellationToken;
@@ -62,9 +64,24 @@ enum CopyFailure {
     GrantRefused(String),
     Transient(String),
     Failed(String),
+    /// The artifact did not meet the job's verification policy; nothing was written.
+    PolicyFailed(String),
 }
 
+/// What the next install heartbeat says (agent clock, unix ms).
+#[derive(Debug, Default)]
+struct Telemetry {
+    last_sent: Option<u64>,
+    last_poll: Option<u64>,
+    last_sync: Option<u64>,
+    health: String,
+}
+
+/// The agent's version, as heartbeats report it.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub struct Agent<Q, R> {
+    telemetry: std::sync::Mutex<Telemetry>,
     config: AgentConfig,
     queue: Arc<Q>,
     reporter: Arc<R>,
@@ -97,6 +114,7 @@ where
             password: config.identity_secret.clone(),
         });
         Agent {
+            telemetry: std::sync::Mutex::new(Telemetry::default()),
             config,
             queue,
             reporter,
@@ -134,6 +152,8 @@ where
                 _ = shutdown.cancelled() => break,
                 r = self.queue.receive(&self.config.queue, &self.config.receive) => r,
             };
+            self.polled(received.as_ref().err());
+            self.heartbeat_if_due().await;
             match received {
                 Ok(messages) if messages.is_empty() => {
                     // A queue that does not long-poll answers at once: do not spin.
@@ -155,13 +175,72 @@ where
 
     /// Receives once (one long poll) and handles what came; returns how many messages.
     pub async fn poll_once(&self, shutdown: &CancellationToken) -> Result<usize, AgentError> {
-        let messages = self
+        let received = self
             .queue
             .receive(&self.config.queue, &self.config.receive)
-            .await?;
+            .await;
+        self.polled(received.as_ref().err());
+        self.heartbeat_if_due().await;
+        let messages = received?;
         let n = messages.len();
         self.handle_batch(messages, shutdown).await;
         Ok(n)
+    }
+
+    fn telemetry(&self) -> std::sync::MutexGuard<'_, Telemetry> {
+        // Plain data: a panic elsewhere cannot leave it half-written.
+        self.telemetry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a poll of the job queue and whether it worked (the heartbeat's health line).
+    fn polled(&self, error: Option<&QueueError>) {
+        let now = (self.clock)();
+        let mut t = self.telemetry();
+        t.last_poll = Some(now);
+        t.health = match error {
+            None => "ok".to_string(),
+            Some(e) => format!("receiving jobs failed: {e}"),
+        };
+    }
+
+    /// Sends an install heartbeat if none was sent within `telemetry_every`; returns whether
+    /// one was sent. A failed send is logged and tried again after the next poll.
+    pub async fn heartbeat_if_due(&self) -> bool {
+        let Some(every) = self.config.telemetry_every else {
+            return false;
+        };
+        let now = (self.clock)();
+        let mut heartbeat = {
+            let t = self.telemetry();
+            let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+            if t.last_sent
+                .is_some_and(|sent| now.saturating_sub(sent) < every_ms)
+            {
+                return false;
+            }
+            InstallHeartbeat {
+                install_id: self.config.install_id.clone(),
+                agent_version: AGENT_VERSION.to_string(),
+                last_poll_at: t.last_poll,
+                last_sync_at: t.last_sync,
+                health: t.health.chars().take(MAX_HEALTH_TEXT).collect(),
+                sent_at: now,
+                signature: String::new(),
+            }
+        };
+        self.report_key.sign_heartbeat(&mut heartbeat);
+        let event = Event::new(Payload::InstallHeartbeat(heartbeat));
+        match self.reporter.report(&event).await {
+            Ok(()) => {
+                self.telemetry().last_sent = Some(now);
+                tracing::debug!("heartbeat sent");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat not sent; retried after the next poll");
+                false
+            }
+        }
     }
 
     async fn handle_batch(&self, messages: Vec<ReceivedMessage>, shutdown: &CancellationToken) {
@@ -272,6 +351,11 @@ where
                 return Disposition::RetryAfter(10);
             }
             Err(CopyFailure::Failed(why)) => (SyncReportStatus::Failed, None, Some(why)),
+            Err(CopyFailure::PolicyFailed(why)) => {
+                tracing::warn!(security_event = "policy_failed", error = %why,
+                    "the artifact failed its verification policy; nothing was written");
+                (SyncReportStatus::PolicyFailed, None, Some(why))
+            }
         };
         let duration_ms = started.elapsed().as_millis() as u64;
         let mut report = SyncReported {
@@ -293,6 +377,7 @@ where
             tracing::warn!(error = %e, "report not sent; the job is retried on redelivery");
             return Disposition::RetryAfter(5);
         }
+        self.telemetry().last_sync = Some((self.clock)());
         tracing::info!(status = ?status, error = error.as_deref().unwrap_or(""), duration_ms,
             bytes_copied = copy.as_ref().map_or(0, |r| r.bytes_copied),
             bytes_skipped = copy.as_ref().map_or(0, |r| r.bytes_skipped), "sync reported");
@@ -327,6 +412,12 @@ where
             tag: None,
             digest: Some(digest.clone()),
         });
+        let src_repo = RepoRef::new(src_registry.clone(), msg.repository.as_str());
+        // Verified before anything is written into the install: a failure leaves it untouched.
+        if let Some(policy) = &msg.verify {
+            self.verify_policy(&client, &src_repo, msg, policy, receive_count)
+                .await?;
+        }
         let dst_ref = RepoRef::new(self.config.install_registry.clone(), dst_repo);
         let destination = Reference::Registry(RegistryRef {
             repo: dst_ref.clone(),
@@ -352,6 +443,21 @@ where
             })?;
         self.verify(&client, &dst_ref, &digest, &report, receive_count)
             .await?;
+        self.copy_attachments(&client, &source, &src_repo, &dst_ref, msg, receive_count)
+            .await?;
+        // A chart bundle gets its values override next to it, before the sync is reported.
+        match ferry_oci::chart_bundle::write_values_override(&client, &dst_ref, &digest).await {
+            Ok(Some(w)) => tracing::info!(chart = %w.chart, values = %w.manifest,
+                images = w.images, "values override written"),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(transient_or_failed(
+                    e,
+                    receive_count,
+                    self.config.max_receives,
+                ))
+            }
+        }
         if let Some(keep_last) = self.config.keep_last {
             // The sync has succeeded whatever retention does: a failure is logged, and the
             // next successful sync of the repository applies retention again.
@@ -365,6 +471,94 @@ where
             }
         }
         Ok(report)
+    }
+
+    /// What travels with the artifact, once it is in the install: its referrers (signatures,
+    /// SBOMs, attestations through the OCI 1.1 API or its tag-schema index) and cosign's
+    /// `sha256-<hex>.sig`, `.att` and `.sbom` tags. The referrers are carried where the install
+    /// registry accepts them (a registry refusing referrer manifests does not fail the sync:
+    /// the artifact is what the install runs); the cosign tags are required when the job has a
+    /// policy, so the signature that was verified is in the install too.
+    async fn copy_attachments(
+        &self,
+        client: &RegistryClient,
+        source: &Reference,
+        src_repo: &RepoRef,
+        dst_ref: &RepoRef,
+        msg: &SyncJobMessage,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        let with_referrers = CopyEngine::new(
+            client.clone(),
+            CopyOptions {
+                referrers: true,
+                ..CopyOptions::default()
+            },
+        );
+        let by_digest = Reference::Registry(RegistryRef {
+            repo: dst_ref.clone(),
+            tag: None,
+            digest: None,
+        });
+        if let Err(e) = with_referrers
+            .copy(
+                source,
+                &[by_digest],
+                Arc::new(ferry_oci::progress::NoProgress),
+            )
+            .await
+        {
+            tracing::warn!(error = %e,
+                "the artifact's referrers were not copied; the install holds the artifact without them");
+        }
+        let plain = CopyEngine::new(client.clone(), CopyOptions::default());
+        match cosign::copy_tag_scheme(&plain, client, src_repo, dst_ref, &msg.digest).await {
+            Ok(tags) if tags.is_empty() => {}
+            Ok(tags) => tracing::info!(?tags, "signature tags copied"),
+            Err(e) if msg.verify.is_some() => {
+                return Err(classify(
+                    e,
+                    &self.config.vendor.registry,
+                    msg,
+                    receive_count,
+                    self.config.max_receives,
+                ))
+            }
+            Err(e) => tracing::warn!(error = %e,
+                "the artifact's signature tags were not copied; the install holds it without them"),
+        }
+        Ok(())
+    }
+
+    /// Checks the artifact's cosign signatures in the vendor registry against the job's
+    /// policy (signed by the vendor with the job, so it cannot have been dropped on the way).
+    async fn verify_policy(
+        &self,
+        client: &RegistryClient,
+        src_repo: &RepoRef,
+        msg: &SyncJobMessage,
+        policy: &VerifyPolicy,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        let parsed = cosign::Policy::from_pems(
+            policy.keys.iter().map(String::as_str),
+            policy.require == KeyRequirement::All,
+        )
+        .map_err(|e| CopyFailure::PolicyFailed(e.to_string()))?;
+        match cosign::verify(client, src_repo, &msg.digest, &parsed).await {
+            Ok(v) => {
+                tracing::info!(keys = ?v.keys, "signature policy met");
+                Ok(())
+            }
+            Err(cosign::VerifyError::Registry { source, .. }) => Err(classify(
+                source,
+                &self.config.vendor.registry,
+                msg,
+                receive_count,
+                self.config.max_receives,
+            )),
+            Err(e) => Err(CopyFailure::PolicyFailed(e.to_string())),
+        }
     }
 
     /// Opens the job's sealed grant and checks it is for this job and not expired.

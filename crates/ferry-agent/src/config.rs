@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// (`ferry-agent in-use mark`) and everything those reference. `None`: the registry's own
     /// policy does it (on ECR, the lifecycle policy the customer stack sets).
     pub keep_last: Option<usize>,
+    /// At most one install heartbeat (version, last poll, last sync, health) per this long,
+    /// sent on the report path after a poll; `None` sends none.
+    pub telemetry_every: Option<Duration>,
 }
 
 /// The keep-last window `ferry dev` and `ferry-agent run --keep-last` use unless told otherwise.
@@ -91,6 +94,9 @@ impl AgentConfig {
             max_receives: 5,
             tag_with_digest: true,
             keep_last: None,
+            telemetry_every: Some(Duration::from_millis(
+                ferry_core::telemetry::DEFAULT_HEARTBEAT_EVERY_MS,
+            )),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod agent;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod config;
+pub mod import;
 pub mod in_use;
 pub mod report;
 

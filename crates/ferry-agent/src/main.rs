@@ -20,12 +20,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Writes a new agent key to a file (mode 0600) and prints its two public keys: the
-    /// sealing key (`--public-key` at registration) and the report key (`--report-key`).
-    Keygen {
-        #[arg(long)]
-        out: PathBuf,
-    },
+    /// Makes a new agent key, writes its private half to a file (mode 0600) or straight into
+    /// the install stack's key secret (`--secret-arn`, never printed or saved locally), and
+    /// prints its two public keys: the sealing key (`--public-key` at registration) and the
+    /// report key (`--report-key`).
+    Keygen(KeygenArgs),
     /// Runs the agent until SIGTERM or Ctrl-C.
     Run(Box<RunArgs>),
     /// Declares what runs (embedded install registry): a digest marked in use is never
@@ -34,6 +33,63 @@ enum Command {
         #[command(subcommand)]
         action: InUseAction,
     },
+    /// Air-gapped installs: checks a bundle (`ferry bundle export`) against the vendor key and
+    /// every digest, then writes it into the install registry as a sync does, and writes
+    /// signed receipts for the vendor (`ferry receipts import`). Nothing is tagged unless every
+    /// check passed.
+    Import(Box<ImportArgs>),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// The bundle tar.
+    bundle: PathBuf,
+    /// Where the signed receipts are written (one JSON object a line); carry this file back
+    /// to the vendor.
+    #[arg(long)]
+    receipts: PathBuf,
+    #[arg(long, env = "FERRY_INSTALL")]
+    install: String,
+    #[arg(long, env = "FERRY_INSTALL_REGISTRY")]
+    install_registry: String,
+    /// Repository prefix in the install registry (default `installs/<install>`).
+    #[arg(long, env = "FERRY_INSTALL_NAMESPACE")]
+    install_namespace: Option<String>,
+    /// The vendor registry's repository prefix, replaced by the install namespace.
+    #[arg(long, env = "FERRY_VENDOR_REPOSITORY_PREFIX", default_value = ferry_agent::config::DEFAULT_VENDOR_PREFIX)]
+    vendor_prefix: String,
+    /// The vendor's public key (`ferry-vendor-ed25519:…`) the bundle must be signed with.
+    #[arg(long, env = "FERRY_VENDOR_PUBLIC_KEY")]
+    vendor_public_key: String,
+    /// The agent key: receipts are signed with its report key.
+    #[arg(long, env = "FERRY_AGENT_KEY_FILE")]
+    key_file: PathBuf,
+    /// File holding the secret of identity `agent:<install>`.
+    #[arg(long, env = "FERRY_AGENT_IDENTITY_SECRET_FILE")]
+    identity_secret_file: PathBuf,
+    /// After each artifact keep the N most recent versions of its repository plus everything
+    /// marked in use; 0 turns it off.
+    #[arg(long, env = "FERRY_KEEP_LAST", default_value_t = ferry_agent::DEFAULT_KEEP_LAST)]
+    keep_last: usize,
+    /// Where the bundle is unpacked while it is checked (needs room for its blobs).
+    #[arg(long, env = "FERRY_IMPORT_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("to").required(true).args(["out", "secret_arn"])))]
+struct KeygenArgs {
+    /// Write the private key to this file (it must not exist).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the private key into this Secrets Manager secret (the install stack's
+    /// AgentKeySecretArn output), with the ambient AWS credentials.
+    #[arg(long)]
+    secret_arn: Option<String>,
+    /// Replace a key already put into the secret (the agent then needs a restart, and the
+    /// install a new registration with the printed keys).
+    #[arg(long, requires = "secret_arn")]
+    rotate: bool,
 }
 
 #[derive(Subcommand)]
@@ -129,7 +185,14 @@ struct RunArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Keygen { out } => keygen(&out),
+        Command::Keygen(args) => match (args.out, args.secret_arn) {
+            (Some(out), _) => keygen(&out),
+            (None, Some(arn)) => {
+                let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                rt.block_on(keygen_into_secret(&arn, args.rotate))
+            }
+            (None, None) => bail!("say where the private key goes: --out FILE or --secret-arn ARN"),
+        },
         Command::Run(args) => {
             init_logs();
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -138,6 +201,11 @@ fn main() -> anyhow::Result<()> {
         Command::InUse { action } => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(in_use(action))
+        }
+        Command::Import(args) => {
+            init_logs();
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(import(*args))
         }
     }
 }
@@ -179,6 +247,29 @@ fn keygen(out: &Path) -> anyhow::Result<()> {
     println!("public key: {}", kp.public_key_string());
     println!("report key: {}", kp.report_key().public_key_string());
     Ok(())
+}
+
+/// `keygen --secret-arn`: the private key goes from memory into the secret; only the public
+/// keys are printed. No logging is set up here, so no layer can record the value.
+#[cfg(feature = "aws")]
+async fn keygen_into_secret(secret_arn: &str, rotate: bool) -> anyhow::Result<()> {
+    let kp = AgentKeypair::generate().context("generating a key")?;
+    let text = zeroize::Zeroizing::new(format!("{}\n", kp.to_secret_string().as_str()));
+    let config = ferry_aws::config::from_env().await;
+    let version = ferry_aws::agent::put_secret_string(&config, secret_arn, &text, rotate)
+        .await
+        .with_context(|| format!("writing the agent key into secret {secret_arn}"))?;
+    println!("public key: {}", kp.public_key_string());
+    println!("report key: {}", kp.report_key().public_key_string());
+    println!(
+        "private key: in secret {secret_arn} (version {version}); not printed, not saved here"
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+async fn keygen_into_secret(_secret_arn: &str, _rotate: bool) -> anyhow::Result<()> {
+    bail!("--secret-arn needs a ferry-agent built with the `aws` feature; use --out FILE")
 }
 
 fn is_url(s: &str) -> bool {
@@ -397,4 +488,59 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `ferry-agent import`: reads the keys, calls the library, writes the receipts, prints.
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use ferry_agent::import::{import_bundle, write_receipts, ImportConfig};
+    use ferry_core::id::InstallId;
+
+    let install = InstallId::new(args.install.as_str())?;
+    let key_text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.key_file)
+            .with_context(|| format!("reading the agent key {}", args.key_file.display()))?,
+    );
+    let keypair = AgentKeypair::from_secret_string(&key_text)?;
+    let secret = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&args.identity_secret_file).with_context(|| {
+            format!(
+                "reading the identity secret {}",
+                args.identity_secret_file.display()
+            )
+        })?,
+    );
+    let access = ferry_agent::StaticIdentity {
+        username: format!("agent:{install}"),
+        password: ferry_oci::Secret::new(secret.trim()),
+    };
+    let config = ImportConfig {
+        install_namespace: args
+            .install_namespace
+            .unwrap_or_else(|| format!("installs/{install}")),
+        install_id: install,
+        vendor_public_key: args.vendor_public_key,
+        install_registry: args.install_registry,
+        vendor_prefix: args.vendor_prefix,
+        access: &access,
+        keypair: &keypair,
+        keep_last: (args.keep_last > 0).then_some(args.keep_last),
+        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        now_ms: ferry_clock::unix_ms,
+    };
+    let summary = import_bundle(&config, &args.bundle).await?;
+    write_receipts(&args.receipts, &summary.receipts)?;
+    for a in &summary.artifacts {
+        println!(
+            "{}@{} imported ({} bytes copied, {} already present)",
+            a.repository, a.digest, a.report.bytes_copied, a.report.bytes_skipped
+        );
+    }
+    println!(
+        "bundle {}: {} artifacts; {} receipts written to {}",
+        summary.bundle_id,
+        summary.artifacts.len(),
+        summary.receipts.len(),
+        args.receipts.display()
+    );
+    Ok(())
 }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent_image;
+mod agent_policy;
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The install agent's AWS calls, made with the agent's own role (the default credential
 //! chain in the customer account): an ECR login for pushing to the install registry, the
-//! install repositories a push needs, and the agent's private key from Secrets Manager.
+//! install repositories a push needs, and the agent's private key from Secrets Manager (read
+//! by the agent; written once by `ferry-agent keygen --secret-arn` with the customer's own
+//! credentials).
 //!
 //! This module must never log, return in an error or `Debug` the ECR password or the secret
 //! value: both live in zeroizing buffers and both responses are marked sensitive, so the SDK's
@@ -290,9 +292,54 @@ pub async fn read_secret_string(
         Some(s) => Ok(Zeroizing::new(s)),
         None => Err(AgentAwsError::Refused {
             message: format!(
-                "secret {secret_id} has no string value; put the key file's text into it \
-                 (`aws secretsmanager put-secret-value --secret-string file://agent.key`)"
+                "secret {secret_id} has no string value; put an agent key into it with \
+                 `ferry-agent keygen --secret-arn {secret_id}`"
             ),
         }),
     }
+}
+
+/// Writes `text` (an agent key file's text) as the new current value of the Secrets Manager
+/// secret `secret_id` (the customer stack's `AgentKeySecretArn`) and returns the new version
+/// id. The customer stack creates that secret with a random placeholder, its only version; a
+/// secret with more than one version already holds a key put after creation, and is refused
+/// unless `rotate` (a second keygen must not silently replace the key a running agent uses).
+///
+/// The value never appears in an error, a log line or a `Debug`: it is sent once and dropped.
+pub async fn put_secret_string(
+    config: &SdkConfig,
+    secret_id: &str,
+    text: &Zeroizing<String>,
+    rotate: bool,
+) -> Result<String, AgentAwsError> {
+    let client = aws_sdk_secretsmanager::Client::new(config);
+    let described = client
+        .describe_secret()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| from_failure(describe("Secrets Manager", "DescribeSecret", &e)))?;
+    let versions = described
+        .version_ids_to_stages
+        .as_ref()
+        .map_or(0, |v| v.len());
+    if versions > 1 && !rotate {
+        return Err(AgentAwsError::Refused {
+            message: format!(
+                "secret {secret_id} already holds a key put after the stack created it \
+                 ({versions} versions); pass --rotate to replace it, then re-register the \
+                 install with the new public keys (`ferry install register`)"
+            ),
+        });
+    }
+    let out = client
+        .put_secret_value()
+        .secret_id(secret_id)
+        .secret_string(text.as_str())
+        .send()
+        .await
+        .map_err(|e| from_failure(describe("Secrets Manager", "PutSecretValue", &e)))?;
+    out.version_id.ok_or_else(|| AgentAwsError::Unavailable {
+        message: format!("Secrets Manager PutSecretValue on {secret_id} answered no version id"),
+    })
 }

@@ -1,27 +1,35 @@
-//! `CodeBuildBuilder`: ferry-core's `Builder` on CodeBuild `StartBuild`, and the mapping of
-//! CodeBuild's "Build State Change" events to Ferry's `build.completed`.
+//! `CodeBuildBuilder`: ferry-core's `Builder` on CodeBuild `StartBuild`; the completion that
+//! `ferry-build` posts itself ([`post_completion`]); and the mapping of CodeBuild's "Build
+//! State Change" events for builds that ended without one (failed, stopped, timed out).
 //!
-//! The project runs `ferry-build`, which reads the `FERRY_*` environment overrides set here and,
-//! on success, exports `FERRY_ARTIFACT_DIGEST` (and `FERRY_ARTIFACT_MEDIA_TYPE`) through the
-//! buildspec's `env.exported-variables`, so the digest arrives in the state-change event's
-//! `additional-information.exported-environment-variables`. This module must never pass a
-//! secret as a PLAINTEXT variable: the overrides hold ids, the component and the source ref.
+//! How a build's result gets back: `ferry-build` (the program the project runs) posts its own
+//! `build.completed` to the Ferry bus with the build role's credentials, under
+//! [`BUILD_SOURCE`]; only that role may put that source on the bus (the template's bus policy
+//! and the role's conditioned `events:PutEvents`). CodeBuild's state change is used only for
+//! FAILED, FAULT, STOPPED and TIMED_OUT, where `ferry-build` may not have run to the end. No
+//! result is read from CodeBuild's `exported-environment-variables`, which AWS does not
+//! document in that event.
+//!
+//! This module must never pass a secret as a PLAINTEXT variable: the overrides hold ids, the
+//! component and the source ref; and never read an artifact digest from a state change.
 
-#[cfg(feature = "codebuild")]
 use aws_config::SdkConfig;
 #[cfg(feature = "codebuild")]
-use aws_sdk_codebuild::types::{EnvironmentVariable, EnvironmentVariableType};
+use aws_sdk_codebuild::types::{
+    EnvironmentVariable, EnvironmentVariableType, ProjectSource, ProjectSourceVersion, SourceType,
+};
 #[cfg(feature = "codebuild")]
 use aws_sdk_codebuild::Client;
 use serde::Deserialize;
 
-use ferry_core::event::{BuildCompleted, BuildOutcome};
-use ferry_core::id::{BuildId, Digest, EventId, Repository};
+use ferry_core::event::{BuildCompleted, BuildOutcome, BUILD_COMPLETED};
+use ferry_core::id::{BuildId, EventId};
 #[cfg(feature = "codebuild")]
 use ferry_core::ports::Builder;
-use ferry_core::ports::{BuildSpec, BuilderError};
+use ferry_core::ports::{Batch, BuildSpec, BuilderError, BusError, EventBus as _};
 use ferry_core::{Event, Payload};
 
+use crate::bus::EventBridgeBus;
 #[cfg(feature = "codebuild")]
 use crate::error::describe;
 
@@ -32,12 +40,28 @@ pub const ENV_COMPONENT_NAME: &str = "FERRY_COMPONENT_NAME";
 pub const ENV_COMPONENT: &str = "FERRY_COMPONENT";
 pub const ENV_SOURCE_REF: &str = "FERRY_SOURCE_REF";
 pub const ENV_REPOSITORY: &str = "FERRY_REPOSITORY";
-/// Exported by `ferry-build` on success: the artifact's digest in the vendor registry.
-pub const ENV_ARTIFACT_DIGEST: &str = "FERRY_ARTIFACT_DIGEST";
-/// Exported by `ferry-build` on success (optional): the artifact's media type.
-pub const ENV_ARTIFACT_MEDIA_TYPE: &str = "FERRY_ARTIFACT_MEDIA_TYPE";
+/// The secondary source a component's own git repository is checked out as; the buildspec
+/// finds it at `$CODEBUILD_SRC_DIR_component`.
+pub const SOURCE_IDENTIFIER: &str = "component";
 /// The environment variable that names the CodeBuild project (set by the SAM template).
 pub const PROJECT_ENV: &str = "FERRY_BUILD_PROJECT";
+/// Every override [`environment`] sets, in its order (the buildspec and `ferry-build` read
+/// these; tests check the buildspec names only these or the project's own variables).
+pub const OVERRIDES: [&str; 6] = [
+    ENV_BUILD_ID,
+    ENV_APP,
+    ENV_COMPONENT_NAME,
+    ENV_COMPONENT,
+    ENV_SOURCE_REF,
+    ENV_REPOSITORY,
+];
+/// The `source` of the `build.completed` that `ferry-build` posts. Only the build role may put
+/// it on the Ferry bus; the rule that feeds build-completed matches it.
+pub const BUILD_SOURCE: &str = "ferry.build";
+/// The CodeBuild `build-status` values the state-change rule forwards: the ends of a build
+/// after which `ferry-build` may not have posted its completion. SUCCEEDED is not among them:
+/// a build succeeds only after `ferry-build` posted (it exits non-zero when the post fails).
+pub const CAUGHT_STATUSES: [&str; 4] = ["FAILED", "FAULT", "STOPPED", "TIMED_OUT"];
 
 /// The builder port on CodeBuild (feature `codebuild`: only build-requested links the
 /// CodeBuild client).
@@ -102,6 +126,50 @@ pub fn environment(spec: &BuildSpec) -> Result<Vec<(&'static str, String)>, Buil
     ])
 }
 
+/// A component's own git repository as a CodeBuild secondary source override: the source
+/// type for its host, its URL, and the ref to build (the request's, else the component's).
+/// `None` for components without a git source, and for hosts CodeBuild has no source type for
+/// (those `ferry-build` checks out itself with the git CLI inside the build).
+#[cfg(feature = "codebuild")]
+pub fn source_override(spec: &BuildSpec) -> Option<(SourceType, String, String)> {
+    let git = spec.component.kind.git_source()?;
+    let url = git.git.trim();
+    let host = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(url)
+        .split(['/', ':'])
+        .next()?
+        .rsplit('@')
+        .next()?
+        .to_ascii_lowercase();
+    let kind = match host.as_str() {
+        "github.com" => SourceType::Github,
+        "bitbucket.org" => SourceType::Bitbucket,
+        "gitlab.com" => SourceType::Gitlab,
+        h if h.starts_with("git-codecommit.") && h.ends_with(".amazonaws.com") => {
+            SourceType::Codecommit
+        }
+        _ => return None,
+    };
+    if !url.starts_with("https://") {
+        // CodeBuild clones these over HTTPS with its own source credentials.
+        return None;
+    }
+    Some((
+        kind,
+        url.to_string(),
+        git.effective_ref(&spec.source_ref).to_string(),
+    ))
+}
+
+#[cfg(feature = "codebuild")]
+fn rejected(what: &str) -> impl FnOnce(aws_sdk_codebuild::error::BuildError) -> BuilderError + '_ {
+    move |e| BuilderError::Rejected {
+        message: format!("bad {what}: {e}"),
+    }
+}
+
 #[cfg(feature = "codebuild")]
 impl Builder for CodeBuildBuilder {
     async fn start(&self, spec: &BuildSpec) -> Result<String, BuilderError> {
@@ -114,6 +182,25 @@ impl Builder for CodeBuildBuilder {
             .idempotency_token(spec.build_id.as_str());
         for (name, value) in environment(spec)? {
             req = req.environment_variables_override(plain(name, &value)?);
+        }
+        if let Some((kind, location, version)) = source_override(spec) {
+            req = req
+                .secondary_sources_override(
+                    ProjectSource::builder()
+                        .r#type(kind)
+                        .location(location)
+                        .source_identifier(SOURCE_IDENTIFIER)
+                        .git_clone_depth(1)
+                        .build()
+                        .map_err(rejected("git source override"))?,
+                )
+                .secondary_sources_version_override(
+                    ProjectSourceVersion::builder()
+                        .source_identifier(SOURCE_IDENTIFIER)
+                        .source_version(version)
+                        .build()
+                        .map_err(rejected("git source version"))?,
+                );
         }
         let out = req.send().await.map_err(|e| {
             let f = describe("CodeBuild", "StartBuild", &e);
@@ -135,10 +222,74 @@ impl Builder for CodeBuildBuilder {
     }
 }
 
+// ---- ferry-build's own completion ---------------------------------------------------------
+
+/// Entry attempts for one completion (the SDK already retries the call itself).
+const POST_ATTEMPTS: u32 = 3;
+
+/// Posts `event` (a `build.completed`, as `ferry-build` prints it) to the Ferry bus `bus` under
+/// [`BUILD_SOURCE`], with the credentials in `config` (in CodeBuild: the build role). Returns
+/// EventBridge's event id. A retryable entry failure (throttling, internal) is tried again, up
+/// to 3 times in all, 200 ms then 400 ms apart.
+pub async fn post_completion(
+    config: &SdkConfig,
+    bus: &str,
+    event: &Event,
+) -> Result<String, BusError> {
+    if event.event_type() != BUILD_COMPLETED {
+        return Err(BusError::Invalid {
+            message: format!(
+                "ferry-build posts only build.completed under {BUILD_SOURCE}, not {}",
+                event.event_type()
+            ),
+        });
+    }
+    let bus = EventBridgeBus::new(config, bus).with_source(BUILD_SOURCE);
+    let batch = Batch::new(vec![event.clone()]).map_err(|e| BusError::Invalid {
+        message: e.to_string(),
+    })?;
+    let mut attempt = 1;
+    loop {
+        let results = bus.put_events(&batch).await?;
+        match results.into_iter().next() {
+            Some(Ok(id)) => return Ok(id),
+            Some(Err(f)) if !f.sender_fault && attempt < POST_ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << (attempt - 1))).await;
+                attempt += 1;
+            }
+            Some(Err(f)) if f.sender_fault => {
+                return Err(BusError::Invalid {
+                    message: format!(
+                        "EventBridge refused the build.completed on bus {}: {} ({}); check the \
+                         bus name (FERRY_EVENT_BUS) and that the build role may put source {BUILD_SOURCE}",
+                        bus.bus(),
+                        f.message,
+                        f.code
+                    ),
+                })
+            }
+            Some(Err(f)) => {
+                return Err(BusError::Unavailable {
+                    message: format!(
+                        "EventBridge did not take the build.completed after {POST_ATTEMPTS} tries: {} ({})",
+                        f.message, f.code
+                    ),
+                })
+            }
+            None => {
+                return Err(BusError::Unavailable {
+                    message: "EventBridge PutEvents answered no entry".into(),
+                })
+            }
+        }
+    }
+}
+
 // ---- state-change events ------------------------------------------------------------------
 
-/// CodeBuild's "Build State Change" EventBridge event, as much of it as Ferry reads. Every
-/// field is optional: IN_PROGRESS events lack several, and AWS adds fields over time.
+/// CodeBuild's "Build State Change" EventBridge event, as much of it as Ferry reads (fields of
+/// AWS's published sample only). Every field is optional: IN_PROGRESS events lack several,
+/// and AWS adds fields over time.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CodeBuildStateChange {
     pub id: Option<String>,
@@ -165,8 +316,6 @@ pub struct StateChangeDetail {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct AdditionalInformation {
     pub environment: Option<BuildEnvironment>,
-    #[serde(rename = "exported-environment-variables", default)]
-    pub exported_environment_variables: Vec<NameValue>,
     #[serde(default)]
     pub phases: Vec<Phase>,
 }
@@ -227,14 +376,12 @@ impl CodeBuildStateChange {
         self.detail.as_ref()?.additional_information.as_ref()
     }
 
-    /// A variable the build exported, else one it was started with.
+    /// A variable the build was started with (the overrides build-requested set).
     fn var(&self, name: &str) -> Option<&str> {
-        let info = self.info()?;
-        find(&info.exported_environment_variables, name).or_else(|| {
-            info.environment
-                .as_ref()
-                .and_then(|e| find(&e.environment_variables, name))
-        })
+        self.info()?
+            .environment
+            .as_ref()
+            .and_then(|e| find(&e.environment_variables, name))
     }
 
     /// The failed phase and its context, for the build's error message.
@@ -246,18 +393,27 @@ impl CodeBuildStateChange {
                     .is_some_and(|s| s != "SUCCEEDED" && !s.is_empty())
             })
         });
+        let what = match status {
+            "TIMED_OUT" => "timed out (the project's TimeoutInMinutes)".to_string(),
+            other => other.to_string(),
+        };
         match failed {
             Some(p) => format!(
-                "CodeBuild build {status} in phase {} ({}): {}",
+                "CodeBuild build {what} in phase {} ({}): {}; see the build's log",
                 p.phase_type.as_deref().unwrap_or("?"),
                 p.phase_status.as_deref().unwrap_or("?"),
                 p.phase_context.join("; ")
             ),
-            None => format!("CodeBuild build {status}"),
+            None => format!("CodeBuild build {what}; see the build's log"),
         }
     }
 
-    /// `build.completed` for a finished build; `None` while it is still running.
+    /// `build.completed` for a build that ended without `ferry-build`'s own completion
+    /// (FAILED, FAULT, TIMED_OUT: failed with the phase and reason; STOPPED: cancelled).
+    /// `None` for SUCCEEDED (ferry-build posted the result) and while the build runs.
+    ///
+    /// A build that already finished is not changed by this event: the build-completed
+    /// function treats a conflict with a recorded result as a no-op for state changes.
     pub fn to_build_completed(&self) -> Result<Option<Event>, StateChangeError> {
         let status = self
             .detail
@@ -265,7 +421,6 @@ impl CodeBuildStateChange {
             .and_then(|d| d.build_status.as_deref())
             .ok_or(StateChangeError::Missing("detail.build-status"))?;
         let outcome = match status {
-            "SUCCEEDED" => BuildOutcome::Succeeded,
             "FAILED" | "FAULT" | "TIMED_OUT" => BuildOutcome::Failed,
             "STOPPED" => BuildOutcome::Cancelled,
             _ => return Ok(None),
@@ -277,45 +432,19 @@ impl CodeBuildStateChange {
             field: ENV_BUILD_ID,
             reason: e.to_string(),
         })?;
-        let mut done = BuildCompleted {
+        let error = match outcome {
+            BuildOutcome::Cancelled => "CodeBuild build was stopped".to_string(),
+            _ => self.failure_reason(status),
+        };
+        let payload = Payload::BuildCompleted(BuildCompleted {
             build_id,
             status: outcome,
             digest: None,
             repository: None,
             media_type: None,
-            error: None,
-        };
-        match outcome {
-            BuildOutcome::Succeeded => match self.var(ENV_ARTIFACT_DIGEST) {
-                Some(d) => {
-                    let digest = Digest::new(d).map_err(|e| StateChangeError::Invalid {
-                        field: ENV_ARTIFACT_DIGEST,
-                        reason: e.to_string(),
-                    })?;
-                    let repo = self
-                        .var(ENV_REPOSITORY)
-                        .ok_or(StateChangeError::Missing("the FERRY_REPOSITORY variable"))?;
-                    let repo = Repository::new(repo).map_err(|e| StateChangeError::Invalid {
-                        field: ENV_REPOSITORY,
-                        reason: e.to_string(),
-                    })?;
-                    done.digest = Some(digest);
-                    done.repository = Some(repo);
-                    done.media_type = self.var(ENV_ARTIFACT_MEDIA_TYPE).map(str::to_owned);
-                }
-                // A green build that named no artifact cannot be synced: record it as failed.
-                None => {
-                    done.status = BuildOutcome::Failed;
-                    done.error = Some(format!(
-                        "CodeBuild build succeeded but did not export {ENV_ARTIFACT_DIGEST}; \
-                         add it to the buildspec's env.exported-variables"
-                    ));
-                }
-            },
-            BuildOutcome::Failed => done.error = Some(self.failure_reason(status)),
-            BuildOutcome::Cancelled => done.error = Some("CodeBuild build was stopped".into()),
-        }
-        let payload = Payload::BuildCompleted(done);
+            error: Some(error),
+            revision: None,
+        });
         // EventBridge keeps the id across redeliveries, so a replay dedupes on it.
         Ok(Some(match self.id.as_deref().map(EventId::new) {
             Some(Ok(id)) => Event::with_id(id, payload),

@@ -1,6 +1,8 @@
 //! `EventBridgeBus`: ferry-core's `EventBus` on EventBridge `PutEvents`.
 //!
-//! Each event goes out with source `ferry`, detail-type = the event type and detail = the
+//! Each event goes out with source `ferry` (or the source given to
+//! [`EventBridgeBus::with_source`]: `ferry-build` posts under [`crate::builder::BUILD_SOURCE`]),
+//! detail-type = the event type and detail = the
 //! event's JSON, so rules can match on the type and handlers parse the detail with
 //! `ferry_core::parse_event`. This module must never put a grant into an event: events carry
 //! ids and digests only.
@@ -30,6 +32,7 @@ const RETRYABLE_ENTRY_CODES: &[&str] = &[
 pub struct EventBridgeBus {
     client: Client,
     bus: String,
+    source: &'static str,
 }
 
 impl EventBridgeBus {
@@ -42,7 +45,19 @@ impl EventBridgeBus {
         EventBridgeBus {
             client,
             bus: bus.into(),
+            source: SOURCE,
         }
+    }
+
+    /// The same bus, publishing under another `source` (rules and the bus policy match on it).
+    pub fn with_source(mut self, source: &'static str) -> EventBridgeBus {
+        self.source = source;
+        self
+    }
+
+    /// The `source` every event goes out with.
+    pub fn source(&self) -> &'static str {
+        self.source
     }
 
     pub fn client(&self) -> &Client {
@@ -67,7 +82,7 @@ impl EventBus for EventBridgeBus {
             })?;
             req = req.entries(
                 PutEventsRequestEntry::builder()
-                    .source(SOURCE)
+                    .source(self.source)
                     .detail_type(e.event_type())
                     .detail(detail)
                     .event_bus_name(&self.bus)

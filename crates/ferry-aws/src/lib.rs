@@ -16,6 +16,8 @@ pub mod manage;
 pub mod minter;
 pub mod queue;
 pub mod releases;
+#[cfg(feature = "cloudformation")]
+pub mod stack;
 pub mod store;
 #[cfg(feature = "minter")]
 mod token_vault;

@@ -239,20 +239,14 @@ fn sts_error(f: crate::error::Failure) -> GrantError {
 }
 
 #[cfg(feature = "minter")]
-impl GrantMinter for EcrGrantMinter {
-    async fn mint(
+impl EcrGrantMinter {
+    /// STS AssumeRole of the pull role for [`ASSUME_ROLE_SECONDS`], with a session policy
+    /// that allows only `ecr:GetAuthorizationToken` and pulls from `repository`.
+    async fn assume_pull_role(
         &self,
-        install: &Install,
         repository: &Repository,
-        digest: &Digest,
         grant_id: &GrantId,
-    ) -> Result<SealedGrant, GrantError> {
-        if self.is_revoked(grant_id).await? {
-            return Err(GrantError::Refused {
-                message: format!("grant {grant_id} was revoked; a new attempt gets a new grant"),
-            });
-        }
-        let sync_id = &grant_id.sync_id;
+    ) -> Result<aws_sdk_sts::types::Credentials, GrantError> {
         let arn = self.settings.repository_arn(repository);
         let assumed = self
             .sts
@@ -264,12 +258,17 @@ impl GrantMinter for EcrGrantMinter {
             .send()
             .await
             .map_err(|e| sts_error(describe("STS", "AssumeRole", &e)))?;
-        let Some(creds) = assumed.credentials else {
-            return Err(GrantError::Unavailable {
-                message: "STS AssumeRole answered without credentials".into(),
-            });
-        };
-        let sts_expires = to_ms(&creds.expiration);
+        assumed.credentials.ok_or_else(|| GrantError::Unavailable {
+            message: "STS AssumeRole answered without credentials".into(),
+        })
+    }
+
+    /// ECR GetAuthorizationToken with the assumed credentials: the token (kept out of the
+    /// SDK's logs, zeroized when dropped) and the authorization data it came with.
+    async fn ecr_authorization(
+        &self,
+        creds: aws_sdk_sts::types::Credentials,
+    ) -> Result<(Zeroizing<String>, aws_sdk_ecr::types::AuthorizationData), GrantError> {
         let expiry = SystemTime::try_from(creds.expiration).ok();
         let secret = Zeroizing::new(creds.secret_access_key);
         let session = Zeroizing::new(creds.session_token);
@@ -317,9 +316,13 @@ impl GrantMinter for EcrGrantMinter {
                 message: "ECR GetAuthorizationToken answered without a token".into(),
             });
         }
-        let now = now_ms();
-        let expires_at = grant_expiry(now, sts_expires, data.expires_at.as_ref().and_then(to_ms));
-        let registry = match (&self.settings.registry_host, data.proxy_endpoint.as_deref()) {
+        Ok((token, data))
+    }
+
+    /// The registry host the agent pulls from: the configured one, else ECR's proxy
+    /// endpoint without its scheme, else the account's default ECR host.
+    fn registry_host(&self, proxy_endpoint: Option<&str>) -> String {
+        match (&self.settings.registry_host, proxy_endpoint) {
             (Some(h), _) => h.clone(),
             (None, Some(p)) => p
                 .trim_start_matches("https://")
@@ -327,7 +330,30 @@ impl GrantMinter for EcrGrantMinter {
                 .trim_end_matches('/')
                 .to_owned(),
             (None, None) => self.settings.default_host(),
-        };
+        }
+    }
+}
+
+#[cfg(feature = "minter")]
+impl GrantMinter for EcrGrantMinter {
+    async fn mint(
+        &self,
+        install: &Install,
+        repository: &Repository,
+        digest: &Digest,
+        grant_id: &GrantId,
+    ) -> Result<SealedGrant, GrantError> {
+        if self.is_revoked(grant_id).await? {
+            return Err(GrantError::Refused {
+                message: format!("grant {grant_id} was revoked; a new attempt gets a new grant"),
+            });
+        }
+        let sync_id = &grant_id.sync_id;
+        let creds = self.assume_pull_role(repository, grant_id).await?;
+        let sts_expires = to_ms(&creds.expiration);
+        let (token, data) = self.ecr_authorization(creds).await?;
+        let now = now_ms();
+        let expires_at = grant_expiry(now, sts_expires, data.expires_at.as_ref().and_then(to_ms));
         // ECR's authorizationToken is base64 of `AWS:<password>`: a Basic credential.
         let (username, password) = split_basic(&token).ok_or_else(|| GrantError::Unavailable {
             message: "ECR GetAuthorizationToken answered a token that is not base64 of \
@@ -335,7 +361,7 @@ impl GrantMinter for EcrGrantMinter {
                 .into(),
         })?;
         let grant = ClearGrant {
-            registry,
+            registry: self.registry_host(data.proxy_endpoint.as_deref()),
             repository: repository.to_string(),
             digest: digest.to_string(),
             token: password.to_string(),

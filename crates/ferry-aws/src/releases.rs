@@ -21,7 +21,7 @@ use ferry_core::release::{Release, ReleaseStore, ReleaseTarget};
 
 use crate::store::{
     encode_err, install_pk, lineage_pk, n, num_attr, record_item, s, ts, DynamoStore, Put,
-    QuerySpec, GSI1, GSI1_PK, GSI1_SK, PK, SK,
+    QuerySpec, GSI1, GSI1_PK, GSI1_SK, GSI3, GSI3_PK, GSI3_SK, PK, RUNNING_RELEASES_PK, SK,
 };
 
 fn release_pk(id: &ReleaseId) -> String {
@@ -53,6 +53,11 @@ fn release_item(
         GSI1_SK.into(),
         s(format!("RELEASE#{}#{}", ts(r.created_at), r.id)),
     );
+    if r.status == ferry_core::release::ReleaseStatus::Running {
+        // The reconciler's sparse index: only running releases are in it.
+        item.insert(GSI3_PK.into(), s(RUNNING_RELEASES_PK));
+        item.insert(GSI3_SK.into(), s(r.id.to_string()));
+    }
     Ok(item)
 }
 
@@ -243,6 +248,22 @@ impl ReleaseStore for DynamoStore {
             forward: true,
         };
         self.query(spec, page).await
+    }
+
+    async fn running_releases(&self, page: &PageRequest) -> Result<Page<Release>, StoreError> {
+        self.query(
+            QuerySpec {
+                name: "running_releases",
+                index: Some(GSI3),
+                pk_attr: GSI3_PK,
+                sk_attr: GSI3_SK,
+                partition: RUNNING_RELEASES_PK.to_owned(),
+                sk_prefix: None,
+                forward: true,
+            },
+            page,
+        )
+        .await
     }
 
     async fn get_lineage(

@@ -29,6 +29,7 @@ use ferry_core::ports::{
     WriteError,
 };
 use ferry_core::state::Expected;
+use ferry_core::telemetry::InstallTelemetry;
 
 use crate::error::{describe, Failure};
 
@@ -42,6 +43,18 @@ pub const GSI1_SK: &str = "gsi1sk";
 pub const GSI2: &str = "gsi2";
 pub const GSI2_PK: &str = "gsi2pk";
 pub const GSI2_SK: &str = "gsi2sk";
+/// A sparse index of what the reconciler looks at: open (queued or running) syncs, in
+/// [`OPEN_SYNC_SHARDS`] partitions `OPEN#SYNC#<n>` sorted by last change, and running releases
+/// in `RUNNING#RELEASE`. An item leaves it when it is no longer open (the attributes are
+/// dropped), so the index holds only live work.
+pub const GSI3: &str = "gsi3";
+pub const GSI3_PK: &str = "gsi3pk";
+pub const GSI3_SK: &str = "gsi3sk";
+/// Open syncs are spread over this many index partitions, so a fan-out of thousands of syncs
+/// does not write one hot index key.
+pub const OPEN_SYNC_SHARDS: u32 = 8;
+/// The index partition of running releases.
+pub(crate) const RUNNING_RELEASES_PK: &str = "RUNNING#RELEASE";
 /// The table's TTL attribute, in unix seconds.
 pub const TTL: &str = "ttl";
 /// How long a revocation record is kept: far beyond any grant's 15 minutes.
@@ -49,7 +62,7 @@ pub const REVOCATION_KEEP_MS: u64 = 24 * 60 * 60 * 1000;
 
 const IN_PROGRESS: &str = "INPROGRESS";
 const COMPLETED: &str = "COMPLETED";
-const KEY_ATTRIBUTES: [&str; 6] = [PK, SK, GSI1_PK, GSI1_SK, GSI2_PK, GSI2_SK];
+const KEY_ATTRIBUTES: [&str; 8] = [PK, SK, GSI1_PK, GSI1_SK, GSI2_PK, GSI2_SK, GSI3_PK, GSI3_SK];
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -200,8 +213,37 @@ fn sync_item(j: &SyncJob) -> Result<Item, StoreError> {
     );
     item.insert(GSI2_PK.into(), s(build_pk(&j.build_id)));
     item.insert(GSI2_SK.into(), s(format!("SYNC#{}#{}", j.install_id, j.id)));
+    if !j.status().is_terminal() {
+        item.insert(GSI3_PK.into(), s(open_sync_pk(open_sync_shard(&j.id))));
+        item.insert(
+            GSI3_SK.into(),
+            s(format!("{}#{}", ts(j.state.updated_at), j.id)),
+        );
+    }
     Ok(item)
 }
+
+/// The index partition of open sync `id` (FNV-1a of the id, so it never changes).
+fn open_sync_shard(id: &SyncId) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.as_str().bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h % OPEN_SYNC_SHARDS
+}
+
+fn open_sync_pk(shard: u32) -> String {
+    format!("OPEN#SYNC#{shard}")
+}
+
+fn telemetry_item(t: &InstallTelemetry) -> Result<Item, StoreError> {
+    let data = serde_json::to_string(t).map_err(|e| encode_err("install telemetry", e))?;
+    let mut item = record_item(install_pk(&t.install_id), TELEMETRY_SK, "telemetry", data);
+    item.insert("last_seen".into(), n(t.last_seen));
+    Ok(item)
+}
+
+const TELEMETRY_SK: &str = "TELEMETRY";
 
 /// What a page cursor holds: the query it belongs to and DynamoDB's `LastEvaluatedKey`.
 #[derive(Serialize, Deserialize)]
@@ -341,7 +383,8 @@ impl DynamoStore {
             .key_schema(key(PK, KeyType::Hash).map_err(invalid)?)
             .key_schema(key(SK, KeyType::Range).map_err(invalid)?)
             .global_secondary_indexes(gsi(GSI1, GSI1_PK, GSI1_SK)?)
-            .global_secondary_indexes(gsi(GSI2, GSI2_PK, GSI2_SK)?);
+            .global_secondary_indexes(gsi(GSI2, GSI2_PK, GSI2_SK)?)
+            .global_secondary_indexes(gsi(GSI3, GSI3_PK, GSI3_SK)?);
         for a in KEY_ATTRIBUTES {
             req = req.attribute_definitions(attr(a).map_err(invalid)?);
         }
@@ -660,6 +703,7 @@ impl DynamoStore {
         for sk in self.subscription_keys(id).await? {
             self.delete(install_pk(id), &sk).await?;
         }
+        self.delete(install_pk(id), TELEMETRY_SK).await?;
         self.delete(install_pk(id), "INSTALL").await?;
         self.delete(CATALOG_PK.to_owned(), &catalog_install_sk(id))
             .await?;
@@ -884,6 +928,108 @@ impl JobStore for DynamoStore {
                 .and_then(|v| v.parse::<u64>().ok())
         };
         Ok((num("count").unwrap_or(0), num("last_at")))
+    }
+
+    async fn record_heartbeat(
+        &self,
+        telemetry: &InstallTelemetry,
+    ) -> Result<InstallTelemetry, StoreError> {
+        let item = telemetry_item(telemetry)?;
+        // Last-seen only moves forward: an older heartbeat loses the condition.
+        let cond = "attribute_not_exists(#pk) OR #last_seen <= :last_seen";
+        match self
+            .put_if(
+                item,
+                cond,
+                &[("#pk", PK), ("#last_seen", "last_seen")],
+                vec![(":last_seen", n(telemetry.last_seen))],
+            )
+            .await?
+        {
+            Put::Written => Ok(telemetry.clone()),
+            Put::Conflict(old) => Ok(self
+                .current(old, install_pk(&telemetry.install_id), TELEMETRY_SK)
+                .await?
+                .unwrap_or_else(|| telemetry.clone())),
+        }
+    }
+
+    async fn get_telemetry(
+        &self,
+        install: &InstallId,
+    ) -> Result<Option<InstallTelemetry>, StoreError> {
+        self.get_decoded(install_pk(install), TELEMETRY_SK).await
+    }
+
+    /// One shard of the open-sync index after another; the cursor is `<shard>|<the shard's
+    /// DynamoDB cursor>` (empty: the shard's start). The index is eventually consistent: the
+    /// reconciler writes conditionally on the version it read, so a stale entry changes nothing.
+    async fn stale_syncs(
+        &self,
+        before: u64,
+        page: &PageRequest,
+    ) -> Result<Page<SyncJob>, StoreError> {
+        const Q: &str = "stale_syncs";
+        let (mut shard, mut start) = match &page.cursor {
+            None => (0, None),
+            Some(c) => {
+                let (shard, inner) = c.as_str().split_once('|').ok_or_else(foreign_cursor)?;
+                let shard: u32 = shard.parse().map_err(|_| foreign_cursor())?;
+                if shard >= OPEN_SYNC_SHARDS {
+                    return Err(foreign_cursor());
+                }
+                let start = (!inner.is_empty())
+                    .then(|| decode_cursor(Q, &open_sync_pk(shard), &Cursor::new(inner)))
+                    .transpose()?;
+                (shard, start)
+            }
+        };
+        let limit = i32::try_from(page.limit()).unwrap_or(i32::MAX);
+        let mut items = Vec::new();
+        // Empty shards are skipped within one call, so a page is empty only at the end.
+        loop {
+            let partition = open_sync_pk(shard);
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI3)
+                .key_condition_expression("#pk = :pk AND #sk < :before")
+                .expression_attribute_names("#pk", GSI3_PK)
+                .expression_attribute_names("#sk", GSI3_SK)
+                .expression_attribute_values(":pk", s(partition.clone()))
+                .expression_attribute_values(":before", s(ts(before)))
+                .limit(limit)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| unavailable(describe("DynamoDB", "Query", &e)))?;
+            for item in out.items.unwrap_or_default() {
+                items.push(decode::<SyncJob>(&item)?);
+            }
+            let next = match out.last_evaluated_key.as_ref() {
+                Some(k) if !k.is_empty() => Some(encode_cursor(Q, &partition, k)?),
+                _ => None,
+            };
+            match next {
+                Some(c) => {
+                    return Ok(Page {
+                        items,
+                        next: Some(Cursor::new(format!("{shard}|{}", c.as_str()))),
+                    })
+                }
+                None if shard + 1 >= OPEN_SYNC_SHARDS => return Ok(Page { items, next: None }),
+                None => {
+                    shard += 1;
+                    if !items.is_empty() {
+                        return Ok(Page {
+                            items,
+                            next: Some(Cursor::new(format!("{shard}|"))),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {

@@ -99,6 +99,7 @@ fn spec(build: &str) -> BuildSpec {
                 source: "docker.io/library/alpine".into(),
             },
             repository: Repository::new("shop/web").unwrap(),
+            verify: None,
         },
         source_ref: "3.20".into(),
     }
@@ -181,6 +182,44 @@ async fn start_build_passes_ferry_overrides_and_the_build_id_token() {
     assert_eq!(env["FERRY_REPOSITORY"], "shop/web");
     let component: Component = serde_json::from_str(&env["FERRY_COMPONENT"]).unwrap();
     assert_eq!(component, spec("b-42").component);
+    assert!(
+        start.get("secondarySourcesOverride").is_none(),
+        "an image has no git source: {start}"
+    );
+
+    // A component with its own GitHub repository: a secondary source override at the
+    // request's ref (the component's ref is the default).
+    let mut git = spec("b-43");
+    git.component.kind = ComponentKind::DockerBuild {
+        context: "web".into(),
+        dockerfile: "Dockerfile".into(),
+        source: Some(ferry_core::domain::GitSource {
+            git: "https://github.com/acme/shop.git".into(),
+            reference: Some("main".into()),
+            path: Some("services".into()),
+        }),
+    };
+    git.source_ref = "v2.1.0".into();
+    builder.start(&git).await.unwrap();
+    let bodies = proxy.bodies.lock().unwrap().clone();
+    let start: serde_json::Value = bodies
+        .iter()
+        .filter(|b| b.contains("secondarySourcesOverride"))
+        .map(|b| serde_json::from_str(b).unwrap())
+        .next()
+        .expect("a StartBuild request with a source override");
+    let source = &start["secondarySourcesOverride"][0];
+    assert_eq!(source["type"], "GITHUB", "{start}");
+    assert_eq!(source["location"], "https://github.com/acme/shop.git");
+    assert_eq!(source["sourceIdentifier"], "component");
+    let version = &start["secondarySourcesVersionOverride"][0];
+    assert_eq!(version["sourceIdentifier"], "component");
+    assert_eq!(version["sourceVersion"], "v2.1.0");
+    // A host CodeBuild has no source type for is checked out by ferry-build itself.
+    if let ComponentKind::DockerBuild { source, .. } = &mut git.component.kind {
+        source.as_mut().unwrap().git = "https://git.example.com/acme/shop.git".into();
+    }
+    assert!(ferry_aws::builder::source_override(&git).is_none());
 }
 
 #[tokio::test]
@@ -211,25 +250,23 @@ fn completed(e: Event) -> ferry_core::event::BuildCompleted {
     }
 }
 
+/// A state change with another `build-status` (the samples cover SUCCEEDED, FAILED, STOPPED,
+/// IN_PROGRESS; TIMED_OUT and FAULT are the same event with another status).
+fn with_status(name: &str, status: &str) -> CodeBuildStateChange {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    v["detail"]["build-status"] = status.into();
+    CodeBuildStateChange::parse(v.to_string().as_bytes()).unwrap()
+}
+
 #[test]
-fn state_changes_map_to_build_completed() {
-    let ok = completed(
-        sample("codebuild-succeeded.json")
-            .to_build_completed()
-            .unwrap()
-            .unwrap(),
-    );
-    assert_eq!(ok.build_id.as_str(), "b-0123456789abcdef");
-    assert_eq!(ok.status, BuildOutcome::Succeeded);
-    assert_eq!(
-        ok.digest.unwrap().as_str(),
-        format!("sha256:{}", "ab".repeat(32))
-    );
-    assert_eq!(ok.repository.unwrap().as_str(), "shop/web");
-    assert_eq!(
-        ok.media_type.as_deref(),
-        Some("application/vnd.oci.image.manifest.v1+json")
-    );
+fn state_changes_catch_only_builds_that_ended_without_ferry_build() {
+    // SUCCEEDED: ferry-build posted its own completion; the state change adds nothing, and
+    // no digest is ever read from it.
+    assert!(sample("codebuild-succeeded.json")
+        .to_build_completed()
+        .unwrap()
+        .is_none());
 
     let failed = completed(
         sample("codebuild-failed.json")
@@ -237,13 +274,29 @@ fn state_changes_map_to_build_completed() {
             .unwrap()
             .unwrap(),
     );
+    assert_eq!(failed.build_id.as_str(), "b-0123456789abcdef");
     assert_eq!(failed.status, BuildOutcome::Failed);
     let why = failed.error.unwrap();
     assert!(
-        why.contains("BUILD") && why.contains("exit status 2"),
+        why.contains("FAILED in phase BUILD") && why.contains("exit status 2"),
         "{why}"
     );
-    assert!(failed.digest.is_none());
+    assert!(failed.digest.is_none() && failed.repository.is_none());
+
+    for status in ["TIMED_OUT", "FAULT"] {
+        let c = completed(
+            with_status("codebuild-failed.json", status)
+                .to_build_completed()
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(c.status, BuildOutcome::Failed, "{status}");
+        let why = c.error.unwrap();
+        assert!(why.contains("phase BUILD"), "{status}: {why}");
+        if status == "TIMED_OUT" {
+            assert!(why.contains("timed out"), "{why}");
+        }
+    }
 
     let stopped = completed(
         sample("codebuild-stopped.json")
@@ -252,43 +305,45 @@ fn state_changes_map_to_build_completed() {
             .unwrap(),
     );
     assert_eq!(stopped.status, BuildOutcome::Cancelled);
+    assert!(stopped.error.unwrap().contains("stopped"));
 
     assert!(sample("codebuild-in-progress.json")
         .to_build_completed()
         .unwrap()
         .is_none());
+    // Every status the template's rule forwards maps to a completion.
+    for status in ferry_aws::builder::CAUGHT_STATUSES {
+        assert!(
+            with_status("codebuild-failed.json", status)
+                .to_build_completed()
+                .unwrap()
+                .is_some(),
+            "{status}"
+        );
+    }
 }
 
 #[test]
 fn the_event_id_dedupes_redeliveries() {
-    let a = sample("codebuild-succeeded.json")
+    let a = sample("codebuild-failed.json")
         .to_build_completed()
         .unwrap()
         .unwrap();
-    let b = sample("codebuild-succeeded.json")
+    let b = sample("codebuild-failed.json")
         .to_build_completed()
         .unwrap()
         .unwrap();
     assert_eq!(a.idempotency_key(), b.idempotency_key());
+    let path = format!(
+        "{}/tests/data/codebuild-failed.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert!(
-        a.idempotency_key().contains("3f5c7d2e"),
+        a.idempotency_key().contains(v["id"].as_str().unwrap()),
         "{}",
         a.idempotency_key()
     );
-}
-
-#[test]
-fn a_green_build_without_a_digest_fails_clearly() {
-    let path = format!(
-        "{}/tests/data/codebuild-succeeded.json",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["detail"]["additional-information"]["exported-environment-variables"] = serde_json::json!([]);
-    let ev = CodeBuildStateChange::parse(v.to_string().as_bytes()).unwrap();
-    let c = completed(ev.to_build_completed().unwrap().unwrap());
-    assert_eq!(c.status, BuildOutcome::Failed);
-    assert!(c.error.unwrap().contains("FERRY_ARTIFACT_DIGEST"));
 }
 
 #[test]
@@ -301,4 +356,100 @@ fn foreign_events_are_refused() {
     .unwrap();
     let err = no_id.to_build_completed().unwrap_err();
     assert!(err.to_string().contains("FERRY_BUILD_ID"), "{err}");
+}
+
+/// ferry-build's completion: posted under `ferry.build`, it reaches a rule that matches that
+/// source (the template's BuildCompletedRule) and parses as the build.completed it was; a rule
+/// for Ferry's own source does not see it; any other event type is refused before the call.
+#[tokio::test]
+async fn ferry_build_posts_its_completion_under_its_own_source() {
+    use ferry_aws::builder::{post_completion, BUILD_SOURCE};
+    use ferry_core::event::BuildCompleted;
+    use ferry_core::id::Digest;
+
+    let moto = Moto::start().await;
+    let config = moto.config().await;
+    let sqs = SqsQueue::new(&config);
+    let bus = EventBridgeBus::new(&config, "ferry");
+    bus.client()
+        .create_event_bus()
+        .name("ferry")
+        .send()
+        .await
+        .unwrap();
+    let mut queues = Vec::new();
+    for (rule, source) in [("completed", BUILD_SOURCE), ("ferry", "ferry")] {
+        let q = QueueName::new(unique(rule)).unwrap();
+        sqs.create_queue(&q, HashMap::new()).await.unwrap();
+        let pattern = serde_json::json!({"source": [source], "detail-type": ["build.completed"]});
+        bus.client()
+            .put_rule()
+            .name(rule)
+            .event_bus_name("ferry")
+            .event_pattern(pattern.to_string())
+            .send()
+            .await
+            .unwrap();
+        bus.client()
+            .put_targets()
+            .rule(rule)
+            .event_bus_name("ferry")
+            .targets(
+                Target::builder()
+                    .id("q")
+                    .arn(sqs.arn(&q).await.unwrap())
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        queues.push(q);
+    }
+
+    let done = Event::new(Payload::BuildCompleted(BuildCompleted {
+        build_id: BuildId::new("b-posted").unwrap(),
+        status: BuildOutcome::Succeeded,
+        digest: Some(Digest::new(format!("sha256:{}", "cd".repeat(32))).unwrap()),
+        repository: Some(Repository::new("ferry/shop/web").unwrap()),
+        media_type: Some("application/vnd.oci.image.index.v1+json".into()),
+        error: None,
+        revision: None,
+    }));
+    let id = post_completion(&config, "ferry", &done).await.unwrap();
+    assert!(!id.is_empty());
+
+    let opts = ReceiveOptions::new(10, 1, 60).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(sqs.receive(&queues[0], &opts).await.unwrap());
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        got.len(),
+        1,
+        "one completion on the build-completed rule's queue"
+    );
+    let envelope: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!(envelope["source"], BUILD_SOURCE);
+    assert_eq!(envelope["detail-type"], "build.completed");
+    let parsed = parse_event(got[0].body.as_bytes()).unwrap();
+    // EventBridge's id (kept across redeliveries) is the one the handler dedupes on.
+    assert_eq!(
+        parsed.id.as_ref().map(|i| i.as_str()),
+        envelope["id"].as_str()
+    );
+    assert_eq!(completed(parsed), completed(done.clone()));
+    let short = ReceiveOptions::new(10, 0, 60).unwrap();
+    assert!(
+        sqs.receive(&queues[1], &short).await.unwrap().is_empty(),
+        "a rule on source ferry does not see ferry-build's completion"
+    );
+
+    let err = post_completion(&config, "ferry", &request(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("only build.completed"), "{err}");
 }

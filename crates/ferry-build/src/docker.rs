@@ -77,6 +77,9 @@ pub(crate) async fn build(
         .map(String::from),
     );
     bud.push(df.display().to_string());
+    for (key, value) in b.source_annotations() {
+        bud.extend(["--annotation".to_string(), format!("{key}={value}")]);
+    }
     bud.extend(["-t".to_string(), LOCAL_NAME.to_string()]);
     bud.push(ctx.display().to_string());
     run(component.name.as_str(), &bud, tmp.path()).await?;

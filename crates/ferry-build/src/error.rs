@@ -56,6 +56,10 @@ pub enum BuildError {
         reason: String,
     },
 
+    /// The component's spec is inconsistent (a policy on a kind that cannot carry one...).
+    #[error("{reason}")]
+    InvalidComponent { component: String, reason: String },
+
     /// The source failed its signature policy; nothing was imported.
     #[error("component {component}: signature policy not met: {reason}; nothing was imported")]
     PolicyFailed { component: String, reason: String },
@@ -107,6 +111,10 @@ pub enum BuildError {
         #[source]
         source: ferry_oci::Error,
     },
+
+    /// The images a chart runs could not be found, checked or bundled.
+    #[error("component {component}: chart images: {reason}")]
+    ChartImages { component: String, reason: String },
 
     #[error("app file {path}: {reason}")]
     InvalidAppFile { path: PathBuf, reason: String },

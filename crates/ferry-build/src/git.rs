@@ -144,7 +144,7 @@ fn git_failed(component: &str, step: &str, stderr: String) -> BuildError {
 }
 
 /// Removes `user:password@` (or `token@`) from every URL in `text`.
-fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use ferry_core::domain::Component;
 use ferry_core::ports::BuildSpec;
 use ferry_oci::media::{HELM_CHART_LAYER, HELM_CONFIG};
+use ferry_oci::reference::valid_tag;
 use ferry_oci::{Digest as OciDigest, OciLayout};
 use serde_json::Value;
 use yaml_rust2::{Yaml, YamlLoader};
@@ -150,6 +151,7 @@ pub(crate) async fn push_chart(
     if let Some(h) = chart.home.as_ref().filter(|h| !h.is_empty()) {
         annotations.insert("org.opencontainers.image.url".into(), h.clone());
     }
+    annotations.extend(b.source_annotations().clone());
     package::write_manifest(&layout, None, &config, &layers, &annotations)
         .await
         .map_err(oci)?;
@@ -162,13 +164,6 @@ pub(crate) async fn push_chart(
     }
     b.push_layout(component, layout_dir, repository, tags, tmp)
         .await
-}
-
-fn valid_tag(t: &str) -> bool {
-    let mut chars = t.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric() || c == '_')
-        && t.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Packages the chart in `dir` into `<out>/<name>-<version>.tgz`.
@@ -200,6 +195,14 @@ pub fn package_chart(
 
     let ignore = HelmIgnore::load(component, dir)?;
     let files = package::collect_files(component, dir, &|rel, is_dir| ignore.ignored(rel, is_dir))?;
+    if !files.iter().any(|f| f.rel == "Chart.yaml") {
+        // Helm refuses such a chart too ("Chart.yaml file is missing").
+        return Err(invalid(
+            ".helmignore excludes Chart.yaml (a `!pattern` line keeps only what matches it), \
+             and Helm refuses a chart without it; add `!Chart.yaml` or narrow the pattern"
+                .into(),
+        ));
+    }
     let archive = out.join(format!("{name}-{version}.tgz"));
     let (archive_digest, archive_size) = write_tgz(&name, &files, &archive)?;
     Ok(ChartPackage {
@@ -342,7 +345,7 @@ fn parse_chart_yaml(text: &str) -> Result<serde_json::Map<String, Value>, String
     }
 }
 
-fn to_json(y: Yaml) -> Result<Value, String> {
+pub(crate) fn to_json(y: Yaml) -> Result<Value, String> {
     Ok(match y {
         Yaml::Null | Yaml::BadValue => Value::Null,
         Yaml::Boolean(b) => Value::Bool(b),
@@ -459,7 +462,8 @@ fn encode_config(meta: &serde_json::Map<String, Value>) -> Result<Vec<u8>, Strin
 /// - a trailing `/` makes a rule match directories only; a leading `/` or any `/` inside
 ///   matches the whole relative path, otherwise only the base name; globs are Go's
 ///   `filepath.Match` (`*`, `?`, `[...]` with ranges and `^`, `\` escapes; `*` never crosses `/`);
-/// - rules are tried in order and the first positive match ignores the path;
+/// - rules are tried in order and the first positive match ignores the path; Helm's default
+///   rule `templates/.?*` (hidden files in templates/) comes after the file's own;
 /// - a negated rule `!pat` ignores every path that does **not** match it (and every file, when
 ///   it is directory-only); a path that matches it goes on to the next rule. So `!` does not
 ///   re-include what an earlier rule ignored: it narrows what is kept, as in Helm.
@@ -524,6 +528,13 @@ impl HelmIgnore {
                 whole_path,
             });
         }
+        // Helm's `AddDefaults`, after the file's own rules: hidden files in templates/.
+        rules.push(IgnoreRule {
+            pattern: "templates/.?*".into(),
+            negate: false,
+            dir_only: false,
+            whole_path: true,
+        });
         Ok(HelmIgnore { rules })
     }
 
@@ -682,6 +693,11 @@ mod tests {
         let ig = HelmIgnore::parse("!templates/\n").unwrap();
         assert!(ig.ignored("templates/a.yaml", false));
         assert!(!ig.ignored("templates", true));
+        // Helm's default rule: hidden files in templates/ are left out.
+        let ig = HelmIgnore::parse("").unwrap();
+        assert!(ig.ignored("templates/.hidden.yaml", false));
+        assert!(!ig.ignored("templates/cm.yaml", false));
+        assert!(!ig.ignored(".helmignore", false));
         // Helm refuses ** and malformed classes.
         assert!(HelmIgnore::parse("a/**/b\n").unwrap_err().contains("**"));
         assert!(HelmIgnore::parse("[abc\n").is_err());

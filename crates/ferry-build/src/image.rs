@@ -19,7 +19,35 @@ pub(crate) async fn build(
     repository: &ferry_core::id::Repository,
 ) -> Result<BuiltArtifact, BuildError> {
     let reference = source_reference(b, spec, source)?;
-    build_verified(b, spec, reference, repository, None).await
+    let policy = match &spec.component.verify {
+        None => None,
+        Some(p) => Some(policy_of(&spec.component, p, &reference)?),
+    };
+    build_verified(b, spec, reference, repository, policy.as_ref()).await
+}
+
+/// The component's policy as ferry-oci checks it; refused for a layout source (its signatures
+/// are checked where they live: in a registry).
+fn policy_of(
+    component: &ferry_core::domain::Component,
+    policy: &ferry_core::domain::VerifyPolicy,
+    reference: &Reference,
+) -> Result<ferry_oci::cosign::Policy, BuildError> {
+    let failed = |reason: String| BuildError::PolicyFailed {
+        component: component.name.to_string(),
+        reason,
+    };
+    if matches!(reference, Reference::Layout(_)) {
+        return Err(failed(format!(
+            "{reference} is an OCI layout; signatures are verified on registry sources only: \
+             push the image (with its signature) to a registry and name it in \"source\""
+        )));
+    }
+    ferry_oci::cosign::Policy::from_pems(
+        policy.keys.iter().map(String::as_str),
+        policy.require == ferry_core::domain::KeyRequirement::All,
+    )
+    .map_err(|e| failed(e.to_string()))
 }
 
 /// Imports `reference` (verified first when `policy` is given) with its referrers and cosign's

@@ -11,7 +11,9 @@
 //! See docs/design/build.md.
 
 pub mod app;
+mod chart_images;
 mod chart_repo;
+pub mod completion;
 mod docker;
 pub mod error;
 pub mod git;
@@ -37,10 +39,16 @@ use ferry_oci::{
 use serde::Serialize;
 
 pub use app::AppFile;
+pub use chart_images::ChartRenderer;
 pub use error::BuildError;
 pub use helm::{package_chart, ChartPackage};
 pub use inprocess::InProcessBuilder;
 pub use tofu::package_module;
+
+/// The OCI annotation naming the commit a packaged artifact was built from.
+pub const ANNOTATION_REVISION: &str = "org.opencontainers.image.revision";
+/// The OCI annotation naming the repository a packaged artifact was built from.
+pub const ANNOTATION_SOURCE: &str = "org.opencontainers.image.source";
 
 /// Longest error text put into a build.completed event (the event schema allows 8 KiB).
 const MAX_EVENT_ERROR: usize = 4000;
@@ -62,6 +70,12 @@ pub struct BuildConfig {
     pub app_root: PathBuf,
     /// Parent of the temporary directories a build writes; `None` for the system default.
     pub work_dir: Option<PathBuf>,
+    /// How charts are rendered to find the images they run (`discover_images`).
+    pub chart_renderer: ChartRenderer,
+    /// Set when `app_root` already is the checkout of the component's git source (CodeBuild
+    /// checked it out as a source override): the commit it is at. The build then records this
+    /// commit instead of fetching the repository itself.
+    pub checked_out: Option<String>,
 }
 
 impl BuildConfig {
@@ -73,6 +87,8 @@ impl BuildConfig {
             insecure: false,
             app_root: app_root.into(),
             work_dir: None,
+            chart_renderer: ChartRenderer::default(),
+            checked_out: None,
         }
     }
 
@@ -98,6 +114,10 @@ pub struct BuiltArtifact {
     pub size: u64,
     /// Tags written, the build id first.
     pub tags: Vec<String>,
+    /// The commit a build from git built (also the `org.opencontainers.image.revision`
+    /// annotation of a packaged artifact).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 impl BuiltArtifact {
@@ -114,6 +134,7 @@ impl BuiltArtifact {
                 repository: Some(a.repository.clone()),
                 media_type: Some(a.media_type.clone()),
                 error: None,
+                revision: a.revision.clone(),
             },
             Err(e) => BuildCompleted {
                 build_id: build_id.clone(),
@@ -122,6 +143,7 @@ impl BuiltArtifact {
                 repository: None,
                 media_type: None,
                 error: Some(truncate(&e.to_string(), MAX_EVENT_ERROR)),
+                revision: None,
             },
         }
     }
@@ -147,6 +169,9 @@ pub struct ArtifactBuilder {
 struct Inner {
     config: BuildConfig,
     client: RegistryClient,
+    /// Annotations every packaged manifest of this build carries (the git revision and
+    /// source of a build from git); empty otherwise.
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for ArtifactBuilder {
@@ -180,8 +205,35 @@ impl ArtifactBuilder {
         })
         .map_err(|e| BuildError::Config(format!("registry client: {e}")))?;
         Ok(ArtifactBuilder {
-            inner: Arc::new(Inner { config, client }),
+            inner: Arc::new(Inner {
+                config,
+                client,
+                annotations: Default::default(),
+            }),
         })
+    }
+
+    /// The same builder (and registry client) over another app root, with annotations for
+    /// every manifest it packages: one build from a git checkout.
+    fn for_checkout(
+        &self,
+        app_root: PathBuf,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) -> ArtifactBuilder {
+        let mut config = self.inner.config.clone();
+        config.app_root = app_root;
+        ArtifactBuilder {
+            inner: Arc::new(Inner {
+                config,
+                client: self.inner.client.clone(),
+                annotations,
+            }),
+        }
+    }
+
+    /// Annotations every packaged manifest of this build carries.
+    pub(crate) fn source_annotations(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.inner.annotations
     }
 
     pub fn config(&self) -> &BuildConfig {
@@ -205,25 +257,15 @@ impl ArtifactBuilder {
         let repository = self.target_repository(component)?;
         tracing::info!(build_id = %spec.build_id, component = %component.name,
             kind = component.kind.name(), repository = %repository, "build started");
-        let result = match &component.kind {
-            ComponentKind::Image { source } => image::build(self, spec, source, &repository).await,
-            ComponentKind::HelmChart { chart } => match chart {
-                ChartSource::Dir { path } => helm::build(self, spec, path, &repository).await,
-                ChartSource::Repo {
-                    url,
-                    chart,
-                    version,
-                } => {
-                    chart_repo::build(self, spec, url, chart, version.as_deref(), &repository).await
-                }
+        let result = match component.check() {
+            Err(reason) => Err(BuildError::InvalidComponent {
+                component: component.name.to_string(),
+                reason,
+            }),
+            Ok(()) => match component.kind.git_source() {
+                Some(git) => self.build_from_git(spec, git, &repository).await,
+                None => self.build_kind(spec, &repository).await,
             },
-            ComponentKind::OpentofuModule { dir } => {
-                tofu::build(self, spec, dir, &repository).await
-            }
-            ComponentKind::DockerBuild {
-                context,
-                dockerfile,
-            } => docker::build(self, spec, context, dockerfile, &repository).await,
         };
         match &result {
             Ok(a) => tracing::info!(build_id = %spec.build_id, digest = %a.digest,
@@ -231,6 +273,100 @@ impl ArtifactBuilder {
             Err(e) => tracing::warn!(build_id = %spec.build_id, error = %e, "build failed"),
         }
         result
+    }
+
+    /// The kind's build over this builder's app root.
+    async fn build_kind(
+        &self,
+        spec: &BuildSpec,
+        repository: &Repository,
+    ) -> Result<BuiltArtifact, BuildError> {
+        match &spec.component.kind {
+            ComponentKind::Image { source } => image::build(self, spec, source, repository).await,
+            ComponentKind::HelmChart {
+                chart,
+                images,
+                discover_images,
+                values,
+                ..
+            } => {
+                let built = match chart {
+                    ChartSource::Dir { path } => helm::build(self, spec, path, repository).await,
+                    ChartSource::Repo {
+                        url,
+                        chart,
+                        version,
+                    } => {
+                        chart_repo::build(self, spec, url, chart, version.as_deref(), repository)
+                            .await
+                    }
+                };
+                let want = chart_images::ImagesSpec {
+                    images,
+                    discover: *discover_images,
+                    values: values.as_ref(),
+                };
+                chart_images::bundle(self, spec, built?, want).await
+            }
+            ComponentKind::OpentofuModule { dir, .. } => {
+                tofu::build(self, spec, dir, repository).await
+            }
+            ComponentKind::DockerBuild {
+                context,
+                dockerfile,
+                ..
+            } => docker::build(self, spec, context, dockerfile, repository).await,
+        }
+    }
+
+    /// A build of a component with its own git source: the ref (the request's, else the
+    /// component's) is checked out into a temp dir (unless `checked_out` says the app root
+    /// already is that checkout), `path` inside it becomes the app root, and the artifact
+    /// records the commit (build record and `org.opencontainers.image.revision`/`.source`).
+    async fn build_from_git(
+        &self,
+        spec: &BuildSpec,
+        git_source: &ferry_core::domain::GitSource,
+        repository: &Repository,
+    ) -> Result<BuiltArtifact, BuildError> {
+        let component = &spec.component;
+        let mut tmp = None;
+        let (root, commit) = match &self.inner.config.checked_out {
+            Some(commit) => (self.inner.config.app_root.clone(), commit.clone()),
+            None => {
+                let dir = self.temp_dir("ferry-git-")?;
+                let reference = git_source.effective_ref(&spec.source_ref);
+                let checkout = git::checkout(
+                    component.name.as_str(),
+                    &git_source.git,
+                    reference,
+                    &dir.path().join("src"),
+                )
+                .await?;
+                tracing::info!(build_id = %spec.build_id, reference, commit = %checkout.commit,
+                    "source checked out");
+                tmp = Some(dir);
+                (checkout.dir, checkout.commit)
+            }
+        };
+        let root_builder = self.for_checkout(root, Default::default());
+        let app_root = match git_source.path.as_deref().map(str::trim) {
+            None | Some("") | Some(".") => root_builder.config().app_root.clone(),
+            Some(p) => root_builder.resolve_dir(component, "source path", p)?,
+        };
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(ANNOTATION_REVISION.to_string(), commit.clone());
+        annotations.insert(
+            ANNOTATION_SOURCE.to_string(),
+            git::redact(&git_source.git).replace("***@", ""),
+        );
+        let b = self.for_checkout(app_root, annotations);
+        let result = b.build_kind(spec, repository).await;
+        drop(tmp);
+        result.map(|mut a| {
+            a.revision = Some(commit);
+            a
+        })
     }
 
     /// A component path resolved under the app root; absolute paths and `..` are refused so a
@@ -380,6 +516,7 @@ impl ArtifactBuilder {
             media_type: desc.media_type,
             size: desc.size,
             tags,
+            revision: None,
         })
     }
 }

@@ -20,9 +20,6 @@ use ferry_oci::{CopyEngine, CopyOptions, Digest, Reference, RegistryRef, RepoRef
 use crate::error::BuildError;
 use crate::ArtifactBuilder;
 
-/// The cosign tag suffixes that travel with an image.
-pub const COSIGN_TAG_SUFFIXES: &[&str] = &["sig", "att", "sbom"];
-
 /// Resolves a registry `source` to its digest and verifies it against `policy`; returns the
 /// source pinned to that digest. A layout source is verified the same way once pushed (the
 /// caller does that); here only registry sources are resolved.
@@ -85,45 +82,12 @@ pub(crate) async fn copy_cosign_tags(
     let Reference::Registry(r) = source else {
         return Ok(Vec::new());
     };
-    let oci = |e| BuildError::Oci {
-        component: component.name.to_string(),
-        source: e,
-    };
-    let base = cosign::signature_tag(digest);
-    let stem = base.trim_end_matches(".sig");
     let dest_repo = RepoRef::new(b.inner.config.registry.clone(), repository.as_str());
     let engine = CopyEngine::new(b.inner.client.clone(), CopyOptions::default());
-    let mut copied = Vec::new();
-    for suffix in COSIGN_TAG_SUFFIXES {
-        let tag = format!("{stem}.{suffix}");
-        if b.inner
-            .client
-            .head_manifest(&r.repo, &tag)
-            .await
-            .map_err(oci)?
-            .is_none()
-        {
-            continue;
-        }
-        let from = Reference::Registry(RegistryRef {
-            repo: r.repo.clone(),
-            tag: Some(tag.clone()),
-            digest: None,
-        });
-        let to = Reference::Registry(RegistryRef {
-            repo: dest_repo.clone(),
-            tag: Some(tag.clone()),
-            digest: None,
-        });
-        engine
-            .copy(
-                &from,
-                &[to],
-                std::sync::Arc::new(ferry_oci::progress::NoProgress),
-            )
-            .await
-            .map_err(oci)?;
-        copied.push(tag);
-    }
-    Ok(copied)
+    cosign::copy_tag_scheme(&engine, &b.inner.client, &r.repo, &dest_repo, digest)
+        .await
+        .map_err(|e| BuildError::Oci {
+            component: component.name.to_string(),
+            source: e,
+        })
 }

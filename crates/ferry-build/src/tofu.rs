@@ -7,7 +7,6 @@
 //! directories are left out: they are local state, not module source. This module must never
 //! load the archive into memory.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -59,7 +58,7 @@ pub(crate) async fn build(
         Some(OPENTOFU_MODULE_ARTIFACT),
         &config,
         &[layer],
-        &BTreeMap::new(),
+        b.source_annotations(),
     )
     .await
     .map_err(oci)?;

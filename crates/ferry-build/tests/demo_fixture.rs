@@ -1,12 +1,22 @@
 //! The demo's checked-in base image is exactly what the generator makes, so its digest is
 //! stable. Regenerate with `FERRY_REGENERATE_DEMO=1 cargo test -p ferry-build --test demo_fixture`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 #[test]
 fn checked_in_base_image_matches_the_generator() {
-    let dir = common::demo_root().join("base-image");
-    let files = common::base_image_files();
+    check_layout("base-image", common::base_image_files());
+}
+
+#[test]
+fn checked_in_sidecar_image_matches_the_generator() {
+    check_layout("sidecar-image", common::sidecar_image_files());
+}
+
+fn check_layout(name: &str, files: Vec<(String, Vec<u8>)>) {
+    let dir = common::demo_root().join(name);
     if std::env::var_os("FERRY_REGENERATE_DEMO").is_some() {
         let _ = std::fs::remove_dir_all(&dir);
         for (rel, bytes) in &files {
@@ -54,7 +64,13 @@ fn demo_app_file_lists_one_component_of_each_kind() {
     kinds.sort();
     assert_eq!(
         kinds,
-        ["docker-build", "helm-chart", "image", "opentofu-module"]
+        [
+            "docker-build",
+            "helm-chart",
+            "helm-chart",
+            "image",
+            "opentofu-module"
+        ]
     );
     assert_eq!(app.app.as_str(), "demo");
 }

@@ -71,6 +71,7 @@ async fn a_failing_dockerfile_reports_buildah_stderr() {
     s.component.kind = ferry_core::domain::ComponentKind::DockerBuild {
         context: "ctx".into(),
         dockerfile: "Dockerfile".into(),
+        source: None,
     };
     let e = env.builder.build(&s).await.unwrap_err();
     if !buildah_installed() {
@@ -88,6 +89,7 @@ async fn a_failing_dockerfile_reports_buildah_stderr() {
     s.component.kind = ferry_core::domain::ComponentKind::DockerBuild {
         context: "ctx".into(),
         dockerfile: "Containerfile".into(),
+        source: None,
     };
     let e = env.builder.build(&s).await.unwrap_err();
     assert!(

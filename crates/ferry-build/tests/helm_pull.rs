@@ -135,13 +135,11 @@ async fn chart_repo() -> ChartRepo {
 fn repo_component(url: &str, chart: &str, version: Option<&str>, repository: &str) -> BuildSpec {
     let app = common::demo();
     let mut component = app.component("chart").unwrap().clone();
-    component.kind = ComponentKind::HelmChart {
-        chart: ChartSource::Repo {
-            url: url.into(),
-            chart: chart.into(),
-            version: version.map(str::to_string),
-        },
-    };
+    component.kind = ComponentKind::helm_chart(ChartSource::Repo {
+        url: url.into(),
+        chart: chart.into(),
+        version: version.map(str::to_string),
+    });
     component.repository = Repository::new(repository).unwrap();
     BuildSpec {
         build_id: BuildId::new("b-chart-repo-1").unwrap(),

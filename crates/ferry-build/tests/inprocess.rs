@@ -59,11 +59,10 @@ async fn a_failed_build_is_published_with_its_error() {
     let bus = MemBus::default();
     let builder = InProcessBuilder::new(env.builder.clone(), Arc::new(bus.clone()));
     let mut s = spec(&app, "chart", "b-inproc-bad");
-    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
-        chart: ferry_core::domain::ChartSource::Dir {
+    s.component.kind =
+        ferry_core::domain::ComponentKind::helm_chart(ferry_core::domain::ChartSource::Dir {
             path: "does-not-exist".into(),
-        },
-    };
+        });
     builder.start(&s).await.unwrap();
     let done = builder.wait(&s.build_id).await.unwrap();
     assert_eq!(done.status, BuildOutcome::Failed);

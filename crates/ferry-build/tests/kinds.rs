@@ -255,11 +255,10 @@ async fn bad_input_gets_errors_that_name_it() {
 
     // A directory without Chart.yaml.
     let mut s = chart.clone();
-    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
-        chart: ferry_core::domain::ChartSource::Dir {
+    s.component.kind =
+        ferry_core::domain::ComponentKind::helm_chart(ferry_core::domain::ChartSource::Dir {
             path: "module".into(),
-        },
-    };
+        });
     let e = env.builder.build(&s).await.unwrap_err();
     assert!(matches!(e, BuildError::NotAChart { .. }), "{e:?}");
     let msg = e.to_string();
@@ -272,6 +271,7 @@ async fn bad_input_gets_errors_that_name_it() {
     let mut s = spec(&app, "module", "bad-2");
     s.component.kind = ferry_core::domain::ComponentKind::OpentofuModule {
         dir: "no/such/dir".into(),
+        source: None,
     };
     let e = env.builder.build(&s).await.unwrap_err();
     assert!(matches!(e, BuildError::SourceMissing { .. }), "{e:?}");
@@ -280,6 +280,7 @@ async fn bad_input_gets_errors_that_name_it() {
     // A path escaping the app root.
     s.component.kind = ferry_core::domain::ComponentKind::OpentofuModule {
         dir: "../../crates".into(),
+        source: None,
     };
     let e = env.builder.build(&s).await.unwrap_err();
     assert!(matches!(e, BuildError::InvalidPath { .. }), "{e:?}");
@@ -307,9 +308,10 @@ async fn bad_input_gets_errors_that_name_it() {
     std::fs::write(dir.path().join("c/Chart.yaml"), "apiVersion: v2\nname: c\n").unwrap();
     let env2 = common::env_with_root(dir.path().to_path_buf()).await;
     let mut s = chart.clone();
-    s.component.kind = ferry_core::domain::ComponentKind::HelmChart {
-        chart: ferry_core::domain::ChartSource::Dir { path: "c".into() },
-    };
+    s.component.kind =
+        ferry_core::domain::ComponentKind::helm_chart(ferry_core::domain::ChartSource::Dir {
+            path: "c".into(),
+        });
     let e = env2.builder.build(&s).await.unwrap_err();
     assert!(e.to_string().contains("version is required"), "{e}");
 
@@ -542,4 +544,198 @@ async fn a_git_source_is_fetched_at_a_ref_and_names_its_commit() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("starts with '-'"), "{e}");
+}
+
+// ---- signature policy ------------------------------------------------------------------------------
+
+/// Signs `subject` with tests/cosign/sign.py (an independent implementation of cosign's format).
+fn cosign_sign(subject: &str, reference: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/cosign/sign.py");
+    let out = std::process::Command::new("python3")
+        .args([script, subject, reference])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Pushes one of sign.py's signature manifests (`good` or `tampered`) under `tag` in `repo`.
+async fn push_signature(env: &common::Env, repo: &str, tag: &str, sig: &serde_json::Value) {
+    use base64::Engine as _;
+    for b in sig["blobs"].as_array().unwrap() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b["b64"].as_str().unwrap())
+            .unwrap();
+        put_blob(env, repo, bytes).await;
+    }
+    let manifest = sig["manifest"].as_str().unwrap().as_bytes().to_vec();
+    put_manifest(env, repo, tag, manifest, OCI_MANIFEST).await;
+}
+
+fn with_policy(mut spec: ferry_core::ports::BuildSpec, key: &str) -> ferry_core::ports::BuildSpec {
+    spec.component.verify = Some(ferry_core::domain::VerifyPolicy {
+        keys: vec![key.to_string()],
+        require: ferry_core::domain::KeyRequirement::Any,
+    });
+    spec
+}
+
+#[tokio::test]
+async fn a_signature_policy_refuses_missing_wrong_and_tampered_signatures_and_imports_a_good_one() {
+    let env = env().await;
+    let app = common::demo();
+    // The "external" image, in three upstream repositories of the registry.
+    let mut digest = None;
+    for repo in ["up/unsigned", "up/tampered", "up/good"] {
+        let mut s = spec(&app, "base", &format!("b-{}", repo.replace('/', "-")));
+        s.component.repository = ferry_core::id::Repository::new(repo).unwrap();
+        digest = Some(env.builder.build(&s).await.unwrap().digest);
+    }
+    let subject: ferry_oci::Digest = digest.unwrap().as_str().parse().unwrap();
+    let host = env.registry.host();
+    let signed = cosign_sign(subject.as_str(), &format!("{host}/vendor/up/good"));
+    let key = signed["public_key"].as_str().unwrap();
+    let other = signed["other_public_key"].as_str().unwrap();
+    let sig_tag = ferry_oci::cosign::signature_tag(&subject);
+    push_signature(&env, "vendor/up/good", &sig_tag, &signed["good"]).await;
+    push_signature(&env, "vendor/up/tampered", &sig_tag, &signed["tampered"]).await;
+
+    let refused = [
+        ("up/unsigned", key, "has no cosign signature"),
+        ("up/good", other, "no valid signature by a policy key"),
+        ("up/tampered", key, "does not verify"),
+    ];
+    for (i, (repo, k, why)) in refused.into_iter().enumerate() {
+        let source = format!("{host}/vendor/{repo}:b-{}", repo.replace('/', "-"));
+        let build_id = format!("b-refused-{i}");
+        let s = with_policy(image_spec(&source, "demo/signed", &build_id), k);
+        let result = env.builder.build(&s).await;
+        let e = result.as_ref().unwrap_err();
+        assert!(
+            matches!(e, BuildError::PolicyFailed { .. }),
+            "{repo}: {e:?}"
+        );
+        // The build record says why.
+        let completed = ferry_build::BuiltArtifact::completed(&s.build_id, &result);
+        let error = completed.error.unwrap();
+        assert!(error.contains("signature policy not met"), "{error}");
+        assert!(error.contains(why), "{repo}: {error}");
+    }
+    // Nothing was imported for any of them.
+    let tags = env
+        .client
+        .list_tags(&env.repo("vendor/demo/signed"))
+        .await
+        .unwrap_or_default();
+    assert!(tags.is_empty(), "{tags:?}");
+
+    // A good signature passes; the image and its signature are in the vendor repository.
+    let source = format!("{host}/vendor/up/good:b-up-good");
+    let built = env
+        .builder
+        .build(&with_policy(
+            image_spec(&source, "demo/signed", "b-good"),
+            key,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(built.digest.as_str(), subject.as_str());
+    let dest = env.repo("vendor/demo/signed");
+    let policy = ferry_oci::cosign::Policy::from_pems([key], false).unwrap();
+    ferry_oci::cosign::verify(&env.client, &dest, &subject, &policy)
+        .await
+        .expect("the signature travelled with the image");
+
+    // A policy on a kind Ferry builds itself is refused before anything runs.
+    let mut s = spec(&app, "module", "b-mod-policy");
+    s.component.verify = Some(ferry_core::domain::VerifyPolicy {
+        keys: vec![key.to_string()],
+        require: ferry_core::domain::KeyRequirement::Any,
+    });
+    let e = env.builder.build(&s).await.unwrap_err().to_string();
+    assert!(e.contains("image components only"), "{e}");
+}
+
+// ---- builds from git ------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_module_builds_from_its_git_repository_at_two_refs_with_the_commit_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(work.join("infra/module")).unwrap();
+    sh_git(&work, &["init", "-q", "-b", "main"]);
+    std::fs::write(work.join("infra/module/main.tf"), "# one\n").unwrap();
+    sh_git(&work, &["add", "."]);
+    sh_git(&work, &["commit", "-q", "-m", "one"]);
+    sh_git(&work, &["tag", "v1"]);
+    let first = sh_git(&work, &["rev-parse", "HEAD"]);
+    std::fs::write(work.join("infra/module/main.tf"), "# two\n").unwrap();
+    sh_git(&work, &["commit", "-q", "-am", "two"]);
+    let second = sh_git(&work, &["rev-parse", "HEAD"]);
+    let bare = tmp.path().join("repo.git");
+    sh_git(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            bare.to_str().unwrap(),
+        ],
+    );
+    let url = format!("file://{}", bare.display());
+
+    // The app root is not the repository: the component names its own.
+    let env = env().await;
+    let app = common::demo();
+    let mut s = spec(&app, "module", "b-git-1");
+    s.component.kind = ferry_core::domain::ComponentKind::OpentofuModule {
+        dir: "module".into(),
+        source: Some(ferry_core::domain::GitSource {
+            git: url.clone(),
+            reference: Some("v1".into()),
+            path: Some("infra".into()),
+        }),
+    };
+    s.source_ref = String::new();
+    let at_v1 = env.builder.build(&s).await.unwrap();
+    assert_eq!(at_v1.revision.as_deref(), Some(first.as_str()));
+    // The request's ref overrides the component's.
+    s.build_id = ferry_core::id::BuildId::new("b-git-2").unwrap();
+    s.source_ref = "main".into();
+    let at_main = env.builder.build(&s).await.unwrap();
+    assert_eq!(at_main.revision.as_deref(), Some(second.as_str()));
+    assert_ne!(at_v1.digest, at_main.digest, "two commits, two artifacts");
+
+    for (built, commit) in [(&at_v1, &first), (&at_main, &second)] {
+        let m = env
+            .manifest_json("vendor/demo/module", built.digest.as_str())
+            .await;
+        let a = &m["annotations"];
+        assert_eq!(
+            a["org.opencontainers.image.revision"],
+            commit.as_str(),
+            "{m}"
+        );
+        assert_eq!(a["org.opencontainers.image.source"], url.as_str(), "{m}");
+        // The build record gets the commit through build.completed.
+        let completed = ferry_build::BuiltArtifact::completed(&s.build_id, &Ok(built.clone()));
+        assert_eq!(completed.revision.as_deref(), Some(commit.as_str()));
+    }
+    // Building the same commit again gives the same digest.
+    s.build_id = ferry_core::id::BuildId::new("b-git-3").unwrap();
+    s.source_ref = first.clone();
+    assert_eq!(env.builder.build(&s).await.unwrap().digest, at_v1.digest);
+
+    // A source path escaping the checkout is refused.
+    if let ferry_core::domain::ComponentKind::OpentofuModule { source, .. } = &mut s.component.kind
+    {
+        source.as_mut().unwrap().path = Some("../..".into());
+    }
+    let e = env.builder.build(&s).await.unwrap_err();
+    assert!(matches!(e, BuildError::InvalidPath { .. }), "{e:?}");
 }

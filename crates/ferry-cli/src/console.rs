@@ -24,8 +24,10 @@ use ferry_local::store::SqliteStore;
 
 use crate::context::Backend;
 
-/// An agent with work older than this and no word since is shown as stale.
-pub const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+/// An agent not heard from (heartbeat or report) for this long is stale
+/// (`ferry_core::telemetry::liveness`, the one rule).
+pub const STALE_AFTER: Duration =
+    Duration::from_millis(ferry_core::telemetry::DEFAULT_STALE_AFTER_MS);
 
 #[derive(Args, Debug)]
 pub struct ConsoleArgs {
@@ -100,7 +102,8 @@ fn release_err(e: impl std::fmt::Display) -> SourceError {
     }
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in unix ms (for "ago" and staleness in views).
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -147,11 +150,8 @@ impl ConsoleSource for BackendSource {
         let mut rows = Vec::with_capacity(installs.len());
         for i in installs.iter().take(ferry_core::manage::MAX_LISTING) {
             let st = port!(self, m => m.install_status(&i.id).await).map_err(manage_err)?;
-            // Work waiting longer than STALE_AFTER with no word from the agent since.
-            let stale = st.last_sync.as_ref().is_some_and(|s| {
-                matches!(s.status(), JobStatus::Queued | JobStatus::Running)
-                    && now.saturating_sub(s.state.updated_at) > STALE_AFTER.as_millis() as u64
-            });
+            // The one rule: no heartbeat or report within STALE_AFTER.
+            let stale = st.liveness(now, STALE_AFTER.as_millis() as u64).is_stale();
             let mut components = Vec::new();
             for c in &i.components {
                 let builds = port!(self, m => m.list_builds(&BuildFilter {
@@ -186,8 +186,8 @@ impl ConsoleSource for BackendSource {
                 id: i.id.to_string(),
                 app: i.app.to_string(),
                 last_seen: st.last_seen,
-                agent_version: None,
-                health: None,
+                agent_version: st.telemetry.as_ref().map(|t| t.agent_version.clone()),
+                health: st.telemetry.as_ref().map(|t| t.health.clone()),
                 stale,
                 components,
             });

@@ -220,7 +220,8 @@ pub struct AddArgs {
     /// A deployed vendor stack.
     #[arg(long, requires = "stack")]
     aws: bool,
-    /// The vendor stack's name (what `sam deploy` was given).
+    /// The vendor stack's name (what `sam deploy` was given). Its outputs are read once with
+    /// CloudFormation DescribeStacks; the flags below override them.
     #[arg(long)]
     stack: Option<String>,
     #[arg(long)]
@@ -248,8 +249,8 @@ pub struct AddArgs {
     /// Stack output PullRoleArn.
     #[arg(long)]
     pull_role_arn: Option<String>,
-    /// Stack output VendorKeySecretArn: read once to learn the vendor key's public half
-    /// (only that is kept), which registrations hand to agents.
+    /// Stack output VendorKeySecretArn (default: the stack's): read once to learn the vendor
+    /// key's public half (only that is kept), which registrations hand to agents.
     #[arg(long, conflicts_with = "vendor_public_key")]
     vendor_key_secret_arn: Option<String>,
     /// The vendor key's public half (ferry-vendor-ed25519:…), if you have it instead.
@@ -257,13 +258,33 @@ pub struct AddArgs {
     vendor_public_key: Option<String>,
 }
 
-fn need(v: Option<String>, flag: &str, output: &str) -> Result<String> {
-    match v {
+/// A flag's value, else the stack output of that name, else an error naming both.
+fn need(
+    v: Option<String>,
+    outputs: &BTreeMap<String, String>,
+    flag: &str,
+    output: &str,
+) -> Result<String> {
+    match v.or_else(|| outputs.get(output).cloned()) {
         Some(s) if !s.trim().is_empty() => Ok(s),
         _ => bail!(
-            "--aws needs {flag} (the vendor stack's {output} output, printed by `sam deploy`)"
+            "--aws needs {flag}: the vendor stack has no {output} output (is --stack the Ferry \
+             vendor stack?); pass {flag} with the value `sam deploy` printed"
         ),
     }
+}
+
+/// The flags that name stack outputs a context must have.
+fn all_required_flags(a: &AddArgs) -> bool {
+    [
+        &a.table,
+        &a.bus,
+        &a.queue_prefix,
+        &a.report_queue_url,
+        &a.vendor_registry,
+    ]
+    .iter()
+    .all(|v| v.as_deref().is_some_and(|s| !s.trim().is_empty()))
 }
 
 pub async fn run(cmd: ContextCommand) -> Result<()> {
@@ -278,37 +299,60 @@ pub async fn run(cmd: ContextCommand) -> Result<()> {
                 let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
                 ContextTarget::Local { state_dir: dir }
             } else if a.aws {
-                let stack = need(a.stack, "--stack", "stack name")?;
+                let stack = match a.stack.clone() {
+                    Some(s) if !s.trim().is_empty() => s,
+                    _ => bail!("--aws needs --stack NAME (the vendor stack `sam deploy` created)"),
+                };
                 let mut ctx = AwsContext {
-                    region: a.region,
-                    profile: a.profile,
-                    endpoint_url: a.endpoint_url,
-                    table: need(a.table, "--table", "JobTableName")?,
-                    bus: need(a.bus, "--bus", "EventBusName")?,
-                    install_queue_prefix: need(
-                        a.queue_prefix,
-                        "--queue-prefix",
-                        "InstallQueuePrefix",
-                    )?,
-                    report_queue_url: need(
-                        a.report_queue_url,
-                        "--report-queue-url",
-                        "ReportQueueUrl",
-                    )?,
-                    vendor_registry: need(
-                        a.vendor_registry,
-                        "--vendor-registry",
-                        "VendorRegistry",
-                    )?,
-                    vendor_public_key: a.vendor_public_key,
-                    pull_role_arn: a.pull_role_arn,
+                    region: a.region.clone(),
+                    profile: a.profile.clone(),
+                    endpoint_url: a.endpoint_url.clone(),
+                    table: String::new(),
+                    bus: String::new(),
+                    install_queue_prefix: String::new(),
+                    report_queue_url: String::new(),
+                    vendor_registry: String::new(),
+                    vendor_public_key: None,
+                    pull_role_arn: None,
                     stack,
                 };
-                if let Some(k) = &ctx.vendor_public_key {
+                // The stack's outputs, read once, unless every needed one came as a flag.
+                let outputs = if all_required_flags(&a) {
+                    BTreeMap::new()
+                } else {
+                    stack_outputs(&ctx).await?
+                };
+                ctx.table = need(a.table, &outputs, "--table", out::TABLE)?;
+                ctx.bus = need(a.bus, &outputs, "--bus", out::BUS)?;
+                ctx.install_queue_prefix = need(
+                    a.queue_prefix,
+                    &outputs,
+                    "--queue-prefix",
+                    out::QUEUE_PREFIX,
+                )?;
+                ctx.report_queue_url = need(
+                    a.report_queue_url,
+                    &outputs,
+                    "--report-queue-url",
+                    out::REPORT_QUEUE_URL,
+                )?;
+                ctx.vendor_registry = need(
+                    a.vendor_registry,
+                    &outputs,
+                    "--vendor-registry",
+                    out::VENDOR_REGISTRY,
+                )?;
+                ctx.pull_role_arn = a
+                    .pull_role_arn
+                    .or_else(|| outputs.get(out::PULL_ROLE_ARN).cloned());
+                if let Some(k) = &a.vendor_public_key {
                     ferry_core::trust::check_vendor_public_key(k)
                         .context("--vendor-public-key is not a vendor public key")?;
-                }
-                if let Some(arn) = a.vendor_key_secret_arn {
+                    ctx.vendor_public_key = Some(k.clone());
+                } else if let Some(arn) = a
+                    .vendor_key_secret_arn
+                    .or_else(|| outputs.get(out::VENDOR_KEY_SECRET_ARN).cloned())
+                {
                     ctx.vendor_public_key = Some(vendor_public_key(&ctx, &arn).await?);
                 }
                 ContextTarget::Aws(Box::new(ctx))
@@ -379,6 +423,51 @@ pub async fn run(cmd: ContextCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The vendor stack's output names (one definition: ferry-aws's, checked against template.yaml).
+#[cfg(feature = "aws")]
+mod out {
+    pub use ferry_aws::stack::{
+        OUTPUT_BUS as BUS, OUTPUT_INSTALL_QUEUE_PREFIX as QUEUE_PREFIX,
+        OUTPUT_PULL_ROLE_ARN as PULL_ROLE_ARN, OUTPUT_REPORT_QUEUE_URL as REPORT_QUEUE_URL,
+        OUTPUT_TABLE as TABLE, OUTPUT_VENDOR_KEY_SECRET_ARN as VENDOR_KEY_SECRET_ARN,
+        OUTPUT_VENDOR_REGISTRY as VENDOR_REGISTRY,
+    };
+}
+
+#[cfg(not(feature = "aws"))]
+mod out {
+    pub const BUS: &str = "EventBusName";
+    pub const QUEUE_PREFIX: &str = "InstallQueuePrefix";
+    pub const PULL_ROLE_ARN: &str = "PullRoleArn";
+    pub const REPORT_QUEUE_URL: &str = "ReportQueueUrl";
+    pub const TABLE: &str = "JobTableName";
+    pub const VENDOR_KEY_SECRET_ARN: &str = "VendorKeySecretArn";
+    pub const VENDOR_REGISTRY: &str = "VendorRegistry";
+}
+
+/// The stack's outputs (CloudFormation DescribeStacks, once).
+#[cfg(feature = "aws")]
+async fn stack_outputs(ctx: &AwsContext) -> Result<BTreeMap<String, String>> {
+    let config = sdk_config(ctx).await;
+    ferry_aws::stack::describe_outputs(&config, &ctx.stack)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the outputs of stack {} (or pass --table, --bus, --queue-prefix, \
+                 --report-queue-url and --vendor-registry)",
+                ctx.stack
+            )
+        })
+}
+
+#[cfg(not(feature = "aws"))]
+async fn stack_outputs(ctx: &AwsContext) -> Result<BTreeMap<String, String>> {
+    bail!(
+        "this ferry was built without the `aws` feature: pass the outputs of stack {} as flags",
+        ctx.stack
+    )
 }
 
 #[cfg(feature = "aws")]

@@ -435,6 +435,23 @@ impl Output {
             })
             .collect();
         state::print_table(&["COMPONENT", "KIND", "BUILD", "DIGEST", "SYNCED"], &rows);
+        // A chart bundle (a helm-chart built as an index): the chart and its images, as one.
+        for b in &snap.builds {
+            let kind = snap.kinds.get(&(b.app.clone(), b.component.clone()));
+            if let (Some(&"helm-chart"), Some(a)) = (kind, &b.artifact) {
+                if a.media_type == ferry_oci::media::OCI_INDEX {
+                    let repo = a.repository.as_str();
+                    let repo = repo.strip_prefix("vendor/").unwrap_or(repo);
+                    println!(
+                        "\n  {}: the chart and the images it runs, synced as one; each install's \
+                         values override (images at its own registry, by digest): \
+                         installs/<install>/{repo}:{}",
+                        b.component,
+                        ferry_oci::chart_bundle::values_tag(&a.digest)
+                    );
+                }
+            }
+        }
         for b in &failed {
             println!(
                 "\n  build of {} {}: {}",

@@ -3,6 +3,7 @@
 //!
 //! It must never print a credential, and never exit 0 after a failure.
 
+mod bundle;
 mod console;
 mod context;
 mod copy;
@@ -95,6 +96,16 @@ enum Command {
         #[command(subcommand)]
         command: release::ReleaseCommand,
     },
+    /// Air-gapped installs: export a signed bundle of a release or builds.
+    Bundle {
+        #[command(subcommand)]
+        command: bundle::BundleCommand,
+    },
+    /// Air-gapped installs: record the receipts an install's agent wrote on import.
+    Receipts {
+        #[command(subcommand)]
+        command: bundle::ReceiptsCommand,
+    },
     /// Pull grants: the incident kill switch.
     Grants {
         #[command(subcommand)]
@@ -154,6 +165,8 @@ fn main() -> ExitCode {
             Command::Release { command } => release::run(command, ctx).await,
             Command::Console(args) => console::run(args, ctx).await,
             Command::Grants { command } => grants::run(command).await,
+            Command::Bundle { command } => bundle::bundle(command, ctx).await,
+            Command::Receipts { command } => bundle::receipts(command, ctx).await,
             Command::Image { command } => image::run(command).await,
         }
     });

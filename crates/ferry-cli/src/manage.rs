@@ -11,7 +11,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use ferry_core::domain::{ChartSource, Component, ComponentKind, RegistryTarget};
+use ferry_core::domain::{
+    ChartSource, Component, ComponentKind, GitSource, KeyRequirement, RegistryTarget, VerifyPolicy,
+};
 use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, Repository};
 use ferry_core::manage::{
     AppRecord, BuildFilter, InstallRegistration, Management, Registration, SyncFilter,
@@ -105,6 +107,8 @@ pub enum ComponentCommand {
         #[arg(long)]
         subscribe_all: bool,
         #[command(flatten)]
+        extras: Box<ComponentExtras>,
+        #[command(flatten)]
         common: StateArgs,
     },
     /// List components (of one app, or all).
@@ -113,6 +117,78 @@ pub enum ComponentCommand {
         #[command(flatten)]
         common: StateArgs,
     },
+}
+
+/// A component's own git source and its signature policy.
+#[derive(Args, Debug, Default)]
+pub struct ComponentExtras {
+    /// docker-build, helm-chart (directory), opentofu-module: the component's own git
+    /// repository (https, ssh, git or file URL); its paths are then relative to it.
+    #[arg(long)]
+    git: Option<String>,
+    /// With --git: the ref to build by default (a branch, tag or commit; `ferry build request
+    /// --ref` overrides it). Default: the repository's HEAD.
+    #[arg(long, requires = "git")]
+    git_ref: Option<String>,
+    /// With --git: the directory inside the repository that the component's paths are
+    /// relative to.
+    #[arg(long, requires = "git")]
+    git_path: Option<String>,
+    /// image: a cosign public key file (PEM, ECDSA P-256, `cosign.pub`) whose signature the
+    /// image must carry before it is imported and before any install takes it. Repeatable.
+    #[arg(long = "verify-key", value_name = "FILE")]
+    verify_keys: Vec<PathBuf>,
+    /// With --verify-key: whether a signature by any one key suffices, or every key must sign.
+    #[arg(long, value_enum, default_value = "any", requires = "verify_keys")]
+    verify_require: Require,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, Default)]
+pub enum Require {
+    #[default]
+    Any,
+    All,
+}
+
+impl ComponentExtras {
+    fn git_source(&self) -> Option<GitSource> {
+        self.git.as_ref().map(|url| GitSource {
+            git: url.clone(),
+            reference: self.git_ref.clone(),
+            path: self.git_path.clone(),
+        })
+    }
+
+    /// The policy from the key files, each checked to be a key cosign verifies with.
+    fn policy(&self) -> Result<Option<VerifyPolicy>> {
+        if self.verify_keys.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = Vec::with_capacity(self.verify_keys.len());
+        for path in &self.verify_keys {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("--verify-key {}: cannot read it", path.display()))?;
+            if meta.len() > ferry_core::domain::MAX_POLICY_KEY_BYTES as u64 {
+                bail!(
+                    "--verify-key {}: {} bytes is not a public key file (cosign.pub is under 1 KiB)",
+                    path.display(),
+                    meta.len()
+                );
+            }
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("--verify-key {}: cannot read it", path.display()))?;
+            ferry_oci::cosign::PublicKey::from_pem(&pem)
+                .with_context(|| format!("--verify-key {}", path.display()))?;
+            keys.push(pem);
+        }
+        Ok(Some(VerifyPolicy {
+            keys,
+            require: match self.verify_require {
+                Require::Any => KeyRequirement::Any,
+                Require::All => KeyRequirement::All,
+            },
+        }))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,9 +260,11 @@ pub enum BuildCommand {
     Request {
         app: String,
         component: String,
-        /// The source ref to build.
-        #[arg(long = "ref", default_value = "dev")]
-        source_ref: String,
+        /// The source ref to build: for a component with its own git repository, the branch,
+        /// tag or commit (overriding the component's ref); for an image without a tag, the tag.
+        /// Default: the component's own (its git ref, the image's tag as written).
+        #[arg(long = "ref")]
+        source_ref: Option<String>,
         #[command(flatten)]
         common: StateArgs,
     },
@@ -320,53 +398,66 @@ pub async fn app(cmd: AppCommand, ctx: Option<&str>) -> Result<()> {
 }
 
 pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
-    let (app, name, kind, source, context, dockerfile, dir, repository, subscribe_all, common) =
-        match cmd {
-            ComponentCommand::List { app, common } => {
-                let backend = common.open(ctx).await?;
-                let app = app.as_deref().map(app_name).transpose()?;
-                let comps = with_backend!(&backend, m => m.list_components(app.as_ref()).await)?;
-                if common.json {
-                    println!("{}", serde_json::to_string_pretty(&comps)?);
-                } else {
-                    let rows: Vec<Vec<String>> = comps
-                        .iter()
-                        .map(|c| {
-                            vec![
-                                format!("{}/{}", c.app, c.name),
-                                c.kind.name().to_string(),
-                                c.repository.to_string(),
-                            ]
-                        })
-                        .collect();
-                    print_table(&["COMPONENT", "KIND", "REPOSITORY"], &rows);
-                }
-                return Ok(());
+    let (
+        app,
+        name,
+        kind,
+        source,
+        context,
+        dockerfile,
+        dir,
+        repository,
+        subscribe_all,
+        extras,
+        common,
+    ) = match cmd {
+        ComponentCommand::List { app, common } => {
+            let backend = common.open(ctx).await?;
+            let app = app.as_deref().map(app_name).transpose()?;
+            let comps = with_backend!(&backend, m => m.list_components(app.as_ref()).await)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&comps)?);
+            } else {
+                let rows: Vec<Vec<String>> = comps
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            format!("{}/{}", c.app, c.name),
+                            c.kind.name().to_string(),
+                            c.repository.to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["COMPONENT", "KIND", "REPOSITORY"], &rows);
             }
-            ComponentCommand::Add {
-                app,
-                name,
-                kind,
-                source,
-                build_context,
-                dockerfile,
-                dir,
-                repository,
-                subscribe_all,
-                common,
-            } => (
-                app,
-                name,
-                kind,
-                source,
-                build_context,
-                dockerfile,
-                dir,
-                repository,
-                subscribe_all,
-                common,
-            ),
-        };
+            return Ok(());
+        }
+        ComponentCommand::Add {
+            app,
+            name,
+            kind,
+            source,
+            build_context,
+            dockerfile,
+            dir,
+            repository,
+            subscribe_all,
+            extras,
+            common,
+        } => (
+            app,
+            name,
+            kind,
+            source,
+            build_context,
+            dockerfile,
+            dir,
+            repository,
+            subscribe_all,
+            extras,
+            common,
+        ),
+    };
     let backend = common.open(ctx).await?;
     let app = app_name(&app)?;
     let cname = component_name(&name)?;
@@ -380,25 +471,36 @@ pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
         Kind::DockerBuild => ComponentKind::DockerBuild {
             context: need(context, "--build-context")?,
             dockerfile,
+            source: extras.git_source(),
         },
         Kind::HelmChart => ComponentKind::HelmChart {
             chart: ChartSource::Dir {
                 path: need(dir, "--dir")?,
             },
+            images: vec![],
+            discover_images: false,
+            values: None,
+            source: extras.git_source(),
         },
         Kind::OpentofuModule => ComponentKind::OpentofuModule {
             dir: need(dir, "--dir")?,
+            source: extras.git_source(),
         },
     };
     let repo_text = repository.unwrap_or_else(|| format!("{app}/{cname}").to_lowercase());
     let repository = Repository::new(repo_text.as_str())
         .with_context(|| format!("repository {repo_text:?}; pass a valid --repository"))?;
+    if extras.git.is_some() && matches!(kind, ComponentKind::Image { .. }) {
+        bail!("--git is for components built from files; an image's --source names its registry");
+    }
     let component = Component {
         app: app.clone(),
         name: cname.clone(),
         kind,
         repository,
+        verify: extras.policy()?,
     };
+    component.check().map_err(anyhow::Error::msg)?;
     let subscribed =
         with_backend!(&backend, m => m.put_component(&component, subscribe_all).await)?;
     if common.json {
@@ -584,24 +686,53 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
         InstallCommand::List { common } => {
             let backend = common.open(ctx).await?;
             let installs = with_backend!(&backend, m => m.list_installs().await)?;
+            let now = crate::console::now_ms();
+            let stale_after = crate::console::STALE_AFTER.as_millis() as u64;
+            let mut statuses = Vec::with_capacity(installs.len());
+            for i in &installs {
+                statuses.push(with_backend!(&backend, m => m.install_status(&i.id).await)?);
+            }
             if common.json {
-                println!("{}", serde_json::to_string_pretty(&installs)?);
-            } else {
-                let rows: Vec<Vec<String>> = installs
+                let rows: Vec<serde_json::Value> = statuses
                     .iter()
-                    .map(|i| {
+                    .map(|st| {
+                        let mut v = serde_json::to_value(&st.install).unwrap_or_default();
+                        v["last_seen"] = json!(st.last_seen);
+                        v["liveness"] = json!(st.liveness(now, stale_after).as_str());
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rows: Vec<Vec<String>> = statuses
+                    .iter()
+                    .map(|st| {
+                        let i = &st.install;
                         let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+                        let liveness = st.liveness(now, stale_after);
                         vec![
                             i.id.to_string(),
                             i.app.to_string(),
                             comps.join(","),
+                            if liveness.is_stale() { "STALE" } else { "" }.to_string(),
+                            st.last_seen
+                                .map(|t| ferry_core::telemetry::ago(t, now))
+                                .unwrap_or_else(|| "never".into()),
                             i.queue.to_string(),
                             format!("{}/{}", i.registry.endpoint, i.registry.namespace),
                         ]
                     })
                     .collect();
                 print_table(
-                    &["INSTALL", "APP", "COMPONENTS", "QUEUE", "REGISTRY"],
+                    &[
+                        "INSTALL",
+                        "APP",
+                        "COMPONENTS",
+                        "STALE",
+                        "LAST SEEN",
+                        "QUEUE",
+                        "REGISTRY",
+                    ],
                     &rows,
                 );
             }
@@ -629,10 +760,32 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                 "  registry         {}/{}",
                 i.registry.endpoint, i.registry.namespace
             );
+            let now = crate::console::now_ms();
+            let liveness = st.liveness(now, crate::console::STALE_AFTER.as_millis() as u64);
             println!(
-                "  last report      {}",
-                st.last_seen.map(time).unwrap_or_else(|| "never".into())
+                "  last seen        {}{}",
+                st.last_seen
+                    .map(|t| format!("{} ({})", time(t), ferry_core::telemetry::ago(t, now)))
+                    .unwrap_or_else(|| "never".into()),
+                if liveness.is_stale() { "  STALE" } else { "" }
             );
+            match &st.telemetry {
+                Some(t) => {
+                    println!("  agent version    {}", t.agent_version);
+                    println!(
+                        "  last poll        {}",
+                        t.last_poll_at.map(time).unwrap_or_else(|| "never".into())
+                    );
+                    println!(
+                        "  last agent sync  {}",
+                        t.last_sync_at
+                            .map(time)
+                            .unwrap_or_else(|| "none yet".into())
+                    );
+                    println!("  health           {}", t.health);
+                }
+                None => println!("  heartbeat        none received"),
+            }
             match &st.last_sync {
                 Some(s) => println!(
                     "  last sync        {} {} {} ({})",
@@ -736,6 +889,7 @@ pub async fn build(cmd: BuildCommand, ctx: Option<&str>) -> Result<()> {
         source_ref,
         common,
     } = cmd;
+    let source_ref = source_ref.unwrap_or_default();
     let backend = common.open(ctx).await?;
     let (a, c) = (app_name(&app)?, component_name(&component)?);
     let id = with_backend!(&backend, m => m.request_build(&a, &c, &source_ref, "ferry build request").await)?;
@@ -745,7 +899,12 @@ pub async fn build(cmd: BuildCommand, ctx: Option<&str>) -> Result<()> {
             json!({"build_id": id, "app": app, "component": component, "source_ref": source_ref})
         );
     } else {
-        println!("build {id} requested: {app}/{component} at {source_ref}");
+        let at = if source_ref.is_empty() {
+            "its default ref"
+        } else {
+            source_ref.as_str()
+        };
+        println!("build {id} requested: {app}/{component} at {at}");
         println!("watch it with `ferry builds --component {component}`");
     }
     Ok(())

@@ -15,7 +15,8 @@ use clap::{Args, Subcommand};
 use ferry_core::id::{AppName, BuildId, InstallId, QueueName, ReleaseId};
 use ferry_core::ports::IdGenerator as _;
 use ferry_core::release::{
-    FailureBudget, Release, ReleasePolicy, ReleaseStatus, ReleaseTarget, StepPhase, TargetState,
+    estimate_completion, FailureBudget, Release, ReleasePolicy, ReleaseStatus, ReleaseTarget,
+    StepPhase, TargetState,
 };
 use ferry_core::rollout::{ReleaseDesk, ReleaseRequest, Releases as _};
 use ferry_local::bus::RELEASE_QUEUE;
@@ -279,7 +280,11 @@ fn print_release(r: &Release, targets: &[ReleaseTarget], json: bool) {
     if json {
         println!(
             "{}",
-            json!({ "release": r, "targets": targets.iter().map(|t| target_json(r, t)).collect::<Vec<_>>() })
+            json!({
+                "release": r,
+                "eta_ms": estimate_completion(r, targets, now_ms()),
+                "targets": targets.iter().map(|t| target_json(r, t)).collect::<Vec<_>>(),
+            })
         );
         return;
     }
@@ -298,6 +303,7 @@ fn print_release(r: &Release, targets: &[ReleaseTarget], json: bool) {
     for b in &r.builds {
         println!("  {} = build {} ({})", b.component, b.build_id, b.digest);
     }
+    println!("  eta {}", eta_text(r, targets, now_ms()));
     if let Some(reason) = &r.reason {
         println!("  {reason}");
     }
@@ -320,6 +326,24 @@ fn print_release(r: &Release, targets: &[ReleaseTarget], json: bool) {
         })
         .collect();
     print_table(&["STEP", "INSTALL", "STATE", "BYTES", "ERROR"], &rows);
+}
+
+fn now_ms() -> u64 {
+    crate::console::now_ms()
+}
+
+/// "in 12m (at 2026-…Z)", "done", or why there is no estimate yet.
+fn eta_text(r: &Release, targets: &[ReleaseTarget], now: u64) -> String {
+    match estimate_completion(r, targets, now) {
+        Some(at) => format!(
+            "in {} (at {})",
+            ferry_core::telemetry::ago(now, at).trim_end_matches(" ago"),
+            ferry_registry::token::rfc3339(at / 1000)
+        ),
+        None if r.status == ReleaseStatus::Completed => "done".to_string(),
+        None if r.status == ReleaseStatus::Running => "after the first step ends".to_string(),
+        None => format!("none while {}", r.status),
+    }
 }
 
 fn target_json(r: &Release, t: &ReleaseTarget) -> serde_json::Value {
@@ -364,15 +388,17 @@ async fn watch_release<R: ferry_core::rollout::Releases>(
             "release": release.id, "status": release.status, "step": release.step + 1,
             "steps": release.steps, "done": done, "failed": failed,
             "installs": targets.len(),
+            "eta_ms": estimate_completion(&release, &targets, now_ms()),
         })
         .to_string();
         if let Some(b) = &bar {
             b.set_length(targets.len() as u64);
             b.set_position(done as u64);
             b.set_message(format!(
-                "{} ({}), {failed} failed",
+                "{} ({}), {failed} failed, eta {}",
                 release.status,
-                phase_text(&release)
+                phase_text(&release),
+                eta_text(&release, &targets, now_ms())
             ));
         } else if line != last {
             println!("{line}");

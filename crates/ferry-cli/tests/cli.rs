@@ -177,6 +177,29 @@ async fn onboarding_on_moto_through_the_cli() {
         .send()
         .await
         .unwrap();
+    // BuildCompletedRule: ferry-build's own completion (source ferry.build) -> build-completed.
+    let bc = QueueName::new("ferry-build-completed").unwrap();
+    sqs.create_queue_with_dlq(&bc, 5, 30).await.unwrap();
+    bus.client()
+        .put_rule()
+        .name("ferry-build-completed")
+        .event_bus_name("ferry")
+        .event_pattern(
+            serde_json::json!({"source": [ferry_aws::builder::BUILD_SOURCE],
+                "detail-type": ["build.completed"]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    bus.client()
+        .put_targets()
+        .rule("ferry-build-completed")
+        .event_bus_name("ferry")
+        .targets(ferry_aws_types_target("bc", &sqs.arn(&bc).await.unwrap()))
+        .send()
+        .await
+        .unwrap();
     let sr = QueueName::new("ferry-sync-requested").unwrap();
     sqs.create_queue_with_dlq(&sr, 5, 30).await.unwrap();
     // The release queue (template.yaml's ReleaseQueue): no release runs here, but
@@ -256,7 +279,77 @@ async fn onboarding_on_moto_through_the_cli() {
         serde_json::from_str(&ok(args)).unwrap_or_else(|e| panic!("ferry {args:?}: {e}"))
     };
 
-    // ---- the vendor: context, app, component.
+    // ---- the vendor stack's outputs, as `sam deploy` leaves them: a small stack in moto's
+    // CloudFormation with the output names template.yaml declares (checked here).
+    let template_yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../template.yaml"))
+            .unwrap();
+    let declared = template_outputs(&template_yaml);
+    for name in ferry_aws::stack::CONTEXT_OUTPUTS {
+        assert!(
+            declared.contains(&name.to_owned()),
+            "template.yaml has no output {name}"
+        );
+    }
+    let values = [
+        (ferry_aws::stack::OUTPUT_TABLE, table.to_owned()),
+        (ferry_aws::stack::OUTPUT_BUS, "ferry".to_owned()),
+        (
+            ferry_aws::stack::OUTPUT_INSTALL_QUEUE_PREFIX,
+            "ferry-install-".to_owned(),
+        ),
+        (
+            ferry_aws::stack::OUTPUT_REPORT_QUEUE_URL,
+            report_url.clone(),
+        ),
+        (ferry_aws::stack::OUTPUT_VENDOR_REGISTRY, vhost.clone()),
+        (ferry_aws::stack::OUTPUT_PULL_ROLE_ARN, pull_role.clone()),
+        (
+            ferry_aws::stack::OUTPUT_VENDOR_KEY_SECRET_ARN,
+            "ferry-vendor-key".to_owned(),
+        ),
+    ];
+    let outputs: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!({"Value": v})))
+        .collect();
+    let stack_template = serde_json::json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Resources": {"Marker": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": "ferry-stack-marker"}}},
+        "Outputs": outputs,
+    });
+    ferry_testkit::create_stack(&endpoint, "ferry", &stack_template.to_string()).await;
+
+    // ---- the vendor: context (outputs read from the stack), app, component.
+    let (code, _, stderr) = run(&[
+        "context",
+        "add",
+        "nope",
+        "--aws",
+        "--stack",
+        "no-such-stack",
+        "--endpoint-url",
+        &endpoint,
+        "--region",
+        ferry_testkit::REGION,
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no-such-stack"), "{stderr}");
+    // Flags override outputs.
+    ok(&[
+        "context",
+        "add",
+        "other",
+        "--aws",
+        "--stack",
+        "ferry",
+        "--endpoint-url",
+        &endpoint,
+        "--region",
+        ferry_testkit::REGION,
+        "--table",
+        "other-jobs",
+    ]);
     ok(&[
         "context",
         "add",
@@ -268,19 +361,23 @@ async fn onboarding_on_moto_through_the_cli() {
         &endpoint,
         "--region",
         ferry_testkit::REGION,
-        "--table",
-        table,
-        "--bus",
-        "ferry",
-        "--queue-prefix",
-        "ferry-install-",
-        "--report-queue-url",
-        &report_url,
-        "--vendor-registry",
-        &vhost,
-        "--vendor-key-secret-arn",
-        "ferry-vendor-key",
     ]);
+    let listed = json(&["context", "list", "--json"]);
+    assert_eq!(listed["current"], "prod", "{listed:#}");
+    let prod = &listed["contexts"]["prod"];
+    for (field, want) in [
+        ("table", table),
+        ("bus", "ferry"),
+        ("install_queue_prefix", "ferry-install-"),
+        ("report_queue_url", report_url.as_str()),
+        ("vendor_registry", vhost.as_str()),
+        ("pull_role_arn", pull_role.as_str()),
+    ] {
+        assert_eq!(prod[field], want, "{field}: {listed:#}");
+    }
+    assert_eq!(listed["contexts"]["other"]["table"], "other-jobs");
+    assert_eq!(listed["contexts"]["other"]["bus"], "ferry");
+    ok(&["context", "remove", "other"]);
     let ctx_file = std::fs::read_to_string(config_dir.path().join("contexts.json")).unwrap();
     assert!(
         ctx_file.contains(&vendor_key.public_key_string())
@@ -316,6 +413,102 @@ async fn onboarding_on_moto_through_the_cli() {
     let comps = json(&["component", "list", "--json"]);
     assert_eq!(comps.as_array().unwrap().len(), 1, "{comps}");
 
+    // A signed external image and a component with its own git repository (another app, so
+    // the flow below is unchanged): both stored in DynamoDB and read back.
+    let key_file = config_dir.path().join("cosign.pub");
+    let key_pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEgRwD5kGfdfOaBkxHauk5/vxGIdS4\nV0ToabWm41GDBmOExdHDMJdHutZP/Q0Fp4YAG8Q4oYCD1qHliDCFjDcnLg==\n-----END PUBLIC KEY-----\n";
+    std::fs::write(&key_file, key_pem).unwrap();
+    let key_path = key_file.to_str().unwrap();
+    ok(&["app", "add", "signed"]);
+    ok(&[
+        "component",
+        "add",
+        "signed",
+        "proxy",
+        "--kind",
+        "image",
+        "--source",
+        "registry.example/acme/proxy:1.4",
+        "--verify-key",
+        key_path,
+        "--verify-require",
+        "all",
+    ]);
+    ok(&[
+        "component",
+        "add",
+        "signed",
+        "api",
+        "--kind",
+        "docker-build",
+        "--build-context",
+        "api",
+        "--git",
+        "https://github.com/acme/api.git",
+        "--git-ref",
+        "main",
+        "--git-path",
+        "services",
+    ]);
+    let signed = json(&["component", "list", "signed", "--json"]);
+    let by_name = |n: &str| {
+        signed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} in {signed}"))
+    };
+    let proxy = by_name("proxy");
+    assert_eq!(proxy["verify"]["keys"][0], key_pem, "{proxy}");
+    assert_eq!(proxy["verify"]["require"], "all", "{proxy}");
+    let api = by_name("api");
+    assert_eq!(
+        api["source"]["git"], "https://github.com/acme/api.git",
+        "{api}"
+    );
+    assert_eq!(api["source"]["ref"], "main", "{api}");
+    assert_eq!(api["source"]["path"], "services", "{api}");
+    // Refused, with nothing stored: a policy on a kind Ferry builds, a file that is not a key.
+    let (code, _, stderr) = run(&[
+        "component",
+        "add",
+        "signed",
+        "module",
+        "--kind",
+        "opentofu-module",
+        "--dir",
+        "m",
+        "--verify-key",
+        key_path,
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("image components only"), "{stderr}");
+    let not_a_key = config_dir.path().join("not-a-key.pem");
+    std::fs::write(&not_a_key, "hello").unwrap();
+    let (code, _, stderr) = run(&[
+        "component",
+        "add",
+        "signed",
+        "other",
+        "--kind",
+        "image",
+        "--source",
+        "registry.example/acme/other:1",
+        "--verify-key",
+        not_a_key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("BEGIN PUBLIC KEY"), "{stderr}");
+    assert_eq!(
+        json(&["component", "list", "signed", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
     // ---- two customers: keys (ferry-agent keygen's two public halves), register twice.
     let agent_bin =
         ferry_testkit::workspace_bin("ferry-agent", "ferry-agent", env!("CARGO_BIN_EXE_ferry"));
@@ -324,12 +517,18 @@ async fn onboarding_on_moto_through_the_cli() {
     let mut install_registries = Vec::new();
     let mut agents = Vec::new();
     for id in ["acme", "globex"] {
-        // The customer: `ferry-agent keygen`, an install registry.
-        let key_file = customers.path().join(format!("{id}.key"));
+        // The customer: the stack's key secret (a placeholder until keygen), `ferry-agent
+        // keygen --secret-arn` (the private key goes straight into it), an install registry.
+        let key_secret = format!("ferry/agent/{id}/key");
+        ferry_testkit::create_secret(&endpoint, &key_secret, "placeholder0placeholder0placehol")
+            .await;
         let out = std::process::Command::new(&agent_bin)
-            .arg("keygen")
-            .arg("--out")
-            .arg(&key_file)
+            .args(["keygen", "--secret-arn", &key_secret])
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", ferry_testkit::REGION)
+            .env_remove("AWS_PROFILE")
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
@@ -383,7 +582,7 @@ async fn onboarding_on_moto_through_the_cli() {
         agents.push(spawn_agent(
             &agent_bin,
             &first["agent_settings"],
-            &key_file,
+            &key_secret,
             &endpoint,
             &customers.path().join(format!("{id}.log")),
         ));
@@ -541,6 +740,22 @@ async fn onboarding_on_moto_through_the_cli() {
     ok(&["context", "remove", "prod"]);
 }
 
+/// The output names of a CloudFormation template's `Outputs:` section (two-space keys).
+#[cfg(feature = "aws")]
+fn template_outputs(yaml: &str) -> Vec<String> {
+    let Some(start) = yaml.find("\nOutputs:\n") else {
+        return Vec::new();
+    };
+    yaml[start + 10..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .filter_map(|l| l.strip_prefix("  "))
+        .filter(|l| !l.starts_with(' '))
+        .filter_map(|l| l.strip_suffix(':'))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(feature = "aws")]
 fn aws_sdk_sqs_attr(name: &str) -> ferry_aws::manage::QueueAttributeName {
     ferry_aws::manage::QueueAttributeName::from(name)
@@ -590,7 +805,7 @@ fn holds(dir: &std::path::Path, hex: &str) -> bool {
 fn spawn_agent(
     bin: &std::path::Path,
     settings: &serde_json::Value,
-    key_file: &std::path::Path,
+    key_secret: &str,
     endpoint: &str,
     log: &std::path::Path,
 ) -> tokio::process::Child {
@@ -611,8 +826,7 @@ fn spawn_agent(
         // The vendor repositories here have no prefix (shop/web).
         .arg("--vendor-prefix=")
         .args(["--wait-seconds", "1", "--grace-seconds", "1"])
-        .arg("--key-file")
-        .arg(key_file)
+        .args(["--key-secret-arn", key_secret])
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -629,12 +843,15 @@ fn spawn_agent(
 
 /// The vendor stack's functions on moto, as the Lambda runtime would run them (ferry-core's
 /// handlers over the AWS adapters), plus CodeBuild's part (ferry-build pushes to the vendor
-/// registry; its state change goes through the build-completed function's decoder).
+/// registry and posts its completion to the Ferry bus, which the build-completed rule routes).
 #[cfg(feature = "aws")]
 struct Functions {
     ports: ferry_core::Ports<MotoAws>,
     vendor_registry: String,
     ecr: ferry_aws::EcrRepositories,
+    /// The build role's view of AWS (ferry-build posts with it).
+    config: ferry_aws::SdkConfig,
+    build_completed: ferry_core::id::QueueName,
 }
 
 #[cfg(feature = "aws")]
@@ -684,6 +901,8 @@ impl Functions {
             },
             vendor_registry: vendor_registry.to_owned(),
             ecr: ferry_aws::EcrRepositories::new(config),
+            config: config.clone(),
+            build_completed: ferry_core::id::QueueName::new("ferry-build-completed").unwrap(),
         }
     }
 
@@ -727,9 +946,10 @@ impl Functions {
         }
     }
 
-    /// CodeBuild's part of build `build_id` (started by build-requested): build the module in
-    /// `app_root`, push it, and hand the SUCCEEDED state change to build-completed. Returns the
-    /// artifact's digest.
+    /// CodeBuild's part of build `build_id` (started by build-requested): ferry-build builds
+    /// the module in `app_root`, pushes it and posts its completion to the Ferry bus exactly as
+    /// the `ferry-build` binary does (`ferry_build::completion`); the build-completed function
+    /// then takes it from its queue. Returns the artifact's digest.
     async fn codebuild(&self, build_id: &str, app_root: &std::path::Path) -> String {
         use ferry_core::ports::JobStore as _;
         let id = ferry_core::id::BuildId::new(build_id).unwrap();
@@ -740,7 +960,7 @@ impl Functions {
             .await
             .unwrap()
             .expect("build recorded");
-        let external = build.external_id.clone().expect("the CodeBuild build id");
+        assert!(build.external_id.is_some(), "the CodeBuild build id");
         let component = self
             .ports
             .store
@@ -758,50 +978,24 @@ impl Functions {
             app_root,
         ))
         .unwrap();
-        let artifact = builder
+        let result = builder
             .build(&ferry_core::ports::BuildSpec {
                 build_id: id.clone(),
                 component: component.clone(),
                 source_ref: build.source_ref.clone(),
             })
+            .await;
+        let digest = result.as_ref().unwrap().digest.to_string();
+        let event = ferry_build::completion::completion_event(&id, &result);
+        ferry_build::completion::post(&self.config, "ferry", &event)
             .await
             .unwrap();
-        let digest = artifact.digest.to_string();
-        let change = serde_json::json!({
-            "version": "0",
-            "id": format!("cb-{build_id}"),
-            "source": "aws.codebuild",
-            "detail-type": "CodeBuild Build State Change",
-            "account": "123456789012",
-            "region": ferry_testkit::REGION,
-            "resources": [external],
-            "detail": {
-                "build-status": "SUCCEEDED",
-                "project-name": "ferry-build",
-                "build-id": external,
-                "current-phase": "COMPLETED",
-                "additional-information": {
-                    "build-complete": true,
-                    "environment": {"environment-variables": [
-                        {"name": "FERRY_BUILD_ID", "type": "PLAINTEXT", "value": build_id},
-                        {"name": "FERRY_APP", "type": "PLAINTEXT", "value": component.app.as_str()},
-                        {"name": "FERRY_COMPONENT_NAME", "type": "PLAINTEXT", "value": component.name.as_str()},
-                        {"name": "FERRY_SOURCE_REF", "type": "PLAINTEXT", "value": build.source_ref},
-                        {"name": "FERRY_REPOSITORY", "type": "PLAINTEXT", "value": component.repository.as_str()},
-                    ]},
-                    "exported-environment-variables": [
-                        {"name": "FERRY_ARTIFACT_DIGEST", "value": digest},
-                        {"name": "FERRY_ARTIFACT_MEDIA_TYPE", "value": artifact.media_type},
-                    ],
-                },
-            },
-        });
-        let event = ferry_aws::CodeBuildStateChange::parse(change.to_string().as_bytes())
-            .unwrap()
-            .to_build_completed()
-            .unwrap()
-            .expect("a finished build");
-        ferry_core::dispatch(&self.ports, &event).await.unwrap();
+        let handled = self.run(&self.build_completed, 1).await;
+        assert_eq!(
+            handled.len(),
+            1,
+            "one completion for {build_id}: {handled:?}"
+        );
         digest
     }
 }

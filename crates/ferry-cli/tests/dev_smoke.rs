@@ -66,7 +66,7 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     );
     let syncs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let syncs = syncs.as_array().unwrap();
-    assert_eq!(syncs.len(), 12, "4 components × 3 installs");
+    assert_eq!(syncs.len(), 15, "5 components × 3 installs");
     assert!(
         syncs.iter().all(|s| s["state"]["status"] == "succeeded"),
         "{syncs:?}"
@@ -183,6 +183,92 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Air-gapped: far-1's agent imported a bundle elsewhere; its signed receipt updates the
+    // lineage through `ferry receipts import`, once; a forged one is refused (exit 1).
+    receipts_update_lineage(dir.path(), state, &agent, &builds[0]);
+}
+
+#[allow(clippy::unwrap_used)]
+fn receipts_update_lineage(
+    dir: &Path,
+    state: &str,
+    agent: &ferry_core::seal::AgentKeypair,
+    build: &serde_json::Value,
+) {
+    use ferry_core::bundle::{sign_receipt, BundleReceipt, RECEIPT_SCHEMA};
+    let digest = build["artifact"]["digest"].as_str().unwrap();
+    let mut receipt = BundleReceipt {
+        schema: RECEIPT_SCHEMA,
+        install_id: ferry_core::id::InstallId::new("far-1").unwrap(),
+        bundle_id: "bdl-test".into(),
+        build_id: ferry_core::id::BuildId::new(build["id"].as_str().unwrap()).unwrap(),
+        repository: ferry_core::id::Repository::new(
+            build["artifact"]["repository"].as_str().unwrap(),
+        )
+        .unwrap(),
+        digest: ferry_core::id::Digest::new(digest).unwrap(),
+        imported_at: 1,
+        bytes_copied: 0,
+        bytes_skipped: 0,
+        duration_ms: 0,
+        signature: String::new(),
+    };
+    sign_receipt(&agent.report_key(), &mut receipt);
+    let file = dir.join("receipts.jsonl");
+    std::fs::write(
+        &file,
+        format!("{}\n", serde_json::to_string(&receipt).unwrap()),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let out = ferry(&["receipts", "import", file, "--state-dir", state]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("recorded (sync"), "{stdout}");
+    let out = ferry(&["lineage", digest, "--json", "--state-dir", state]);
+    let lineage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lineage = lineage.as_array().unwrap();
+    assert_eq!(
+        lineage.len(),
+        4,
+        "three online installs and far-1: {lineage:?}"
+    );
+    assert!(lineage.iter().any(|l| l["install_id"] == "far-1"));
+    let out = ferry(&["receipts", "import", file, "--state-dir", state]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already recorded"));
+
+    let stranger = ferry_core::seal::AgentKeypair::generate().unwrap();
+    sign_receipt(&stranger.report_key(), &mut receipt);
+    let forged = dir.join("forged.jsonl");
+    std::fs::write(&forged, serde_json::to_string(&receipt).unwrap()).unwrap();
+    let out = ferry(&[
+        "receipts",
+        "import",
+        forged.to_str().unwrap(),
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("REFUSED"));
+
+    // Export names what is wrong before touching a registry.
+    let out = ferry(&[
+        "bundle",
+        "export",
+        "--release",
+        "nope",
+        "--out",
+        "x.tar",
+        "--state-dir",
+        state,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("release nope does not exist"));
 }
 
 /// Stops `ferry dev` when the test ends, however it ends.

@@ -207,7 +207,7 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
     assert_eq!(summary["verified_installs"], 3, "{summary}");
 
     let builds = table_bodies(&state, "SELECT body FROM builds");
-    assert_eq!(builds.len(), 4, "one build per component");
+    assert_eq!(builds.len(), 5, "one build per component");
     let vendor = format!("vendor:{}", dev.secret("vendor.secret"));
     let mut kinds_seen = Vec::new();
     for b in &builds {
@@ -243,6 +243,16 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
                 assert_eq!(m["layers"][0]["mediaType"], "archive/zip", "{m}");
                 kinds_seen.push("opentofu-module");
             }
+            "shop" => {
+                // The chart with the images it runs: one bundle, synced as one unit.
+                assert_eq!(
+                    m["artifactType"],
+                    ferry_oci::chart_bundle::BUNDLE_ARTIFACT_TYPE,
+                    "{m}"
+                );
+                assert_eq!(m["manifests"].as_array().unwrap().len(), 3, "{m}");
+                kinds_seen.push("helm-chart");
+            }
             "web" => kinds_seen.push("docker-build"),
             "base" => kinds_seen.push("image"),
             other => panic!("unexpected component {other}"),
@@ -251,7 +261,13 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
     kinds_seen.sort_unstable();
     assert_eq!(
         kinds_seen,
-        ["docker-build", "helm-chart", "image", "opentofu-module"]
+        [
+            "docker-build",
+            "helm-chart",
+            "helm-chart",
+            "image",
+            "opentofu-module"
+        ]
     );
     // An agent cannot read another install's namespace.
     let creds = format!("agent:dev-1:{}", dev.secret("agent-dev-1.secret"));
@@ -278,7 +294,7 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
             ClearGrant::open(&key, job.grant.ciphertext(), &job.install_id, &job.sync_id).unwrap();
         tokens.push(grant.token.clone());
     }
-    assert_eq!(tokens.len(), 12, "one grant per sync job");
+    assert_eq!(tokens.len(), 15, "one grant per sync job");
     let mut secrets: Vec<String> = tokens;
     secrets.push(dev.secret("vendor.secret"));
     for i in ["dev-1", "dev-2", "dev-3"] {
@@ -323,7 +339,7 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
     let before = store(&state).await.export_json().await.unwrap();
     let jobs_before = logged(&state, "install-%").len();
     let reports_before = logged(&state, "sync-reported").len();
-    assert_eq!(jobs_before, 12);
+    assert_eq!(jobs_before, 15);
 
     let ims: Vec<String> = ims_queues().iter().map(|q| q.to_string()).collect();
     let events: Vec<String> = logged(&state, "%")
@@ -331,8 +347,8 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
         .filter(|(q, _)| ims.contains(q))
         .map(|(_, b)| b)
         .collect();
-    // build.requested ×4, build.completed ×4, sync.requested ×12, sync.reported ×12.
-    assert_eq!(events.len(), 32, "{events:?}");
+    // build.requested ×5, build.completed ×5, sync.requested ×15, sync.reported ×15.
+    assert_eq!(events.len(), 40, "{events:?}");
     let bus = LocalBus::new(SqliteQueue::open(state.join("ferry.db")).unwrap());
     for _ in 0..3 {
         for body in &events {
@@ -344,13 +360,13 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
             assert!(r[0].is_ok(), "{r:?}");
         }
     }
-    // 96 replays were sent; wait for the workers to drain them all.
+    // 120 replays were sent; wait for the workers to drain them all.
     assert_eq!(
         logged(&state, "%")
             .into_iter()
             .filter(|(q, _)| ims.contains(q))
             .count(),
-        32 * 4
+        40 * 4
     );
     wait_queues_empty(&state, Duration::from_secs(120)).await;
 
@@ -363,7 +379,7 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
     );
     assert_eq!(
         logged(&state, "sync-reported").len(),
-        reports_before + 12 * 3,
+        reports_before + 15 * 3,
         "only the replayed reports themselves, no new agent reports"
     );
 }

@@ -141,6 +141,7 @@ impl Stack {
             repository: Some(Repository::new("shop/web").unwrap()),
             media_type: None,
             error: None,
+            revision: None,
         }));
         ferry_core::dispatch(&self.ports, &completed).await.unwrap();
         build_id

@@ -127,6 +127,112 @@ where
     store_lineage(&make().await).await;
     store_queries_paginate(&make().await).await;
     store_security_counters(&make().await).await;
+    store_telemetry(&make().await).await;
+    store_stale_syncs(&make().await).await;
+}
+
+fn telemetry(i: &str, last_seen: u64, health: &str) -> crate::telemetry::InstallTelemetry {
+    crate::telemetry::InstallTelemetry {
+        install_id: id(InstallId::new(i)),
+        last_seen,
+        agent_version: "0.1.0".into(),
+        last_poll_at: Some(last_seen - 5),
+        last_sync_at: None,
+        health: health.into(),
+        sent_at: last_seen - 1,
+    }
+}
+
+async fn store_telemetry<S: JobStore>(s: &S) {
+    let i1 = id(InstallId::new("i-1"));
+    assert_eq!(
+        ok(s.get_telemetry(&i1).await, "get_telemetry"),
+        None,
+        "contract: an install that never sent a heartbeat has no telemetry"
+    );
+    let first = telemetry("i-1", 10_000, "ok");
+    assert_eq!(
+        ok(s.record_heartbeat(&first).await, "record_heartbeat"),
+        first
+    );
+    let later = telemetry("i-1", 20_000, "disk 91% full");
+    assert_eq!(
+        ok(s.record_heartbeat(&later).await, "record_heartbeat"),
+        later
+    );
+    let older = telemetry("i-1", 15_000, "replayed");
+    assert_eq!(
+        ok(s.record_heartbeat(&older).await, "record_heartbeat"),
+        later,
+        "contract: last-seen never moves backwards (an older heartbeat returns the stored one)"
+    );
+    assert_eq!(ok(s.get_telemetry(&i1).await, "get_telemetry"), Some(later));
+    let other = telemetry("i-2", 5_000, "ok");
+    ok(s.record_heartbeat(&other).await, "record_heartbeat");
+    assert_eq!(
+        ok(s.get_telemetry(&i1).await, "get_telemetry").map(|t| t.health),
+        Some("disk 91% full".to_string()),
+        "contract: one install's heartbeat never changes another's telemetry"
+    );
+}
+
+async fn store_stale_syncs<S: JobStore>(s: &S) {
+    // 30 open syncs changed at 1_000.. and one each of running, succeeded and failed.
+    let mut open = BTreeSet::new();
+    for n in 0..30u32 {
+        let j = sync(n, "cb-0001", &format!("i-{n:02}"), 1_000 + u64::from(n));
+        ok(s.create_sync(&j).await, "create_sync");
+        open.insert(j.id.clone());
+    }
+    let running = sync(40, "cb-0001", "i-40", 1_000);
+    ok(s.create_sync(&running).await, "create_sync");
+    let r = ok(running.dispatch(1_500, 9_999), "dispatch");
+    ok(
+        s.update_sync(&r, running.state.expected()).await,
+        "update_sync",
+    );
+    let done = sync(41, "cb-0001", "i-41", 1_000);
+    ok(s.create_sync(&done).await, "create_sync");
+    let d = ok(
+        done.succeed(1_100, crate::domain::SyncStats::default()),
+        "succeed",
+    );
+    ok(
+        s.update_sync(&d, done.state.expected()).await,
+        "update_sync",
+    );
+    let failed = sync(42, "cb-0001", "i-42", 1_000);
+    ok(s.create_sync(&failed).await, "create_sync");
+    let f = ok(failed.fail(1_100, JobError::new("x", "y"), None), "fail");
+    ok(
+        s.update_sync(&f, failed.state.expected()).await,
+        "update_sync",
+    );
+
+    let ids = |v: Vec<SyncJob>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let before_all = ids(collect(7, |p| async move { s.stale_syncs(2_000, &p).await }).await);
+    let unique: BTreeSet<_> = before_all.iter().cloned().collect();
+    assert_eq!(
+        unique.len(),
+        before_all.len(),
+        "contract: stale_syncs lists each job once over its pages"
+    );
+    let mut want = open.clone();
+    want.insert(running.id.clone());
+    assert_eq!(
+        unique, want,
+        "contract: stale_syncs lists exactly the queued and running jobs changed before `before`"
+    );
+    let early = ids(collect(100, |p| async move { s.stale_syncs(1_010, &p).await }).await);
+    assert_eq!(
+        early.len(),
+        10,
+        "contract: stale_syncs excludes jobs changed at or after `before` ({early:?})"
+    );
+    assert!(
+        !early.contains(&running.id),
+        "contract: a job's last change (updated_at), not its creation, decides"
+    );
 }
 
 async fn store_security_counters<S: JobStore>(s: &S) {
@@ -178,8 +284,10 @@ async fn store_catalog<S: JobStore>(s: &S) {
         kind: ComponentKind::DockerBuild {
             context: ".".into(),
             dockerfile: "Dockerfile".into(),
+            source: None,
         },
         repository: repo("shop/web"),
+        verify: None,
     };
     assert_eq!(
         ok(s.get_component(&c.app, &c.name).await, "get_component"),
@@ -790,6 +898,25 @@ mod tests {
                 k: &str,
             ) -> Result<(u64, Option<u64>), StoreError> {
                 self.0.security_event_count(k).await
+            }
+            async fn record_heartbeat(
+                &self,
+                t: &crate::telemetry::InstallTelemetry,
+            ) -> Result<crate::telemetry::InstallTelemetry, StoreError> {
+                self.0.record_heartbeat(t).await
+            }
+            async fn get_telemetry(
+                &self,
+                i: &InstallId,
+            ) -> Result<Option<crate::telemetry::InstallTelemetry>, StoreError> {
+                self.0.get_telemetry(i).await
+            }
+            async fn stale_syncs(
+                &self,
+                before: u64,
+                p: &PageRequest,
+            ) -> Result<Page<SyncJob>, StoreError> {
+                self.0.stale_syncs(before, p).await
             }
             async fn builds_by_component(
                 &self,

@@ -39,29 +39,120 @@ pub enum ChartSource {
     },
 }
 
+/// One image a chart runs: the name the chart's values give it, and where the build copies it
+/// from when that is not the name itself (a mirror, or an `oci:DIR[:tag]` layout in the source).
+///
+/// In the app file either a string (`"nginx:1.27"`) or `{"name": …, "source": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChartImage {
+    /// Copied from where the name points.
+    Name(String),
+    /// Named `name` in the chart, copied from `source`.
+    Mirrored { name: String, source: String },
+}
+
+impl ChartImage {
+    /// The reference as the chart's values write it.
+    pub fn name(&self) -> &str {
+        match self {
+            ChartImage::Name(n) | ChartImage::Mirrored { name: n, .. } => n,
+        }
+    }
+
+    /// Where the build copies the image from.
+    pub fn source(&self) -> &str {
+        match self {
+            ChartImage::Name(n) => n,
+            ChartImage::Mirrored { source, .. } => source,
+        }
+    }
+}
+
+/// A buildable component's own git repository: `{"git": URL, "ref": REF, "path": DIR}`.
+///
+/// The build checks out `ref` (a branch, tag or commit id; `HEAD` when absent, and a build
+/// request's source ref overrides it) and treats `path` (default the repository root) as the
+/// app root: the component's paths are relative to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    /// The repository URL (https, http, ssh, git or file). Never with a password in it:
+    /// credentials come from the builder's credential store.
+    pub git: String,
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl GitSource {
+    /// The ref to build: a non-empty build request ref wins over the component's.
+    pub fn effective_ref<'a>(&'a self, requested: &'a str) -> &'a str {
+        match requested.trim() {
+            "" => self.reference.as_deref().unwrap_or("HEAD"),
+            r => r,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// What a component is built from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ComponentKind {
     /// An external image, copied as is (the build's source ref picks the tag or digest).
-    Image {
-        source: String,
-    },
+    Image { source: String },
     /// A Dockerfile built from source.
     DockerBuild {
         context: String,
         dockerfile: String,
+        /// Its own git repository; without one, the builder's app root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<GitSource>,
     },
     HelmChart {
         chart: ChartSource,
+        /// The images the chart runs (like Zarf's `images:`): each is copied into the vendor
+        /// registry by digest with the chart, and synced with it as one unit.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<ChartImage>,
+        /// Also find the images the chart's templates use, and fail the build when one is not
+        /// in `images` (docs/design/build.md says how they are found).
+        #[serde(default, skip_serializing_if = "is_false")]
+        discover_images: bool,
+        /// Values the vendor sets for every install (merged over the chart's `values.yaml`);
+        /// they go into the values override the agent writes next to the chart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        values: Option<serde_json::Value>,
+        /// Its own git repository (for a chart directory); without one, the builder's app root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<GitSource>,
     },
     /// An OpenTofu/Terraform module directory.
     OpentofuModule {
         dir: String,
+        /// Its own git repository; without one, the builder's app root.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<GitSource>,
     },
 }
 
 impl ComponentKind {
+    /// A `helm-chart` kind from `chart`, with no images listed, none discovered and no values.
+    pub fn helm_chart(chart: ChartSource) -> ComponentKind {
+        ComponentKind::HelmChart {
+            chart,
+            images: Vec::new(),
+            discover_images: false,
+            values: None,
+            source: None,
+        }
+    }
+
     /// The kind's name as the app file and the events spell it (`image`, `docker-build`, ...).
     pub fn name(&self) -> &'static str {
         match self {
@@ -70,6 +161,77 @@ impl ComponentKind {
             ComponentKind::HelmChart { .. } => "helm-chart",
             ComponentKind::OpentofuModule { .. } => "opentofu-module",
         }
+    }
+
+    /// The component's own git repository, for the kinds built from files.
+    pub fn git_source(&self) -> Option<&GitSource> {
+        match self {
+            ComponentKind::DockerBuild { source, .. }
+            | ComponentKind::HelmChart { source, .. }
+            | ComponentKind::OpentofuModule { source, .. } => source.as_ref(),
+            ComponentKind::Image { .. } => None,
+        }
+    }
+}
+
+/// Most keys a verification policy may list.
+pub const MAX_POLICY_KEYS: usize = 8;
+/// Longest PEM text of one policy key (a P-256 `cosign.pub` is 178 bytes).
+pub const MAX_POLICY_KEY_BYTES: usize = 4096;
+
+/// Whether one or every key of a [`VerifyPolicy`] must have signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRequirement {
+    /// A valid signature by any one of the keys.
+    #[default]
+    Any,
+    /// A valid signature by every key.
+    All,
+}
+
+impl KeyRequirement {
+    /// `any` / `all`, as the app file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRequirement::Any => "any",
+            KeyRequirement::All => "all",
+        }
+    }
+}
+
+/// Signatures an `image` component must carry before it is imported by a build or promoted
+/// into an install by its agent: cosign key-based signatures (ECDSA P-256) by `keys`.
+///
+/// Plain data here; the keys are parsed and the signatures checked by `ferry_oci::cosign`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyPolicy {
+    /// PEM `PUBLIC KEY` blocks (cosign's `cosign.pub`). Public, so safe to store and show.
+    pub keys: Vec<String>,
+    #[serde(default)]
+    pub require: KeyRequirement,
+}
+
+impl VerifyPolicy {
+    /// Checks the bounds (1 to [`MAX_POLICY_KEYS`] keys, each a PEM public key of at most
+    /// [`MAX_POLICY_KEY_BYTES`]). Whether a key is a usable P-256 key is ferry-oci's check.
+    pub fn check(&self) -> Result<(), String> {
+        if self.keys.is_empty() || self.keys.len() > MAX_POLICY_KEYS {
+            return Err(format!(
+                "a verification policy lists 1 to {MAX_POLICY_KEYS} public keys, not {}",
+                self.keys.len()
+            ));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            if k.len() > MAX_POLICY_KEY_BYTES || !k.contains("-----BEGIN PUBLIC KEY-----") {
+                return Err(format!(
+                    "policy key #{i} is not a PEM public key of at most {MAX_POLICY_KEY_BYTES} \
+                     bytes; give the cosign.pub file"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -82,6 +244,51 @@ pub struct Component {
     pub kind: ComponentKind,
     /// The repository in the vendor registry that builds of this component push to.
     pub repository: Repository,
+    /// Signatures the artifact must carry before it is imported and before an agent promotes
+    /// it into an install (`image` components only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
+}
+
+impl Component {
+    /// Checks what the type system does not: a policy's bounds, a policy only where it can be
+    /// met (an `image`: what Ferry builds itself carries no external signature), a git
+    /// source only where the chart is a directory.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(p) = &self.verify {
+            if !matches!(self.kind, ComponentKind::Image { .. }) {
+                return Err(format!(
+                    "component {}: a verification policy applies to image components only (a {} \
+                     is built by Ferry and carries no external signature)",
+                    self.name,
+                    self.kind.name()
+                ));
+            }
+            p.check()
+                .map_err(|e| format!("component {}: {e}", self.name))?;
+        }
+        if let ComponentKind::HelmChart {
+            chart: ChartSource::Repo { .. },
+            source: Some(_),
+            ..
+        } = &self.kind
+        {
+            return Err(format!(
+                "component {}: a chart from a chart repository has no git source; drop \"source\" \
+                 or use {{\"from\": \"dir\"}}",
+                self.name
+            ));
+        }
+        if let Some(g) = self.kind.git_source() {
+            if g.git.trim().is_empty() || g.git.starts_with('-') {
+                return Err(format!(
+                    "component {}: source.git {:?} is not a repository URL",
+                    self.name, g.git
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A build's result in the vendor registry.
@@ -104,6 +311,9 @@ pub struct Build {
     pub external_id: Option<String>,
     pub artifact: Option<Artifact>,
     pub state: JobState,
+    /// The commit a build from git resolved its ref to, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 impl Build {
@@ -125,6 +335,7 @@ impl Build {
             external_id: None,
             artifact: None,
             state: JobState::new(now),
+            revision: None,
         }
     }
 
@@ -390,14 +601,48 @@ mod tests {
                 chart: ChartSource::Dir {
                     path: "deploy/chart".into(),
                 },
+                images: vec![],
+                discover_images: false,
+                values: None,
+                source: None,
             },
             repository: Repository::new("shop/chart").unwrap(),
+            verify: None,
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["kind"], "helm-chart");
         let back: Component = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.kind.name(), "helm-chart");
+    }
+
+    #[test]
+    fn chart_images_are_optional_and_take_two_shapes() {
+        let v = serde_json::json!({"app": "shop", "name": "chart", "kind": "helm-chart",
+            "chart": {"from": "dir", "path": "c"}, "repository": "shop/chart",
+            "images": ["nginx:1.27", {"name": "demo.example/x:1", "source": "oci:x:1"}],
+            "discover_images": true, "values": {"replicas": 2}});
+        let c: Component = serde_json::from_value(v.clone()).unwrap();
+        let ComponentKind::HelmChart {
+            images,
+            discover_images,
+            ..
+        } = &c.kind
+        else {
+            panic!("{c:?}")
+        };
+        assert!(*discover_images);
+        assert_eq!(images[0].source(), "nginx:1.27");
+        assert_eq!(
+            (images[1].name(), images[1].source()),
+            ("demo.example/x:1", "oci:x:1")
+        );
+        assert_eq!(serde_json::to_value(&c).unwrap(), v);
+        // Without them, the JSON is what it was before the fields existed.
+        let plain = serde_json::json!({"app": "shop", "name": "chart", "kind": "helm-chart",
+            "chart": {"from": "dir", "path": "c"}, "repository": "shop/chart"});
+        let c: Component = serde_json::from_value(plain.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&c).unwrap(), plain);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::domain::SealedGrant;
+use crate::domain::{SealedGrant, VerifyPolicy};
 use crate::id::{
     AppName, BuildId, ComponentName, Digest, EventId, IdError, InstallId, ReleaseId, Repository,
     SyncId,
@@ -48,8 +48,14 @@ pub const RELEASE_STEP: &str = "release.step";
 pub const RELEASE_SYNCED: &str = "release.synced";
 /// The `type` of the job message on an install's queue (not an event).
 pub const SYNC_JOB: &str = "sync.job";
+/// The `type` of an agent's signed heartbeat (sent on the report path, like `sync.reported`).
+pub const INSTALL_HEARTBEAT: &str = "install.heartbeat";
 const KNOWN_TYPES: &str = "build.requested, build.completed, sync.requested, sync.reported, \
-                           release.step, release.synced";
+                           release.step, release.synced, install.heartbeat";
+/// The longest free-text health an agent may send in a heartbeat.
+pub const MAX_HEALTH_TEXT: usize = 512;
+/// The longest agent version string.
+pub const MAX_AGENT_VERSION_TEXT: usize = 64;
 
 /// Why bytes are not a valid event or job message; each variant names the field and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +136,9 @@ pub struct BuildCompleted {
     pub media_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The commit a build from git resolved its ref to (40 or 64 hex); recorded on the build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// `sync.requested`: copy `digest` of `repository` into install `install_id`.
@@ -176,6 +185,9 @@ pub enum SyncReportStatus {
     Failed,
     /// The agent could not use the grant in time; the IMS re-mints and re-enqueues.
     GrantExpired,
+    /// The artifact did not carry the signatures its component's verification policy
+    /// requires; the agent promoted nothing, and the error says why.
+    PolicyFailed,
 }
 
 /// `sync.reported`: an agent's signed report on one attempt of a sync job.
@@ -197,6 +209,24 @@ pub struct SyncReported {
     pub signature: String,
 }
 
+/// `install.heartbeat`: an agent's signed "alive" report: its version, when it last polled its
+/// queue and last finished a sync (its own clock, unix ms), a free-text health line, and when
+/// it sent this (`sent_at`, checked against the IMS's clock to bound replays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstallHeartbeat {
+    pub install_id: InstallId,
+    pub agent_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_poll_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_at: Option<u64>,
+    pub health: String,
+    pub sent_at: u64,
+    /// The agent's Ed25519 signature (base64url) over
+    /// [`crate::trust::heartbeat_signing_bytes`].
+    pub signature: String,
+}
+
 /// The typed body of one event, one variant per event type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
@@ -207,6 +237,7 @@ pub enum Payload {
     SyncReported(SyncReported),
     ReleaseStep(ReleaseStep),
     ReleaseSynced(ReleaseSynced),
+    InstallHeartbeat(InstallHeartbeat),
 }
 
 impl Payload {
@@ -224,6 +255,7 @@ impl Payload {
             Payload::SyncReported(_) => SYNC_REPORTED,
             Payload::ReleaseStep(_) => RELEASE_STEP,
             Payload::ReleaseSynced(_) => RELEASE_SYNCED,
+            Payload::InstallHeartbeat(_) => INSTALL_HEARTBEAT,
         }
     }
 }
@@ -237,6 +269,8 @@ pub enum JobRef {
     /// A release's own events: a dead-lettered one is logged; the release shows where it
     /// stands, and `ferry release resume` re-drives it.
     Release(ReleaseId),
+    /// An agent's heartbeat: not a job; a dead-lettered one is only logged.
+    Install(InstallId),
 }
 
 impl JobRef {
@@ -246,6 +280,7 @@ impl JobRef {
             JobRef::Build(b) => b.as_str(),
             JobRef::Sync(s) => s.as_str(),
             JobRef::Release(r) => r.as_str(),
+            JobRef::Install(i) => i.as_str(),
         }
     }
 
@@ -362,6 +397,7 @@ impl Event {
             Payload::SyncReported(ev) => JobRef::Sync(ev.sync_id.clone()),
             Payload::ReleaseStep(ev) => JobRef::Release(ev.release_id.clone()),
             Payload::ReleaseSynced(ev) => JobRef::Release(ev.release_id.clone()),
+            Payload::InstallHeartbeat(ev) => JobRef::Install(ev.install_id.clone()),
         }
     }
 }
@@ -369,7 +405,7 @@ impl Event {
 /// The one schema version each type is read and written with.
 fn schema_version(event_type: &str) -> u64 {
     match event_type {
-        SYNC_REPORTED | SYNC_JOB => SIGNED_VERSION,
+        SYNC_REPORTED | SYNC_JOB | INSTALL_HEARTBEAT => SIGNED_VERSION,
         _ => EVENT_VERSION,
     }
 }
@@ -541,6 +577,7 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             SYNC_REPORTED => SYNC_REPORTED,
             RELEASE_STEP => RELEASE_STEP,
             RELEASE_SYNCED => RELEASE_SYNCED,
+            INSTALL_HEARTBEAT => INSTALL_HEARTBEAT,
             _ => {
                 return Err(EventError::UnknownType {
                     found: t.chars().take(80).collect(),
@@ -586,7 +623,18 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
                 repository: f.opt_id("repository", Repository::new)?,
                 media_type: f.opt_text("media_type", 255)?,
                 error: f.opt_text("error", MAX_ERROR_TEXT)?,
+                revision: f.opt_text("revision", 64)?,
             };
+            if let Some(rev) = &ev.revision {
+                if !(rev.len() == 40 || rev.len() == 64)
+                    || !rev.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(f.invalid(
+                        "revision",
+                        format!("{rev:?} is not a full git commit id (40 or 64 hex digits)"),
+                    ));
+                }
+            }
             if let Some(mt) = &ev.media_type {
                 if !mt.contains('/') {
                     return Err(f.invalid(
@@ -643,11 +691,20 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             release_id: f.req_id("release_id", ReleaseId::new)?,
             sync_id: f.req_id("sync_id", SyncId::new)?,
         }),
+        INSTALL_HEARTBEAT => Payload::InstallHeartbeat(InstallHeartbeat {
+            install_id: f.req_id("install_id", InstallId::new)?,
+            agent_version: f.req_text("agent_version", MAX_AGENT_VERSION_TEXT)?,
+            last_poll_at: f.opt_u64("last_poll_at")?,
+            last_sync_at: f.opt_u64("last_sync_at")?,
+            health: f.req_text("health", MAX_HEALTH_TEXT)?,
+            sent_at: f.req_u64("sent_at")?,
+            signature: f.req_text("signature", MAX_SIGNATURE_TEXT)?,
+        }),
         _ => {
             let ev = SyncReported {
                 sync_id: f.req_id("sync_id", SyncId::new)?,
                 install_id: f.req_id("install_id", InstallId::new)?,
-                status: f.req_enum("status", "succeeded, failed, grant_expired")?,
+                status: f.req_enum("status", "succeeded, failed, grant_expired, policy_failed")?,
                 digest: f.req_id("digest", Digest::new)?,
                 bytes_copied: f.req_u64("bytes_copied")?,
                 bytes_skipped: f.req_u64("bytes_skipped")?,
@@ -686,6 +743,11 @@ pub struct SyncJobMessage {
     /// Echo this in sync.reported so a late report for an old attempt is ignored.
     pub attempt: u32,
     pub grant: SealedGrant,
+    /// The component's verification policy: the agent verifies the artifact's signatures
+    /// against it before it writes anything into the install. Signed with the rest, so no one
+    /// between the vendor and the agent can drop it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyPolicy>,
     /// The vendor's Ed25519 signature (base64url) over [`crate::trust::job_signing_bytes`];
     /// empty until [`crate::trust::VendorKey::sign_job`] sets it.
     pub signature: String,
@@ -712,8 +774,15 @@ impl SyncJobMessage {
             digest,
             attempt,
             grant,
+            verify: None,
             signature: String::new(),
         }
+    }
+
+    /// The same message, carrying `policy` for the agent to enforce.
+    pub fn with_policy(mut self, policy: Option<VerifyPolicy>) -> SyncJobMessage {
+        self.verify = policy;
+        self
     }
 }
 

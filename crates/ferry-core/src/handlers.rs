@@ -63,6 +63,11 @@ pub struct Config {
     /// to every subscribed install, an implicit release. False: builds only record their
     /// artifact, and `ferry release create` decides which installs get it, in steps.
     pub fan_out_on_build: bool,
+    /// An install's heartbeats cause at most one store write per this many ms.
+    pub heartbeat_min_interval_ms: u64,
+    /// A heartbeat whose `sent_at` is further than this from the IMS's clock is not recorded
+    /// (bounds replays of a captured heartbeat, and flags a wrong agent clock).
+    pub heartbeat_max_skew_ms: u64,
 }
 
 impl Default for Config {
@@ -74,6 +79,8 @@ impl Default for Config {
             max_sync_attempts: 5,
             max_write_tries: 5,
             fan_out_on_build: true,
+            heartbeat_min_interval_ms: 30_000,
+            heartbeat_max_skew_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -184,6 +191,18 @@ pub enum Outcome {
     /// changed.
     ReleaseIgnored {
         release_id: ReleaseId,
+        reason: String,
+    },
+    /// An authenticated heartbeat was recorded (or fell within the write interval of the last
+    /// one); `last_seen` is the install's last-seen time as stored.
+    HeartbeatRecorded {
+        install_id: InstallId,
+        last_seen: u64,
+    },
+    /// A heartbeat that did not authenticate as the install's agent, or whose time is too far
+    /// from the IMS's: nothing changed, and it is not retried.
+    HeartbeatRefused {
+        install_id: InstallId,
         reason: String,
     },
     /// The event was handled before; `first` is what that run did.
@@ -324,7 +343,7 @@ struct StoredResult {
 
 /// Counts and logs one security event. The count is the signal (an alarm in AWS); the log
 /// line carries the reason, never a secret.
-async fn security_event<S: JobStore>(
+pub(crate) async fn security_event<S: JobStore>(
     store: &S,
     now: u64,
     event: SecurityEvent,
@@ -412,7 +431,7 @@ where
 }
 
 /// A stored job that can be written conditionally.
-trait Job: Clone + fmt::Debug + Send + Sync + Sized {
+pub(crate) trait Job: Clone + fmt::Debug + Send + Sync + Sized {
     const WHAT: &'static str;
     fn id_string(&self) -> String;
     fn expected(&self) -> Expected;
@@ -457,7 +476,7 @@ impl Job for SyncJob {
     }
 }
 
-enum Decision<T> {
+pub(crate) enum Decision<T> {
     Write(T),
     /// Already in the wanted state (a resumed or raced handler): nothing to write.
     Keep,
@@ -465,7 +484,7 @@ enum Decision<T> {
 
 /// Applies `decide` to the latest stored version until a conditional write lands or `decide`
 /// says there is nothing to do. Returns the item as stored afterwards.
-async fn apply<S: JobStore, T: Job>(
+pub(crate) async fn apply<S: JobStore, T: Job>(
     store: &S,
     config: &Config,
     mut current: T,
@@ -579,6 +598,11 @@ pub async fn dispatch<P: Backend>(
             .await,
         Payload::ReleaseSynced(ev) => crate::rollout::handle_release_synced(ports, ev)
             .instrument(tracing::info_span!("release.synced", release_id = %ev.release_id, sync_id = %ev.sync_id))
+            .await,
+        // Authenticated against the install's report key; naturally idempotent (last-seen
+        // only moves forward, and writes are rate-limited per install).
+        Payload::InstallHeartbeat(ev) => crate::telemetry::handle_install_heartbeat(ports, ev)
+            .instrument(tracing::info_span!("install.heartbeat", install_id = %ev.install_id))
             .await,
     }
 }
@@ -801,7 +825,11 @@ async fn build_completed<P: Backend>(
             };
         }
         let next = match (ev.status, &artifact) {
-            (BuildOutcome::Succeeded, Some(a)) => b.succeed(now, a.clone())?,
+            (BuildOutcome::Succeeded, Some(a)) => {
+                let mut done = b.succeed(now, a.clone())?;
+                done.revision = ev.revision.clone();
+                done
+            }
             (BuildOutcome::Succeeded, None) => {
                 // The parser guarantees both; guard anyway rather than record a digestless success.
                 return Err(HandlerError::Mismatch {
@@ -981,7 +1009,7 @@ async fn create_or_existing_sync<S: JobStore>(
 }
 
 /// Queued job → mint a sealed grant → enqueue the job message → Running.
-async fn dispatch_sync<P: Backend>(
+pub(crate) async fn dispatch_sync<P: Backend>(
     ports: &Ports<P>,
     install: &Install,
     job: SyncJob,
@@ -1018,6 +1046,7 @@ async fn dispatch_sync<P: Backend>(
         Err(e) => return Err(HandlerError::Grant(e)),
     };
     let expires_at = grant.expires_at;
+    let policy = sync_policy(&ports.store, &job).await?;
     let mut message = SyncJobMessage::new(
         job.id.clone(),
         job.build_id.clone(),
@@ -1026,7 +1055,8 @@ async fn dispatch_sync<P: Backend>(
         job.digest.clone(),
         attempt,
         grant,
-    );
+    )
+    .with_policy(policy);
     ports.vendor_key.sign_job(&mut message);
     let body = serde_json::to_string(&message).map_err(|e| HandlerError::Encode {
         message: e.to_string(),
@@ -1047,6 +1077,21 @@ async fn dispatch_sync<P: Backend>(
         sync_id: job.id,
         attempt,
     })
+}
+
+/// The verification policy of the component the job's build is of, for the agent to enforce.
+/// Read at dispatch, so the policy the vendor holds now is the one the install applies.
+async fn sync_policy<S: JobStore>(
+    store: &S,
+    job: &SyncJob,
+) -> Result<Option<crate::domain::VerifyPolicy>, HandlerError> {
+    let Some(build) = store.get_build(&job.build_id).await? else {
+        return Ok(None);
+    };
+    Ok(store
+        .get_component(&build.app, &build.component)
+        .await?
+        .and_then(|c| c.verify))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1136,6 +1181,7 @@ fn status_name(s: SyncReportStatus) -> &'static str {
         SyncReportStatus::Succeeded => "succeeded",
         SyncReportStatus::Failed => "failed",
         SyncReportStatus::GrantExpired => "grant_expired",
+        SyncReportStatus::PolicyFailed => "policy_failed",
     }
 }
 
@@ -1167,7 +1213,7 @@ fn report_payload_hash(ev: &SyncReported) -> String {
     hex::encode(h.finalize())
 }
 
-async fn revoke_quietly<G: GrantMinter>(minter: &G, grant: &GrantId) {
+pub(crate) async fn revoke_quietly<G: GrantMinter>(minter: &G, grant: &GrantId) {
     // Grants expire within 15 minutes anyway; a failed revoke must not fail the report.
     if let Err(e) = minter.revoke(grant).await {
         tracing::warn!(grant = %grant, error = %e, "could not revoke grant; it will expire");
@@ -1198,7 +1244,7 @@ async fn sync_reported<P: Backend>(
     match ev.status {
         // A success from any attempt is true: the install holds the digest.
         SyncReportStatus::Succeeded => report_succeeded(ports, job, &grant, stats).await,
-        SyncReportStatus::Failed => {
+        SyncReportStatus::Failed | SyncReportStatus::PolicyFailed => {
             if ev.attempt != job.state.attempts
                 || ports
                     .minter
@@ -1211,7 +1257,11 @@ async fn sync_reported<P: Backend>(
             let message = ev.error.clone().unwrap_or_else(|| {
                 "the agent reported a failure without detail; see the agent's logs".to_string()
             });
-            report_failed(ports, job, &grant, stats, message).await
+            let code = match ev.status {
+                SyncReportStatus::PolicyFailed => "policy_failed",
+                _ => "sync_failed",
+            };
+            report_failed(ports, job, &grant, stats, code, message).await
         }
         SyncReportStatus::GrantExpired => {
             report_grant_expired(ports, job, &install, ev.attempt).await
@@ -1266,6 +1316,7 @@ async fn report_failed<P: Backend>(
     job: SyncJob,
     grant: &GrantId,
     stats: SyncStats,
+    code: &str,
     message: String,
 ) -> Result<Outcome, HandlerError> {
     let now = ports.clock.now_ms();
@@ -1274,7 +1325,7 @@ async fn report_failed<P: Backend>(
         s if s.is_terminal() => Err(finished_conflict(j, s, "failed")),
         _ => Ok(Decision::Write(j.fail(
             now,
-            JobError::new("sync_failed", message.clone()),
+            JobError::new(code, message.clone()),
             Some(stats),
         )?)),
     })

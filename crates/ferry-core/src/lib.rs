@@ -5,18 +5,21 @@
 //! adapters (ferry-local, ferry-aws) implement the ports. This crate must never do I/O, read a
 //! clock or name an AWS type, so the same logic runs on both backends and in tests.
 
+pub mod bundle;
 pub mod domain;
 pub mod event;
 pub mod handlers;
 pub mod id;
 pub mod manage;
 pub mod ports;
+pub mod reconcile;
 pub mod record;
 pub mod release;
 pub mod release_port;
 pub mod rollout;
 pub mod seal;
 pub mod state;
+pub mod telemetry;
 pub mod timing;
 pub mod trust;
 
@@ -24,6 +27,8 @@ pub mod trust;
 pub mod contract;
 #[cfg(any(test, feature = "contract"))]
 pub mod manage_contract;
+#[cfg(any(test, all(feature = "contract", feature = "testing")))]
+pub mod reconcile_contract;
 pub mod release_contract;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

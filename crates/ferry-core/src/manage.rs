@@ -104,10 +104,21 @@ pub struct InstallStatus {
     pub install: Install,
     /// The newest sync of the install, whatever its status.
     pub last_sync: Option<SyncJob>,
-    /// When its agent last reported (unix ms): the newest finish of a sync it reported.
+    /// When its agent was last heard from (unix ms): its latest heartbeat, or the newest
+    /// finish of a sync it reported, whichever is later.
     pub last_seen: Option<u64>,
     /// What it holds, by repository.
     pub holds: Vec<Held>,
+    /// Its agent's latest heartbeat (version, last poll and sync, health), if it sent one.
+    pub telemetry: Option<crate::telemetry::InstallTelemetry>,
+}
+
+impl InstallStatus {
+    /// Whether the agent is heard from at `now`, by the one rule
+    /// ([`crate::telemetry::liveness`]) over [`InstallStatus::last_seen`].
+    pub fn liveness(&self, now: u64, stale_after_ms: u64) -> crate::telemetry::Liveness {
+        crate::telemetry::liveness(self.last_seen, now, stale_after_ms)
+    }
 }
 
 /// Which builds to list.
@@ -526,6 +537,7 @@ pub async fn install_status_via<S: JobStore>(
     })
     .await?
     .items;
+    let telemetry = store.get_telemetry(&id).await?;
     let mut holds: BTreeMap<Repository, Held> = BTreeMap::new();
     let mut last_seen: Option<u64> = None;
     for s in &syncs {
@@ -555,10 +567,14 @@ pub async fn install_status_via<S: JobStore>(
     let mut sorted = syncs;
     newest_first_syncs(&mut sorted);
     Ok(InstallStatus {
-        install,
         last_sync: sorted.into_iter().next(),
-        last_seen,
+        last_seen: match (last_seen, telemetry.as_ref().map(|t| t.last_seen)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
         holds: holds.into_values().collect(),
+        telemetry,
+        install,
     })
 }
 
@@ -588,7 +604,9 @@ pub async fn describe_dead_letter<S: JobStore>(
             None => (None, None),
         },
         // A release is not a job with a status; `ferry release show` tells where it stands.
-        Some(crate::event::JobRef::Release(_)) | None => (None, None),
+        Some(crate::event::JobRef::Release(_) | crate::event::JobRef::Install(_)) | None => {
+            (None, None)
+        }
     };
     Ok(DeadLetter {
         message_id,

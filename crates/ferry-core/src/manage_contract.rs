@@ -58,6 +58,7 @@ fn component(app: &str, name: &str) -> Component {
             source: format!("docker.io/library/{name}:1"),
         },
         repository: id(Repository::new(format!("{app}/{name}"))),
+        verify: None,
     }
 }
 
@@ -463,6 +464,31 @@ where
     assert!(
         gst.holds.is_empty() && gst.last_seen.is_none(),
         "management contract: a sync that failed before it ran is no report and holds nothing"
+    );
+    // A heartbeat: last-seen and the agent's own words, and the one stale rule over them.
+    let beat = crate::telemetry::InstallTelemetry {
+        install_id: id(InstallId::new("globex")),
+        last_seen: 9_000,
+        agent_version: "0.9.0".into(),
+        last_poll_at: Some(8_990),
+        last_sync_at: None,
+        health: "ok".into(),
+        sent_at: 8_999,
+    };
+    ok(f.store.record_heartbeat(&beat).await, "records a heartbeat");
+    let gst = ok(
+        m.install_status(&id(InstallId::new("globex"))).await,
+        "shows an install",
+    );
+    assert_eq!(
+        (gst.last_seen, gst.telemetry.as_ref()),
+        (Some(9_000), Some(&beat)),
+        "management contract: install status carries the heartbeat and its last-seen"
+    );
+    assert_eq!(
+        gst.liveness(9_000 + 16 * 60_000, 15 * 60_000),
+        crate::telemetry::Liveness::Stale,
+        "management contract: an agent silent past the threshold is stale"
     );
     not_found(
         m.install_status(&id(InstallId::new("nope"))).await,

@@ -19,6 +19,7 @@ use crate::id::{
     AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository, SyncId,
 };
 use crate::state::Expected;
+use crate::telemetry::InstallTelemetry;
 
 // ---------------------------------------------------------------------------------------------
 // Batches
@@ -318,6 +319,26 @@ pub trait JobStore: Send + Sync {
         &self,
         kind: &str,
     ) -> impl Future<Output = Result<(u64, Option<u64>), StoreError>> + Send;
+
+    /// Records an authenticated heartbeat as the install's telemetry, unless the stored one has
+    /// a later `last_seen` (last-seen never moves backwards). Returns the record as stored.
+    fn record_heartbeat(
+        &self,
+        telemetry: &InstallTelemetry,
+    ) -> impl Future<Output = Result<InstallTelemetry, StoreError>> + Send;
+    /// The install's telemetry, if its agent ever sent a heartbeat.
+    fn get_telemetry(
+        &self,
+        install: &InstallId,
+    ) -> impl Future<Output = Result<Option<InstallTelemetry>, StoreError>> + Send;
+    /// Sync jobs that are not terminal (queued or running) and last changed before `before`
+    /// (unix ms): what the reconciler looks at. Every such job appears once over the pages
+    /// (the order is the adapter's); a job that changes meanwhile may leave the result.
+    fn stale_syncs(
+        &self,
+        before: u64,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<Page<SyncJob>, StoreError>> + Send;
 }
 
 // ---------------------------------------------------------------------------------------------

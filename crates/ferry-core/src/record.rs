@@ -195,7 +195,7 @@ async fn fail_job<S: JobStore>(
             }
             // A release is not a job that fails: it keeps its state, which `release show`
             // prints, and `release resume` re-drives it.
-            JobRef::Release(_) => return Ok(()),
+            JobRef::Release(_) | JobRef::Install(_) => return Ok(()),
         };
         match r {
             Ok(()) => return Ok(()),

@@ -514,6 +514,40 @@ impl ReleaseTarget {
     }
 }
 
+/// When a running release should complete (unix ms), estimated from what it did so far: each
+/// step still to come takes the mean duration of the finished steps (their syncing time, the
+/// delays between them taken out), and each waits the delay first; a waiting step starts at
+/// its due time. `None` when the release is not running, or no step has finished yet (nothing
+/// to estimate from). Time spent paused counts as syncing time, so a pause lengthens the
+/// estimate.
+pub fn estimate_completion(release: &Release, targets: &[ReleaseTarget], now: u64) -> Option<u64> {
+    if release.status != ReleaseStatus::Running || release.step == 0 {
+        return None;
+    }
+    let finished = u64::from(release.step);
+    let last_finished_at = targets
+        .iter()
+        .filter(|t| t.step < release.step)
+        .map(|t| t.updated_at)
+        .max()?;
+    let delay = release.policy.delay_ms;
+    let busy = last_finished_at
+        .saturating_sub(release.created_at)
+        .saturating_sub((finished - 1).saturating_mul(delay));
+    let per_step = busy / finished;
+    let after_current = u64::from(release.steps.saturating_sub(release.step + 1));
+    let rest = after_current.saturating_mul(per_step.saturating_add(delay));
+    let current = match release.phase {
+        StepPhase::Waiting { due_at } => due_at.saturating_sub(now).saturating_add(per_step),
+        StepPhase::Syncing => {
+            let started = last_finished_at.saturating_add(delay);
+            per_step.saturating_sub(now.saturating_sub(started))
+        }
+        StepPhase::Done => return None,
+    };
+    Some(now.saturating_add(current).saturating_add(rest))
+}
+
 /// The release store port (DynamoDB items in the job table, or SQLite tables): releases, their
 /// targets and the lineage point reads a step needs. Writes are conditional on `version`.
 pub trait ReleaseStore: Send + Sync {
@@ -564,6 +598,12 @@ pub trait ReleaseStore: Send + Sync {
         step: u32,
         page: &PageRequest,
     ) -> impl Future<Output = Result<Page<ReleaseTarget>, StoreError>> + Send;
+
+    /// Releases whose status is `running`, by id ascending (what the reconciler checks).
+    fn running_releases(
+        &self,
+        page: &PageRequest,
+    ) -> impl Future<Output = Result<Page<Release>, StoreError>> + Send;
 
     /// Whether `install` holds `digest` (its agent verified it), and since when.
     fn get_lineage(
@@ -681,6 +721,38 @@ mod tests {
             .to_string()
             .contains("create a new release"));
         assert!(a.pause(3002).is_err());
+    }
+
+    #[test]
+    fn the_estimate_follows_the_finished_steps_and_the_delays() {
+        // 6 installs, 2 per step, 10 minute delay; step 1 took 4 minutes.
+        let r = release(6, 2, FailureBudget::Count(1))
+            .start_step(1000)
+            .unwrap();
+        let mut t = ReleaseTarget {
+            release_id: r.id.clone(),
+            install_id: InstallId::new("i-1").unwrap(),
+            step: 0,
+            round: 0,
+            syncs: vec![],
+            updated_at: 1000 + 240_000,
+            version: 1,
+        };
+        assert_eq!(
+            estimate_completion(&r, &[t.clone()], 2000),
+            None,
+            "no step finished"
+        );
+        let r = r.finish_step(tally(2, 2, 0), 241_000).unwrap();
+        // Waiting for step 2 (due at 841_000): then 4 min, 10 min delay, 4 min.
+        let eta = estimate_completion(&r, &[t.clone()], 300_000).unwrap();
+        assert_eq!(eta, 841_000 + 240_000 + 600_000 + 240_000);
+        // Step 2 syncing for 1 minute: 3 minutes of it left, then delay + one step.
+        let r = r.start_step(841_000).unwrap();
+        t.step = 0;
+        let eta = estimate_completion(&r, &[t], 901_000).unwrap();
+        assert_eq!(eta, 901_000 + 180_000 + 600_000 + 240_000);
+        assert_eq!(estimate_completion(&r.pause(1).unwrap(), &[], 1), None);
     }
 
     #[test]

@@ -80,6 +80,42 @@ where
     releases_are_conditional(&make().await).await;
     targets_are_conditional_and_listed_by_step(&make().await).await;
     lineage_point_reads(&make().await).await;
+    running_releases_are_listed(&make().await).await;
+}
+
+async fn running_releases_are_listed<S: ReleaseStore>(s: &S) {
+    // r-0..r-4 running; r-5 paused, r-6 completed-like (aborted).
+    for n in 0..7u32 {
+        let r = release(&format!("r-{n}"), "shop", u64::from(n));
+        ok(s.create_release(&r).await, "create_release");
+        let next = match n {
+            5 => Some(r.pause(100).unwrap_or_else(|e| panic!("{e}"))),
+            6 => Some(r.abort(100, "x").unwrap_or_else(|e| panic!("{e}"))),
+            _ => None,
+        };
+        if let Some(next) = next {
+            ok(s.update_release(&next, r.version).await, "update_release");
+        }
+    }
+    let mut ids = Vec::new();
+    let mut page = PageRequest::first(2);
+    for _ in 0..20 {
+        let got = ok(s.running_releases(&page).await, "running_releases");
+        assert!(
+            got.items.len() <= 2,
+            "contract: a page holds at most `limit`"
+        );
+        ids.extend(got.items.into_iter().map(|r| r.id.to_string()));
+        match got.next {
+            Some(c) => page = PageRequest::after(2, c),
+            None => break,
+        }
+    }
+    assert_eq!(
+        ids,
+        ["r-0", "r-1", "r-2", "r-3", "r-4"],
+        "contract: running_releases lists the running releases once each, by id"
+    );
 }
 
 async fn releases_are_conditional<S: ReleaseStore>(s: &S) {

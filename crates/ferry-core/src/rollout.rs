@@ -242,7 +242,11 @@ async fn target_installs<D: Desk>(
 }
 
 /// The event id of one page of one step of one round: a duplicate of it is the same piece.
-fn step_event(release: &Release, page: u32, cursor: Option<Cursor>) -> Result<Event, HandlerError> {
+pub(crate) fn step_event(
+    release: &Release,
+    page: u32,
+    cursor: Option<Cursor>,
+) -> Result<Event, HandlerError> {
     let id = EventId::new(format!(
         "{}.s{}.r{}.p{}",
         release.id, release.step, release.round, page
@@ -260,7 +264,7 @@ fn step_event(release: &Release, page: u32, cursor: Option<Cursor>) -> Result<Ev
     ))
 }
 
-async fn send_event<D: Desk>(
+pub(crate) async fn send_event<D: Desk>(
     ports: &D,
     event: &Event,
     delay_seconds: u32,
@@ -280,7 +284,7 @@ async fn send_event<D: Desk>(
 /// Sets the timer the release's state needs, if any (running and waiting): a `release.step`
 /// delayed until the step is due, or by the longest delay the queue allows (the handler sends
 /// it again until it is due).
-async fn send_timer<D: Desk>(ports: &D, release: &Release) -> Result<(), HandlerError> {
+pub(crate) async fn send_timer<D: Desk>(ports: &D, release: &Release) -> Result<(), HandlerError> {
     let Some((_, _, due_at)) = release.pending_timer() else {
         return Ok(());
     };
@@ -600,7 +604,7 @@ async fn futures_join_all<F: std::future::Future>(
 
 /// Tallies the current step from its targets and, when every one is terminal, ends it (halt,
 /// complete or move on) with one conditional write; sets the next timer when `timer`.
-async fn end_step_if_done<D: Desk>(
+pub(crate) async fn end_step_if_done<D: Desk>(
     ports: &D,
     release: Release,
     timer: bool,
@@ -688,8 +692,35 @@ pub async fn handle_release_synced<P: Backend>(
         ));
     }
     let release = get_release(ports, &ev.release_id).await?;
-    let Some(target) = ports.store.get_target(&release.id, &job.install_id).await? else {
+    let Some(stored) = record_outcome(ports, &release, &job).await? else {
         return Ok(ignored(&release.id, "the install is not a target"));
+    };
+    let release = if stored.step == release.step {
+        end_step_if_done(ports, release, true).await?
+    } else {
+        release
+    };
+    Ok(Outcome::ReleaseSynced {
+        release_id: release.id,
+        sync_id: job.id,
+        status: release.status,
+    })
+}
+
+/// Records a terminal sync's outcome (read from the store, never from an event) on its
+/// release target; `None` when the install is not a target of `release`. A repeat changes
+/// nothing (only an entry still `syncing` under this sync id is written).
+pub(crate) async fn record_outcome<D: Desk>(
+    ports: &D,
+    release: &Release,
+    job: &SyncJob,
+) -> Result<Option<ReleaseTarget>, HandlerError> {
+    let Some(target) = ports
+        .store()
+        .get_target(&release.id, &job.install_id)
+        .await?
+    else {
+        return Ok(None);
     };
     let (state, error) = match job.status() {
         JobStatus::Succeeded => (TargetState::Succeeded, None),
@@ -704,7 +735,7 @@ pub async fn handle_release_synced<P: Backend>(
         ),
     };
     let bytes = job.stats.map(|s| s.bytes_copied).unwrap_or(0);
-    let now = ports.clock.now_ms();
+    let now = ports.clock().now_ms();
     let stored = update_target(ports, target, |t| {
         let mut next = t.bumped(now);
         let entry = next
@@ -717,16 +748,7 @@ pub async fn handle_release_synced<P: Backend>(
         Some(next)
     })
     .await?;
-    let release = if stored.step == release.step {
-        end_step_if_done(ports, release, true).await?
-    } else {
-        release
-    };
-    Ok(Outcome::ReleaseSynced {
-        release_id: release.id,
-        sync_id: job.id,
-        status: release.status,
-    })
+    Ok(Some(stored))
 }
 
 /// Pauses a running release: the step in flight finishes, the next does not start.

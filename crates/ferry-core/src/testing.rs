@@ -114,6 +114,7 @@ struct StoreState {
     security: BTreeMap<String, (u64, u64)>,
     releases: BTreeMap<ReleaseId, Release>,
     targets: BTreeMap<(ReleaseId, u32, InstallId), ReleaseTarget>,
+    telemetry: BTreeMap<InstallId, crate::telemetry::InstallTelemetry>,
     writes: u64,
 }
 
@@ -233,6 +234,17 @@ impl ReleaseStore for MemStore {
             .values()
             .filter(|t| &t.release_id == release && t.step == step)
             .map(|t| (t.install_id.clone(), t.clone()))
+            .collect();
+        paginate(items, page)
+    }
+
+    async fn running_releases(&self, page: &PageRequest) -> Result<Page<Release>, StoreError> {
+        yield_now().await;
+        let items = lock(&self.0)
+            .releases
+            .values()
+            .filter(|r| r.status == crate::release::ReleaseStatus::Running)
+            .map(|r| (r.id.clone(), r.clone()))
             .collect();
         paginate(items, page)
     }
@@ -523,6 +535,45 @@ impl JobStore for MemStore {
             .security
             .get(kind)
             .map_or((0, None), |(n, at)| (*n, Some(*at))))
+    }
+
+    async fn record_heartbeat(
+        &self,
+        t: &crate::telemetry::InstallTelemetry,
+    ) -> Result<crate::telemetry::InstallTelemetry, StoreError> {
+        yield_now().await;
+        let mut s = lock(&self.0);
+        if let Some(cur) = s.telemetry.get(&t.install_id) {
+            if cur.last_seen > t.last_seen {
+                return Ok(cur.clone());
+            }
+        }
+        s.telemetry.insert(t.install_id.clone(), t.clone());
+        s.writes += 1;
+        Ok(t.clone())
+    }
+
+    async fn get_telemetry(
+        &self,
+        install: &InstallId,
+    ) -> Result<Option<crate::telemetry::InstallTelemetry>, StoreError> {
+        yield_now().await;
+        Ok(lock(&self.0).telemetry.get(install).cloned())
+    }
+
+    async fn stale_syncs(
+        &self,
+        before: u64,
+        page: &PageRequest,
+    ) -> Result<Page<SyncJob>, StoreError> {
+        yield_now().await;
+        let items = lock(&self.0)
+            .syncs
+            .values()
+            .filter(|j| !j.status().is_terminal() && j.state.updated_at < before)
+            .map(|j| ((j.state.updated_at, j.id.clone()), j.clone()))
+            .collect();
+        paginate(items, page)
     }
 
     async fn idempotency_release(&self, key: &str) -> Result<(), StoreError> {

@@ -29,7 +29,7 @@ use rand_core::{OsRng, TryRngCore};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::event::{SyncJobMessage, SyncReportStatus, SyncReported};
+use crate::event::{InstallHeartbeat, SyncJobMessage, SyncReportStatus, SyncReported};
 use crate::id::{BuildId, InstallId, ReleaseId, SyncId};
 use crate::seal::AgentKeypair;
 
@@ -54,6 +54,7 @@ const LABEL_GENERATED_ROOT: &[u8] = b"ferry vendor secret from generated text v1
 // Domain separation of the signed byte layouts.
 const JOB_CONTEXT: &[u8] = b"ferry-sync-job-v2";
 const REPORT_CONTEXT: &[u8] = b"ferry-sync-reported-v2";
+const HEARTBEAT_CONTEXT: &[u8] = b"ferry-install-heartbeat-v2";
 
 /// Why a signature, key or keyed id could not be made or checked; never carries key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,7 +91,7 @@ fn derive(key: &[u8], label: &[u8]) -> Zeroizing<[u8; SEED_LEN]> {
 }
 
 /// Appends `part` with a length prefix, so ("ab","c") and ("a","bc") sign differently.
-fn put(out: &mut Vec<u8>, part: &[u8]) {
+pub(crate) fn put(out: &mut Vec<u8>, part: &[u8]) {
     out.extend_from_slice(&(part.len() as u64).to_be_bytes());
     out.extend_from_slice(part);
 }
@@ -105,7 +106,7 @@ fn decode_signature(text: &str) -> Option<Signature> {
     Some(Signature::from_bytes(&bytes))
 }
 
-fn parse_verifying_key(
+pub(crate) fn parse_verifying_key(
     text: &str,
     prefix: &'static str,
     what: &'static str,
@@ -126,7 +127,7 @@ fn parse_verifying_key(
     VerifyingKey::from_bytes(&bytes).map_err(|_| invalid("it is not an Ed25519 point"))
 }
 
-fn verify(
+pub(crate) fn verify(
     key: &VerifyingKey,
     message: &[u8],
     signature: &str,
@@ -246,6 +247,12 @@ impl VendorKey {
         SyncId::from_derived(format!("s-{}", hex::encode(&mac[..16])))
     }
 
+    /// Signs `message` with the job-signing key (base64url). Only for byte layouts with their
+    /// own domain-separation context (bundle manifests: `crate::bundle`).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> String {
+        encode_signature(&self.signing.sign(message))
+    }
+
     /// Signs `msg` in place (its `signature` field), over [`job_signing_bytes`].
     pub fn sign_job(&self, msg: &mut SyncJobMessage) {
         let sig = self.signing.sign(&job_signing_bytes(msg));
@@ -274,6 +281,17 @@ pub fn job_signing_bytes(msg: &SyncJobMessage) -> Vec<u8> {
     put(&mut out, &msg.attempt.to_be_bytes());
     put(&mut out, msg.grant.ciphertext());
     put(&mut out, &msg.grant.expires_at.to_be_bytes());
+    // Appended only when present, so jobs without a policy sign as before; with one, the
+    // bytes differ, so a policy cannot be dropped (or a key swapped) without breaking the
+    // signature.
+    if let Some(policy) = &msg.verify {
+        put(&mut out, b"verify");
+        put(&mut out, policy.require.as_str().as_bytes());
+        put(&mut out, &(policy.keys.len() as u64).to_be_bytes());
+        for key in &policy.keys {
+            put(&mut out, key.as_bytes());
+        }
+    }
     out
 }
 
@@ -325,10 +343,22 @@ impl ReportKey {
         )
     }
 
+    /// Signs `message` with the report key (base64url). Only for byte layouts with their own
+    /// domain-separation context (bundle receipts: `crate::bundle`).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> String {
+        encode_signature(&self.signing.sign(message))
+    }
+
     /// Signs `report` in place (its `signature` field), over [`report_signing_bytes`].
     pub fn sign(&self, report: &mut SyncReported) {
         let sig = self.signing.sign(&report_signing_bytes(report));
         report.signature = encode_signature(&sig);
+    }
+
+    /// Signs `heartbeat` in place (its `signature` field), over [`heartbeat_signing_bytes`].
+    pub fn sign_heartbeat(&self, heartbeat: &mut InstallHeartbeat) {
+        let sig = self.signing.sign(&heartbeat_signing_bytes(heartbeat));
+        heartbeat.signature = encode_signature(&sig);
     }
 }
 
@@ -346,6 +376,7 @@ fn status_tag(status: SyncReportStatus) -> &'static [u8] {
         SyncReportStatus::Succeeded => b"succeeded",
         SyncReportStatus::Failed => b"failed",
         SyncReportStatus::GrantExpired => b"grant_expired",
+        SyncReportStatus::PolicyFailed => b"policy_failed",
     }
 }
 
@@ -377,6 +408,45 @@ pub fn verify_report(agent_report_key: &str, report: &SyncReported) -> Result<()
         &report_signing_bytes(report),
         &report.signature,
         "sync.reported",
+        "the install's registered agent",
+    )
+}
+
+fn opt_time(t: Option<u64>) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    if let Some(t) = t {
+        out[0] = 1;
+        out[1..].copy_from_slice(&t.to_be_bytes());
+    }
+    out
+}
+
+/// The bytes an agent signs for a heartbeat: every field it claims, under its own context (a
+/// report's signature never verifies as a heartbeat's, nor the reverse).
+pub fn heartbeat_signing_bytes(h: &InstallHeartbeat) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    put(&mut out, HEARTBEAT_CONTEXT);
+    put(&mut out, h.install_id.as_str().as_bytes());
+    put(&mut out, h.agent_version.as_bytes());
+    put(&mut out, &opt_time(h.last_poll_at));
+    put(&mut out, &opt_time(h.last_sync_at));
+    put(&mut out, h.health.as_bytes());
+    put(&mut out, &h.sent_at.to_be_bytes());
+    out
+}
+
+/// The IMS's check of a heartbeat against the report key registered for its install.
+pub fn verify_heartbeat(agent_report_key: &str, h: &InstallHeartbeat) -> Result<(), TrustError> {
+    let key = parse_verifying_key(
+        agent_report_key,
+        AGENT_REPORT_KEY_PREFIX,
+        "the install's agent report key",
+    )?;
+    verify(
+        &key,
+        &heartbeat_signing_bytes(h),
+        &h.signature,
+        "install.heartbeat",
         "the install's registered agent",
     )
 }
@@ -499,6 +569,51 @@ mod tests {
                 Err(TrustError::BadSignature { .. })
             ));
         }
+    }
+
+    #[test]
+    fn a_jobs_verification_policy_is_signed_and_cannot_be_dropped_or_changed() {
+        use crate::domain::{KeyRequirement, VerifyPolicy};
+        let k = VendorKey::generate().unwrap();
+        let policy = VerifyPolicy {
+            keys: vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()],
+            require: KeyRequirement::Any,
+        };
+        let mut m = job().with_policy(Some(policy.clone()));
+        k.sign_job(&mut m);
+        verify_job(&k.public_key_string(), &m).unwrap();
+        let tampered: Vec<Tamper<SyncJobMessage>> = vec![
+            Box::new(|m| m.verify = None),
+            Box::new(|m| {
+                if let Some(p) = m.verify.as_mut() {
+                    p.require = KeyRequirement::All;
+                }
+            }),
+            Box::new(|m| {
+                if let Some(p) = m.verify.as_mut() {
+                    p.keys[0] =
+                        "-----BEGIN PUBLIC KEY-----\nBBBB\n-----END PUBLIC KEY-----\n".into();
+                }
+            }),
+            Box::new(|m| {
+                if let Some(p) = m.verify.as_mut() {
+                    p.keys.push(p.keys[0].clone());
+                }
+            }),
+        ];
+        for t in tampered {
+            let mut bad = m.clone();
+            t(&mut bad);
+            assert!(matches!(
+                verify_job(&k.public_key_string(), &bad),
+                Err(TrustError::BadSignature { .. })
+            ));
+        }
+        // A job signed without a policy does not verify once one is added either.
+        let mut plain = job();
+        k.sign_job(&mut plain);
+        let added = plain.clone().with_policy(Some(policy));
+        assert!(verify_job(&k.public_key_string(), &added).is_err());
     }
 
     #[test]

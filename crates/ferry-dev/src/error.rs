@@ -60,5 +60,6 @@ dev_error_from!(
     ferry_core::ports::QueueError,
     ferry_core::ports::StoreError,
     ferry_core::HandlerError,
-    ferry_local::db::DbError
+    ferry_local::db::DbError,
+    ferry_oci::Error
 );

@@ -11,6 +11,7 @@
 
 mod agents;
 mod builder;
+pub mod bundle;
 mod error;
 pub mod manage;
 pub mod state;

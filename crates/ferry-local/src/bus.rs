@@ -7,8 +7,8 @@
 //! queue refuses it, is a failed entry the caller sees.
 
 use ferry_core::event::{
-    Event, BUILD_COMPLETED, BUILD_REQUESTED, RELEASE_STEP, RELEASE_SYNCED, SYNC_REPORTED,
-    SYNC_REQUESTED,
+    Event, BUILD_COMPLETED, BUILD_REQUESTED, INSTALL_HEARTBEAT, RELEASE_STEP, RELEASE_SYNCED,
+    SYNC_REPORTED, SYNC_REQUESTED,
 };
 use ferry_core::id::QueueName;
 use ferry_core::ports::{Batch, BusError, EntryFailure, EventBus, Queue};
@@ -28,6 +28,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     (SYNC_REPORTED, SYNC_REPORTED_QUEUE),
     (RELEASE_STEP, RELEASE_QUEUE),
     (RELEASE_SYNCED, RELEASE_QUEUE),
+    // Heartbeats share the agents' report path (and its authentication).
+    (INSTALL_HEARTBEAT, SYNC_REPORTED_QUEUE),
 ];
 
 /// The queue an event type is routed to.

@@ -132,6 +132,8 @@ impl SqliteCatalog {
                     [&id],
                 )
                 .map_err(DbError::from)?;
+                tx.execute("DELETE FROM install_telemetry WHERE install_id = ?1", [&id])
+                    .map_err(DbError::from)?;
                 let n = tx
                     .execute("DELETE FROM installs WHERE id = ?1", [&id])
                     .map_err(DbError::from)?;

@@ -100,6 +100,16 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX release_targets_by_step ON release_targets (release_id, step, install_id);
     "#,
+    // 5: the reconciler's view of open syncs (by last change), and install telemetry.
+    r#"
+    ALTER TABLE syncs ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+    UPDATE syncs SET updated_at = COALESCE(json_extract(body, '$.state.updated_at'), created_at);
+    CREATE INDEX syncs_open ON syncs (updated_at, id) WHERE status IN ('queued', 'running');
+    CREATE TABLE install_telemetry (
+        install_id TEXT PRIMARY KEY,
+        last_seen INTEGER NOT NULL, body TEXT NOT NULL
+    );
+    "#,
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -215,6 +215,33 @@ impl ReleaseStore for SqliteStore {
             .map_err(store_err)
     }
 
+    async fn running_releases(&self, page: &PageRequest) -> Result<Page<Release>, StoreError> {
+        const Q: &str = "running_releases";
+        let page = page.clone();
+        self.db()
+            .call(move |conn| {
+                let after = read_cursor(Q, &[], &page)?;
+                let after_id = after.map(|k| k.id).unwrap_or_default();
+                // Releases are few (each is a vendor decision): the status is read from the
+                // body rather than kept in its own indexed column.
+                let rows: Vec<Release> = query_bodies(
+                    conn,
+                    "SELECT body FROM releases
+                     WHERE json_extract(body, '$.status') = 'running' AND id > ?1
+                     ORDER BY id LIMIT ?2",
+                    params![after_id, i64::from(page.limit()) + 1],
+                    Q,
+                )?;
+                Ok(paginate(Q, rows, page.limit(), |r| CursorKey {
+                    p: vec![],
+                    t: None,
+                    id: r.id.to_string(),
+                }))
+            })
+            .await
+            .map_err(store_err)
+    }
+
     async fn get_lineage(
         &self,
         digest: &Digest,

@@ -17,6 +17,7 @@ use ferry_core::ports::{
     Conflict, Cursor, IdempotencyClaim, JobStore, Page, PageRequest, StoreError, WriteError,
 };
 use ferry_core::state::Expected;
+use ferry_core::telemetry::InstallTelemetry;
 
 use crate::db::{to_i64, to_u64, Db, DbError};
 
@@ -392,8 +393,9 @@ impl JobStore for SqliteStore {
                 let id = s.id.to_string();
                 insert_if_absent(
                     tx,
-                    "INSERT INTO syncs (id, build_id, install_id, status, version, created_at, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO syncs (id, build_id, install_id, status, version, created_at, body,
+                                        updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
                     params![
                         id,
                         s.build_id.as_str(),
@@ -401,7 +403,8 @@ impl JobStore for SqliteStore {
                         s.status().as_str(),
                         to_i64(s.state.version),
                         to_i64(s.state.created_at),
-                        encode(&id, &s)?
+                        encode(&id, &s)?,
+                        to_i64(s.state.updated_at)
                     ],
                     SELECT_SYNC,
                     &id,
@@ -432,7 +435,7 @@ impl JobStore for SqliteStore {
                 update_if(
                     tx,
                     "UPDATE syncs SET build_id = ?1, install_id = ?2, status = ?3, version = ?4,
-                            created_at = ?5, body = ?6
+                            created_at = ?5, body = ?6, updated_at = ?10
                      WHERE id = ?7 AND version = ?8 AND status = ?9",
                     params![
                         s.build_id.as_str(),
@@ -443,7 +446,8 @@ impl JobStore for SqliteStore {
                         encode(&id, &s)?,
                         id,
                         to_i64(expected.version),
-                        expected.status.as_str()
+                        expected.status.as_str(),
+                        to_i64(s.state.updated_at)
                     ],
                     SELECT_SYNC,
                     &id,
@@ -592,6 +596,84 @@ impl JobStore for SqliteStore {
                     )
                     .optional()?;
                 Ok(row.map_or((0, None), |(n, at)| (to_u64(n), Some(to_u64(at)))))
+            })
+            .await
+            .map_err(store_err)
+    }
+
+    async fn record_heartbeat(
+        &self,
+        telemetry: &InstallTelemetry,
+    ) -> Result<InstallTelemetry, StoreError> {
+        let t = telemetry.clone();
+        self.db
+            .write(move |tx| {
+                let key = format!("telemetry of {}", t.install_id);
+                // Last-seen only moves forward: an older heartbeat leaves the row alone.
+                tx.execute(
+                    "INSERT INTO install_telemetry (install_id, last_seen, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (install_id) DO UPDATE SET last_seen = excluded.last_seen,
+                         body = excluded.body
+                     WHERE excluded.last_seen >= install_telemetry.last_seen",
+                    params![t.install_id.as_str(), to_i64(t.last_seen), encode(&key, &t)?],
+                )?;
+                get_body(
+                    tx,
+                    "SELECT body FROM install_telemetry WHERE install_id = ?1",
+                    [t.install_id.as_str()],
+                    &key,
+                )?
+                .ok_or_else(|| DbError::Invalid(format!("{key} vanished while it was written")))
+            })
+            .await
+            .map_err(store_err)
+    }
+
+    async fn get_telemetry(
+        &self,
+        install: &InstallId,
+    ) -> Result<Option<InstallTelemetry>, StoreError> {
+        let id = install.to_string();
+        self.db
+            .call(move |conn| {
+                get_body(
+                    conn,
+                    "SELECT body FROM install_telemetry WHERE install_id = ?1",
+                    [&id],
+                    &format!("telemetry of {id}"),
+                )
+            })
+            .await
+            .map_err(store_err)
+    }
+
+    async fn stale_syncs(
+        &self,
+        before: u64,
+        page: &PageRequest,
+    ) -> Result<Page<SyncJob>, StoreError> {
+        const Q: &str = "stale_syncs";
+        let (before, page) = (before, page.clone());
+        self.db
+            .call(move |conn| {
+                let b = before.to_string();
+                let after = read_cursor(Q, &[b.as_str()], &page)?;
+                let (t, id) =
+                    after.map_or((-1, String::new()), |k| (to_i64(k.t.unwrap_or(0)), k.id));
+                let rows: Vec<SyncJob> = query_bodies(
+                    conn,
+                    "SELECT body FROM syncs
+                     WHERE status IN ('queued', 'running') AND updated_at < ?1
+                       AND (updated_at > ?2 OR (updated_at = ?2 AND id > ?3))
+                     ORDER BY updated_at, id LIMIT ?4",
+                    params![to_i64(before), t, id, i64::from(page.limit()) + 1],
+                    Q,
+                )?;
+                Ok(paginate(Q, rows, page.limit(), |s| CursorKey {
+                    p: vec![b.clone()],
+                    t: Some(s.state.updated_at),
+                    id: s.id.to_string(),
+                }))
             })
             .await
             .map_err(store_err)

@@ -23,6 +23,7 @@ use ferry_core::ports::{
     Backend, Batch, Builder, Clock, GrantMinter, IdGenerator, Queue, QueueError, ReceiptHandle,
     ReceiveOptions, ReceivedMessage, MAX_BATCH, MAX_WAIT_SECONDS,
 };
+use ferry_core::reconcile::{reconcile, ReconcileConfig, ReconcileReport};
 use ferry_core::record::{
     decode_event, handle_record, Record, RecordError, RecordOutcome, Redrive,
 };
@@ -263,6 +264,9 @@ async fn give_back<B, G, C>(
 // ---------------------------------------------------------------------------------------------
 // LocalIms
 
+/// How often `ferry dev`'s reconciler runs unless told otherwise (the AWS schedule's rate).
+pub const DEFAULT_RECONCILE_EVERY: Duration = Duration::from_secs(5 * 60);
+
 /// Settings of the local IMS queues and workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImsOptions {
@@ -272,6 +276,11 @@ pub struct ImsOptions {
     pub max_receive_count: u32,
     pub worker: WorkerOptions,
     pub handlers: Config,
+    /// How often the reconciler runs (`None`: never; the local stand-in for the AWS stack's
+    /// EventBridge schedule). Its deadlines are measured with the IMS's clock.
+    pub reconcile_every: Option<Duration>,
+    /// The reconciler's deadlines and bounds per pass.
+    pub reconcile: ReconcileConfig,
 }
 
 impl Default for ImsOptions {
@@ -281,6 +290,8 @@ impl Default for ImsOptions {
             max_receive_count: crate::queue::DEFAULT_MAX_RECEIVE_COUNT,
             worker: WorkerOptions::default(),
             handlers: Config::default(),
+            reconcile_every: Some(DEFAULT_RECONCILE_EVERY),
+            reconcile: ReconcileConfig::default(),
         }
     }
 }
@@ -375,7 +386,14 @@ where
         .await
     }
 
-    /// Starts one worker per IMS queue on the current runtime.
+    /// One reconciler pass now (what the timer runs): stuck syncs re-driven or failed, stuck
+    /// release steps re-tallied (see `ferry_core::reconcile`).
+    pub async fn reconcile_once(&self) -> Result<ReconcileReport, HandlerError> {
+        reconcile(&self.ports, &self.options.reconcile).await
+    }
+
+    /// Starts one worker per IMS queue on the current runtime, and the reconciler's timer
+    /// when `reconcile_every` is set.
     pub fn spawn(&self) -> RunningIms {
         let (tx, rx) = watch::channel(false);
         let workers = ims_queues()
@@ -390,9 +408,49 @@ where
                 (name, handle)
             })
             .collect();
+        let reconciler = self.options.reconcile_every.map(|every| {
+            tokio::spawn(run_reconciler(
+                self.ports.clone(),
+                self.options.reconcile,
+                every,
+                rx.clone(),
+            ))
+        });
         RunningIms {
             shutdown: tx,
             workers,
+            reconciler,
+        }
+    }
+}
+
+/// Runs a reconciler pass every `every` until shutdown; a failed pass is logged and the next
+/// one tries again (every action of a pass is idempotent).
+async fn run_reconciler<B, G, C>(
+    ports: Arc<ImsPorts<B, G, C>>,
+    config: ReconcileConfig,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    B: Builder + 'static,
+    G: GrantMinter + 'static,
+    C: Clock + 'static,
+{
+    let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticks.tick() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = reconcile(&ports, &config)
+            .instrument(tracing::info_span!("reconcile"))
+            .await
+        {
+            tracing::warn!(error = %e, "reconciler pass failed; the next one retries");
         }
     }
 }
@@ -401,6 +459,7 @@ where
 pub struct RunningIms {
     shutdown: watch::Sender<bool>,
     workers: Vec<(QueueName, JoinHandle<Result<WorkerStats, QueueError>>)>,
+    reconciler: Option<JoinHandle<()>>,
 }
 
 impl RunningIms {
@@ -408,6 +467,10 @@ impl RunningIms {
     pub async fn shutdown(self) -> Vec<(QueueName, Result<WorkerStats, QueueError>)> {
         // Only fails when every receiver is gone, i.e. the workers already stopped.
         let _ = self.shutdown.send(true);
+        if let Some(r) = self.reconciler {
+            // A panicked pass has nothing left to clean up.
+            let _ = r.await;
+        }
         let mut out = Vec::new();
         for (name, handle) in self.workers {
             let r = handle.await.unwrap_or_else(|e| {

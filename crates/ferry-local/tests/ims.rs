@@ -75,6 +75,9 @@ async fn env_with(
             fan_out_on_build,
             ..ferry_core::Config::default()
         },
+        // The tests drive time by hand; a reconciler pass runs only when a test asks.
+        reconcile_every: None,
+        reconcile: ferry_core::reconcile::ReconcileConfig::default(),
     };
     let ims = LocalIms::new(
         db,
@@ -96,6 +99,7 @@ async fn env_with(
                 source: "docker.io/library/nginx".into(),
             },
             repository: Repository::new("shop/web").unwrap(),
+            verify: None,
         })
         .await
         .unwrap();
@@ -215,6 +219,7 @@ fn completed(build: &BuildId) -> Event {
         repository: Some(Repository::new("shop/web").unwrap()),
         media_type: None,
         error: None,
+        revision: None,
     }))
 }
 

@@ -109,6 +109,30 @@ impl PublicKey {
     }
 }
 
+impl Policy {
+    /// A policy from PEM keys (as a component stores them); `all` when every key must sign.
+    pub fn from_pems<'a>(
+        keys: impl IntoIterator<Item = &'a str>,
+        all: bool,
+    ) -> Result<Policy, VerifyError> {
+        let keys = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                PublicKey::from_pem(k).map_err(|e| VerifyError::BadKey(format!("key #{i}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Policy {
+            keys,
+            require: if all {
+                Requirement::AllKeys
+            } else {
+                Requirement::AnyKey
+            },
+        })
+    }
+}
+
 /// Which keys must have signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Requirement {
@@ -217,6 +241,130 @@ struct SignatureManifest {
     layers: Vec<crate::Descriptor>,
 }
 
+/// The signature manifests of `subject`: the one under the cosign tag `tag`, then those the
+/// referrers API lists with the signature artifact type, at most [`MAX_SIGNATURE_MANIFESTS`]
+/// from referrers.
+async fn signature_manifests(
+    client: &RegistryClient,
+    repo: &RepoRef,
+    subject: &Digest,
+    tag: &str,
+) -> Result<Vec<Manifest>, Error> {
+    let mut manifests: Vec<Manifest> = Vec::new();
+    match client.get_manifest(repo, tag).await {
+        Ok(m) => manifests.push(m),
+        Err(Error::NotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // Referrers are optional: a registry without the API answers 404, which is no signature.
+    if let Ok(referrers) = client.referrers(repo, subject).await {
+        for d in referrers
+            .iter()
+            .filter(|d| d.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT))
+        {
+            if manifests.len() >= MAX_SIGNATURE_MANIFESTS {
+                break;
+            }
+            if manifests.iter().any(|m| m.digest == d.digest) {
+                continue;
+            }
+            manifests.push(client.get_manifest(repo, d.digest.as_str()).await?);
+        }
+    }
+    Ok(manifests)
+}
+
+/// What the signature manifests showed: the keys that signed, the manifests that held a
+/// valid signature, and why each other payload was refused.
+#[derive(Default)]
+struct Tally {
+    signed_by: Vec<String>,
+    from: Vec<Digest>,
+    refusals: Vec<String>,
+}
+
+impl Tally {
+    /// Checks every simple-signing payload of the signature manifest `m`.
+    async fn check(
+        &mut self,
+        client: &RegistryClient,
+        repo: &RepoRef,
+        subject: &Digest,
+        m: &Manifest,
+        keys: &[PublicKey],
+    ) -> Result<(), Error> {
+        let parsed: SignatureManifest = match serde_json::from_slice(&m.bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.refusals
+                    .push(format!("{}: not a manifest: {e}", m.digest));
+                return Ok(());
+            }
+        };
+        for layer in parsed
+            .layers
+            .iter()
+            .filter(|l| l.media_type == SIMPLE_SIGNING)
+        {
+            let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
+                self.refusals
+                    .push(format!("{}: a payload without a signature", m.digest));
+                continue;
+            };
+            if layer.size > MAX_PAYLOAD {
+                self.refusals.push(format!(
+                    "{}: a payload of {} bytes (at most {MAX_PAYLOAD})",
+                    m.digest, layer.size
+                ));
+                continue;
+            }
+            let payload = read_payload(client, repo, &layer.digest, layer.size).await?;
+            match verify_payload(keys, &payload, sig, subject) {
+                Ok(signers) => {
+                    for k in signers {
+                        if !self.signed_by.contains(&k) {
+                            self.signed_by.push(k);
+                        }
+                    }
+                    if !self.from.contains(&m.digest) {
+                        self.from.push(m.digest.clone());
+                    }
+                }
+                Err(reason) => self.refusals.push(format!("{}: {reason}", m.digest)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the signatures found satisfy `policy`'s requirement.
+    fn judge(self, policy: &Policy, target: String) -> Result<Verified, VerifyError> {
+        let missing: Vec<&str> = policy
+            .keys
+            .iter()
+            .map(PublicKey::id)
+            .filter(|id| !self.signed_by.iter().any(|s| s == id))
+            .collect();
+        let satisfied = match policy.require {
+            Requirement::AnyKey => !self.signed_by.is_empty(),
+            Requirement::AllKeys => missing.is_empty(),
+        };
+        if !satisfied {
+            let mut reason = match policy.require {
+                Requirement::AnyKey => "no valid signature by a policy key".to_string(),
+                Requirement::AllKeys => format!("no valid signature by {}", missing.join(", ")),
+            };
+            if !self.refusals.is_empty() {
+                reason.push_str(&format!(" ({})", self.refusals.join("; ")));
+            }
+            return Err(VerifyError::NotSatisfied { target, reason });
+        }
+        Ok(Verified {
+            keys: self.signed_by,
+            signatures: self.from,
+        })
+    }
+}
+
 /// Finds the signatures of `repo@subject` and checks them against `policy`.
 pub async fn verify(
     client: &RegistryClient,
@@ -235,104 +383,60 @@ pub async fn verify(
         source,
     };
     let tag = signature_tag(subject);
-    let mut manifests: Vec<Manifest> = Vec::new();
-    match client.get_manifest(repo, &tag).await {
-        Ok(m) => manifests.push(m),
-        Err(Error::NotFound { .. }) => {}
-        Err(e) => return Err(registry(e)),
-    }
-    // Referrers are optional: a registry without the API answers 404, which is no signature.
-    if let Ok(referrers) = client.referrers(repo, subject).await {
-        for d in referrers
-            .iter()
-            .filter(|d| d.artifact_type.as_deref() == Some(SIGNATURE_ARTIFACT))
-        {
-            if manifests.len() >= MAX_SIGNATURE_MANIFESTS {
-                break;
-            }
-            if manifests.iter().any(|m| m.digest == d.digest) {
-                continue;
-            }
-            manifests.push(
-                client
-                    .get_manifest(repo, d.digest.as_str())
-                    .await
-                    .map_err(registry)?,
-            );
-        }
-    }
+    let manifests = signature_manifests(client, repo, subject, &tag)
+        .await
+        .map_err(registry)?;
     if manifests.is_empty() {
         return Err(VerifyError::Unsigned { target, tag });
     }
-    let mut signed_by: Vec<String> = Vec::new();
-    let mut from: Vec<Digest> = Vec::new();
-    let mut refusals: Vec<String> = Vec::new();
+    let mut tally = Tally::default();
     for m in manifests.iter().take(MAX_SIGNATURE_MANIFESTS) {
-        let parsed: SignatureManifest = match serde_json::from_slice(&m.bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                refusals.push(format!("{}: not a manifest: {e}", m.digest));
-                continue;
-            }
-        };
-        for layer in parsed
-            .layers
-            .iter()
-            .filter(|l| l.media_type == SIMPLE_SIGNING)
-        {
-            let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
-                refusals.push(format!("{}: a payload without a signature", m.digest));
-                continue;
-            };
-            if layer.size > MAX_PAYLOAD {
-                refusals.push(format!(
-                    "{}: a payload of {} bytes (at most {MAX_PAYLOAD})",
-                    m.digest, layer.size
-                ));
-                continue;
-            }
-            let payload = read_payload(client, repo, &layer.digest, layer.size)
-                .await
-                .map_err(registry)?;
-            match verify_payload(&policy.keys, &payload, sig, subject) {
-                Ok(keys) => {
-                    for k in keys {
-                        if !signed_by.contains(&k) {
-                            signed_by.push(k);
-                        }
-                    }
-                    if !from.contains(&m.digest) {
-                        from.push(m.digest.clone());
-                    }
-                }
-                Err(reason) => refusals.push(format!("{}: {reason}", m.digest)),
-            }
-        }
+        tally
+            .check(client, repo, subject, m, &policy.keys)
+            .await
+            .map_err(registry)?;
     }
-    let missing: Vec<&str> = policy
-        .keys
-        .iter()
-        .map(PublicKey::id)
-        .filter(|id| !signed_by.iter().any(|s| s == id))
-        .collect();
-    let satisfied = match policy.require {
-        Requirement::AnyKey => !signed_by.is_empty(),
-        Requirement::AllKeys => missing.is_empty(),
-    };
-    if !satisfied {
-        let mut reason = match policy.require {
-            Requirement::AnyKey => "no valid signature by a policy key".to_string(),
-            Requirement::AllKeys => format!("no valid signature by {}", missing.join(", ")),
-        };
-        if !refusals.is_empty() {
-            reason.push_str(&format!(" ({})", refusals.join("; ")));
+    tally.judge(policy, target)
+}
+
+/// Cosign's tag-scheme suffixes that travel with an artifact: signatures, attestations, SBOMs.
+pub const TAG_SUFFIXES: &[&str] = &["sig", "att", "sbom"];
+
+/// Copies cosign's tag-scheme artifacts of `digest` (`sha256-<hex>.sig`, `.att`, `.sbom`) from
+/// the repository `from` to the same tags in `to`, each by the engine (blobs first, verified,
+/// tag last); returns the tags copied. Missing ones are skipped: travelling is not verifying.
+pub async fn copy_tag_scheme(
+    engine: &crate::CopyEngine,
+    client: &RegistryClient,
+    from: &RepoRef,
+    to: &RepoRef,
+    digest: &Digest,
+) -> Result<Vec<String>, Error> {
+    let base = signature_tag(digest);
+    let stem = base.trim_end_matches(".sig");
+    let mut copied = Vec::new();
+    for suffix in TAG_SUFFIXES {
+        let tag = format!("{stem}.{suffix}");
+        if client.head_manifest(from, &tag).await?.is_none() {
+            continue;
         }
-        return Err(VerifyError::NotSatisfied { target, reason });
+        let at = |repo: &RepoRef| {
+            crate::Reference::Registry(crate::RegistryRef {
+                repo: repo.clone(),
+                tag: Some(tag.clone()),
+                digest: None,
+            })
+        };
+        engine
+            .copy(
+                &at(from),
+                &[at(to)],
+                std::sync::Arc::new(crate::progress::NoProgress),
+            )
+            .await?;
+        copied.push(tag);
     }
-    Ok(Verified {
-        keys: signed_by,
-        signatures: from,
-    })
+    Ok(copied)
 }
 
 /// A payload blob, bounded, checked against its digest.

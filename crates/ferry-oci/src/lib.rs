@@ -10,6 +10,8 @@
 //! all present and verified, and never put a credential into an error message or a log line.
 
 pub mod auth;
+pub mod bundle;
+pub mod chart_bundle;
 pub mod client;
 pub mod copy;
 pub mod cosign;

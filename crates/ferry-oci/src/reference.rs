@@ -127,7 +127,8 @@ pub fn is_loopback(registry: &str) -> bool {
 
 /// The repository rule is ferry-spec's; re-exported at its old path.
 pub use ferry_spec::valid_repository;
-use ferry_spec::valid_tag;
+/// The tag rule is ferry-spec's; re-exported for crates that reach OCI through ferry-oci.
+pub use ferry_spec::valid_tag;
 
 fn split_digest(input: &str, s: &str) -> Result<(String, Option<Digest>)> {
     match s.split_once('@') {

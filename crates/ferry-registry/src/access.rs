@@ -581,24 +581,37 @@ impl AccessControl {
                 "this sync grant allows only {what}; request {repository} with its own grant"
             ));
         }
+        let base = graph.manifest_references(&grant.repository, &grant.digest);
         let in_graph = |d: &str| {
-            graph
-                .manifest_references(&grant.repository, &grant.digest)
+            base.as_ref()
                 .is_some_and(|refs| refs.iter().any(|r| r == d))
+        };
+        // What travels with the artifact: computed only for what the graph does not hold.
+        let attached = |d: &str| {
+            crate::grant_scope::attached(graph, &grant.repository, &grant.digest, base.as_deref())
+                .contains(d)
         };
         let allowed = match target {
             Target::Manifest(reference) if !is_digest(reference) => {
-                return forbidden(format!(
-                    "a sync grant pulls by digest only: fetch {what}, not a tag"
-                ));
+                if crate::grant_scope::is_attached_tag(&grant.digest, reference) {
+                    true
+                } else {
+                    return forbidden(format!(
+                        "a sync grant pulls by digest only: fetch {what}, not a tag \
+                         (only its signature tags {})",
+                        crate::grant_scope::attached_tags(&grant.digest).join(", ")
+                    ));
+                }
             }
-            Target::Manifest(d) => *d == grant.digest || in_graph(d),
-            Target::Blob(d) => in_graph(d),
+            Target::Manifest(d) => *d == grant.digest || in_graph(d) || attached(d),
+            Target::Blob(d) => in_graph(d) || attached(d),
+            Target::Referrers(d) => *d == grant.digest || in_graph(d) || attached(d),
             Target::Repository | Target::Catalog => false,
         };
         if !allowed {
             return forbidden(format!(
-                "this sync grant allows only {what} and the manifests and blobs it references"
+                "this sync grant allows only {what}, the manifests and blobs it references, and \
+                 its referrers and signature tags"
             ));
         }
         Ok(Principal {
@@ -653,50 +666,84 @@ impl Authorizer for AccessControl {
         graph: &dyn GraphLookup,
     ) -> Result<Principal, Denied> {
         let scope = Self::challenge_scope(repository, action, target);
-        let realm = self.realm();
         let Some(header) = authorization else {
-            let policy = self.policy();
-            if policy.anonymous_vendor_pull
-                && action == Action::Pull
-                && *target != Target::Catalog
-                && policy.namespace(repository) == Namespace::Vendor
-            {
-                return Ok(Principal::anonymous());
-            }
-            return Err(self.unauthorized(
-                scope.clone(),
-                format!("authentication required: request a token with scope {scope} from {realm} using HTTP Basic identity credentials"),
-            ));
+            return self.authorize_anonymous(repository, action, target, scope);
         };
+        let claims = self.verified_claims(header, &scope)?;
+        if let Some(grant) = &claims.grant {
+            return self.authorize_grant(&claims, grant, repository, action, target, graph);
+        }
+        self.authorize_identity(&claims, repository, action, target, &scope)
+    }
+}
+
+impl AccessControl {
+    /// A request without `Authorization`: allowed only to pull from the vendor namespace,
+    /// when the policy allows anonymous vendor pulls; otherwise the challenge for `scope`.
+    fn authorize_anonymous(
+        &self,
+        repository: &str,
+        action: Action,
+        target: &Target,
+        scope: String,
+    ) -> Result<Principal, Denied> {
+        let policy = self.policy();
+        if policy.anonymous_vendor_pull
+            && action == Action::Pull
+            && *target != Target::Catalog
+            && policy.namespace(repository) == Namespace::Vendor
+        {
+            return Ok(Principal::anonymous());
+        }
+        let realm = self.realm();
+        Err(self.unauthorized(
+            scope.clone(),
+            format!("authentication required: request a token with scope {scope} from {realm} using HTTP Basic identity credentials"),
+        ))
+    }
+
+    /// The claims of the bearer token in `header`: signed by us, unexpired and not revoked.
+    /// A refusal carries the challenge for `scope`.
+    fn verified_claims(&self, header: &str, scope: &str) -> Result<TokenClaims, Denied> {
+        let realm = self.realm();
         let Some(token) = bearer(header) else {
             return Err(self.unauthorized(
-                scope.clone(),
+                scope.to_string(),
                 format!("this registry takes bearer tokens only: request a token with scope {scope} from {realm}"),
             ));
         };
-        let now = self.now();
-        let claims = self.verifier.verify(token, now).map_err(|e| {
+        let claims = self.verifier.verify(token, self.now()).map_err(|e| {
             self.unauthorized(
-                scope.clone(),
+                scope.to_string(),
                 format!("{e}; request a token with scope {scope} from {realm}"),
             )
         })?;
         if self.is_token_revoked(&claims) {
             return Err(self.unauthorized(
-                scope,
+                scope.to_string(),
                 "this token was revoked (its sync attempt was reported, or every grant issued \
                  before an incident was revoked); the next attempt gets a new grant"
                     .to_string(),
             ));
         }
-        if let Some(grant) = &claims.grant {
-            return self.authorize_grant(&claims, grant, repository, action, target, graph);
-        }
+        Ok(claims)
+    }
+
+    /// An identity token (not a grant): the identity must still be known, the policy must
+    /// allow it `action` on `repository` (or the catalog, for admin), and so must the token.
+    fn authorize_identity(
+        &self,
+        claims: &TokenClaims,
+        repository: &str,
+        action: Action,
+        target: &Target,
+        scope: &str,
+    ) -> Result<Principal, Denied> {
         let policy = self.policy();
         let identity = Identity::parse(&claims.sub).filter(|i| policy.identities().contains(i));
         let Some(identity) = identity else {
             return Err(self.unauthorized(
-                scope,
+                scope.to_string(),
                 "the token's identity is no longer known to this registry; authenticate again at the token endpoint".to_string(),
             ));
         };
@@ -721,6 +768,7 @@ impl Authorizer for AccessControl {
             });
         }
         if !claims.allows(repository, action.as_str()) {
+            let realm = self.realm();
             return Err(Denied::Forbidden {
                 message: format!(
                     "the token does not allow {action} on {repository}; request a token with scope {scope} from {realm}"

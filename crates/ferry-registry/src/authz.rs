@@ -52,7 +52,9 @@ pub enum Target {
     Manifest(String),
     /// A blob by digest.
     Blob(String),
-    /// Tag list, referrers, upload sessions: the repository as a whole.
+    /// The referrers of a digest (`GET /v2/<name>/referrers/<digest>`).
+    Referrers(String),
+    /// Tag list, upload sessions: the repository as a whole.
     Repository,
     /// `/v2/_catalog`.
     Catalog,
@@ -68,6 +70,13 @@ pub trait GraphLookup {
 
     /// The digest a tag currently points at in `repository`, if any.
     fn resolve_tag(&self, repository: &str, tag: &str) -> Option<String>;
+
+    /// Digests of the manifests in `repository` whose `subject` is `digest` (its referrers:
+    /// signatures, SBOMs, attestations), at most `limit` of them. None by default.
+    fn referrers_of(&self, repository: &str, digest: &str, limit: usize) -> Vec<String> {
+        let _ = (repository, digest, limit);
+        Vec::new()
+    }
 }
 
 /// Who a request was authorized as. Only for logs and auditing; never holds a secret.

@@ -14,6 +14,7 @@ pub mod authz;
 mod body;
 pub mod budget;
 pub mod errors;
+pub mod grant_scope;
 mod graph;
 pub mod in_use;
 pub mod limits;

@@ -148,6 +148,53 @@ pub async fn create_role(endpoint: &str, name: &str) -> String {
     body[start..end].to_owned()
 }
 
+/// Creates CloudFormation stack `name` from `template` (JSON or YAML text) in moto and waits
+/// (bounded, 30 s) until it is CREATE_COMPLETE, as `sam deploy` would leave the vendor stack.
+pub async fn create_stack(endpoint: &str, name: &str, template: &str) {
+    let client = reqwest::Client::new();
+    let call = |params: Vec<(&'static str, String)>| {
+        let client = client.clone();
+        async move {
+            let resp = client
+                .post(endpoint)
+                .header("authorization", moto_auth("cloudformation"))
+                .form(&params)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = resp.text().await.unwrap();
+            assert!(status.is_success(), "{params:?}: {status} {body}");
+            body
+        }
+    };
+    call(vec![
+        ("Action", "CreateStack".into()),
+        ("Version", "2010-05-15".into()),
+        ("StackName", name.into()),
+        ("TemplateBody", template.into()),
+    ])
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = call(vec![
+            ("Action", "DescribeStacks".into()),
+            ("Version", "2010-05-15".into()),
+            ("StackName", name.into()),
+        ])
+        .await;
+        if body.contains("<StackStatus>CREATE_COMPLETE</StackStatus>") {
+            return;
+        }
+        assert!(
+            !body.contains("FAILED") && !body.contains("ROLLBACK"),
+            "stack {name} did not create: {body}"
+        );
+        assert!(std::time::Instant::now() < deadline, "stack {name}: {body}");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Creates a Secrets Manager secret `name` holding `text` in moto (the vendor key, an agent
 /// key), as the stacks' `AWS::SecretsManager::Secret` would.
 pub async fn create_secret(endpoint: &str, name: &str, text: &str) {

@@ -1,5 +1,6 @@
-//! Shared plumbing of Ferry's five Lambda functions (build-requested, build-completed,
-//! sync-requested, sync-reported, release): the AWS ports built once from the environment ([`Deps`]),
+//! Shared plumbing of Ferry's Lambda functions (build-requested, build-completed,
+//! sync-requested, sync-reported, release, and the scheduled reconcile): the AWS ports built
+//! once from the environment ([`Deps`]),
 //! one SQS batch handled record by record with partial failures ([`handle_sqs_batch`]), and
 //! structured JSON logs ([`logging`]).
 //!
@@ -10,10 +11,12 @@
 mod absent;
 pub mod deps;
 pub mod logging;
+pub mod reconcile;
 pub mod sqs;
 
 pub use deps::{AwsOverrides, AwsPorts, ConfigError, Deps, RandomIds, Settings, SystemClock};
 pub use logging::init_logging;
+pub use reconcile::{handle_reconcile, ReconcileSettings};
 pub use sqs::{
     handle_sqs_batch, process_records, process_records_until, Kind, RecordError, RecordFailure,
 };

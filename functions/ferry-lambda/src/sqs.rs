@@ -6,10 +6,13 @@
 //! queue. On that last receive `handle_record` has the record's job record a `dead_lettered`
 //! error first, so a poisoned job shows why it stopped.
 //!
-//! Bodies: the build-completed function reads CodeBuild "Build State Change" events (the
-//! EventBridge envelope, as the rule's SQS target delivers it), mapped by ferry-aws to
-//! `build.completed`; it also takes a plain `build.completed`. The other functions read a Ferry
-//! event, raw or in an EventBridge envelope (`ferry_core::parse_event` unwraps it).
+//! Bodies: the build-completed function reads the `build.completed` that `ferry-build` posts
+//! (source `ferry.build` on the Ferry bus) and CodeBuild "Build State Change" events for
+//! builds that ended without it (FAILED, FAULT, STOPPED, TIMED_OUT), mapped by ferry-aws to a
+//! failed or cancelled `build.completed`. A state change never overrides a result already
+//! recorded (ferry-build's completion may arrive before or after it): that conflict is a
+//! no-op, not a failure. The other functions read a Ferry event, raw or in an EventBridge
+//! envelope (`ferry_core::parse_event` unwraps it).
 //!
 //! This module must never let one record's failure (bad JSON, wrong type, handler error)
 //! fail or skip another record, never return an error for the whole batch, and never log a
@@ -24,7 +27,8 @@ use tracing::Instrument as _;
 use ferry_aws::builder::StateChangeError;
 use ferry_aws::CodeBuildStateChange;
 use ferry_core::event::{
-    BUILD_COMPLETED, BUILD_REQUESTED, RELEASE_STEP, RELEASE_SYNCED, SYNC_REPORTED, SYNC_REQUESTED,
+    BUILD_COMPLETED, BUILD_REQUESTED, INSTALL_HEARTBEAT, RELEASE_STEP, RELEASE_SYNCED,
+    SYNC_REPORTED, SYNC_REQUESTED,
 };
 use ferry_core::{
     handle_record, parse_event, Event, EventError, HandlerError, Outcome, Record, RecordOutcome,
@@ -52,7 +56,8 @@ impl Kind {
             Kind::BuildRequested => &[BUILD_REQUESTED],
             Kind::BuildCompleted => &[BUILD_COMPLETED],
             Kind::SyncRequested => &[SYNC_REQUESTED],
-            Kind::SyncReported => &[SYNC_REPORTED],
+            // Heartbeats share the agents' report queue (and its authentication).
+            Kind::SyncReported => &[SYNC_REPORTED, INSTALL_HEARTBEAT],
             Kind::Release => &[RELEASE_STEP, RELEASE_SYNCED],
         }
     }
@@ -75,7 +80,7 @@ impl Kind {
             }
             Kind::BuildRequested => "build.requested events",
             Kind::SyncRequested => "sync.requested events",
-            Kind::SyncReported => "sync.reported events",
+            Kind::SyncReported => "sync.reported and install.heartbeat events",
             Kind::Release => "release.step and release.synced events",
         }
     }
@@ -172,11 +177,21 @@ async fn handle_one(
         max_receive_count: deps.max_receive_count,
         dlq: format!("the {} function's dead-letter queue", kind.function_name()),
     };
+    let state_change = kind == Kind::BuildCompleted && is_codebuild_state_change(body.as_bytes());
     let outcome = handle_record(ports, &record, Some(&redrive), |body: &[u8]| {
         parse_body(kind, body)
     })
     .await;
     match outcome {
+        // The build already has its result (usually ferry-build's own completion, which came
+        // first): CodeBuild's later view of it changes nothing.
+        RecordOutcome::Retry(ferry_core::RecordError::Handler(HandlerError::AlreadyFinished {
+            status,
+            ..
+        })) if state_change => {
+            tracing::info!(%status, "build already finished; the CodeBuild state change changes nothing");
+            Ok(None)
+        }
         RecordOutcome::Done(None) => {
             tracing::info!("build still in progress; nothing to record");
             Ok(None)
@@ -302,8 +317,9 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, RecordError::WrongType { .. }));
         assert!(
-            text.contains("sync-reported function handles only sync.reported events")
-                && text.contains("this record is a build.requested event"),
+            text.contains(
+                "sync-reported function handles only sync.reported and install.heartbeat events"
+            ) && text.contains("this record is a build.requested event"),
             "{text}"
         );
     }
@@ -328,7 +344,12 @@ mod tests {
         // Not a Ferry event for the others: a clear parse error, not a panic.
         let err = parse_body(Kind::BuildRequested, running).unwrap_err();
         assert!(matches!(err, RecordError::Malformed(_)), "{err}");
-        let no_id = r#"{"source":"aws.codebuild","detail":{"build-status":"SUCCEEDED"}}"#;
+        // SUCCEEDED: ferry-build posted the result itself; nothing to do.
+        let succeeded = r#"{"source":"aws.codebuild","detail":{"build-status":"SUCCEEDED"}}"#;
+        assert!(parse_body(Kind::BuildCompleted, succeeded)
+            .unwrap()
+            .is_none());
+        let no_id = r#"{"source":"aws.codebuild","detail":{"build-status":"FAILED"}}"#;
         let err = parse_body(Kind::BuildCompleted, no_id).unwrap_err();
         assert!(err.to_string().contains("FERRY_BUILD_ID"), "{err}");
     }

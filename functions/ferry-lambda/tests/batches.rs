@@ -30,6 +30,7 @@ fn component() -> Component {
             source: "docker.io/library/alpine".into(),
         },
         repository: Repository::new("shop/web").unwrap(),
+        verify: None,
     }
 }
 
@@ -55,19 +56,52 @@ fn in_envelope(detail_type: &str, event_id: &str, detail: &str) -> String {
 
 const DIGEST: &str = "sha256:abababababababababababababababababababababababababababababababab";
 
-fn codebuild_succeeded(event_id: &str, build: &str) -> String {
+/// What ferry-build posts on success (`ferry_build::completion`), as the Ferry bus rule for
+/// source `ferry.build` delivers it.
+fn ferry_build_completed(event_id: &str, build: &str) -> String {
+    let detail = serde_json::json!({
+        "version": 1, "type": "build.completed", "build_id": build, "status": "succeeded",
+        "digest": DIGEST, "repository": "shop/web",
+        "media_type": "application/vnd.oci.image.manifest.v1+json",
+    });
+    serde_json::json!({
+        "version": "0", "id": event_id, "detail-type": "build.completed",
+        "source": ferry_aws::builder::BUILD_SOURCE,
+        "account": common::ACCOUNT, "time": "2026-01-15T10:21:43Z", "region": common::REGION,
+        "resources": [], "detail": detail,
+    })
+    .to_string()
+}
+
+/// What ferry-build posts when the build itself failed.
+fn ferry_build_failed(event_id: &str, build: &str) -> String {
+    let detail = serde_json::json!({
+        "version": 1, "type": "build.completed", "build_id": build, "status": "failed",
+        "error": "chart directory charts/shop not found",
+    });
+    serde_json::json!({
+        "version": "0", "id": event_id, "detail-type": "build.completed",
+        "source": ferry_aws::builder::BUILD_SOURCE,
+        "account": common::ACCOUNT, "region": common::REGION, "detail": detail,
+    })
+    .to_string()
+}
+
+/// CodeBuild's state change for a Ferry build (the fields of AWS's published sample only).
+fn codebuild_state(event_id: &str, build: &str, status: &str) -> String {
     serde_json::json!({
         "version": "0", "id": event_id, "detail-type": "CodeBuild Build State Change",
         "source": "aws.codebuild", "account": common::ACCOUNT, "region": common::REGION,
         "detail": {
-            "build-status": "SUCCEEDED", "project-name": "ferry-build",
+            "build-status": status, "project-name": "ferry-build",
             "additional-information": {
                 "environment": {"environment-variables": [
                     {"name": "FERRY_BUILD_ID", "type": "PLAINTEXT", "value": build},
                     {"name": "FERRY_REPOSITORY", "type": "PLAINTEXT", "value": "shop/web"}
                 ]},
-                "exported-environment-variables": [
-                    {"name": "FERRY_ARTIFACT_DIGEST", "value": DIGEST}
+                "phases": [
+                    {"phase-type": "BUILD", "phase-status": status,
+                     "phase-context": ["COMMAND_EXECUTION_ERROR: exit status 3"]}
                 ]
             }
         }
@@ -240,7 +274,9 @@ async fn build_to_sync_through_the_four_functions_and_replays_are_no_ops() {
     let sync = deps.ports.vendor_key.sync_id(&build, &install.id);
     let requested = vec![record("m-1", &build_requested("b-flow"))];
     let completed = vec![
-        record("m-2", &codebuild_succeeded("cb-evt-1", "b-flow")),
+        record("m-2", &ferry_build_completed("eb-done-1", "b-flow")),
+        // CodeBuild's SUCCEEDED adds nothing: ferry-build posted the result.
+        record("m-2a", &codebuild_state("cb-evt-1", "b-flow", "SUCCEEDED")),
         // An IN_PROGRESS change is not a failure: nothing to do yet.
         record(
             "m-2b",
@@ -386,5 +422,72 @@ async fn a_poisoned_record_on_its_last_receive_leaves_its_job_with_the_error() {
             && err.message.contains("5 times"),
         "{}",
         err.message
+    );
+}
+
+/// ferry-build's completion and CodeBuild's state change may arrive in either order; the first
+/// result recorded stands, and a later state change is a no-op, never a failed record.
+#[tokio::test]
+async fn a_state_change_never_overrides_a_recorded_result_in_either_order() {
+    let moto = Moto::start().await;
+    let (deps, _settings) = common::deps(&moto).await;
+    let store = &deps.ports.store;
+    store.put_component(&component()).await.unwrap();
+    let requested = vec![
+        record("r-1", &build_requested("b-first")),
+        record("r-2", &build_requested("b-late")),
+    ];
+    assert!(process_records(&deps, Kind::BuildRequested, &requested)
+        .await
+        .is_empty());
+
+    // b-first: ferry-build's success first, then CodeBuild times out / is stopped.
+    let records = vec![
+        record("c-1", &ferry_build_completed("eb-first", "b-first")),
+        record(
+            "c-2",
+            &codebuild_state("cb-first-1", "b-first", "TIMED_OUT"),
+        ),
+        record("c-3", &codebuild_state("cb-first-2", "b-first", "STOPPED")),
+    ];
+    let failures = process_records(&deps, Kind::BuildCompleted, &records).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let first = store
+        .get_build(&BuildId::new("b-first").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status(), JobStatus::Succeeded);
+    assert_eq!(first.artifact.as_ref().unwrap().digest.as_str(), DIGEST);
+
+    // b-late: CodeBuild's failure first (with the phase and reason), then ferry-build's own
+    // failed completion: the same outcome, kept.
+    let records = vec![
+        record("c-4", &codebuild_state("cb-late", "b-late", "FAILED")),
+        record("c-5", &ferry_build_failed("eb-late", "b-late")),
+    ];
+    let failures = process_records(&deps, Kind::BuildCompleted, &records).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let late = store
+        .get_build(&BuildId::new("b-late").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.status(), JobStatus::Failed);
+    let error = late.state.error.as_ref().unwrap().message.clone();
+    assert!(
+        error.contains("FAILED in phase BUILD") && error.contains("exit status 3"),
+        "{error}"
+    );
+    // Redelivered, all of it changes nothing.
+    let again = process_records(&deps, Kind::BuildCompleted, &records).await;
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(
+        store
+            .get_build(&BuildId::new("b-late").unwrap())
+            .await
+            .unwrap()
+            .unwrap(),
+        late
     );
 }

@@ -23,6 +23,7 @@ fn component() -> Component {
             source: "docker.io/library/alpine".into(),
         },
         repository: Repository::new("shop/web").unwrap(),
+        verify: None,
     }
 }
 

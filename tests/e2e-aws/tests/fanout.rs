@@ -209,6 +209,7 @@ async fn fan_out(installs: usize) -> Measured {
             source: "docker.io/library/alpine".into(),
         },
         repository: Repository::new("shop/web").unwrap(),
+        verify: None,
     };
     store.put_component(&component).await.unwrap();
     let mut ids = Vec::new();
@@ -275,6 +276,7 @@ async fn fan_out(installs: usize) -> Measured {
             repository: Some(component.repository.clone()),
             media_type: None,
             error: None,
+            revision: None,
         }),
     ] {
         ferry_core::dispatch(&deps.ports, &Event::new(payload))

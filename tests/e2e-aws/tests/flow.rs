@@ -1,7 +1,7 @@
 //! The AWS backend end to end on moto: build.requested on EventBridge → build-requested
 //! (from its SQS queue, through ferry-lambda's `handle_sqs_batch`) → CodeBuild StartBuild →
-//! ferry-build pushes to the vendor registry → a CodeBuild state change through EventBridge →
-//! build-completed → sync-requested (STS + ECR grant, sealed) → two install agents in AWS mode
+//! ferry-build pushes to the vendor registry and posts its own build.completed (source
+//! ferry.build) to the Ferry bus → build-completed → sync-requested (STS + ECR grant, sealed) → two install agents in AWS mode
 //! → sync-reported → DynamoDB says synced, and each install registry serves the digest.
 //!
 //! On the way: a malformed record in a batch (partial failure, then the DLQ after
@@ -199,12 +199,22 @@ async fn a_build_reaches_every_install_through_aws() {
         ("ferry", "ferry-sync-requested", r#"{"source":["ferry"],"detail-type":["sync.requested"]}"#.to_owned(), "sync-requested"),
         ("ferry", "ferry-sync-reported", r#"{"source":["ferry"],"detail-type":["sync.reported"]}"#.to_owned(), "sync-reported"),
         (
+            "ferry",
+            "ferry-build-completed",
+            serde_json::json!({
+                "source": [ferry_aws::builder::BUILD_SOURCE],
+                "detail-type": ["build.completed"],
+            })
+            .to_string(),
+            "build-completed",
+        ),
+        (
             "default",
             "ferry-codebuild-state",
             serde_json::json!({
                 "source": ["aws.codebuild"],
                 "detail-type": ["CodeBuild Build State Change"],
-                "detail": {"build-status": ["SUCCEEDED", "FAILED", "STOPPED"], "project-name": ["ferry-build"]},
+                "detail": {"build-status": ferry_aws::builder::CAUGHT_STATUSES, "project-name": ["ferry-build"]},
             })
             .to_string(),
             "build-completed",
@@ -252,8 +262,10 @@ async fn a_build_reaches_every_install_through_aws() {
         name: ComponentName::new("web").unwrap(),
         kind: ComponentKind::OpentofuModule {
             dir: "module".into(),
+            source: None,
         },
         repository: repository.clone(),
+        verify: None,
     };
     store.put_component(&component).await.unwrap();
 
@@ -425,53 +437,44 @@ async fn a_build_reaches_every_install_through_aws() {
         app_root.path(),
     ))
     .unwrap();
-    let artifact = builder
+    let result = builder
         .build(&BuildSpec {
             build_id: build.id.clone(),
             component: component.clone(),
             source_ref: build.source_ref.clone(),
         })
-        .await
-        .unwrap();
+        .await;
+    let artifact = result.as_ref().unwrap().clone();
     assert_eq!(artifact.repository, repository);
     let digest = artifact.digest.to_string();
 
-    // CodeBuild's state change, as EventBridge would route it (three times).
-    let detail = serde_json::json!({
-        "build-status": "SUCCEEDED",
-        "project-name": "ferry-build",
-        "build-id": external,
-        "current-phase": "COMPLETED",
-        "additional-information": {
-            "build-complete": true,
-            "environment": {"environment-variables": [
-                {"name": "FERRY_BUILD_ID", "type": "PLAINTEXT", "value": build.id.as_str()},
-                {"name": "FERRY_APP", "type": "PLAINTEXT", "value": "shop"},
-                {"name": "FERRY_COMPONENT_NAME", "type": "PLAINTEXT", "value": "web"},
-                {"name": "FERRY_SOURCE_REF", "type": "PLAINTEXT", "value": "v1.0.0"},
-                {"name": "FERRY_REPOSITORY", "type": "PLAINTEXT", "value": "shop/web"},
-            ]},
-            "exported-environment-variables": [
-                {"name": "FERRY_ARTIFACT_DIGEST", "value": digest},
-                {"name": "FERRY_ARTIFACT_MEDIA_TYPE", "value": artifact.media_type},
-            ],
-        },
-    });
+    // ferry-build's own completion, posted to the Ferry bus as the binary posts it (three
+    // times: a CodeBuild retry or a redelivery). CodeBuild's SUCCEEDED state change is not
+    // forwarded by the rule at all.
+    let completion = ferry_build::completion::completion_event(&build.id, &result);
     for _ in 0..3 {
-        let out = aws_json(
-            &direct,
-            "events",
-            "AWSEvents.PutEvents",
-            serde_json::json!({"Entries": [{
-                "Source": "aws.codebuild",
-                "DetailType": "CodeBuild Build State Change",
-                "Detail": detail.to_string(),
-                "Resources": [external],
-            }]}),
-        )
-        .await;
-        assert_eq!(out["FailedEntryCount"], 0, "{out}");
+        ferry_build::completion::post(&config, "ferry", &completion)
+            .await
+            .unwrap();
     }
+    let succeeded = serde_json::json!({
+        "build-status": "SUCCEEDED", "project-name": "ferry-build", "build-id": external,
+        "additional-information": {"environment": {"environment-variables": [
+            {"name": "FERRY_BUILD_ID", "type": "PLAINTEXT", "value": build.id.as_str()}]}},
+    });
+    let out = aws_json(
+        &direct,
+        "events",
+        "AWSEvents.PutEvents",
+        serde_json::json!({"Entries": [{
+            "Source": "aws.codebuild",
+            "DetailType": "CodeBuild Build State Change",
+            "Detail": succeeded.to_string(),
+            "Resources": [external],
+        }]}),
+    )
+    .await;
+    assert_eq!(out["FailedEntryCount"], 0, "{out}");
 
     // ---- 4. build-completed, then sync-requested (each sync.requested replayed 3×) --------
     let seen_bc = drive(
@@ -483,8 +486,11 @@ async fn a_build_reaches_every_install_through_aws() {
     )
     .await;
     assert!(seen_bc.failures.is_empty(), "{seen_bc:?}");
-    assert_eq!(seen_bc.records, 3, "three state changes arrived");
-    // Each replayed state change may publish its sync.requested again, under the same id.
+    assert_eq!(
+        seen_bc.records, 3,
+        "three completions arrived, no SUCCEEDED state change"
+    );
+    // Each replayed completion may publish its sync.requested again, under the same id.
     let published = take(&sqs, &q("sync-requested"), 2).await;
     let mut by_sync: HashMap<String, String> = HashMap::new();
     for body in &published {

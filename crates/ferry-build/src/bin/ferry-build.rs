@@ -1,18 +1,22 @@
-//! `ferry-build`: runs one build (what CodeBuild runs in AWS) and prints its `build.completed`
-//! event as JSON on stdout.
+//! `ferry-build`: runs one build (what CodeBuild runs in AWS), prints its `build.completed`
+//! event as JSON on stdout and, with `--event-bus` (`FERRY_EVENT_BUS`, set by the build
+//! project), posts that event to the vendor's Ferry bus: that post is how the IMS learns the
+//! result on AWS.
 //!
 //! Thin: parse flags or environment, call the library, answer. Exit 0 when the build
-//! succeeded; 1 when it failed (the failed event is still printed, the error goes to stderr);
-//! 2 on bad input. It must never print a credential.
+//! succeeded (and was posted); 1 when it failed (the failed event is still printed and
+//! posted, the error goes to stderr); 2 on bad input; 3 when the event could not be posted
+//! (CodeBuild then reports the build FAILED, which marks it failed). It must never print a
+//! credential.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ferry_build::{ArtifactBuilder, BuildConfig, BuiltArtifact};
+use ferry_build::completion;
+use ferry_build::{ArtifactBuilder, BuildConfig};
 use ferry_core::domain::Component;
-use ferry_core::event::{Event, Payload};
 use ferry_core::id::BuildId;
 use ferry_core::ports::BuildSpec;
 use ferry_oci::{Credential, CredentialStore, Secret};
@@ -54,6 +58,14 @@ struct Args {
     /// Allow plain HTTP to registries that are not on loopback.
     #[arg(long, env = "FERRY_INSECURE")]
     insecure: bool,
+    /// Post the build.completed event to this EventBridge bus (name or ARN) with the ambient
+    /// AWS credentials (in CodeBuild, the build role). Without it the event is only printed.
+    #[arg(long, env = "FERRY_EVENT_BUS")]
+    event_bus: Option<String>,
+    /// The app root already is the checkout of the component's git source, at this commit
+    /// (CodeBuild checked it out as a source override); the build does not fetch it again.
+    #[arg(long, env = "FERRY_SOURCE_REVISION")]
+    source_revision: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +78,7 @@ fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    let event_bus = args.event_bus.clone().filter(|b| !b.trim().is_empty());
     let (builder, spec) = match setup(args) {
         Ok(x) => x,
         Err(e) => {
@@ -81,10 +94,26 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(builder.build(&spec));
-    let completed = BuiltArtifact::completed(&spec.build_id, &result);
-    match Event::new(Payload::BuildCompleted(completed)).to_json() {
+    let event = completion::completion_event(&spec.build_id, &result);
+    match event.to_json() {
         Ok(json) => println!("{json}"),
         Err(e) => eprintln!("ferry-build: cannot encode the result: {e}"),
+    }
+    if let Some(bus) = event_bus {
+        let posted = runtime.block_on(async {
+            let config = ferry_aws::config::from_env().await;
+            completion::post(&config, &bus, &event).await
+        });
+        match posted {
+            Ok(id) => eprintln!(
+                "ferry-build: build.completed for {} posted to {bus} (event {id})",
+                spec.build_id
+            ),
+            Err(e) => {
+                eprintln!("ferry-build: {e}");
+                return ExitCode::from(3);
+            }
+        }
     }
     match result {
         Ok(_) => ExitCode::SUCCESS,
@@ -121,6 +150,7 @@ fn setup(args: Args) -> Result<(ArtifactBuilder, BuildSpec)> {
         .with_credentials(credentials);
     config.insecure = args.insecure;
     config.work_dir = args.work_dir;
+    config.checked_out = args.source_revision.filter(|r| !r.trim().is_empty());
     let builder = ArtifactBuilder::new(config)?;
     Ok((
         builder,

@@ -134,17 +134,28 @@ fn desc(media_type: &str, bytes: &[u8]) -> serde_json::Value {
 /// Every file of `examples/demo/base-image` (path relative to it, contents): an OCI layout
 /// whose tag `v1` is an index of two platforms sharing one tiny layer. Byte-for-byte stable.
 pub fn base_image_files() -> Vec<(String, Vec<u8>)> {
+    image_layout_files("hello.txt", LAYER_FILE)
+}
+
+/// Every file of `examples/demo/sidecar-image`: the second image the demo's `shop` chart runs,
+/// built like the base image (tag `v1`, two platforms) from another file.
+pub fn sidecar_image_files() -> Vec<(String, Vec<u8>)> {
+    image_layout_files("sidecar.txt", b"hello from the ferry demo sidecar image\n")
+}
+
+/// An OCI layout whose tag `v1` is an index of two platforms sharing one layer holding `file`.
+fn image_layout_files(file: &str, content: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut tar_bytes = Vec::new();
     {
         let mut tar = tar::Builder::new(&mut tar_bytes);
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(LAYER_FILE.len() as u64);
+        h.set_size(content.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(0);
         h.set_uid(0);
         h.set_gid(0);
-        tar.append_data(&mut h, "hello.txt", LAYER_FILE).unwrap();
+        tar.append_data(&mut h, file, content).unwrap();
         tar.finish().unwrap();
     }
     let mut gz = flate2::GzBuilder::new()

@@ -7,13 +7,14 @@ use crate::event::{
     parse_event, parse_sync_job, BuildOutcome, EventError, Payload, SyncReportStatus,
 };
 
-const SAMPLES: [&str; 6] = [
+const SAMPLES: [&str; 7] = [
     "build.requested",
     "build.completed",
     "sync.requested",
     "sync.reported",
     "release.step",
     "release.synced",
+    "install.heartbeat",
 ];
 const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
 
@@ -282,7 +283,7 @@ proptest! {
         let key = &keys[pick % keys.len()];
         let mut cut = v.clone();
         cut.as_object_mut().unwrap().remove(key);
-        let optional = ["id", "build_id", "media_type", "error"];
+        let optional = ["id", "build_id", "media_type", "error", "last_poll_at", "last_sync_at"];
         match parse_event(cut.to_string().as_bytes()) {
             Ok(_) => prop_assert!(
                 optional.contains(&key.as_str()) && !(name == "sync.requested" && key == "build_id")

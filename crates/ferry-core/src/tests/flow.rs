@@ -36,8 +36,10 @@ pub(super) async fn setup(n: usize) -> FakePorts {
             kind: ComponentKind::DockerBuild {
                 context: ".".into(),
                 dockerfile: "Dockerfile".into(),
+                source: None,
             },
             repository: Repository::new("shop/web").unwrap(),
+            verify: None,
         })
         .await
         .unwrap();
@@ -85,6 +87,7 @@ pub(super) fn build_succeeded(build_id: &str, d: Digest) -> Event {
         repository: Some(Repository::new("shop/web").unwrap()),
         media_type: None,
         error: None,
+        revision: None,
     }))
 }
 
@@ -96,6 +99,7 @@ fn build_failed(build_id: &str) -> Event {
         repository: None,
         media_type: None,
         error: Some("compile error in main.rs".into()),
+        revision: None,
     }))
 }
 
@@ -897,4 +901,69 @@ fn handler_futures_are_send_so_they_run_on_a_multi_threaded_runtime() {
     };
     let handled = handle_record(&p, &record, None, decode_event);
     assert_send(&handled);
+}
+
+/// The component's verification policy rides in the signed job; a `policy_failed` report
+/// fails the sync with that code and the agent's reason; a build's revision is recorded.
+#[tokio::test]
+async fn the_policy_travels_in_the_signed_job_and_policy_failed_is_recorded() {
+    use crate::domain::{KeyRequirement, VerifyPolicy};
+    let p = setup(1).await;
+    let policy = VerifyPolicy {
+        keys: vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()],
+        require: KeyRequirement::All,
+    };
+    let mut c = p
+        .store
+        .get_component(
+            &AppName::new("shop").unwrap(),
+            &ComponentName::new("web").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    c.verify = Some(policy.clone());
+    p.store.put_component(&c).await.unwrap();
+
+    run(&p, &build_requested("b-1")).await;
+    let mut done = build_succeeded("b-1", digest(7));
+    if let Payload::BuildCompleted(b) = &mut done.payload {
+        b.revision = Some("a".repeat(40));
+    }
+    run(&p, &done).await;
+    let b = p
+        .store
+        .get_build(&BuildId::new("b-1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.revision.as_deref(), Some("a".repeat(40).as_str()));
+
+    run(&p, &p.bus.accepted()[0]).await;
+    let m = job_messages(&p, 1).remove(0);
+    assert_eq!(m.verify.as_ref(), Some(&policy));
+    crate::trust::verify_job(&p.vendor_key.public_key_string(), &m).unwrap();
+
+    let mut r = unsigned_report(&m, SyncReportStatus::PolicyFailed, None);
+    r.error = Some("no valid signature by a policy key".into());
+    agent_key(&m.install_id).report_key().sign(&mut r);
+    let out = run(&p, &Event::new(Payload::SyncReported(r))).await;
+    assert!(
+        matches!(
+            &out,
+            Outcome::SyncRecorded {
+                status: JobStatus::Failed,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    let job = p.store.get_sync(&m.sync_id).await.unwrap().unwrap();
+    let err = job.state.error.unwrap();
+    assert_eq!(err.code, "policy_failed");
+    assert!(
+        err.message.contains("no valid signature"),
+        "{}",
+        err.message
+    );
 }

@@ -2,5 +2,6 @@
 
 mod events;
 mod flow;
+mod reconcile;
 mod releases;
 mod trust;

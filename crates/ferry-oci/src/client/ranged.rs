@@ -208,6 +208,14 @@ impl Ranged {
     }
 }
 
+/// How one response's body ended for a part.
+enum Pass {
+    /// Nothing more to do: the part is complete, or its reader was dropped.
+    Finished,
+    /// The body failed or ended short; the rest is requested again if the policy allows.
+    Failed(Error),
+}
+
 /// Reads one part `[start, end)` into its queue, re-requesting what is missing after a
 /// failure or a short answer.
 struct PartReader {
@@ -224,7 +232,6 @@ struct PartReader {
 
 impl PartReader {
     async fn run(self, first: Option<Response>) {
-        let want = self.end - self.start;
         let target = format!(
             "{}@{} bytes {}-{}",
             self.repo,
@@ -233,70 +240,23 @@ impl PartReader {
             self.end - 1
         );
         let policy = self.client.config().retry.clone();
-        let cap = self.budget_cap();
         let mut got = 0u64;
         let mut failures = 0u32;
         let mut opened = first.map(|r| (r, 0u64));
         loop {
-            let (resp, mut skip) = match opened.take() {
+            let (resp, skip) = match opened.take() {
                 Some(x) => x,
-                // The dispatcher retries 429, 5xx and connection errors on the request itself.
-                None => match self
-                    .client
-                    .open_blob(
-                        &self.repo,
-                        &self.digest,
-                        self.start + got,
-                        Some(self.end - 1),
-                    )
-                    .await
-                {
-                    Ok((resp, from_offset)) => {
-                        let skip = if from_offset { 0 } else { self.start + got };
-                        (resp, skip)
-                    }
+                None => match self.open(got).await {
+                    Ok(x) => x,
                     Err(e) => {
                         let _ = self.tx.send(Err(e)).await;
                         return;
                     }
                 },
             };
-            let mut body = resp.bytes_stream();
-            let failure = loop {
-                match body.next().await {
-                    Some(Ok(mut chunk)) => {
-                        if skip > 0 {
-                            let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
-                            chunk = chunk.slice(n..);
-                            skip -= n as u64;
-                        }
-                        let room = usize::try_from(want - got).unwrap_or(usize::MAX);
-                        chunk.truncate(room);
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                        let share = u32::try_from(chunk.len().min(cap)).unwrap_or(u32::MAX);
-                        let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
-                            return;
-                        };
-                        got += chunk.len() as u64;
-                        if self.tx.send(Ok((chunk, permit))).await.is_err() {
-                            return; // the stream was dropped
-                        }
-                        if got == want {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => break RegistryClient::transport(Step::GetBlob, &target, e),
-                    None => {
-                        break Error::Registry {
-                            step: Step::GetBlob,
-                            target: target.clone(),
-                            status: StatusCode::PARTIAL_CONTENT.as_u16(),
-                            message: format!("the range ended after {got} of {want} bytes"),
-                        }
-                    }
-                }
+            let failure = match self.read(resp, skip, &mut got, &target).await {
+                Pass::Finished => return,
+                Pass::Failed(failure) => failure,
             };
             failures += 1;
             if !policy.should_retry(failures) {
@@ -307,6 +267,69 @@ impl PartReader {
             tracing::debug!(target = %target, offset = got, attempt = failures, error = %failure,
                 delay_ms = delay.as_millis() as u64, "re-requesting the rest of a range");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Requests the rest of the part, from `got` bytes in. Returns the response and how many
+    /// leading bytes of its body to drop (a server that ignored the range sends from 0).
+    /// The dispatcher retries 429, 5xx and connection errors on the request itself.
+    async fn open(&self, got: u64) -> Result<(Response, u64)> {
+        let (resp, from_offset) = self
+            .client
+            .open_blob(
+                &self.repo,
+                &self.digest,
+                self.start + got,
+                Some(self.end - 1),
+            )
+            .await?;
+        let skip = if from_offset { 0 } else { self.start + got };
+        Ok((resp, skip))
+    }
+
+    /// Queues the body's bytes of this part, after dropping `skip` leading bytes, counting
+    /// them in `got`.
+    async fn read(&self, resp: Response, mut skip: u64, got: &mut u64, target: &str) -> Pass {
+        let want = self.end - self.start;
+        let cap = self.budget_cap();
+        let mut body = resp.bytes_stream();
+        loop {
+            match body.next().await {
+                Some(Ok(mut chunk)) => {
+                    if skip > 0 {
+                        let n = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+                        chunk = chunk.slice(n..);
+                        skip -= n as u64;
+                    }
+                    let room = usize::try_from(want - *got).unwrap_or(usize::MAX);
+                    chunk.truncate(room);
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    let share = u32::try_from(chunk.len().min(cap)).unwrap_or(u32::MAX);
+                    let Ok(permit) = self.budget.clone().acquire_many_owned(share).await else {
+                        return Pass::Finished;
+                    };
+                    *got += chunk.len() as u64;
+                    if self.tx.send(Ok((chunk, permit))).await.is_err() {
+                        return Pass::Finished; // the stream was dropped
+                    }
+                    if *got == want {
+                        return Pass::Finished;
+                    }
+                }
+                Some(Err(e)) => {
+                    return Pass::Failed(RegistryClient::transport(Step::GetBlob, target, e))
+                }
+                None => {
+                    return Pass::Failed(Error::Registry {
+                        step: Step::GetBlob,
+                        target: target.to_string(),
+                        status: StatusCode::PARTIAL_CONTENT.as_u16(),
+                        message: format!("the range ended after {got} of {want} bytes"),
+                    })
+                }
+            }
         }
     }
 

@@ -115,58 +115,11 @@ impl RegistryClient {
             target: target.to_string(),
             reason,
         };
-        let mut url = Url::parse(realm)
-            .map_err(|_| auth_err(format!("the registry's token realm {realm:?} is not a URL")))?;
-        let sends_basic = matches!(credential, Credential::Basic { .. });
-        if let Some(reason) = realm_refusal(&self.registry_url(&repo.registry)?, &url, sends_basic)
-        {
-            return Err(auth_err(reason));
-        }
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            for s in scopes {
-                q.append_pair("scope", s);
-            }
-        }
+        let url = self.token_url(repo, credential, realm, service, scopes, &auth_err)?;
         let realm_target = format!("{}{}", url.host_str().unwrap_or(""), url.path());
-        let policy = &self.inner.config.retry;
-        let mut attempt = 0u32;
-        let resp = loop {
-            attempt += 1;
-            let mut rb = self.inner.http.get(url.clone());
-            if let Credential::Basic { username, password } = credential {
-                rb = rb.header(
-                    AUTHORIZATION,
-                    sensitive(&format!("Basic {}", auth::basic_token(username, password)))?,
-                );
-            }
-            self.count();
-            match rb.send().await {
-                Ok(r)
-                    if (r.status() == StatusCode::TOO_MANY_REQUESTS
-                        || r.status().is_server_error())
-                        && policy.should_retry(attempt) =>
-                {
-                    let delay = policy.delay(attempt, retry_after(r.headers()));
-                    tracing::debug!(step = %Step::Auth, target = %realm_target, status = r.status().as_u16(), attempt, delay_ms = delay.as_millis() as u64, "retrying token request");
-                    tokio::time::sleep(delay).await;
-                }
-                Ok(r) => break r,
-                Err(e) => {
-                    let err = Self::transport(Step::Auth, &realm_target, e);
-                    if err.is_retryable() && policy.should_retry(attempt) {
-                        let delay = policy.delay(attempt, None);
-                        tracing::debug!(step = %Step::Auth, target = %realm_target, attempt, delay_ms = delay.as_millis() as u64, "retrying token request after a connection error");
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    return Err(err);
-                }
-            }
-        };
+        let resp = self
+            .send_token_request(&url, credential, &realm_target)
+            .await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             let who = match credential {
@@ -207,6 +160,81 @@ impl RegistryClient {
         Ok(token)
     }
 
+    /// The token request's URL: the realm, checked by [`realm_refusal`], with the service
+    /// and every scope as query parameters.
+    fn token_url(
+        &self,
+        repo: &RepoRef,
+        credential: &Credential,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+        auth_err: &dyn Fn(String) -> Error,
+    ) -> Result<Url> {
+        let mut url = Url::parse(realm)
+            .map_err(|_| auth_err(format!("the registry's token realm {realm:?} is not a URL")))?;
+        let sends_basic = matches!(credential, Credential::Basic { .. });
+        if let Some(reason) = realm_refusal(&self.registry_url(&repo.registry)?, &url, sends_basic)
+        {
+            return Err(auth_err(reason));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            for s in scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Sends the token request (Basic when we have a password), retrying 429, 5xx and
+    /// retryable connection errors as the client's policy allows.
+    async fn send_token_request(
+        &self,
+        url: &Url,
+        credential: &Credential,
+        realm_target: &str,
+    ) -> Result<reqwest::Response> {
+        let policy = &self.inner.config.retry;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut rb = self.inner.http.get(url.clone());
+            if let Credential::Basic { username, password } = credential {
+                rb = rb.header(
+                    AUTHORIZATION,
+                    sensitive(&format!("Basic {}", auth::basic_token(username, password)))?,
+                );
+            }
+            self.count();
+            match rb.send().await {
+                Ok(r)
+                    if (r.status() == StatusCode::TOO_MANY_REQUESTS
+                        || r.status().is_server_error())
+                        && policy.should_retry(attempt) =>
+                {
+                    let delay = policy.delay(attempt, retry_after(r.headers()));
+                    tracing::debug!(step = %Step::Auth, target = %realm_target, status = r.status().as_u16(), attempt, delay_ms = delay.as_millis() as u64, "retrying token request");
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    let err = Self::transport(Step::Auth, realm_target, e);
+                    if err.is_retryable() && policy.should_retry(attempt) {
+                        let delay = policy.delay(attempt, None);
+                        tracing::debug!(step = %Step::Auth, target = %realm_target, attempt, delay_ms = delay.as_millis() as u64, "retrying token request after a connection error");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+    }
+
     /// Reacts to a 401: learn the registry's scheme from its challenge, so that the next
     /// `authorization` yields something new; an error when there is nothing new to try.
     pub(super) async fn on_unauthorized(
@@ -217,7 +245,6 @@ impl RegistryClient {
     ) -> Result<()> {
         let repo = call.repo;
         let credential = self.credential(repo);
-        let identity = credential.identity_key();
         let fail = |reason: String| Error::Auth {
             step: call.step,
             target: call.target.clone(),
@@ -243,7 +270,6 @@ impl RegistryClient {
                 auth::advice(&repo.registry)
             ))
         })?;
-        let key = call.scopes.join(" ");
         match &scheme {
             AuthScheme::Basic => {
                 let Credential::Basic { .. } = credential else {
@@ -258,60 +284,94 @@ impl RegistryClient {
                         auth::advice(&repo.registry)
                     )));
                 }
-                self.inner.auth.set_scheme(&repo.registry, scheme);
+                self.inner.auth.set_scheme(&repo.registry, scheme.clone());
             }
             AuthScheme::Bearer { realm, service } => {
                 let _guard = self.inner.token_fetch.lock().await;
-                // Concurrent first requests all meet a 401: the first to get here fetches,
-                // the rest find its token (newer than what they sent) and reuse it.
-                let sent_token = sent
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                if let Some(fresh) = self.cached_token(repo, &identity, &call.scopes) {
-                    if Some(fresh.expose()) != sent_token {
-                        self.inner.auth.set_scheme(&repo.registry, scheme.clone());
-                        return Ok(());
-                    }
-                }
-                self.inner
-                    .auth
-                    .forget_token(&repo.registry, &identity, &key);
-                // The challenge may name a scope we did not think of; ask for it too.
-                let mut scopes = call.scopes.clone();
-                if let Some(extra) = challenges
-                    .iter()
-                    .find(|c| c.scheme == "bearer")
-                    .and_then(|c| c.param("scope"))
-                {
-                    for s in extra.split(' ').filter(|s| !s.is_empty()) {
-                        if !scopes.iter().any(|have| have == s) {
-                            scopes.push(s.to_string());
-                        }
-                    }
-                }
-                let token = self
-                    .fetch_token(
-                        repo,
-                        &credential,
-                        realm,
-                        service.as_deref(),
-                        &scopes,
-                        call.step,
-                        &call.target,
-                    )
-                    .await?;
-                if scopes.len() != call.scopes.len() {
-                    self.inner.auth.store_token(
-                        &repo.registry,
-                        &identity,
-                        &key,
-                        token,
-                        Duration::from_secs(60),
-                    );
-                }
-                self.inner.auth.set_scheme(&repo.registry, scheme);
+                let bearer = Bearer {
+                    realm,
+                    service: service.as_deref(),
+                    challenges: &challenges,
+                };
+                self.refresh_bearer(call, &credential, bearer, sent).await?;
+                self.inner.auth.set_scheme(&repo.registry, scheme.clone());
             }
         }
         Ok(())
     }
+
+    /// The bearer half of [`Self::on_unauthorized`], run under the token-fetch lock: reuse a
+    /// token another request fetched meanwhile, else forget the refused one and fetch anew
+    /// for the call's scopes plus any the challenge names.
+    async fn refresh_bearer(
+        &self,
+        call: &Call<'_>,
+        credential: &Credential,
+        bearer: Bearer<'_>,
+        sent: Option<&HeaderValue>,
+    ) -> Result<()> {
+        let repo = call.repo;
+        let identity = credential.identity_key();
+        let key = call.scopes.join(" ");
+        // Concurrent first requests all meet a 401: the first to get here fetches, the rest
+        // find its token (newer than what they sent) and reuse it.
+        let sent_token = sent
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Some(fresh) = self.cached_token(repo, &identity, &call.scopes) {
+            if Some(fresh.expose()) != sent_token {
+                return Ok(());
+            }
+        }
+        self.inner
+            .auth
+            .forget_token(&repo.registry, &identity, &key);
+        let scopes = challenge_scopes(&call.scopes, bearer.challenges);
+        let token = self
+            .fetch_token(
+                repo,
+                credential,
+                bearer.realm,
+                bearer.service,
+                &scopes,
+                call.step,
+                &call.target,
+            )
+            .await?;
+        if scopes.len() != call.scopes.len() {
+            self.inner.auth.store_token(
+                &repo.registry,
+                &identity,
+                &key,
+                token,
+                Duration::from_secs(60),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What a `Bearer` challenge asks for: where to get a token, and every challenge answered
+/// (one may name a scope of its own).
+struct Bearer<'a> {
+    realm: &'a str,
+    service: Option<&'a str>,
+    challenges: &'a [auth::Challenge],
+}
+
+/// The call's scopes plus any the bearer challenge names that we did not think of.
+fn challenge_scopes(scopes: &[String], challenges: &[auth::Challenge]) -> Vec<String> {
+    let mut scopes = scopes.to_vec();
+    if let Some(extra) = challenges
+        .iter()
+        .find(|c| c.scheme == "bearer")
+        .and_then(|c| c.param("scope"))
+    {
+        for s in extra.split(' ').filter(|s| !s.is_empty()) {
+            if !scopes.iter().any(|have| have == s) {
+                scopes.push(s.to_string());
+            }
+        }
+    }
+    scopes
 }

@@ -564,61 +564,87 @@ impl RegistryClient {
                 .filter_map(|v| v.to_str().ok())
                 .find_map(next_link);
             let status = resp.status().as_u16();
-            let body = read_capped(resp, MAX_LIST_BYTES)
-                .await
-                .map_err(|e| Self::transport(step, target, e))?
-                .ok_or_else(|| Error::Registry {
-                    step,
-                    target: target.to_string(),
-                    status,
-                    message: format!("a page is larger than {MAX_LIST_BYTES} bytes"),
-                })?;
-            total = total.saturating_add(body.len());
-            let budget = self.inner.config.max_listing_bytes;
-            if total > budget {
-                return Err(Error::Registry {
-                    step,
-                    target: target.to_string(),
-                    status,
-                    message: format!(
-                        "the listing's pages add up to more than {budget} bytes; Ferry stops \
-                         there rather than hold it in memory"
-                    ),
-                });
-            }
+            let body = self.read_page(step, target, resp, &mut total).await?;
             on_page(&body)?;
             match next {
-                Some(n) => {
-                    // Relative targets resolve against the page that named them (RFC 8288).
-                    let next = url.join(&n).map_err(|_| Error::Registry {
-                        step,
-                        target: target.to_string(),
-                        status,
-                        message: "the Link header's next page is not a valid URL".into(),
-                    })?;
-                    // Pagination never legitimately leaves the registry, so a next page on
-                    // another origin is refused outright rather than fetched without
-                    // credentials: a partial listing that looks complete would be worse than
-                    // an error, and nothing is sent to a host the registry merely named.
-                    if !self.may_authorize(&repo.registry, &next) {
-                        return Err(Error::Registry {
-                            step,
-                            target: target.to_string(),
-                            status,
-                            message: format!(
-                                "the Link header points the next page at another origin ({}); \
-                                 Ferry follows pagination only within the registry's own origin \
-                                 and sent nothing there. The registry (or a proxy in front of \
-                                 it) is misconfigured; report it to its operator",
-                                origin_text(&next)
-                            ),
-                        });
-                    }
-                    url = next;
-                }
+                Some(n) => url = self.next_page(step, repo, target, &url, &n, status)?,
                 None => break,
             }
         }
         Ok(Some(()))
+    }
+
+    /// Reads one listing page, bounded by [`MAX_LIST_BYTES`], and adds it to `total`, which
+    /// the whole listing may not take past the client's `max_listing_bytes`.
+    async fn read_page(
+        &self,
+        step: Step,
+        target: &str,
+        resp: Response,
+        total: &mut usize,
+    ) -> Result<Bytes> {
+        let status = resp.status().as_u16();
+        let body = read_capped(resp, MAX_LIST_BYTES)
+            .await
+            .map_err(|e| Self::transport(step, target, e))?
+            .ok_or_else(|| Error::Registry {
+                step,
+                target: target.to_string(),
+                status,
+                message: format!("a page is larger than {MAX_LIST_BYTES} bytes"),
+            })?;
+        *total = total.saturating_add(body.len());
+        let budget = self.inner.config.max_listing_bytes;
+        if *total > budget {
+            return Err(Error::Registry {
+                step,
+                target: target.to_string(),
+                status,
+                message: format!(
+                    "the listing's pages add up to more than {budget} bytes; Ferry stops \
+                     there rather than hold it in memory"
+                ),
+            });
+        }
+        Ok(body)
+    }
+
+    /// The next page's URL from a `Link: <…>; rel="next"` target `link`, resolved against
+    /// the page `url` that named it (RFC 8288).
+    ///
+    /// Pagination never legitimately leaves the registry, so a next page on another origin
+    /// is refused outright rather than fetched without credentials: a partial listing that
+    /// looks complete would be worse than an error, and nothing is sent to a host the
+    /// registry merely named.
+    fn next_page(
+        &self,
+        step: Step,
+        repo: &RepoRef,
+        target: &str,
+        url: &Url,
+        link: &str,
+        status: u16,
+    ) -> Result<Url> {
+        let next = url.join(link).map_err(|_| Error::Registry {
+            step,
+            target: target.to_string(),
+            status,
+            message: "the Link header's next page is not a valid URL".into(),
+        })?;
+        if !self.may_authorize(&repo.registry, &next) {
+            return Err(Error::Registry {
+                step,
+                target: target.to_string(),
+                status,
+                message: format!(
+                    "the Link header points the next page at another origin ({}); \
+                     Ferry follows pagination only within the registry's own origin \
+                     and sent nothing there. The registry (or a proxy in front of \
+                     it) is misconfigured; report it to its operator",
+                    origin_text(&next)
+                ),
+            });
+        }
+        Ok(next)
     }
 }

@@ -16,8 +16,19 @@ impl GraphLookup for Graph {
             .get(&format!("{repository}@{manifest_digest}"))
             .cloned()
     }
-    fn resolve_tag(&self, _repository: &str, _tag: &str) -> Option<String> {
-        None
+    fn resolve_tag(&self, repository: &str, tag: &str) -> Option<String> {
+        self.0
+            .get(&format!("tag:{repository}:{tag}"))
+            .and_then(|v| v.first().cloned())
+    }
+    fn referrers_of(&self, repository: &str, digest: &str, limit: usize) -> Vec<String> {
+        let mut r = self
+            .0
+            .get(&format!("referrers:{repository}@{digest}"))
+            .cloned()
+            .unwrap_or_default();
+        r.truncate(limit);
+        r
     }
 }
 
@@ -722,4 +733,71 @@ fn revoke_all_refuses_older_grants_even_when_set_by_another_process_and_newer_on
     // The server's own method does the same, and never moves the moment backward.
     assert_eq!(f.ac.revoke_grants_issued_before(T0).unwrap(), T0 + 10);
     assert!(pull(&bearer(&new)).is_ok());
+}
+
+/// A grant also reads what travels with its artifact: the referrers of its manifest (and of
+/// the manifests it references) with their blobs, and the cosign tags of its digest; nothing
+/// attached to another artifact.
+#[test]
+fn grant_allows_the_referrers_and_signature_tags_of_its_digest_only() {
+    let mut g = graph();
+    // `1` refers to the root `a` (a signature: config `2`, payload `3`); `4` refers to child `b`.
+    g.0.insert(format!("referrers:vendor/app@{}", d('a')), vec![d('1')]);
+    g.0.insert(format!("vendor/app@{}", d('1')), vec![d('2'), d('3')]);
+    g.0.insert(format!("referrers:vendor/app@{}", d('b')), vec![d('4')]);
+    g.0.insert(format!("vendor/app@{}", d('4')), vec![d('5')]);
+    // Cosign's tag `sha256-<a>.sig` → `6` (payload `7`); `f` (another artifact) has `8`.
+    let stem = d('a').replacen(':', "-", 1);
+    g.0.insert(format!("tag:vendor/app:{stem}.sig"), vec![d('6')]);
+    g.0.insert(format!("vendor/app@{}", d('6')), vec![d('7')]);
+    g.0.insert(format!("referrers:vendor/app@{}", d('f')), vec![d('8')]);
+    g.0.insert(format!("vendor/app@{}", d('8')), vec![d('0')]);
+    let f = fixture();
+    let grant =
+        f.ac.mint_grant(
+            "a",
+            "vendor/app",
+            &d('a'),
+            "job-r",
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let h = bearer(&grant);
+    let pull = |target: Target| {
+        f.ac.authorize(Some(&h), "vendor/app", Action::Pull, &target, &g)
+    };
+    for ok in [
+        Target::Referrers(d('a')),
+        Target::Referrers(d('b')),
+        Target::Manifest(d('1')),
+        Target::Blob(d('2')),
+        Target::Blob(d('3')),
+        Target::Manifest(d('4')),
+        Target::Blob(d('5')),
+        Target::Manifest(format!("{stem}.sig")),
+        Target::Manifest(format!("{stem}.att")),
+        Target::Manifest(stem.clone()),
+        Target::Manifest(d('6')),
+        Target::Blob(d('7')),
+    ] {
+        assert!(
+            pull(ok.clone()).is_ok(),
+            "{ok:?} travels with the granted artifact"
+        );
+    }
+    let other_stem = d('f').replacen(':', "-", 1);
+    for refused in [
+        Target::Referrers(d('f')),
+        Target::Manifest(d('8')),
+        Target::Blob(d('0')),
+        Target::Manifest(format!("{other_stem}.sig")),
+        Target::Manifest(format!("{stem}.sig.old")),
+        Target::Manifest("latest".into()),
+        Target::Repository,
+    ] {
+        assert!(
+            is_403(&pull(refused.clone())),
+            "{refused:?} is not the grant's"
+        );
+    }
 }

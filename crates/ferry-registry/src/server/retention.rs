@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use super::{blocking, header, response_with, Ctx, Handled};
+use super::request::{blocking, header, response_with, Ctx, Handled};
 use crate::access::{Action, Target};
 use crate::errors::{ErrorCode, OciError};
 use crate::in_use::InUseError;
@@ -46,7 +46,7 @@ fn in_use_error(e: InUseError) -> Response {
 
 /// Push on the repository as an agent: only an install's agent gets through. (`anonymous`
 /// gets push only from an authorizer that allows everything, i.e. auth off.)
-async fn authorize_agent(ctx: &Ctx, name: &str) -> Result<(), super::Reject> {
+async fn authorize_agent(ctx: &Ctx, name: &str) -> Result<(), super::request::Reject> {
     let principal = ctx
         .authorize(name, Action::Push, Target::Repository)
         .await?;

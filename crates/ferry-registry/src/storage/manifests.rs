@@ -96,47 +96,55 @@ impl Storage {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<PutManifest> {
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(StorageError::ManifestTooLarge {
-                size: body.len(),
-                limit: MAX_MANIFEST_BYTES,
-            });
-        }
-        let tag = if is_digest(reference) {
-            digest_hex(reference)?;
-            None
-        } else {
-            validate_tag(reference)?;
-            Some(reference)
-        };
-        let digest = sha256_digest(body);
-        if tag.is_none() && digest != reference {
-            return Err(StorageError::DigestMismatch {
-                expected: reference.to_string(),
-                actual: digest,
-            });
-        }
+        let (tag, digest) = checked_reference(reference, body)?;
         let doc =
             ManifestDoc::parse_strict(body).map_err(|e| StorageError::ManifestInvalid(e.reason))?;
-        let media_type = match content_type.map(str::trim) {
-            Some(ct) if !ct.is_empty() && ct != "application/octet-stream" => ct.to_string(),
-            _ => doc.media_type.clone().unwrap_or_else(|| {
-                if doc.manifests.is_empty() {
-                    OCI_MANIFEST.to_string()
-                } else {
-                    OCI_INDEX.to_string()
-                }
-            }),
-        };
-        if let Some(declared) = &doc.media_type {
-            if *declared != media_type {
-                return Err(StorageError::ManifestInvalid(format!(
-                    "Content-Type {media_type} does not match the manifest's mediaType {declared}; send them equal"
-                )));
-            }
-        }
+        let media_type = media_type_of(&doc, content_type)?;
 
         let _gc = read_lock(&self.inner.gc_lock);
+        self.check_references(repository, &doc)?;
+
+        let hex = digest_hex(&digest)?.to_string();
+        let blob_path = self.blob_path(&hex);
+        if Self::exists(&blob_path) {
+            touch(&blob_path);
+        } else {
+            self.atomic_write(&blob_path, body)?;
+        }
+        let link = serde_json::to_vec(&RevisionLink {
+            media_type: media_type.clone(),
+        })
+        .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
+        self.atomic_write(&self.revision_link(repository, &hex), &link)?;
+        // A manifest (re)appearing can complete a closure computed while it was missing.
+        self.inner.closures.invalidate();
+
+        let subject = match &doc.subject {
+            Some(subject) => {
+                let descriptor = referrer_descriptor(&doc, &media_type, &digest, body.len());
+                let bytes = serde_json::to_vec(&descriptor)
+                    .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
+                self.atomic_write(
+                    &self
+                        .referrers_dir(repository, subject.digest.hex())
+                        .join(&hex),
+                    &bytes,
+                )?;
+                Some(subject.digest.to_string())
+            }
+            None => None,
+        };
+
+        if let Some(tag) = tag {
+            // Written last: the tag only ever names a manifest that is fully present.
+            self.point_tag(repository, tag, &digest)?;
+        }
+        Ok(PutManifest { digest, subject })
+    }
+
+    /// Refuses a manifest that references anything missing from `repository`, or an index
+    /// nested deeper than a grant, GC or retention could walk. Called under the GC lock.
+    fn check_references(&self, repository: &str, doc: &ManifestDoc) -> Result<()> {
         for child in &doc.manifests {
             let hex = child.digest.hex();
             if !self.has_manifest(repository, hex) {
@@ -156,73 +164,42 @@ impl Storage {
             }
         }
         for blob in doc.config.iter().chain(&doc.layers) {
-            let hex = blob.digest.hex();
             // Non-distributable layers live elsewhere (their `urls`); they are not required.
             if doc.is_foreign(&blob.digest) {
                 continue;
             }
-            if !self.has_blob(repository, hex) {
+            if !self.has_blob(repository, blob.digest.hex()) {
                 return Err(StorageError::ManifestBlobUnknown {
                     repository: repository.to_string(),
                     digest: blob.digest.to_string(),
                 });
             }
         }
+        Ok(())
+    }
 
-        let hex = digest_hex(&digest)?.to_string();
-        let blob_path = self.blob_path(&hex);
-        if Self::exists(&blob_path) {
-            touch(&blob_path);
-        } else {
-            self.atomic_write(&blob_path, body)?;
-        }
-        let link = serde_json::to_vec(&RevisionLink {
-            media_type: media_type.clone(),
-        })
-        .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
-        self.atomic_write(&self.revision_link(repository, &hex), &link)?;
-        // A manifest (re)appearing can complete a closure computed while it was missing.
-        self.inner.closures.invalidate();
-
-        let subject = match &doc.subject {
-            Some(subject) => {
-                let subject_hex = subject.digest.hex();
-                let descriptor = referrer_descriptor(&doc, &media_type, &digest, body.len());
-                let bytes = serde_json::to_vec(&descriptor)
-                    .map_err(|e| StorageError::ManifestInvalid(e.to_string()))?;
-                self.atomic_write(
-                    &self.referrers_dir(repository, subject_hex).join(&hex),
-                    &bytes,
-                )?;
-                Some(subject.digest.to_string())
+    /// Points `tag` at `digest`, unless it already does; refuses to move an immutable tag.
+    fn point_tag(&self, repository: &str, tag: &str, digest: &str) -> Result<()> {
+        let _tags = mutex(&self.inner.tag_lock);
+        if let Some(existing) = self.read_tag(repository, tag)? {
+            if existing != digest && self.is_immutable(repository) {
+                return Err(StorageError::TagImmutable {
+                    repository: repository.to_string(),
+                    tag: tag.to_string(),
+                    existing,
+                });
             }
-            None => None,
-        };
-
-        if let Some(tag) = tag {
-            // Written last: the tag only ever names a manifest that is fully present.
-            let _tags = mutex(&self.inner.tag_lock);
-            if let Some(existing) = self.read_tag(repository, tag)? {
-                if existing != digest && self.is_immutable(repository) {
-                    return Err(StorageError::TagImmutable {
-                        repository: repository.to_string(),
-                        tag: tag.to_string(),
-                        existing,
-                    });
-                }
-                if existing == digest {
-                    return Ok(PutManifest { digest, subject });
-                }
+            if existing == digest {
+                return Ok(());
             }
-            // Line 2 is the write time in ns: file mtimes can be too coarse to order tags.
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
-            let record = format!("{digest}\n{nanos}\n");
-            self.atomic_write(&self.tag_path(repository, tag), record.as_bytes())?;
         }
-        Ok(PutManifest { digest, subject })
+        // Line 2 is the write time in ns: file mtimes can be too coarse to order tags.
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let record = format!("{digest}\n{nanos}\n");
+        self.atomic_write(&self.tag_path(repository, tag), record.as_bytes())
     }
 
     /// Deletes a tag (when `reference` is a tag) or a manifest and every tag pointing at it
@@ -366,4 +343,65 @@ impl GraphLookup for Storage {
         validate_tag(tag).ok()?;
         self.read_tag(repository, tag).ok().flatten()
     }
+
+    fn referrers_of(&self, repository: &str, digest: &str, limit: usize) -> Vec<String> {
+        // Bounded read: descriptors are well under 4 KiB each.
+        self.referrers_page(repository, digest, None, None, limit.saturating_mul(4096))
+            .map(|(page, _)| page)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| d.get("digest").and_then(serde_json::Value::as_str))
+            .take(limit)
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Checks a manifest PUT's size and reference: the tag to write (`None` for a digest
+/// reference), and the body's digest, which a digest reference must equal.
+fn checked_reference<'r>(reference: &'r str, body: &[u8]) -> Result<(Option<&'r str>, String)> {
+    if body.len() > MAX_MANIFEST_BYTES {
+        return Err(StorageError::ManifestTooLarge {
+            size: body.len(),
+            limit: MAX_MANIFEST_BYTES,
+        });
+    }
+    let tag = if is_digest(reference) {
+        digest_hex(reference)?;
+        None
+    } else {
+        validate_tag(reference)?;
+        Some(reference)
+    };
+    let digest = sha256_digest(body);
+    if tag.is_none() && digest != reference {
+        return Err(StorageError::DigestMismatch {
+            expected: reference.to_string(),
+            actual: digest,
+        });
+    }
+    Ok((tag, digest))
+}
+
+/// The media type a manifest is stored with: the request's Content-Type, else the body's
+/// `mediaType`, else guessed from its shape; refused when Content-Type and `mediaType` differ.
+fn media_type_of(doc: &ManifestDoc, content_type: Option<&str>) -> Result<String> {
+    let media_type = match content_type.map(str::trim) {
+        Some(ct) if !ct.is_empty() && ct != "application/octet-stream" => ct.to_string(),
+        _ => doc.media_type.clone().unwrap_or_else(|| {
+            if doc.manifests.is_empty() {
+                OCI_MANIFEST.to_string()
+            } else {
+                OCI_INDEX.to_string()
+            }
+        }),
+    };
+    if let Some(declared) = &doc.media_type {
+        if *declared != media_type {
+            return Err(StorageError::ManifestInvalid(format!(
+                "Content-Type {media_type} does not match the manifest's mediaType {declared}; send them equal"
+            )));
+        }
+    }
+    Ok(media_type)
 }
