@@ -29,7 +29,13 @@ CUSTOMER = ROOT / "infra" / "install-agent.yaml"
 BUILDSPEC = ROOT / "infra" / "buildspec.yml"
 AWS_DESIGN = ROOT / "docs" / "design" / "aws.md"
 
-FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "reconcile"]
+FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "release",
+             "reconcile"]
+# The functions an SQS queue feeds (the reconciler runs on a schedule instead).
+SQS_FUNCTIONS = [f for f in FUNCTIONS if f != "reconcile"]
+# The functions that send release events (release.synced, step timers) to the release queue.
+RELEASE_SENDERS = {"SyncRequestedFunction", "SyncReportedFunction", "ReleaseFunction",
+                   "ReconcileFunction"}
 ENV_CONTRACT = [
     "FERRY_TABLE",
     "FERRY_EVENT_BUS",
@@ -190,7 +196,7 @@ def functions(t: dict) -> dict:
     return resources(t, "AWS::Serverless::Function")
 
 
-def test_four_functions_built_by_cargo_lambda_on_arm64_al2023(vendor):
+def test_five_functions_built_by_cargo_lambda_on_arm64_al2023(vendor):
     fns = functions(vendor)
     binaries = sorted(f["Metadata"]["BuildProperties"]["Binary"] for f in fns.values())
     assert binaries == sorted(FUNCTIONS)
@@ -233,8 +239,10 @@ def test_sqs_triggers_report_batch_item_failures_and_visibility_is_six_times_tim
             assert props["BatchSize"] == 10, name
             queue = queues[queue_of_arn(props["Queue"])]
             assert queue["Properties"]["VisibilityTimeout"] >= 6 * p["Timeout"], name
+            # Every trigger is capped, so a fan-out to thousands of installs stays in quotas.
+            assert "MaximumConcurrency" in props["ScalingConfig"], name
             checked += 1
-    assert checked == 4
+    assert checked == len(SQS_FUNCTIONS)
 
 
 def test_every_queue_has_sse_and_a_dlq_with_max_receive_count(vendor):
@@ -249,7 +257,7 @@ def test_every_queue_has_sse_and_a_dlq_with_max_receive_count(vendor):
     for name, q in queues.items():
         assert q["Properties"].get("SqsManagedSseEnabled") is True, name
         assert name in dlqs or "RedrivePolicy" in q["Properties"], f"{name} has no DLQ"
-    assert len(dlqs) == 4
+    assert len(dlqs) == len(SQS_FUNCTIONS)
 
 
 def test_each_dlq_has_an_alarm(vendor):
@@ -345,7 +353,7 @@ def policy_of(t: dict, role: str) -> list[dict]:
 
 def test_function_roles_are_separate_and_narrow(vendor):
     roles = {refs(f["Properties"]["Role"]).pop() for f in functions(vendor).values()}
-    assert len(roles) == len(functions(vendor))
+    assert len(roles) == len(FUNCTIONS)
     for role in roles:
         sts = policy_of(vendor, role)
         actions = {a for s in sts for a in as_list(s["Action"])}
@@ -359,7 +367,11 @@ def test_function_roles_are_separate_and_narrow(vendor):
             if "sts:AssumeRole" in as_list(s["Action"]):
                 assert refs(s["Resource"]) == {"PullRole"}
             if "sqs:SendMessage" in as_list(s["Action"]):
-                assert s["Resource"]["Fn::Sub"].endswith((":${NamePrefix}-install-*", ":${NamePrefix}-release")), role
+                if refs(s["Resource"]) == {"ReleaseQueue"}:
+                    assert role in ("SyncRequestedRole", "SyncReportedRole", "ReleaseRole",
+                                    "ReconcileRole"), role
+                else:
+                    assert s["Resource"]["Fn::Sub"].endswith(":${NamePrefix}-install-*"), role
         assert not any(a.startswith(("ecr:", "iam:", "s3:")) for a in actions), role
 
 
@@ -419,7 +431,7 @@ def test_reports_are_admitted_by_signature_not_by_account(vendor):
 def test_outputs_give_customers_and_functions_what_they_need(vendor):
     for out in ["EventBusName", "EventBusArn", "JobTableName", "ReportQueueArn", "ReportQueueUrl",
                 "PullRoleArn", "VendorAccountId", "VendorRegistry", "BuildRequestedQueueUrl",
-                "VendorKeySecretArn"]:
+                "VendorKeySecretArn", "ReleaseQueueUrl"]:
         assert out in vendor["Outputs"], out
 
 
@@ -437,7 +449,7 @@ def test_sam_transform_yields_sqs_mappings_with_partial_batch_failures(monkeypat
         fn["Properties"]["CodeUri"] = f"s3://bucket/{fn['Properties']['CodeUri']}.zip"
     out = transform(json.loads(json.dumps(template)), {"AWS::Region": "eu-west-1"}, NoManagedPolicies())
     mappings = [r for r in out["Resources"].values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
-    assert len(mappings) == 4
+    assert len(mappings) == len(SQS_FUNCTIONS)
     for m in mappings:
         assert m["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
         assert m["Properties"]["BatchSize"] == 10
@@ -929,8 +941,8 @@ def test_security_events_are_counted_and_alarmed(vendor):
 
 
 def test_only_the_ims_functions_read_the_vendor_key(vendor):
-    """The vendor key signs jobs: the IMS function roles (and the reconciler, which re-sends
-    job messages) may read it, and nothing else."""
+    """The vendor key signs jobs and keys sync ids: the IMS function roles (and the reconciler,
+    which re-sends job messages) may read it, and nothing else."""
     readers = []
     for name, where, st in statements(vendor):
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
@@ -939,4 +951,49 @@ def test_only_the_ims_functions_read_the_vendor_key(vendor):
             readers.append(name)
     assert sorted(readers) == sorted(f"{f}Policy" for f in
                                      ["BuildRequested", "BuildCompleted", "SyncRequested", "SyncReported",
-                                      "Reconcile"])
+                                      "Release", "Reconcile"])
+
+
+def test_release_queue_is_fed_by_the_functions_and_the_operator_only(vendor):
+    """release.step and release.synced reach the release queue by SendMessage from the sync
+    functions, the release function itself and the operator (`ferry release create|resume`);
+    no rule routes there, no principal outside the account may send, and only the release
+    function drains it."""
+    q = resources(vendor)["ReleaseQueue"]["Properties"]
+    assert q["QueueName"] == {"Fn::Sub": "${NamePrefix}-release"}
+    assert q["SqsManagedSseEnabled"] is True
+    assert refs(q["RedrivePolicy"]["deadLetterTargetArn"]) == {"ReleaseDlq"}
+    for rule in resources(vendor, "AWS::Events::Rule").values():
+        assert refs(rule["Properties"]["Targets"]) != {"ReleaseQueue"}
+    (policy,) = [p for p in resources(vendor, "AWS::SQS::QueuePolicy").values()
+                 if refs(p["Properties"]["Queues"]) == {"ReleaseQueue"}]
+    assert [s["Effect"] for s in as_list(policy["Properties"]["PolicyDocument"]["Statement"])] == ["Deny"]
+    senders, consumers = set(), set()
+    for name, _where, st in statements(vendor):
+        if st["Effect"] != "Allow" or refs(st.get("Resource", "")) != {"ReleaseQueue"}:
+            continue
+        actions = set(as_list(st["Action"]))
+        if "sqs:SendMessage" in actions:
+            senders.add(name)
+        if "sqs:ReceiveMessage" in actions:
+            consumers.add(name)
+    assert senders == {"SyncRequestedPolicy", "SyncReportedPolicy", "ReleasePolicy",
+                       "ReconcilePolicy", "RegistrationPolicy"}
+    assert consumers == {"ReleasePolicy"}
+    # Exactly the senders among the functions know the queue's URL.
+    for name in functions(vendor):
+        env = function_props(vendor, name)["Environment"]["Variables"]
+        has = "FERRY_RELEASE_QUEUE_URL" in env
+        assert has == (name in RELEASE_SENDERS), name
+        if has:
+            assert env["FERRY_RELEASE_QUEUE_URL"] == {"Ref": "ReleaseQueue"}
+
+
+def test_the_release_function_mints_nothing_and_builds_nothing(vendor):
+    actions = {a for s in policy_of(vendor, "ReleaseRole") for a in as_list(s["Action"])}
+    assert actions == {
+        "logs:CreateLogStream", "logs:PutLogEvents", "secretsmanager:GetSecretValue",
+        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes", "sqs:SendMessage", "dynamodb:GetItem", "dynamodb:PutItem",
+        "dynamodb:Query", "events:PutEvents",
+    }

@@ -11,13 +11,17 @@
 use std::fmt;
 
 use aws_config::SdkConfig;
+#[cfg(feature = "minter")]
 use aws_sdk_ecr::types::{
     EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
 };
 use zeroize::Zeroizing;
 
 use crate::error::describe;
-use crate::minter::{split_basic, RedactResponseBody};
+#[cfg(feature = "minter")]
+use crate::minter::split_basic;
+use crate::minter::RedactResponseBody;
+#[cfg(feature = "minter")]
 use crate::token_vault::TokenVault;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,12 +77,14 @@ pub struct RepositoryProtections {
 
 /// ECR with the agent's own role: login and the install repositories.
 #[derive(Clone, Debug)]
+#[cfg(feature = "minter")]
 pub struct InstallEcr {
     base: SdkConfig,
     client: aws_sdk_ecr::Client,
     protections: RepositoryProtections,
 }
 
+#[cfg(feature = "minter")]
 impl InstallEcr {
     pub fn new(config: &SdkConfig) -> InstallEcr {
         InstallEcr {

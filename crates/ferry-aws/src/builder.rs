@@ -14,18 +14,23 @@
 //! component and the source ref; and never read an artifact digest from a state change.
 
 use aws_config::SdkConfig;
+#[cfg(feature = "codebuild")]
 use aws_sdk_codebuild::types::{
     EnvironmentVariable, EnvironmentVariableType, ProjectSource, ProjectSourceVersion, SourceType,
 };
+#[cfg(feature = "codebuild")]
 use aws_sdk_codebuild::Client;
 use serde::Deserialize;
 
 use ferry_core::event::{BuildCompleted, BuildOutcome, BUILD_COMPLETED};
 use ferry_core::id::{BuildId, EventId};
-use ferry_core::ports::{Batch, BuildSpec, Builder, BuilderError, BusError, EventBus as _};
+#[cfg(feature = "codebuild")]
+use ferry_core::ports::Builder;
+use ferry_core::ports::{Batch, BuildSpec, BuilderError, BusError, EventBus as _};
 use ferry_core::{Event, Payload};
 
 use crate::bus::EventBridgeBus;
+#[cfg(feature = "codebuild")]
 use crate::error::describe;
 
 pub const ENV_BUILD_ID: &str = "FERRY_BUILD_ID";
@@ -58,6 +63,9 @@ pub const BUILD_SOURCE: &str = "ferry.build";
 /// a build succeeds only after `ferry-build` posted (it exits non-zero when the post fails).
 pub const CAUGHT_STATUSES: [&str; 4] = ["FAILED", "FAULT", "STOPPED", "TIMED_OUT"];
 
+/// The builder port on CodeBuild (feature `codebuild`: only build-requested links the
+/// CodeBuild client).
+#[cfg(feature = "codebuild")]
 #[derive(Clone, Debug)]
 pub struct CodeBuildBuilder {
     client: Client,
@@ -65,6 +73,7 @@ pub struct CodeBuildBuilder {
 }
 
 /// Error codes that say the request itself can never start a build.
+#[cfg(feature = "codebuild")]
 const REJECTED_CODES: &[&str] = &[
     "ResourceNotFoundException",
     "InvalidInputException",
@@ -72,6 +81,7 @@ const REJECTED_CODES: &[&str] = &[
     "OAuthProviderException",
 ];
 
+#[cfg(feature = "codebuild")]
 impl CodeBuildBuilder {
     pub fn new(config: &SdkConfig, project: impl Into<String>) -> CodeBuildBuilder {
         CodeBuildBuilder::from_client(Client::new(config), project)
@@ -89,6 +99,7 @@ impl CodeBuildBuilder {
     }
 }
 
+#[cfg(feature = "codebuild")]
 fn plain(name: &str, value: &str) -> Result<EnvironmentVariable, BuilderError> {
     EnvironmentVariable::builder()
         .name(name)
@@ -119,6 +130,7 @@ pub fn environment(spec: &BuildSpec) -> Result<Vec<(&'static str, String)>, Buil
 /// type for its host, its URL, and the ref to build (the request's, else the component's).
 /// `None` for components without a git source, and for hosts CodeBuild has no source type for
 /// (those `ferry-build` checks out itself with the git CLI inside the build).
+#[cfg(feature = "codebuild")]
 pub fn source_override(spec: &BuildSpec) -> Option<(SourceType, String, String)> {
     let git = spec.component.kind.git_source()?;
     let url = git.git.trim();
@@ -151,12 +163,14 @@ pub fn source_override(spec: &BuildSpec) -> Option<(SourceType, String, String)>
     ))
 }
 
+#[cfg(feature = "codebuild")]
 fn rejected(what: &str) -> impl FnOnce(aws_sdk_codebuild::error::BuildError) -> BuilderError + '_ {
     move |e| BuilderError::Rejected {
         message: format!("bad {what}: {e}"),
     }
 }
 
+#[cfg(feature = "codebuild")]
 impl Builder for CodeBuildBuilder {
     async fn start(&self, spec: &BuildSpec) -> Result<String, BuilderError> {
         let mut req = self

@@ -20,10 +20,12 @@ pub const MAX_ATTEMPTS: u32 = 4;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// One attempt of one call: far above a healthy DynamoDB/SQS latency, well under Lambda's.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A whole call, retries and backoff included.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// One attempt of one call: far above a healthy DynamoDB/SQS latency, well under Lambda's
+/// (derived from the function timeout by [`ferry_core::timing`]).
+pub const ATTEMPT_TIMEOUT: Duration = ferry_core::timing::SDK_ATTEMPT_TIMEOUT;
+/// A whole call, retries and backoff included: a third of the function timeout
+/// ([`ferry_core::timing`]), so a handler hears how a call ended before Lambda stops it.
+pub const OPERATION_TIMEOUT: Duration = ferry_core::timing::SDK_OPERATION_TIMEOUT;
 /// A long-poll receive gets its wait plus this much before the SDK gives up on it.
 pub const LONG_POLL_SLACK: Duration = Duration::from_secs(5);
 

@@ -19,12 +19,17 @@ pub mod releases;
 #[cfg(feature = "cloudformation")]
 pub mod stack;
 pub mod store;
+#[cfg(feature = "minter")]
 mod token_vault;
 
 /// Callers hold and pass SDK configs without depending on the SDK crates themselves.
 pub use aws_config::SdkConfig;
-pub use builder::{CodeBuildBuilder, CodeBuildStateChange};
+#[cfg(feature = "codebuild")]
+pub use builder::CodeBuildBuilder;
+pub use builder::CodeBuildStateChange;
 pub use bus::EventBridgeBus;
-pub use minter::{EcrGrantMinter, EcrGrantSettings, EcrRepositories};
+pub use minter::EcrGrantSettings;
+#[cfg(feature = "minter")]
+pub use minter::{EcrGrantMinter, EcrRepositories};
 pub use queue::{QueueWithDlq, SqsQueue};
 pub use store::DynamoStore;

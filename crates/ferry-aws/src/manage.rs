@@ -27,6 +27,7 @@ use ferry_core::manage::{
     MAX_DEAD_LETTERS,
 };
 use ferry_core::ports::{JobStore as _, Queue as _, QueueError};
+use ferry_core::release_port::ReleaseDesk;
 
 use crate::error::describe;
 
@@ -174,9 +175,31 @@ impl AwsManagement {
         }
     }
 
-    /// The job store (for tests).
+    /// The job store (`ferry install show` reads the install's release targets from it).
     pub fn store(&self) -> &DynamoStore {
         &self.store
+    }
+
+    /// The release queue: `<NamePrefix>-release` (template.yaml's `ReleaseQueue`), its URL
+    /// looked up by name (GetQueueUrl) on first use.
+    pub fn release_queue(&self) -> Result<QueueName, ManageError> {
+        let name = self.physical("release");
+        QueueName::new(name.as_str())
+            .map_err(|e| ManageError::Invalid(format!("release queue {name}: {e}")))
+    }
+
+    /// The release port over this stack (`ferry release …`): releases and targets in the job
+    /// table, step timers on the release queue, which the stack's release function drains.
+    pub fn release_desk(
+        &self,
+    ) -> Result<ReleaseDesk<DynamoStore, SqsQueue, ferry_clock::SystemClock>, ManageError> {
+        Ok(ReleaseDesk {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            clock: ferry_clock::SystemClock,
+            release_queue: self.release_queue()?,
+            max_write_tries: ferry_core::Config::default().max_write_tries,
+        })
     }
 
     /// The queues (for tests).

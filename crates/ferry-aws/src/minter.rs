@@ -7,11 +7,8 @@
 //! This module must never log, return or store the clear token or the STS credentials: they
 //! live in zeroizing buffers until sealed, and only [`SealedGrant`] leaves.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use aws_config::SdkConfig;
-use aws_credential_types::Credentials;
-use aws_sdk_ecr::types::ImageTagMutability;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeSerializationInterceptorContextRef;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -19,14 +16,23 @@ use aws_smithy_runtime_api::client::orchestrator::SensitiveOutput;
 use aws_smithy_types::config_bag::ConfigBag;
 use zeroize::Zeroizing;
 
-use ferry_core::domain::{Install, SealedGrant};
-use ferry_core::id::{Digest, Repository};
-use ferry_core::ports::{GrantError, GrantId, GrantMinter};
-use ferry_core::seal::{ClearGrant, GrantScheme, SealError};
+use ferry_core::id::Repository;
 
-use crate::error::describe;
-use crate::store::DynamoStore;
-use crate::token_vault::TokenVault;
+// The client side (feature `minter`): STS, ECR, sealing.
+#[cfg(feature = "minter")]
+use {
+    crate::error::describe,
+    crate::store::DynamoStore,
+    crate::token_vault::TokenVault,
+    aws_config::SdkConfig,
+    aws_credential_types::Credentials,
+    aws_sdk_ecr::types::ImageTagMutability,
+    ferry_core::domain::{Install, SealedGrant},
+    ferry_core::id::Digest,
+    ferry_core::ports::{GrantError, GrantId, GrantMinter},
+    ferry_core::seal::{ClearGrant, GrantScheme, SealError},
+    std::time::SystemTime,
+};
 
 /// The longest a grant lives, whatever STS or ECR would allow.
 pub const GRANT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -57,6 +63,7 @@ impl EcrGrantSettings {
         repository_arn(&self.region, &self.registry_account_id, repository)
     }
 
+    #[cfg(feature = "minter")]
     fn default_host(&self) -> String {
         format!(
             "{}.dkr.ecr.{}.amazonaws.com",
@@ -94,6 +101,7 @@ pub fn session_policy(repository_arn: &str) -> String {
 
 /// `ferry-<sync id>.a<attempt>`, cut to STS's 64 characters (sync ids only use characters STS
 /// allows). It shows in CloudTrail, so an incident can be traced to one attempt.
+#[cfg(feature = "minter")]
 fn session_name(grant: &GrantId) -> String {
     let mut name = format!("ferry-{grant}");
     name.truncate(64);
@@ -101,10 +109,12 @@ fn session_name(grant: &GrantId) -> String {
 }
 
 /// The system clock in unix ms (ferry-clock's, the one definition).
+#[cfg(feature = "minter")]
 fn now_ms() -> u64 {
     ferry_clock::unix_ms()
 }
 
+#[cfg(feature = "minter")]
 fn to_ms(t: &aws_smithy_types::DateTime) -> Option<u64> {
     u64::try_from(t.to_millis().ok()?).ok()
 }
@@ -163,6 +173,7 @@ impl Intercept for RedactResponseBody {
     }
 }
 
+#[cfg(feature = "minter")]
 const REFUSED_STS_CODES: &[&str] = &[
     "AccessDenied",
     "NoSuchEntity",
@@ -172,6 +183,10 @@ const REFUSED_STS_CODES: &[&str] = &[
     "ValidationError",
 ];
 
+/// The grant minter port on STS + ECR (feature `minter`: only the minting functions link
+/// the STS and ECR clients).
+#[cfg(feature = "minter")]
+#[derive(Clone)]
 pub struct EcrGrantMinter {
     sts: aws_sdk_sts::Client,
     base: SdkConfig,
@@ -179,6 +194,7 @@ pub struct EcrGrantMinter {
     revocations: DynamoStore,
 }
 
+#[cfg(feature = "minter")]
 impl std::fmt::Debug for EcrGrantMinter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EcrGrantMinter")
@@ -187,6 +203,7 @@ impl std::fmt::Debug for EcrGrantMinter {
     }
 }
 
+#[cfg(feature = "minter")]
 impl EcrGrantMinter {
     pub fn new(
         config: &SdkConfig,
@@ -206,6 +223,7 @@ impl EcrGrantMinter {
     }
 }
 
+#[cfg(feature = "minter")]
 fn sts_error(f: crate::error::Failure) -> GrantError {
     if f.transient {
         GrantError::Unavailable { message: f.message }
@@ -220,6 +238,7 @@ fn sts_error(f: crate::error::Failure) -> GrantError {
     }
 }
 
+#[cfg(feature = "minter")]
 impl EcrGrantMinter {
     /// STS AssumeRole of the pull role for [`ASSUME_ROLE_SECONDS`], with a session policy
     /// that allows only `ecr:GetAuthorizationToken` and pulls from `repository`.
@@ -315,6 +334,7 @@ impl EcrGrantMinter {
     }
 }
 
+#[cfg(feature = "minter")]
 impl GrantMinter for EcrGrantMinter {
     async fn mint(
         &self,
@@ -409,11 +429,13 @@ pub struct RepositoryInfo {
 }
 
 /// Vendor ECR repositories: a push needs the repository to exist first.
+#[cfg(feature = "minter")]
 #[derive(Clone, Debug)]
 pub struct EcrRepositories {
     client: aws_sdk_ecr::Client,
 }
 
+#[cfg(feature = "minter")]
 impl EcrRepositories {
     pub fn new(config: &SdkConfig) -> EcrRepositories {
         EcrRepositories {

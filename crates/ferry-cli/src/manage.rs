@@ -741,8 +741,13 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
             let backend = common.open(ctx).await?;
             let id = install_id(&id)?;
             let st = with_backend!(&backend, m => m.install_status(&id).await)?;
+            let versions = with_backend!(&backend, m => {
+                ferry_core::release_port::install_versions(m.store(), &st.install, &st.holds).await
+            })?;
             if common.json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                let mut out = serde_json::to_value(&st)?;
+                out["versions"] = serde_json::to_value(&versions)?;
+                println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(());
             }
             let i = &st.install;
@@ -809,6 +814,37 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                 println!("  holds:");
                 print_table(&["REPOSITORY", "DIGEST", "SINCE", "BUILD"], &rows);
             }
+            // Desired (the newest release naming the install) vs current (what its agent verified).
+            let rows: Vec<Vec<String>> = versions
+                .iter()
+                .map(|v| {
+                    let desired = v.desired.as_ref().map_or_else(
+                        || "no release yet".to_string(),
+                        |d| {
+                            format!(
+                                "{} {} ({} in {})",
+                                d.build_id,
+                                short_digest(d.digest.as_str()),
+                                d.state.as_str(),
+                                d.release_id
+                            )
+                        },
+                    );
+                    let current = v.current.as_ref().map_or_else(
+                        || "nothing".to_string(),
+                        |c| format!("{} {}", c.build_id, short_digest(c.digest.as_str())),
+                    );
+                    let in_sync = if v.in_sync { "yes" } else { "no" };
+                    vec![
+                        v.component.to_string(),
+                        desired,
+                        current,
+                        in_sync.to_string(),
+                    ]
+                })
+                .collect();
+            println!("  versions:");
+            print_table(&["COMPONENT", "DESIRED", "CURRENT", "IN SYNC"], &rows);
             // How the install's nodes pull: a pull-only identity whose secret stays in its file.
             match &backend {
                 Backend::Local(m) => {

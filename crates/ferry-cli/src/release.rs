@@ -1,6 +1,7 @@
-//! `ferry release create|show|list|pause|resume|abort`: releases on a `ferry dev` state dir,
-//! through ferry-core's release port ([`ferry_core::rollout::Releases`]) over the SQLite store
-//! and the release queue, while `ferry dev` runs the steps.
+//! `ferry release create|show|list|pause|resume|abort`: releases through ferry-core's release
+//! port ([`ferry_core::rollout::Releases`]) on the selected context: a `ferry dev` state dir
+//! (SQLite store and release queue; `ferry dev` runs the steps) or a deployed stack (DynamoDB
+//! and the stack's release queue; its release function runs the steps).
 //!
 //! This file parses and prints; ferry-core decides. `show --watch` redraws a progress bar on a
 //! terminal, or prints one JSON line per change with `--json`, until the release stops moving
@@ -118,22 +119,31 @@ pub fn parse_delay(s: &str) -> Result<u64> {
         .with_context(|| format!("delay {s:?} is longer than a week"))
 }
 
-/// The release desk of the selected context. Releases run on the local backend; a deployed
-/// stack has no release queue and function yet, so an AWS context is refused in words.
-async fn desk(
-    common: &StateArgs,
-    ctx: Option<&str>,
-) -> Result<ReleaseDesk<SqliteStore, SqliteQueue, SystemClock>> {
-    let state = match common.open(ctx).await? {
-        crate::context::Backend::Local(m) => m.state().clone(),
-        #[cfg(feature = "aws")]
-        crate::context::Backend::Aws(_) => anyhow::bail!(
-            "releases are not available on an AWS context yet: the vendor stack has no release \
-             queue and function; use a local context (--state-dir) or request builds, which \
-             sync to every subscribed install"
-        ),
+/// The release port of the selected context: the local state dir's, or the AWS stack's
+/// (DynamoDB + the stack's release queue, drained by its release function).
+pub(crate) enum AnyDesk {
+    Local(ReleaseDesk<SqliteStore, SqliteQueue, SystemClock>),
+    #[cfg(feature = "aws")]
+    Aws(ReleaseDesk<ferry_aws::DynamoStore, ferry_aws::SqsQueue, SystemClock>),
+}
+
+/// Runs `$body` with `$d` bound to the context's release desk.
+macro_rules! with_desk {
+    ($desk:expr, $d:ident => $body:expr) => {
+        match $desk {
+            AnyDesk::Local($d) => $body,
+            #[cfg(feature = "aws")]
+            AnyDesk::Aws($d) => $body,
+        }
     };
-    local_desk(&state)
+}
+
+async fn desk(common: &StateArgs, ctx: Option<&str>) -> Result<AnyDesk> {
+    match common.open(ctx).await? {
+        crate::context::Backend::Local(m) => Ok(AnyDesk::Local(local_desk(m.state())?)),
+        #[cfg(feature = "aws")]
+        crate::context::Backend::Aws(m) => Ok(AnyDesk::Aws(m.release_desk()?)),
+    }
 }
 
 /// The release desk of a local state dir (shared with `ferry console`).
@@ -158,19 +168,20 @@ pub async fn run(cmd: ReleaseCommand, ctx: Option<&str>) -> Result<()> {
     match cmd {
         ReleaseCommand::Create(args) => create(args, ctx).await,
         ReleaseCommand::Show { id, watch, common } => {
-            let desk = desk(&common, ctx).await?;
             let id = release_id(&id)?;
-            if watch {
-                watch_release(&desk, &id, common.json).await
-            } else {
-                let (release, targets) = desk.show(&id).await?;
-                print_release(&release, &targets, common.json);
-                Ok(())
-            }
+            with_desk!(&desk(&common, ctx).await?, d => {
+                if watch {
+                    watch_release(d, &id, common.json).await
+                } else {
+                    let (release, targets) = d.show(&id).await?;
+                    print_release(&release, &targets, common.json);
+                    Ok(())
+                }
+            })
         }
         ReleaseCommand::List { app, common } => {
             let app = AppName::new(app.as_str()).with_context(|| format!("app name {app:?}"))?;
-            let releases = desk(&common, ctx).await?.list(&app).await?;
+            let releases = with_desk!(&desk(&common, ctx).await?, d => d.list(&app).await)?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&releases)?);
             } else {
@@ -180,18 +191,18 @@ pub async fn run(cmd: ReleaseCommand, ctx: Option<&str>) -> Result<()> {
             Ok(())
         }
         ReleaseCommand::Pause { id, common } => {
-            let r = desk(&common, ctx).await?.pause(&release_id(&id)?).await?;
+            let id = release_id(&id)?;
+            let r = with_desk!(&desk(&common, ctx).await?, d => d.pause(&id).await)?;
             print_summary(&r, common.json)
         }
         ReleaseCommand::Resume { id, common } => {
-            let r = desk(&common, ctx).await?.resume(&release_id(&id)?).await?;
+            let id = release_id(&id)?;
+            let r = with_desk!(&desk(&common, ctx).await?, d => d.resume(&id).await)?;
             print_summary(&r, common.json)
         }
         ReleaseCommand::Abort { id, common } => {
-            let r = desk(&common, ctx)
-                .await?
-                .abort(&release_id(&id)?, "ferry release abort")
-                .await?;
+            let id = release_id(&id)?;
+            let r = with_desk!(&desk(&common, ctx).await?, d => d.abort(&id, "ferry release abort").await)?;
             print_summary(&r, common.json)
         }
     }
@@ -228,7 +239,7 @@ async fn create(args: CreateArgs, ctx: Option<&str>) -> Result<()> {
         policy,
         requested_by: "ferry release create".into(),
     };
-    let release = desk(&args.common, ctx).await?.create(&req).await?;
+    let release = with_desk!(&desk(&args.common, ctx).await?, d => d.create(&req).await)?;
     print_summary(&release, args.common.json)
 }
 

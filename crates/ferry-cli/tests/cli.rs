@@ -202,6 +202,11 @@ async fn onboarding_on_moto_through_the_cli() {
         .unwrap();
     let sr = QueueName::new("ferry-sync-requested").unwrap();
     sqs.create_queue_with_dlq(&sr, 5, 30).await.unwrap();
+    // The release queue (template.yaml's ReleaseQueue): no release runs here, but
+    // `ferry release list` on the context finds the stack's releases (none).
+    sqs.create_queue_with_dlq(&QueueName::new("ferry-release").unwrap(), 5, 30)
+        .await
+        .unwrap();
     bus.client()
         .put_rule()
         .name("ferry-sync-requested")
@@ -720,6 +725,9 @@ async fn onboarding_on_moto_through_the_cli() {
         .unwrap()
         .is_empty());
 
+    // ---- releases on the AWS context: none yet (tests/release_aws.rs runs them).
+    let releases = json(&["release", "list", "shop", "--json"]);
+    assert_eq!(releases, serde_json::json!([]), "{releases}");
     // ---- contexts: an unknown one is named; `use` and `remove` work.
     let (code, _, stderr) = run(&["--context", "nope", "install", "list"]);
     assert_eq!(code, Some(1));
@@ -888,7 +896,7 @@ impl Functions {
                 clock: ferry_local::clock::SystemClock,
                 config: ferry_core::Config::default(),
                 vendor_key: std::sync::Arc::new(key),
-                // No release runs in this test; the stack has no release queue yet.
+                // No release runs in this test (tests/release_aws.rs runs them).
                 release_queue: ferry_core::id::QueueName::new("ferry-release").unwrap(),
             },
             vendor_registry: vendor_registry.to_owned(),

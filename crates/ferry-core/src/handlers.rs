@@ -43,13 +43,18 @@ use crate::release::{ReleaseError, ReleaseStatus, ReleaseTransitionError};
 use crate::state::{Expected, JobError, JobStatus, TransitionError};
 use crate::trust::{verify_report, VendorKey};
 
-/// Tunables; the defaults suit a Lambda with a 5 minute timeout.
+/// Tunables. The defaults suit ferry dev's worker; the Lambda functions set `deadline_ms` per
+/// invocation, so the idempotency lock follows the time the invocation has left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
     /// How long a completed idempotency record suppresses replays.
     pub idempotency_ttl_ms: u64,
-    /// How long an in-progress record blocks others: at least the handler's timeout.
+    /// How long an in-progress record blocks others when there is no deadline (ferry dev's
+    /// worker): at least the handler's timeout.
     pub in_progress_ms: u64,
+    /// The invocation's deadline (ms since the epoch; a Lambda context's), when there is one:
+    /// the in-progress record then lasts until it (see [`crate::timing::lock_until`]).
+    pub deadline_ms: Option<u64>,
     /// A sync whose grant expired this many times fails instead of being re-enqueued.
     pub max_sync_attempts: u32,
     /// Re-reads after a conditional-write conflict before giving up (the event is retried).
@@ -70,6 +75,7 @@ impl Default for Config {
         Config {
             idempotency_ttl_ms: 24 * 60 * 60 * 1000,
             in_progress_ms: 5 * 60 * 1000,
+            deadline_ms: None,
             max_sync_attempts: 5,
             max_write_tries: 5,
             fan_out_on_build: true,
@@ -366,7 +372,7 @@ where
         .idempotency_begin(
             key,
             now,
-            now.saturating_add(config.in_progress_ms),
+            crate::timing::lock_until(now, config.deadline_ms, config.in_progress_ms),
             now.saturating_add(config.idempotency_ttl_ms),
         )
         .await?;

@@ -20,6 +20,7 @@ pub mod rollout;
 pub mod seal;
 pub mod state;
 pub mod telemetry;
+pub mod timing;
 pub mod trust;
 
 #[cfg(any(test, feature = "contract"))]

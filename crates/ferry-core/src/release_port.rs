@@ -6,10 +6,14 @@
 
 use std::future::Future;
 
+use serde::Serialize;
+
+use crate::domain::Install;
 use crate::handlers::{HandlerError, Ports};
-use crate::id::{AppName, QueueName, ReleaseId};
+use crate::id::{AppName, BuildId, ComponentName, Digest, QueueName, ReleaseId};
+use crate::manage::Held;
 use crate::ports::{Backend, Clock, JobStore, PageRequest, Queue};
-use crate::release::{Release, ReleaseStore, ReleaseTarget};
+use crate::release::{Release, ReleaseStore, ReleaseTarget, TargetState};
 use crate::rollout::{
     abort_release, create_release, get_release, pause_release, release_targets, resume_release,
     ReleaseRequest,
@@ -150,4 +154,94 @@ impl<D: Desk> Releases for D {
     async fn abort(&self, id: &ReleaseId, by: &str) -> Result<Release, HandlerError> {
         abort_release(self, id, by).await
     }
+}
+
+/// What the vendor released to one component of an install: the newest release naming it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    pub release_id: ReleaseId,
+    pub build_id: BuildId,
+    pub digest: Digest,
+    /// The install's state in that release, for this component.
+    pub state: TargetState,
+}
+
+/// Desired vs current for one component of an install (`ferry install show`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ComponentVersions {
+    pub component: ComponentName,
+    /// The newest release's build for it; `None` when no release of the app named the install.
+    pub desired: Option<Desired>,
+    /// What the install's agent verified last in the component's repository.
+    pub current: Option<Held>,
+    /// The current digest is the desired one (false when either is unknown).
+    pub in_sync: bool,
+}
+
+/// Desired vs current, per component the install subscribes to. `holds` is what the
+/// management port found it holds ([`crate::manage::InstallStatus::holds`]). Desired comes from
+/// the app's newest releases (at most [`MAX_RELEASES_LISTED`], newest first, one point read of
+/// the install's target each, stopping once every component has one), so it is bounded.
+pub async fn install_versions<S: JobStore + ReleaseStore>(
+    store: &S,
+    install: &Install,
+    holds: &[Held],
+) -> Result<Vec<ComponentVersions>, HandlerError> {
+    let mut rows = Vec::new();
+    for name in &install.components {
+        let repository = store
+            .get_component(&install.app, name)
+            .await?
+            .map(|c| c.repository);
+        let current = repository
+            .and_then(|r| holds.iter().find(|h| h.repository == r))
+            .cloned();
+        rows.push(ComponentVersions {
+            component: name.clone(),
+            desired: None,
+            current,
+            in_sync: false,
+        });
+    }
+    let releases = store
+        .releases_by_app(
+            &install.app,
+            &PageRequest::first(MAX_RELEASES_LISTED as u32),
+        )
+        .await?
+        .items;
+    for release in releases {
+        if rows.iter().all(|r| r.desired.is_some()) {
+            break;
+        }
+        let Some(target) = store.get_target(&release.id, &install.id).await? else {
+            continue;
+        };
+        for s in &target.syncs {
+            let Some(row) = rows
+                .iter_mut()
+                .find(|r| r.component == s.component && r.desired.is_none())
+            else {
+                continue;
+            };
+            let state = match s.state {
+                // A failure of an earlier round is pending again (as `release show` says).
+                TargetState::Failed if target.round < release.round => TargetState::Pending,
+                other => other,
+            };
+            row.desired = Some(Desired {
+                release_id: release.id.clone(),
+                build_id: s.build_id.clone(),
+                digest: s.digest.clone(),
+                state,
+            });
+        }
+    }
+    for row in &mut rows {
+        row.in_sync = match (&row.desired, &row.current) {
+            (Some(d), Some(c)) => d.digest == c.digest,
+            _ => false,
+        };
+    }
+    Ok(rows)
 }

@@ -14,9 +14,7 @@
 //! `FERRY_REPOSITORY_PREFIX`: an install record names its own queue, and a component its
 //! repository.
 
-use ferry_aws::{
-    CodeBuildBuilder, DynamoStore, EcrGrantMinter, EcrGrantSettings, EventBridgeBus, SqsQueue,
-};
+use ferry_aws::{DynamoStore, EcrGrantSettings, EventBridgeBus, SqsQueue};
 use ferry_core::id::QueueName;
 use ferry_core::ports::Backend;
 use ferry_core::trust::VendorKey;
@@ -40,6 +38,10 @@ pub const MAX_RECEIVE_COUNT_ENV: &str = "FERRY_MAX_RECEIVE_COUNT";
 /// Optional: without it the queue is looked up by the name [`RELEASE_QUEUE_DEFAULT`], and a
 /// stack without that queue refuses `release create` with a "queue does not exist" error.
 pub const RELEASE_QUEUE_URL_ENV: &str = "FERRY_RELEASE_QUEUE_URL";
+/// `true` (the default) or `false`: whether a successful build is synced at once to every
+/// subscribed install (an implicit release, `Config::fan_out_on_build`). `false` leaves every
+/// rollout to `ferry release create`. Read by build-completed (template.yaml: FanOutOnBuild).
+pub const FAN_OUT_ON_BUILD_ENV: &str = "FERRY_FAN_OUT_ON_BUILD";
 /// The release queue's name when [`RELEASE_QUEUE_URL_ENV`] is not set.
 pub const RELEASE_QUEUE_DEFAULT: &str = "ferry-release";
 
@@ -74,6 +76,8 @@ pub struct Settings {
     pub max_receive_count: u32,
     /// The release queue's URL, when set.
     pub release_queue_url: Option<String>,
+    /// Whether a successful build fans out to every subscribed install at once.
+    pub fan_out_on_build: bool,
 }
 
 fn required(
@@ -180,8 +184,20 @@ impl Settings {
         if let Some(url) = &release_queue_url {
             release_queue_name(url)?;
         }
+        let fan_out_on_build = match get(FAN_OUT_ON_BUILD_ENV).as_deref().map(str::trim) {
+            None | Some("") | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: FAN_OUT_ON_BUILD_ENV,
+                    value: other.chars().take(20).collect(),
+                    reason: "expected true or false",
+                })
+            }
+        };
         Ok(Settings {
             release_queue_url,
+            fan_out_on_build,
             vendor_key_secret,
             max_receive_count,
             table,
@@ -210,7 +226,21 @@ pub struct AwsOverrides {
 /// The system clock and random ids, written once in ferry-clock.
 pub use ferry_clock::{RandomIds, SystemClock};
 
-/// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild, STS + ECR grants, the system clock.
+/// The builder port: CodeBuild with the `builder` feature (build-requested), else none.
+#[cfg(feature = "builder")]
+pub type BuilderPort = ferry_aws::CodeBuildBuilder;
+/// The builder port: CodeBuild with the `builder` feature (build-requested), else none.
+#[cfg(not(feature = "builder"))]
+pub type BuilderPort = crate::absent::NoBuilder;
+/// The grant minter: STS + ECR with the `minter` feature (the sync functions), else none.
+#[cfg(feature = "minter")]
+pub type MinterPort = ferry_aws::EcrGrantMinter;
+/// The grant minter: STS + ECR with the `minter` feature (the sync functions), else none.
+#[cfg(not(feature = "minter"))]
+pub type MinterPort = crate::absent::NoMinter;
+
+/// The AWS backend: DynamoDB, SQS, EventBridge, CodeBuild and STS + ECR grants where this
+/// function links them ([`BuilderPort`], [`MinterPort`]), the system clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Aws;
 
@@ -218,8 +248,8 @@ impl Backend for Aws {
     type Store = DynamoStore;
     type Queue = SqsQueue;
     type Bus = EventBridgeBus;
-    type Builder = CodeBuildBuilder;
-    type Minter = EcrGrantMinter;
+    type Builder = BuilderPort;
+    type Minter = MinterPort;
     type Clock = SystemClock;
 }
 
@@ -295,10 +325,19 @@ impl Deps {
                 store: store.clone(),
                 queue,
                 bus: EventBridgeBus::new(&config, settings.event_bus.clone()),
-                builder: CodeBuildBuilder::new(&config, settings.build_project.clone()),
-                minter: EcrGrantMinter::new(&config, settings.grants.clone(), store),
+                #[cfg(feature = "builder")]
+                builder: ferry_aws::CodeBuildBuilder::new(&config, settings.build_project.clone()),
+                #[cfg(not(feature = "builder"))]
+                builder: crate::absent::NoBuilder,
+                #[cfg(feature = "minter")]
+                minter: ferry_aws::EcrGrantMinter::new(&config, settings.grants.clone(), store),
+                #[cfg(not(feature = "minter"))]
+                minter: crate::absent::NoMinter,
                 clock: SystemClock,
-                config: Config::default(),
+                config: Config {
+                    fan_out_on_build: settings.fan_out_on_build,
+                    ..Config::default()
+                },
                 vendor_key: Arc::new(vendor_key),
                 release_queue,
             },
@@ -406,6 +445,21 @@ mod tests {
         let err = Settings::from_lookup(env(&pairs)).unwrap_err();
         assert!(
             err.to_string().starts_with("FERRY_RELEASE_QUEUE_URL is"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_implicit_release_is_on_unless_turned_off() {
+        assert!(Settings::from_lookup(env(FULL)).unwrap().fan_out_on_build);
+        let mut pairs = FULL.to_vec();
+        pairs.push(("FERRY_FAN_OUT_ON_BUILD", "false"));
+        assert!(!Settings::from_lookup(env(&pairs)).unwrap().fan_out_on_build);
+        pairs.pop();
+        pairs.push(("FERRY_FAN_OUT_ON_BUILD", "no"));
+        let err = Settings::from_lookup(env(&pairs)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("FERRY_FAN_OUT_ON_BUILD is"),
             "{err}"
         );
     }

@@ -27,32 +27,38 @@ use tracing::Instrument as _;
 use ferry_aws::builder::StateChangeError;
 use ferry_aws::CodeBuildStateChange;
 use ferry_core::event::{
-    BUILD_COMPLETED, BUILD_REQUESTED, INSTALL_HEARTBEAT, SYNC_REPORTED, SYNC_REQUESTED,
+    BUILD_COMPLETED, BUILD_REQUESTED, INSTALL_HEARTBEAT, RELEASE_STEP, RELEASE_SYNCED,
+    SYNC_REPORTED, SYNC_REQUESTED,
 };
 use ferry_core::{
     handle_record, parse_event, Event, EventError, HandlerError, Outcome, Record, RecordOutcome,
     Redrive,
 };
 
-use crate::deps::Deps;
+use crate::deps::{AwsPorts, Deps};
 
-/// Which of the four functions is running; each accepts one event type.
+/// Which of the five functions is running; each accepts its own event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     BuildRequested,
     BuildCompleted,
     SyncRequested,
     SyncReported,
+    /// The release queue: step timers (`release.step`) and the end of each release sync
+    /// (`release.synced`).
+    Release,
 }
 
 impl Kind {
-    /// The Ferry event type this function handles.
-    pub fn event_type(self) -> &'static str {
+    /// The Ferry event types this function handles.
+    pub fn event_types(self) -> &'static [&'static str] {
         match self {
-            Kind::BuildRequested => BUILD_REQUESTED,
-            Kind::BuildCompleted => BUILD_COMPLETED,
-            Kind::SyncRequested => SYNC_REQUESTED,
-            Kind::SyncReported => SYNC_REPORTED,
+            Kind::BuildRequested => &[BUILD_REQUESTED],
+            Kind::BuildCompleted => &[BUILD_COMPLETED],
+            Kind::SyncRequested => &[SYNC_REQUESTED],
+            // Heartbeats share the agents' report queue (and its authentication).
+            Kind::SyncReported => &[SYNC_REPORTED, INSTALL_HEARTBEAT],
+            Kind::Release => &[RELEASE_STEP, RELEASE_SYNCED],
         }
     }
 
@@ -63,6 +69,7 @@ impl Kind {
             Kind::BuildCompleted => "build-completed",
             Kind::SyncRequested => "sync-requested",
             Kind::SyncReported => "sync-reported",
+            Kind::Release => "release",
         }
     }
 
@@ -74,6 +81,7 @@ impl Kind {
             Kind::BuildRequested => "build.requested events",
             Kind::SyncRequested => "sync.requested events",
             Kind::SyncReported => "sync.reported and install.heartbeat events",
+            Kind::Release => "release.step and release.synced events",
         }
     }
 }
@@ -140,9 +148,7 @@ fn parse_body(kind: Kind, body: impl AsRef<[u8]>) -> Result<Option<Event>, Recor
         return Ok(change.to_build_completed()?);
     }
     let event = parse_event(body)?;
-    // Heartbeats share the agents' report queue (and its authentication).
-    let heartbeat = kind == Kind::SyncReported && event.event_type() == INSTALL_HEARTBEAT;
-    if event.event_type() != kind.event_type() && !heartbeat {
+    if !kind.event_types().contains(&event.event_type()) {
         return Err(RecordError::WrongType {
             function: kind.function_name(),
             accepts: kind.accepts(),
@@ -156,6 +162,7 @@ fn parse_body(kind: Kind, body: impl AsRef<[u8]>) -> Result<Option<Event>, Recor
 /// queue's redrive policy (so the last receive records the job's error, as locally).
 async fn handle_one(
     deps: &Deps,
+    ports: &AwsPorts,
     kind: Kind,
     record: &SqsMessage,
     receive_count: u32,
@@ -171,7 +178,7 @@ async fn handle_one(
         dlq: format!("the {} function's dead-letter queue", kind.function_name()),
     };
     let state_change = kind == Kind::BuildCompleted && is_codebuild_state_change(body.as_bytes());
-    let outcome = handle_record(&deps.ports, &record, Some(&redrive), |body: &[u8]| {
+    let outcome = handle_record(ports, &record, Some(&redrive), |body: &[u8]| {
         parse_body(kind, body)
     })
     .await;
@@ -208,11 +215,33 @@ impl From<ferry_core::RecordError<RecordError>> for RecordError {
 }
 
 /// Handles every record of `records` in order and returns the failures; never stops early.
+/// With no invocation deadline: the idempotency lock lasts `Config::in_progress_ms`.
 pub async fn process_records(
     deps: &Deps,
     kind: Kind,
     records: &[SqsMessage],
 ) -> Vec<RecordFailure> {
+    process_records_until(deps, kind, records, None).await
+}
+
+/// [`process_records`] within an invocation that Lambda stops at `deadline_ms` (ms since the
+/// epoch): each record's idempotency lock lasts until then ([`ferry_core::timing::lock_until`]).
+pub async fn process_records_until(
+    deps: &Deps,
+    kind: Kind,
+    records: &[SqsMessage],
+    deadline_ms: Option<u64>,
+) -> Vec<RecordFailure> {
+    let with_deadline;
+    let ports = match deadline_ms {
+        Some(deadline) => {
+            let mut p = deps.ports.clone();
+            p.config.deadline_ms = Some(deadline);
+            with_deadline = p;
+            &with_deadline
+        }
+        None => &deps.ports,
+    };
     let mut failures = Vec::new();
     for record in records {
         let message_id = record.message_id.clone().unwrap_or_default();
@@ -229,7 +258,7 @@ pub async fn process_records(
             event_type = Empty,
             job_id = Empty,
         );
-        let result = handle_one(deps, kind, record, receive_count)
+        let result = handle_one(deps, ports, kind, record, receive_count)
             .instrument(span.clone())
             .await;
         let _entered = span.enter();
@@ -255,14 +284,16 @@ pub async fn process_records(
     failures
 }
 
-/// The Lambda handler body shared by the four functions.
+/// The Lambda handler body shared by the five functions.
 pub async fn handle_sqs_batch(
     event: LambdaEvent<SqsEvent>,
     deps: &Deps,
     kind: Kind,
 ) -> Result<SqsBatchResponse, Error> {
     let records = &event.payload.records;
-    let failures = process_records(deps, kind, records).await;
+    // Lambda's deadline: the idempotency locks taken below last until it (plus a margin).
+    let deadline = Some(event.context.deadline).filter(|d| *d > 0);
+    let failures = process_records_until(deps, kind, records, deadline).await;
     tracing::info!(
         function = kind.function_name(),
         records = records.len(),
@@ -330,6 +361,7 @@ mod tests {
             (Kind::BuildCompleted, "build-completed"),
             (Kind::SyncRequested, "sync-requested"),
             (Kind::SyncReported, "sync-reported"),
+            (Kind::Release, "release"),
         ] {
             let path = format!(
                 "{}/../../events/sqs/{file}.json",
@@ -337,18 +369,38 @@ mod tests {
             );
             let text = std::fs::read_to_string(&path).unwrap();
             let event: SqsEvent = serde_json::from_str(&text).unwrap();
-            assert_eq!(event.records.len(), 1, "{file}");
-            let body = event.records[0].body.as_deref().unwrap();
-            let parsed = parse_body(kind, body).unwrap().unwrap();
-            assert_eq!(parsed.event_type(), kind.event_type(), "{file}");
-            // The samples form one flow: build b-000001, then its sync.
-            let want = if file.starts_with("build") {
-                "b-000001"
-            } else {
-                "s-3f1c2a9d0b7e4c15a8e2d6f4b9c01e7a"
-            };
-            assert_eq!(parsed.job().to_string(), want, "{file}");
+            let want_records = if kind == Kind::Release { 2 } else { 1 };
+            assert_eq!(event.records.len(), want_records, "{file}");
+            for (i, record) in event.records.iter().enumerate() {
+                let body = record.body.as_deref().unwrap();
+                let parsed = parse_body(kind, body).unwrap().unwrap();
+                assert_eq!(parsed.event_type(), kind.event_types()[i], "{file}");
+                // The samples form one flow: build b-000001, then its sync (in release r-000001).
+                let want = match file {
+                    "build-requested" | "build-completed" => "b-000001",
+                    "release" => "r-000001",
+                    _ => "s-3f1c2a9d0b7e4c15a8e2d6f4b9c01e7a",
+                };
+                assert_eq!(parsed.job().to_string(), want, "{file}");
+            }
         }
+    }
+
+    #[test]
+    fn the_release_function_takes_both_release_events_and_nothing_else() {
+        let step =
+            r#"{"version":1,"type":"release.step","release_id":"r-1","step":0,"round":0,"page":0}"#;
+        assert!(parse_body(Kind::Release, step).is_ok());
+        let err = parse_body(Kind::Release, REQUESTED).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("release function handles only release.step and release.synced"),
+            "{err}"
+        );
+        assert!(matches!(
+            parse_body(Kind::SyncReported, step),
+            Err(RecordError::WrongType { .. })
+        ));
     }
 
     #[test]
@@ -359,6 +411,7 @@ mod tests {
                 Kind::BuildCompleted,
                 Kind::SyncRequested,
                 Kind::SyncReported,
+                Kind::Release,
             ] {
                 assert!(parse_body(kind, body).is_err(), "{kind:?} {body:?}");
             }

@@ -179,6 +179,8 @@ async fn a_build_reaches_every_install_through_aws() {
         "build-completed",
         "sync-requested",
         "sync-reported",
+        // The release queue (template.yaml's ReleaseQueue); no release runs in this flow.
+        "release",
     ] {
         sqs.create_queue_with_dlq(&q(f), MAX_RECEIVES, 1)
             .await
@@ -334,7 +336,8 @@ async fn a_build_reaches_every_install_through_aws() {
         vendor_key_secret: "ferry-vendor-key".into(),
         // The template's MaxReceiveCount default.
         max_receive_count: 5,
-        release_queue_url: None,
+        release_queue_url: Some(sqs.url(&q("release")).await.unwrap()),
+        fan_out_on_build: true,
     };
     ferry_testkit::create_secret(
         &moto.endpoint(),
