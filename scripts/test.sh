@@ -9,6 +9,6 @@ bash scripts/install-peers.sh
 export FERRY_HELM_PYTHON="${FERRY_HELM_PYTHON:-$(command -v python3)}"
 # The console's browser test must run, not skip: install-peers.sh installed the browser.
 export FERRY_REQUIRE_BROWSER=1
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast
 # The deployable stacks: cfn-lint, static policy checks, the customer stack in moto.
 bash scripts/check-deploy.sh
