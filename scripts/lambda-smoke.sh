@@ -162,9 +162,12 @@ echo "lambda-smoke: moto on 127.0.0.1:$MOTO_PORT seeded (pull role $FERRY_PULL_R
 
 # ---- build and serve
 start=$SECONDS
-# One function per command, as CI builds them (each with only its SDK clients).
-# The scheduled reconciler too (no SQS sample: its schedule's event carries nothing it reads).
-for f in "${FUNCTIONS[@]}" release reconcile; do cargo lambda build -p "$f"; done
+# In one command (features unify: every binary links every client; what is smoked is how each
+# function answers). The scheduled reconciler too (no SQS sample: its schedule's event carries
+# nothing it reads).
+pkgs=()
+for f in "${FUNCTIONS[@]}" release reconcile; do pkgs+=(-p "$f"); done
+cargo lambda build "${pkgs[@]}"
 echo "lambda-smoke: cargo lambda build took $((SECONDS - start))s"
 
 WATCH_PORT="$(free_port)"
