@@ -449,9 +449,10 @@ async fn fan_out_counts_calls_per_install() {
     // One PutEvents entry per install, in batches of 10.
     assert_eq!(m.put_events_entries, 20);
     assert_eq!(m.calls["AWSEvents.PutEvents"], 2);
-    // The bound this change measured (see BENCHMARKS.md); a regression fails here.
+    // The bound measured (see BENCHMARKS.md: 14.55, then 16.55 once sync dispatch read the
+    // component's signature policy and telemetry joined); a regression fails here.
     assert!(
-        m.per_install() <= 15.0,
+        m.per_install() <= 17.0,
         "{:.2} calls per install",
         m.per_install()
     );

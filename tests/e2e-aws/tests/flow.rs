@@ -645,7 +645,12 @@ async fn a_build_reaches_every_install_through_aws() {
     )
     .await;
     assert!(seen_rep.failures.is_empty(), "{seen_rep:?}");
-    assert_eq!(seen_rep.records, 2);
+    // Two reports, and each agent's heartbeats (the first after its first poll, then at most
+    // one a minute), which share the report queue.
+    assert!(
+        (4..=6).contains(&seen_rep.records),
+        "two reports and the agents' heartbeats: {seen_rep:?}"
+    );
     for inst in &installs {
         let syncs = store
             .syncs_by_install(&inst.id, &PageRequest::first(10))
