@@ -160,6 +160,22 @@ fn outcome_name(o: BuildOutcome) -> &'static str {
     }
 }
 
+/// The artifact a completion reports: both digest and repository, or none (the media type
+/// defaults to an OCI image manifest).
+fn reported_artifact(ev: &BuildCompleted) -> Option<Artifact> {
+    match (&ev.digest, &ev.repository) {
+        (Some(digest), Some(repository)) => Some(Artifact {
+            repository: repository.clone(),
+            digest: digest.clone(),
+            media_type: ev
+                .media_type
+                .clone()
+                .unwrap_or_else(|| OCI_MANIFEST_MEDIA_TYPE.to_string()),
+        }),
+        _ => None,
+    }
+}
+
 async fn build_completed<P: Backend>(
     ports: &Ports<P>,
     ev: &BuildCompleted,
@@ -173,17 +189,7 @@ async fn build_completed<P: Backend>(
             build_id: ev.build_id.clone(),
         })?;
 
-    let artifact = match (&ev.digest, &ev.repository) {
-        (Some(digest), Some(repository)) => Some(Artifact {
-            repository: repository.clone(),
-            digest: digest.clone(),
-            media_type: ev
-                .media_type
-                .clone()
-                .unwrap_or_else(|| OCI_MANIFEST_MEDIA_TYPE.to_string()),
-        }),
-        _ => None,
-    };
+    let artifact = reported_artifact(ev);
     let wanted = match ev.status {
         BuildOutcome::Succeeded => JobStatus::Succeeded,
         BuildOutcome::Failed => JobStatus::Failed,
