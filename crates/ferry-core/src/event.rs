@@ -548,6 +548,20 @@ pub fn parse_event(bytes: &[u8]) -> Result<Event, EventError> {
 
 /// As [`parse_event`], for input that is already JSON (a Lambda payload).
 pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
+    let mut map = unwrap_envelope(value)?;
+    let ty = event_type(&mut map)?;
+    check_version(ty, &mut map)?;
+
+    let mut f = Fields { ty, map };
+    let id = f.opt_id("id", EventId::new)?;
+    let payload = parse_payload(&mut f)?;
+    f.finish()?;
+    Ok(Event { id, payload })
+}
+
+/// The event object itself: `value` when it is one, or the `detail` of an EventBridge
+/// envelope (which lends the event its `id` when the detail has none).
+fn unwrap_envelope(value: Value) -> Result<Map<String, Value>, EventError> {
     let Value::Object(mut map) = value else {
         return Err(EventError::NotAnObject {
             found: json_kind(&value),
@@ -568,24 +582,30 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
         }
         map = detail;
     }
+    Ok(map)
+}
 
-    let ty: &'static str = match map.remove("type") {
+/// Removes and checks the `type` field: one of the known event types.
+fn event_type(map: &mut Map<String, Value>) -> Result<&'static str, EventError> {
+    match map.remove("type") {
         Some(Value::String(t)) => match t.as_str() {
-            BUILD_REQUESTED => BUILD_REQUESTED,
-            BUILD_COMPLETED => BUILD_COMPLETED,
-            SYNC_REQUESTED => SYNC_REQUESTED,
-            SYNC_REPORTED => SYNC_REPORTED,
-            RELEASE_STEP => RELEASE_STEP,
-            RELEASE_SYNCED => RELEASE_SYNCED,
-            INSTALL_HEARTBEAT => INSTALL_HEARTBEAT,
-            _ => {
-                return Err(EventError::UnknownType {
-                    found: t.chars().take(80).collect(),
-                })
-            }
+            BUILD_REQUESTED => Ok(BUILD_REQUESTED),
+            BUILD_COMPLETED => Ok(BUILD_COMPLETED),
+            SYNC_REQUESTED => Ok(SYNC_REQUESTED),
+            SYNC_REPORTED => Ok(SYNC_REPORTED),
+            RELEASE_STEP => Ok(RELEASE_STEP),
+            RELEASE_SYNCED => Ok(RELEASE_SYNCED),
+            INSTALL_HEARTBEAT => Ok(INSTALL_HEARTBEAT),
+            _ => Err(EventError::UnknownType {
+                found: t.chars().take(80).collect(),
+            }),
         },
-        _ => return Err(EventError::MissingType),
-    };
+        _ => Err(EventError::MissingType),
+    }
+}
+
+/// Removes and checks the `version` field against the schema version of event type `ty`.
+fn check_version(ty: &'static str, map: &mut Map<String, Value>) -> Result<(), EventError> {
     let expected = schema_version(ty);
     match map.remove("version") {
         None | Some(Value::Null) => {
@@ -604,10 +624,13 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             });
         }
     }
+    Ok(())
+}
 
-    let mut f = Fields { ty, map };
-    let id = f.opt_id("id", EventId::new)?;
-    let payload = match ty {
+/// The payload of event type `f.ty`, read field by field in the order the fields are checked.
+fn parse_payload(f: &mut Fields) -> Result<Payload, EventError> {
+    let ty = f.ty;
+    Ok(match ty {
         BUILD_REQUESTED => Payload::BuildRequested(BuildRequested {
             build_id: f.opt_id("build_id", BuildId::new)?,
             app: f.req_id("app", AppName::new)?,
@@ -615,54 +638,7 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             source_ref: f.req_text("source_ref", MAX_TEXT)?,
             requested_by: f.req_text("requested_by", MAX_TEXT)?,
         }),
-        BUILD_COMPLETED => {
-            let ev = BuildCompleted {
-                build_id: f.req_id("build_id", BuildId::new)?,
-                status: f.req_enum("status", "succeeded, failed, cancelled")?,
-                digest: f.opt_id("digest", Digest::new)?,
-                repository: f.opt_id("repository", Repository::new)?,
-                media_type: f.opt_text("media_type", 255)?,
-                error: f.opt_text("error", MAX_ERROR_TEXT)?,
-                revision: f.opt_text("revision", 64)?,
-            };
-            if let Some(rev) = &ev.revision {
-                if !(rev.len() == 40 || rev.len() == 64)
-                    || !rev.bytes().all(|b| b.is_ascii_hexdigit())
-                {
-                    return Err(f.invalid(
-                        "revision",
-                        format!("{rev:?} is not a full git commit id (40 or 64 hex digits)"),
-                    ));
-                }
-            }
-            if let Some(mt) = &ev.media_type {
-                if !mt.contains('/') {
-                    return Err(f.invalid(
-                        "media_type",
-                        format!("{mt:?} is not a media type; use e.g. application/vnd.oci.image.manifest.v1+json"),
-                    ));
-                }
-            }
-            if ev.status == BuildOutcome::Succeeded {
-                for (field, present) in [
-                    ("digest", ev.digest.is_some()),
-                    ("repository", ev.repository.is_some()),
-                ] {
-                    if !present {
-                        return Err(EventError::MissingField {
-                            event_type: ty,
-                            field,
-                        });
-                    }
-                }
-            } else if ev.digest.is_some() {
-                return Err(f.invalid(
-                    "digest",
-                    "only a succeeded build has a digest; drop it or set \"status\": \"succeeded\"",
-                ));
-            }
-            Payload::BuildCompleted(ev)
-        }
+        BUILD_COMPLETED => Payload::BuildCompleted(build_completed(f)?),
         SYNC_REQUESTED => Payload::SyncRequested(SyncRequested {
             sync_id: f.req_id("sync_id", SyncId::new)?,
             build_id: f.req_id("build_id", BuildId::new)?,
@@ -671,22 +647,7 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             digest: f.req_id("digest", Digest::new)?,
             release_id: f.opt_id("release_id", ReleaseId::new)?,
         }),
-        RELEASE_STEP => {
-            let mut small = |field: &'static str| -> Result<u32, EventError> {
-                let v = f.req_u64(field)?;
-                u32::try_from(v).map_err(|_| f.invalid(field, "expected 0 to 4294967295"))
-            };
-            let step = small("step")?;
-            let round = small("round")?;
-            let page = small("page")?;
-            Payload::ReleaseStep(ReleaseStep {
-                release_id: f.req_id("release_id", ReleaseId::new)?,
-                step,
-                round,
-                page,
-                cursor: f.opt_text("cursor", MAX_TEXT)?,
-            })
-        }
+        RELEASE_STEP => Payload::ReleaseStep(release_step(f)?),
         RELEASE_SYNCED => Payload::ReleaseSynced(ReleaseSynced {
             release_id: f.req_id("release_id", ReleaseId::new)?,
             sync_id: f.req_id("sync_id", SyncId::new)?,
@@ -700,30 +661,97 @@ pub fn parse_event_value(value: Value) -> Result<Event, EventError> {
             sent_at: f.req_u64("sent_at")?,
             signature: f.req_text("signature", MAX_SIGNATURE_TEXT)?,
         }),
-        _ => {
-            let ev = SyncReported {
-                sync_id: f.req_id("sync_id", SyncId::new)?,
-                install_id: f.req_id("install_id", InstallId::new)?,
-                status: f.req_enum("status", "succeeded, failed, grant_expired, policy_failed")?,
-                digest: f.req_id("digest", Digest::new)?,
-                bytes_copied: f.req_u64("bytes_copied")?,
-                bytes_skipped: f.req_u64("bytes_skipped")?,
-                duration_ms: f.req_u64("duration_ms")?,
-                error: f.opt_text("error", MAX_ERROR_TEXT)?,
-                attempt: {
-                    let a = f.req_u64("attempt")?;
-                    u32::try_from(a)
-                        .ok()
-                        .filter(|a| *a >= 1)
-                        .ok_or_else(|| f.invalid("attempt", "expected 1 to 4294967295"))?
-                },
-                signature: f.req_text("signature", MAX_SIGNATURE_TEXT)?,
-            };
-            Payload::SyncReported(ev)
-        }
+        _ => Payload::SyncReported(sync_reported(f)?),
+    })
+}
+
+/// A `build.completed` payload: a full commit id, a media type, and a digest exactly when it
+/// succeeded.
+fn build_completed(f: &mut Fields) -> Result<BuildCompleted, EventError> {
+    let ev = BuildCompleted {
+        build_id: f.req_id("build_id", BuildId::new)?,
+        status: f.req_enum("status", "succeeded, failed, cancelled")?,
+        digest: f.opt_id("digest", Digest::new)?,
+        repository: f.opt_id("repository", Repository::new)?,
+        media_type: f.opt_text("media_type", 255)?,
+        error: f.opt_text("error", MAX_ERROR_TEXT)?,
+        revision: f.opt_text("revision", 64)?,
     };
-    f.finish()?;
-    Ok(Event { id, payload })
+    if let Some(rev) = &ev.revision {
+        if !(rev.len() == 40 || rev.len() == 64) || !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(f.invalid(
+                "revision",
+                format!("{rev:?} is not a full git commit id (40 or 64 hex digits)"),
+            ));
+        }
+    }
+    if let Some(mt) = &ev.media_type {
+        if !mt.contains('/') {
+            return Err(f.invalid(
+                "media_type",
+                format!("{mt:?} is not a media type; use e.g. application/vnd.oci.image.manifest.v1+json"),
+            ));
+        }
+    }
+    if ev.status == BuildOutcome::Succeeded {
+        for (field, present) in [
+            ("digest", ev.digest.is_some()),
+            ("repository", ev.repository.is_some()),
+        ] {
+            if !present {
+                return Err(EventError::MissingField {
+                    event_type: f.ty,
+                    field,
+                });
+            }
+        }
+    } else if ev.digest.is_some() {
+        return Err(f.invalid(
+            "digest",
+            "only a succeeded build has a digest; drop it or set \"status\": \"succeeded\"",
+        ));
+    }
+    Ok(ev)
+}
+
+/// A `release.step` payload.
+fn release_step(f: &mut Fields) -> Result<ReleaseStep, EventError> {
+    let mut small = |field: &'static str| -> Result<u32, EventError> {
+        let v = f.req_u64(field)?;
+        u32::try_from(v).map_err(|_| f.invalid(field, "expected 0 to 4294967295"))
+    };
+    let step = small("step")?;
+    let round = small("round")?;
+    let page = small("page")?;
+    Ok(ReleaseStep {
+        release_id: f.req_id("release_id", ReleaseId::new)?,
+        step,
+        round,
+        page,
+        cursor: f.opt_text("cursor", MAX_TEXT)?,
+    })
+}
+
+/// A `sync.reported` payload (the attempt is at least 1).
+fn sync_reported(f: &mut Fields) -> Result<SyncReported, EventError> {
+    Ok(SyncReported {
+        sync_id: f.req_id("sync_id", SyncId::new)?,
+        install_id: f.req_id("install_id", InstallId::new)?,
+        status: f.req_enum("status", "succeeded, failed, grant_expired, policy_failed")?,
+        digest: f.req_id("digest", Digest::new)?,
+        bytes_copied: f.req_u64("bytes_copied")?,
+        bytes_skipped: f.req_u64("bytes_skipped")?,
+        duration_ms: f.req_u64("duration_ms")?,
+        error: f.opt_text("error", MAX_ERROR_TEXT)?,
+        attempt: {
+            let a = f.req_u64("attempt")?;
+            u32::try_from(a)
+                .ok()
+                .filter(|a| *a >= 1)
+                .ok_or_else(|| f.invalid("attempt", "expected 1 to 4294967295"))?
+        },
+        signature: f.req_text("signature", MAX_SIGNATURE_TEXT)?,
+    })
 }
 
 /// The message the IMS puts on an install's queue for its agent. It carries the grant sealed
