@@ -995,5 +995,5 @@ def test_the_release_function_mints_nothing_and_builds_nothing(vendor):
         "logs:CreateLogStream", "logs:PutLogEvents", "secretsmanager:GetSecretValue",
         "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes", "sqs:SendMessage", "dynamodb:GetItem", "dynamodb:PutItem",
-        "dynamodb:Query", "events:PutEvents",
+        "dynamodb:Query", "events:PutEvents", "dynamodb:BatchGetItem",
     }

@@ -60,6 +60,7 @@ async fn a_grant_expired_before_pickup_is_re_minted_and_the_sync_succeeds() {
             repository: Repository::new(VENDOR_REPO).unwrap(),
             digest: CoreDigest::new(digest.as_str()).unwrap(),
             release_id: None,
+            context: None,
         }),
     );
     ims.bus()

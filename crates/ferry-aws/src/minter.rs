@@ -335,19 +335,15 @@ impl EcrGrantMinter {
 }
 
 #[cfg(feature = "minter")]
-impl GrantMinter for EcrGrantMinter {
-    async fn mint(
+impl EcrGrantMinter {
+    /// STS, ECR and sealing, without the revocation check (the trait's `mint` does it).
+    async fn mint_unchecked(
         &self,
         install: &Install,
         repository: &Repository,
         digest: &Digest,
         grant_id: &GrantId,
     ) -> Result<SealedGrant, GrantError> {
-        if self.is_revoked(grant_id).await? {
-            return Err(GrantError::Refused {
-                message: format!("grant {grant_id} was revoked; a new attempt gets a new grant"),
-            });
-        }
         let sync_id = &grant_id.sync_id;
         let creds = self.assume_pull_role(repository, grant_id).await?;
         let sts_expires = to_ms(&creds.expiration);
@@ -387,6 +383,38 @@ impl GrantMinter for EcrGrantMinter {
             "minted a sealed ECR pull grant"
         );
         Ok(SealedGrant::new(sealed, expires_at))
+    }
+}
+
+#[cfg(feature = "minter")]
+impl GrantMinter for EcrGrantMinter {
+    async fn mint(
+        &self,
+        install: &Install,
+        repository: &Repository,
+        digest: &Digest,
+        grant_id: &GrantId,
+    ) -> Result<SealedGrant, GrantError> {
+        if self.is_revoked(grant_id).await? {
+            return Err(GrantError::Refused {
+                message: format!("grant {grant_id} was revoked; a new attempt gets a new grant"),
+            });
+        }
+        self.mint_unchecked(install, repository, digest, grant_id)
+            .await
+    }
+
+    /// The first attempt of a job its caller just created cannot have been revoked: no
+    /// revocation read (issue 12, one read less per install in a fan-out).
+    async fn mint_first(
+        &self,
+        install: &Install,
+        repository: &Repository,
+        digest: &Digest,
+        grant_id: &GrantId,
+    ) -> Result<SealedGrant, GrantError> {
+        self.mint_unchecked(install, repository, digest, grant_id)
+            .await
     }
 
     async fn revoke(&self, grant: &GrantId) -> Result<(), GrantError> {

@@ -1,7 +1,9 @@
 //! `SqsQueue`: ferry-core's `Queue` on SQS, plus the queue-with-DLQ helper that tests and
 //! install registration use.
 //!
-//! Queue names resolve to URLs once and are cached. Receives long-poll with an operation
+//! Queue names resolve to URLs once and are cached; with [`SqsQueue::with_derived_urls`], the
+//! URL of a queue of the same account and region is derived from a known one (no
+//! GetQueueUrl: one call less per install in a fan-out). Receives long-poll with an operation
 //! timeout longer than the wait, and ask for `ApproximateReceiveCount`, which drives the DLQ
 //! redrive. This module must never log a message body (a `sync.job` carries a sealed grant).
 
@@ -29,6 +31,8 @@ use crate::error::{describe, Failure};
 pub struct SqsQueue {
     client: Client,
     urls: Arc<Mutex<HashMap<QueueName, String>>>,
+    /// `https://sqs.<region>.amazonaws.com/<account>/`: queue URLs are this plus the name.
+    derive_from: Option<Arc<str>>,
 }
 
 /// A queue and the dead-letter queue its redrive policy points at.
@@ -87,6 +91,7 @@ impl SqsQueue {
         SqsQueue {
             client,
             urls: Arc::new(Mutex::new(HashMap::new())),
+            derive_from: None,
         }
     }
 
@@ -106,10 +111,27 @@ impl SqsQueue {
         self
     }
 
-    /// The queue's URL, from the cache or GetQueueUrl.
+    /// Derives the URL of every queue not recorded with [`SqsQueue::with_url`] from `known`,
+    /// the URL of a queue in the same account and region (an SQS URL is
+    /// `<endpoint>/<account>/<name>`), instead of asking GetQueueUrl. For the functions,
+    /// whose queues (the install queues included) all live in the stack's account and region.
+    pub fn with_derived_urls(mut self, known: &str) -> SqsQueue {
+        self.derive_from = known
+            .rfind('/')
+            .filter(|i| *i > 0)
+            .map(|i| Arc::from(&known[..=i]));
+        self
+    }
+
+    /// The queue's URL, from the cache, derived, or from GetQueueUrl.
     pub async fn url(&self, queue: &QueueName) -> Result<String, QueueError> {
         if let Some(u) = self.cache().get(queue) {
             return Ok(u.clone());
+        }
+        if let Some(base) = &self.derive_from {
+            let url = format!("{base}{}", queue.as_str());
+            self.cache().insert(queue.clone(), url.clone());
+            return Ok(url);
         }
         let out = self
             .client

@@ -9,7 +9,8 @@
 //! - where a target is: `pk = RELEASE#<id>`, `sk = INSTALL#<install>`, holding its step,
 //!   written before the target, so a target is found from (release, install) with two reads.
 //!
-//! Every write is a conditional `PutItem` on `version` (or put-if-absent). This module must
+//! Every write is a conditional `PutItem` on `version` (or put-if-absent), or a
+//! TransactWriteItems of such puts (a page of targets at once: all or none). This module must
 //! never scan the table or write a release or target unconditionally.
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -20,8 +21,9 @@ use ferry_core::ports::{Conflict, Page, PageRequest, StoreError, WriteError};
 use ferry_core::release::{Release, ReleaseStore, ReleaseTarget};
 
 use crate::store::{
-    encode_err, install_pk, lineage_pk, n, num_attr, record_item, s, ts, DynamoStore, Put,
-    QuerySpec, GSI1, GSI1_PK, GSI1_SK, GSI3, GSI3_PK, GSI3_SK, PK, RUNNING_RELEASES_PK, SK,
+    decode, encode_err, install_pk, lineage_pk, n, num_attr, record_item, s, ts, CondPut,
+    DynamoStore, Put, QuerySpec, GSI1, GSI1_PK, GSI1_SK, GSI3, GSI3_PK, GSI3_SK, MAX_TRANSACT, PK,
+    RUNNING_RELEASES_PK, SK,
 };
 
 fn release_pk(id: &ReleaseId) -> String {
@@ -173,14 +175,7 @@ impl ReleaseStore for DynamoStore {
 
     async fn create_target(&self, target: &ReleaseTarget) -> Result<(), WriteError<ReleaseTarget>> {
         // The pointer first: it claims (release, install), whatever the step.
-        let mut pointer = record_item(
-            release_pk(&target.release_id),
-            &where_sk(&target.install_id),
-            "release_target_step",
-            String::new(),
-        );
-        pointer.remove("data");
-        pointer.insert("step".into(), n(u64::from(target.step)));
+        let pointer = pointer_item(target);
         let claimed = self
             .put_if(pointer, "attribute_not_exists(#pk)", &[("#pk", PK)], vec![])
             .await?;
@@ -274,6 +269,78 @@ impl ReleaseStore for DynamoStore {
         self.get_decoded(lineage_pk(digest), &install_pk(install))
             .await
     }
+
+    async fn get_lineages(
+        &self,
+        pairs: &[(Digest, InstallId)],
+    ) -> Result<Vec<LineageRecord>, StoreError> {
+        let keys = pairs
+            .iter()
+            .map(|(d, i)| (lineage_pk(d), install_pk(i)))
+            .collect();
+        self.batch_get(keys).await?.iter().map(decode).collect()
+    }
+
+    /// Pointer and target of up to 50 targets in one transaction; a chunk in which one
+    /// already exists (an earlier try) is written target by target instead.
+    async fn create_targets(&self, targets: &[ReleaseTarget]) -> Result<(), StoreError> {
+        for chunk in targets.chunks(MAX_TRANSACT / 2) {
+            let mut puts = Vec::with_capacity(chunk.len() * 2);
+            for t in chunk {
+                puts.push(absent(pointer_item(t)));
+                puts.push(absent(target_item(t)?));
+            }
+            if self.transact_put(puts).await? {
+                continue;
+            }
+            for t in chunk {
+                match self.create_target(t).await {
+                    Ok(()) | Err(WriteError::Conflict(_)) => {}
+                    Err(WriteError::Store(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_targets(&self, writes: &[(ReleaseTarget, u64)]) -> Result<bool, StoreError> {
+        if writes.len() > MAX_TRANSACT {
+            return Ok(false);
+        }
+        let mut puts = Vec::with_capacity(writes.len());
+        for (next, expected) in writes {
+            puts.push(CondPut {
+                item: target_item(next)?,
+                condition: "#version = :version",
+                names: vec![("#version", "version")],
+                values: vec![(":version", n(*expected))],
+            });
+        }
+        self.transact_put(puts).await
+    }
+}
+
+/// A put-if-absent of `item` in a transaction.
+fn absent(item: std::collections::HashMap<String, AttributeValue>) -> CondPut {
+    CondPut {
+        item,
+        condition: "attribute_not_exists(#pk)",
+        names: vec![("#pk", PK)],
+        values: vec![],
+    }
+}
+
+/// The item saying which step `t` is in (see the module comment).
+fn pointer_item(t: &ReleaseTarget) -> std::collections::HashMap<String, AttributeValue> {
+    let mut pointer = record_item(
+        release_pk(&t.release_id),
+        &where_sk(&t.install_id),
+        "release_target_step",
+        String::new(),
+    );
+    pointer.remove("data");
+    pointer.insert("step".into(), n(u64::from(t.step)));
+    pointer
 }
 
 /// The items a release writes decode back (no AWS call).

@@ -35,6 +35,15 @@ async fn dynamo_store_keeps_the_release_store_contract() {
     .await;
 }
 
+/// BatchGetItem and TransactWriteItems on moto: a page of targets is written at once.
+#[tokio::test]
+async fn dynamo_store_writes_target_batches_at_once() {
+    let moto = Moto::start().await;
+    let store = DynamoStore::new(&moto.config().await, unique("ferry-jobs"));
+    store.create_table().await.unwrap();
+    ferry_core::release_contract::release_batch_contract(&store, true).await;
+}
+
 #[tokio::test]
 async fn revocations_are_recorded() {
     let moto = Moto::start().await;

@@ -434,6 +434,12 @@ pub struct SyncJob {
     /// The release that asked for it; its end is reported to that release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_id: Option<ReleaseId>,
+    /// While Queued: until when (unix ms) the sync-requested handler that created the job
+    /// holds it to mint and enqueue (the job is its own idempotency claim); a later delivery
+    /// of the same event takes it over only after this. `None` once dispatched, and on a job
+    /// re-queued by a report or the reconciler (whose own handler dispatches it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_until: Option<u64>,
 }
 
 impl SyncJob {
@@ -456,7 +462,14 @@ impl SyncJob {
             stats: None,
             state: JobState::new(now),
             release_id: None,
+            dispatch_until: None,
         }
+    }
+
+    /// The same job, held by its dispatcher until `until` (see [`SyncJob::dispatch_until`]).
+    pub fn claimed_until(mut self, until: Option<u64>) -> SyncJob {
+        self.dispatch_until = until;
+        self
     }
 
     /// The same job, asked for by release `release`.
@@ -481,6 +494,15 @@ impl SyncJob {
     pub fn dispatch(&self, now: u64, grant_expires_at: u64) -> Result<SyncJob, TransitionError> {
         let mut next = self.with_state(self.state.start(now)?);
         next.grant_expires_at = Some(grant_expires_at);
+        next.dispatch_until = None;
+        Ok(next)
+    }
+
+    /// Still Queued (same attempt, version + 1), held by a dispatcher until `until`: a claim
+    /// taken over, or handed back (`until` = now) after a failed dispatch.
+    pub fn reclaim(&self, now: u64, until: u64) -> Result<SyncJob, TransitionError> {
+        let mut next = self.with_state(self.state.reclaim(now)?);
+        next.dispatch_until = Some(until);
         Ok(next)
     }
 
@@ -507,6 +529,7 @@ impl SyncJob {
     pub fn requeue(&self, now: u64) -> Result<SyncJob, TransitionError> {
         let mut next = self.with_state(self.state.requeue(now)?);
         next.grant_expires_at = None;
+        next.dispatch_until = None;
         Ok(next)
     }
 }

@@ -153,6 +153,12 @@ pub struct SyncRequested {
     /// build): its end is reported back to that release.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub release_id: Option<ReleaseId>,
+    // fanout3 (issue 12): the release step's dispatch context.
+    /// What the release step read for this sync (the install, the verification policy),
+    /// MAC'd with the vendor key, so sync-requested reads nothing (`crate::fanout`). Absent
+    /// from the implicit fan-out of a build and from older events: the handler reads the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<crate::fanout::DispatchContext>,
 }
 
 /// `release.step`: start (or continue) step `step` of round `round` of a release. Sent with a
@@ -639,14 +645,23 @@ fn parse_payload(f: &mut Fields) -> Result<Payload, EventError> {
             requested_by: f.req_text("requested_by", MAX_TEXT)?,
         }),
         BUILD_COMPLETED => Payload::BuildCompleted(build_completed(f)?),
-        SYNC_REQUESTED => Payload::SyncRequested(SyncRequested {
-            sync_id: f.req_id("sync_id", SyncId::new)?,
-            build_id: f.req_id("build_id", BuildId::new)?,
-            install_id: f.req_id("install_id", InstallId::new)?,
-            repository: f.req_id("repository", Repository::new)?,
-            digest: f.req_id("digest", Digest::new)?,
-            release_id: f.opt_id("release_id", ReleaseId::new)?,
-        }),
+        SYNC_REQUESTED => {
+            Payload::SyncRequested(SyncRequested {
+                sync_id: f.req_id("sync_id", SyncId::new)?,
+                build_id: f.req_id("build_id", BuildId::new)?,
+                install_id: f.req_id("install_id", InstallId::new)?,
+                repository: f.req_id("repository", Repository::new)?,
+                digest: f.req_id("digest", Digest::new)?,
+                release_id: f.opt_id("release_id", ReleaseId::new)?,
+                // fanout3 (issue 12): the release step's dispatch context.
+                context: match f.take("context") {
+                    None => None,
+                    Some(v) => Some(serde_json::from_value(v).map_err(|e| {
+                        f.invalid("context", format!("not a dispatch context: {e}"))
+                    })?),
+                },
+            })
+        }
         RELEASE_STEP => Payload::ReleaseStep(release_step(f)?),
         RELEASE_SYNCED => Payload::ReleaseSynced(ReleaseSynced {
             release_id: f.req_id("release_id", ReleaseId::new)?,

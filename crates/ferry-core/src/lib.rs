@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod domain;
 pub mod event;
+pub mod fanout;
 pub mod handlers;
 pub mod id;
 pub mod manage;

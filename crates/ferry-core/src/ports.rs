@@ -211,6 +211,26 @@ pub trait JobStore: Send + Sync {
         &self,
         id: &InstallId,
     ) -> impl Future<Output = Result<Option<Install>, StoreError>> + Send;
+    /// The installs of `ids` that exist, in any order, each once (a release step reads a
+    /// page's installs with it). By default one [`JobStore::get_install`] per id; a store may
+    /// read them in batches (DynamoDB: BatchGetItem).
+    fn get_installs(
+        &self,
+        ids: &[InstallId],
+    ) -> impl Future<Output = Result<Vec<Install>, StoreError>> + Send {
+        async move {
+            let mut out: Vec<Install> = Vec::with_capacity(ids.len());
+            for id in ids {
+                if out.iter().any(|i| &i.id == id) {
+                    continue;
+                }
+                if let Some(install) = self.get_install(id).await? {
+                    out.push(install);
+                }
+            }
+            Ok(out)
+        }
+    }
 
     /// Put-if-absent; `Conflict.current` is the existing build.
     fn create_build(
@@ -579,6 +599,19 @@ pub trait GrantMinter: Send + Sync {
         digest: &Digest,
         grant: &GrantId,
     ) -> impl Future<Output = Result<SealedGrant, GrantError>> + Send;
+    /// As [`GrantMinter::mint`], for the first attempt of a job the caller has just created
+    /// (its create was the write that made it exist): no grant of that attempt was ever
+    /// minted, so none can have been revoked, and a minter may skip its revocation lookup
+    /// (one read less per install in a fan-out). By default, [`GrantMinter::mint`].
+    fn mint_first(
+        &self,
+        install: &Install,
+        repository: &Repository,
+        digest: &Digest,
+        grant: &GrantId,
+    ) -> impl Future<Output = Result<SealedGrant, GrantError>> + Send {
+        self.mint(install, repository, digest, grant)
+    }
     /// Invalidates the grant of this attempt (not the sync's later attempts, so a re-mint
     /// after `grant_expired` works); revoking twice is fine. What "invalidates" means is the
     /// backend's: the embedded registry refuses the token; ECR cannot revoke a token, so on

@@ -108,6 +108,7 @@ pub async fn reconcile_scenario<P: Backend>(f: ReconcileFixture<'_, P>) {
             repository: must(Repository::new("vendor/shop/web"), "repository"),
             digest: digest.clone(),
             release_id: None,
+            context: None,
         }));
         must(dispatch(p, &ev).await, "sync.requested");
         syncs.push(sync_id);

@@ -611,7 +611,72 @@ pub trait ReleaseStore: Send + Sync {
         digest: &Digest,
         install: &InstallId,
     ) -> impl Future<Output = Result<Option<LineageRecord>, StoreError>> + Send;
+
+    // Batches (issue 12: a fan-out's calls per install). Each has a default built on the
+    // point operations above; a store overrides it where it can do better.
+
+    /// The lineage records of those `(digest, install)` pairs that exist, in any order. By
+    /// default one [`ReleaseStore::get_lineage`] per pair (DynamoDB: BatchGetItem).
+    fn get_lineages(
+        &self,
+        pairs: &[(Digest, InstallId)],
+    ) -> impl Future<Output = Result<Vec<LineageRecord>, StoreError>> + Send {
+        async move {
+            let mut out = Vec::new();
+            for (digest, install) in pairs {
+                if let Some(record) = self.get_lineage(digest, install).await? {
+                    if !out.contains(&record) {
+                        out.push(record);
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// Creates each of `targets` that does not exist yet; one that does (an earlier try of
+    /// the same release) is left as it is. By default one [`ReleaseStore::create_target`]
+    /// each (DynamoDB: TransactWriteItems of up to 50 targets).
+    fn create_targets(
+        &self,
+        targets: &[ReleaseTarget],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            for target in targets {
+                match self.create_target(target).await {
+                    Ok(()) | Err(WriteError::Conflict(_)) => {}
+                    Err(WriteError::Store(e)) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// All or nothing: writes every `(next, expected)` when every stored target has version
+    /// `expected`, and returns `Ok(true)`; otherwise writes none and returns `Ok(false)` (the
+    /// caller then writes them one by one with [`ReleaseStore::update_target`]). By default
+    /// only a single write is attempted (more return `Ok(false)` unwritten); SQLite does it in
+    /// one transaction, DynamoDB in one TransactWriteItems (up to [`MAX_TARGET_BATCH`]).
+    fn update_targets(
+        &self,
+        writes: &[(ReleaseTarget, u64)],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move {
+            match writes {
+                [] => Ok(true),
+                [(next, expected)] => match self.update_target(next, *expected).await {
+                    Ok(()) => Ok(true),
+                    Err(WriteError::Conflict(_)) => Ok(false),
+                    Err(WriteError::Store(e)) => Err(e),
+                },
+                _ => Ok(false),
+            }
+        }
+    }
 }
+
+/// The most targets [`ReleaseStore::update_targets`] writes at once (a page of a step).
+pub const MAX_TARGET_BATCH: usize = 100;
 
 #[cfg(test)]
 mod tests {

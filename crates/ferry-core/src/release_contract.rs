@@ -81,6 +81,150 @@ where
     targets_are_conditional_and_listed_by_step(&make().await).await;
     lineage_point_reads(&make().await).await;
     running_releases_are_listed(&make().await).await;
+    batches_keep_the_point_rules(&make().await, false).await;
+}
+
+/// The batch operations (issue 12) on a fresh store: `create_targets` creates what is absent
+/// and leaves what exists; `update_targets` writes all or none; `get_installs` and
+/// `get_lineages` return exactly what exists. With `atomic`, the store must also write a
+/// batch of several targets at once (SQLite, DynamoDB); without, it may decline (the default).
+pub async fn release_batch_contract<S: ReleaseStore + JobStore>(s: &S, atomic: bool) {
+    batches_keep_the_point_rules(s, atomic).await;
+}
+
+async fn batches_keep_the_point_rules<S: ReleaseStore + JobStore>(s: &S, atomic: bool) {
+    let first = target("r-b", "i-1", 0);
+    ok(s.create_target(&first).await, "create_target");
+    let mut again = target("r-b", "i-1", 0);
+    again.updated_at = 99;
+    let batch = vec![again, target("r-b", "i-2", 0), target("r-b", "i-3", 1)];
+    ok(s.create_targets(&batch).await, "create_targets");
+    let get = |i: &'static str| async move {
+        ok(s.get_target(&rid("r-b"), &iid(i)).await, "get_target")
+            .unwrap_or_else(|| panic!("contract: create_targets creates target {i}"))
+    };
+    assert_eq!(
+        get("i-1").await,
+        first,
+        "contract: create_targets leaves an existing target as it is"
+    );
+    let step1 = ok(
+        s.targets_by_step(&rid("r-b"), 1, &PageRequest::first(10))
+            .await,
+        "targets_by_step",
+    );
+    assert_eq!(
+        step1
+            .items
+            .iter()
+            .map(|t| t.install_id.to_string())
+            .collect::<Vec<_>>(),
+        ["i-3"],
+        "contract: create_targets puts each target in its step"
+    );
+    // All or none.
+    assert!(
+        ok(s.update_targets(&[]).await, "update_targets"),
+        "contract: an empty batch is written"
+    );
+    let (t1, t2) = (get("i-1").await, get("i-2").await);
+    let wrote = ok(
+        s.update_targets(&[(t1.bumped(200), t1.version), (t2.bumped(200), t2.version)])
+            .await,
+        "update_targets",
+    );
+    assert!(
+        wrote || !atomic,
+        "contract: this store writes a batch at once"
+    );
+    let (c1, c2) = (get("i-1").await, get("i-2").await);
+    if wrote {
+        assert_eq!(
+            (&c1, &c2),
+            (&t1.bumped(200), &t2.bumped(200)),
+            "contract: a written batch is stored"
+        );
+    } else {
+        assert_eq!(
+            (&c1, &c2),
+            (&t1, &t2),
+            "contract: a declined batch writes nothing"
+        );
+    }
+    let stale = ok(
+        s.update_targets(&[
+            (c1.bumped(300), c1.version),
+            (c2.bumped(300), c2.version + 7),
+        ])
+        .await,
+        "update_targets",
+    );
+    assert!(
+        !stale,
+        "contract: a batch with a stale version is not written"
+    );
+    assert_eq!(
+        (get("i-1").await, get("i-2").await),
+        (c1.clone(), c2.clone()),
+        "contract: a batch with one stale version writes none of its targets"
+    );
+    assert!(
+        ok(
+            s.update_targets(&[(c1.bumped(400), c1.version)]).await,
+            "update_targets"
+        ),
+        "contract: a batch of one current target is written"
+    );
+    assert_eq!(get("i-1").await, c1.bumped(400));
+    // Batch reads.
+    let record = LineageRecord {
+        digest: digest(),
+        install_id: iid("i-1"),
+        repository: ok(Repository::new("shop/web"), "repository"),
+        build_id: ok(BuildId::new("b-1"), "build id"),
+        sync_id: ok(SyncId::new("s-1"), "sync id"),
+        since: 7,
+    };
+    ok(s.record_lineage(&record).await, "record_lineage");
+    let pairs = [
+        (digest(), iid("i-1")),
+        (digest(), iid("i-2")),
+        (digest(), iid("i-1")),
+    ];
+    assert_eq!(
+        ok(s.get_lineages(&pairs).await, "get_lineages"),
+        vec![record],
+        "contract: get_lineages returns each existing record once"
+    );
+    for i in ["i-1", "i-2"] {
+        let install = crate::domain::Install {
+            id: iid(i),
+            app: ok(AppName::new("shop"), "app"),
+            registry: crate::domain::RegistryTarget {
+                endpoint: format!("{i}.registry.test"),
+                namespace: "ferry".into(),
+            },
+            agent_public_key: "pk".into(),
+            agent_report_key: "rk".into(),
+            queue: ok(crate::id::QueueName::new(format!("q-{i}")), "queue"),
+            components: vec![ok(ComponentName::new("web"), "component")],
+        };
+        ok(s.put_install(&install).await, "put_install");
+    }
+    let mut got: Vec<String> = ok(
+        s.get_installs(&[iid("i-2"), iid("i-9"), iid("i-1"), iid("i-2")])
+            .await,
+        "get_installs",
+    )
+    .into_iter()
+    .map(|i| format!("{}:{}", i.id, i.queue.as_str()))
+    .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["i-1:q-i-1", "i-2:q-i-2"],
+        "contract: get_installs returns each existing install once"
+    );
 }
 
 async fn running_releases_are_listed<S: ReleaseStore>(s: &S) {

@@ -78,6 +78,9 @@ pub async fn create_release<D: Desk>(
         total,
         now,
     );
+    // fanout3 (issue 12): the targets are written in batches (targets an earlier try of this
+    // same request wrote are left as they are).
+    let mut targets = Vec::with_capacity(installs.len());
     for (index, install) in installs.values().enumerate() {
         let syncs: Vec<TargetSync> = release
             .builds
@@ -93,7 +96,7 @@ pub async fn create_release<D: Desk>(
                 bytes_copied: 0,
             })
             .collect();
-        let target = ReleaseTarget {
+        targets.push(ReleaseTarget {
             release_id: release.id.clone(),
             install_id: install.id.clone(),
             step: Release::step_of(&release.policy, index as u32),
@@ -101,13 +104,10 @@ pub async fn create_release<D: Desk>(
             syncs,
             updated_at: now,
             version: 1,
-        };
-        match store.create_target(&target).await {
-            Ok(()) => {}
-            // Written by an earlier try of this same request.
-            Err(WriteError::Conflict(_)) => {}
-            Err(WriteError::Store(e)) => return Err(e.into()),
-        }
+        });
+    }
+    for chunk in targets.chunks(MAX_PAGE as usize) {
+        store.create_targets(chunk).await?;
     }
     let stored = match store.create_release(&release).await {
         Ok(()) => release,
@@ -425,17 +425,10 @@ pub async fn handle_release_step<P: Backend>(
         .store
         .targets_by_step(&release.id, release.step, &page)
         .await?;
-    let mut events = Vec::new();
-    for target in got.items {
-        let stored = start_target(ports, &release, target).await?;
-        for s in &stored.syncs {
-            if let (TargetState::Syncing, Some(sync_id)) = (s.state, &s.sync_id) {
-                if stored.round == release.round {
-                    events.push(sync_request(&release, &stored, s, sync_id.clone())?);
-                }
-            }
-        }
-    }
+    // fanout3 (issue 12): the page's targets are started with one batch read and one batch
+    // write, and each sync.requested carries what its handler would otherwise read.
+    let started = start_targets(ports, &release, got.items).await?;
+    let events = page_requests(ports, &release, &started).await?;
     let requested = events.len();
     publish(ports, events).await?;
     match got.next {
@@ -456,59 +449,162 @@ pub async fn handle_release_step<P: Backend>(
     })
 }
 
-/// Moves a target's pending components (and, in a retry round, its failed ones) to Syncing
-/// with this round's sync ids, or to Current when the install already holds the digest.
-/// An aborted release starts nothing new.
-async fn start_target<P: Backend>(
+// fanout3 (issue 12): from here to `publish`, a page's targets are started in batches.
+
+/// Moves each target's pending components (and, in a retry round, its failed ones) to
+/// Syncing with this round's sync ids, or to Current when the install already holds the
+/// digest. One batch read of what the installs hold, then one all-or-nothing batch write; if
+/// a target changed meanwhile, each is written on its own with re-reads. Returns the targets
+/// as stored. An aborted release starts nothing new.
+async fn start_targets<P: Backend>(
     ports: &Ports<P>,
     release: &Release,
-    target: ReleaseTarget,
-) -> Result<ReleaseTarget, HandlerError> {
+    targets: Vec<ReleaseTarget>,
+) -> Result<Vec<ReleaseTarget>, HandlerError> {
     if release.status == ReleaseStatus::Aborted {
-        return Ok(target);
+        return Ok(targets);
     }
-    // Which digests the install holds now (read once, outside the write loop).
-    let mut held = Vec::new();
-    for s in &target.syncs {
-        if ports
-            .store
-            .get_lineage(&s.digest, &target.install_id)
-            .await?
-            .is_some()
-        {
-            held.push(s.digest.clone());
-        }
-    }
+    // Which digests the installs hold now (read once, outside the write loop).
+    let wanted: Vec<(crate::id::Digest, InstallId)> = targets
+        .iter()
+        .flat_map(|t| {
+            t.syncs
+                .iter()
+                .map(move |s| (s.digest.clone(), t.install_id.clone()))
+        })
+        .collect();
+    let held: Vec<(crate::id::Digest, InstallId)> = ports
+        .store
+        .get_lineages(&wanted)
+        .await?
+        .into_iter()
+        .map(|l| (l.digest, l.install_id))
+        .collect();
     let now = ports.clock.now_ms();
-    update_target(ports, target, |t| {
-        let mut next = t.bumped(now);
-        let mut changed = false;
-        for s in &mut next.syncs {
-            let retry = s.state == TargetState::Failed && t.round < release.round;
-            if s.state != TargetState::Pending && !retry {
-                continue;
-            }
-            changed = true;
-            s.error = None;
-            if held.contains(&s.digest) {
-                s.state = TargetState::Current;
-            } else {
-                s.state = TargetState::Syncing;
-                s.sync_id = Some(ports.vendor_key.release_sync_id(
-                    &release.id,
-                    &s.build_id,
-                    &t.install_id,
-                    release.round,
-                ));
+    let decide = |t: &ReleaseTarget| start_decision(ports, release, &held, t, now);
+    let writes: Vec<(ReleaseTarget, u64)> = targets
+        .iter()
+        .filter_map(|t| decide(t).map(|next| (next, t.version)))
+        .collect();
+    if ports.store.update_targets(&writes).await? {
+        let mut written = writes.into_iter().map(|(next, _)| next);
+        let mut out = Vec::with_capacity(targets.len());
+        let mut next = written.next();
+        for t in targets {
+            match &next {
+                Some(n) if n.install_id == t.install_id => {
+                    out.push(next.take().unwrap_or(t));
+                    next = written.next();
+                }
+                _ => out.push(t),
             }
         }
-        if t.round != release.round {
-            next.round = release.round;
-            changed = true;
+        return Ok(out);
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        out.push(update_target(ports, t, decide).await?);
+    }
+    Ok(out)
+}
+
+/// What starting `t` writes, or `None` when it has nothing to start.
+fn start_decision<P: Backend>(
+    ports: &Ports<P>,
+    release: &Release,
+    held: &[(crate::id::Digest, InstallId)],
+    t: &ReleaseTarget,
+    now: u64,
+) -> Option<ReleaseTarget> {
+    let mut next = t.bumped(now);
+    let mut changed = false;
+    for s in &mut next.syncs {
+        let retry = s.state == TargetState::Failed && t.round < release.round;
+        if s.state != TargetState::Pending && !retry {
+            continue;
         }
-        changed.then_some(next)
-    })
-    .await
+        changed = true;
+        s.error = None;
+        if held
+            .iter()
+            .any(|(d, i)| d == &s.digest && i == &t.install_id)
+        {
+            s.state = TargetState::Current;
+        } else {
+            s.state = TargetState::Syncing;
+            s.sync_id = Some(ports.vendor_key.release_sync_id(
+                &release.id,
+                &s.build_id,
+                &t.install_id,
+                release.round,
+            ));
+        }
+    }
+    if t.round != release.round {
+        next.round = release.round;
+        changed = true;
+    }
+    changed.then_some(next)
+}
+
+/// The `sync.requested` of every sync a page started in this round, each with its dispatch
+/// context (the install and the component's verification policy, read once for the page and
+/// MAC'd with the vendor key) when the install is registered.
+async fn page_requests<P: Backend>(
+    ports: &Ports<P>,
+    release: &Release,
+    started: &[ReleaseTarget],
+) -> Result<Vec<Event>, HandlerError> {
+    let syncing: Vec<(&ReleaseTarget, &TargetSync, &crate::id::SyncId)> = started
+        .iter()
+        .filter(|t| t.round == release.round)
+        .flat_map(|t| {
+            t.syncs
+                .iter()
+                .filter_map(move |s| match (s.state, &s.sync_id) {
+                    (TargetState::Syncing, Some(id)) => Some((t, s, id)),
+                    _ => None,
+                })
+        })
+        .collect();
+    if syncing.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<InstallId> = started.iter().map(|t| t.install_id.clone()).collect();
+    let installs = ports.store.get_installs(&ids).await?;
+    let mut policies: BTreeMap<crate::id::ComponentName, Option<crate::domain::VerifyPolicy>> =
+        BTreeMap::new();
+    let mut events = Vec::with_capacity(syncing.len());
+    for (t, s, sync_id) in syncing {
+        let mut event = sync_request(release, t, s, sync_id.clone())?;
+        let Some(install) = installs.iter().find(|i| i.id == t.install_id) else {
+            // Not registered (any more): the handler reads the store and fails the sync.
+            events.push(event);
+            continue;
+        };
+        let policy = match policies.get(&s.component) {
+            Some(p) => p.clone(),
+            None => {
+                let p = ports
+                    .store
+                    .get_component(&release.app, &s.component)
+                    .await?
+                    .and_then(|c| c.verify);
+                policies.insert(s.component.clone(), p.clone());
+                p
+            }
+        };
+        if let Payload::SyncRequested(ev) = &mut event.payload {
+            ev.context = Some(crate::fanout::seal_context(
+                &ports.vendor_key,
+                ev,
+                install.clone(),
+                policy,
+            ));
+        }
+        events.push(event);
+    }
+    Ok(events)
 }
 
 fn sync_request(
@@ -538,6 +634,7 @@ fn sync_request(
             repository,
             digest: s.digest.clone(),
             release_id: Some(release.id.clone()),
+            context: None,
         }),
     ))
 }

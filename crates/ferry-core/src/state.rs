@@ -210,6 +210,15 @@ impl JobState {
         self.finish(Action::Cancel, JobStatus::Cancelled, now, None)
     }
 
+    /// Queued → Queued, version + 1: the same attempt, held by another dispatcher (a job's
+    /// idempotency claim taken over after its holder's lock ran out).
+    pub fn reclaim(&self, now: u64) -> Result<JobState, TransitionError> {
+        if self.status != JobStatus::Queued {
+            return Err(self.refuse(Action::Start));
+        }
+        Ok(self.bumped(JobStatus::Queued, now))
+    }
+
     /// Queued | Running → Queued with attempts + 1: a new try (a sync whose grant expired).
     pub fn requeue(&self, now: u64) -> Result<JobState, TransitionError> {
         if self.status.is_terminal() {

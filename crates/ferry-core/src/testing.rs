@@ -1053,6 +1053,8 @@ struct MinterState {
     minted: Vec<Minted>,
     revoked: Vec<GrantId>,
     refuse: Option<String>,
+    // fanout3 (issue 12): transient minter outages.
+    unavailable: u32,
 }
 
 /// Mints fake "sealed" grants: opaque bytes naming the agent key and a counter, no secret.
@@ -1091,6 +1093,12 @@ impl MemMinter {
     pub fn refuse_with(&self, message: &str) {
         lock(&self.state).refuse = Some(message.to_string());
     }
+
+    // fanout3 (issue 12): transient minter outages.
+    /// The next `n` mints fail as unavailable (STS or ECR throttling), then they work again.
+    pub fn fail_next_mints(&self, n: u32) {
+        lock(&self.state).unavailable = n;
+    }
 }
 
 impl GrantMinter for MemMinter {
@@ -1102,6 +1110,12 @@ impl GrantMinter for MemMinter {
         grant_id: &GrantId,
     ) -> Result<SealedGrant, GrantError> {
         let mut s = lock(&self.state);
+        if s.unavailable > 0 {
+            s.unavailable -= 1;
+            return Err(GrantError::Unavailable {
+                message: "injected outage".into(),
+            });
+        }
         if let Some(message) = &s.refuse {
             return Err(GrantError::Refused {
                 message: message.clone(),

@@ -51,6 +51,7 @@ const LABEL_JOB_SIGNING: &[u8] = b"ferry vendor job signing key v1";
 const LABEL_SYNC_IDS: &[u8] = b"ferry vendor sync id key v1";
 const LABEL_REPORT_SIGNING: &[u8] = b"ferry agent report signing key v1";
 const LABEL_GENERATED_ROOT: &[u8] = b"ferry vendor secret from generated text v1";
+const LABEL_DISPATCH_CONTEXT: &[u8] = b"ferry vendor dispatch context key v1";
 // Domain separation of the signed byte layouts.
 const JOB_CONTEXT: &[u8] = b"ferry-sync-job-v2";
 const REPORT_CONTEXT: &[u8] = b"ferry-sync-reported-v2";
@@ -147,6 +148,8 @@ pub struct VendorKey {
     root: Zeroizing<[u8; SEED_LEN]>,
     signing: SigningKey,
     ids: Zeroizing<[u8; SEED_LEN]>,
+    /// MACs the dispatch context a release step hands sync-requested (`crate::fanout`).
+    context: Zeroizing<[u8; SEED_LEN]>,
 }
 
 impl VendorKey {
@@ -163,7 +166,13 @@ impl VendorKey {
         let seed = derive(root.as_ref(), LABEL_JOB_SIGNING);
         let signing = SigningKey::from_bytes(&seed);
         let ids = derive(root.as_ref(), LABEL_SYNC_IDS);
-        VendorKey { root, signing, ids }
+        let context = derive(root.as_ref(), LABEL_DISPATCH_CONTEXT);
+        VendorKey {
+            root,
+            signing,
+            ids,
+            context,
+        }
     }
 
     /// The secret in text form (`FERRY-VENDOR-SECRET-1:<base64url>`). Handle as a secret.
@@ -251,6 +260,24 @@ impl VendorKey {
     /// own domain-separation context (bundle manifests: `crate::bundle`).
     pub(crate) fn sign_bytes(&self, message: &[u8]) -> String {
         encode_signature(&self.signing.sign(message))
+    }
+
+    /// HMAC-SHA256 of `bytes` with the dispatch-context key (base64url). Only for
+    /// [`crate::fanout::context_bytes`].
+    pub(crate) fn context_mac(&self, bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(derive(self.context.as_ref(), bytes).as_ref())
+    }
+
+    /// Whether `mac` is [`VendorKey::context_mac`] of `bytes` (compared in constant time).
+    pub(crate) fn context_mac_matches(&self, bytes: &[u8], mac: &str) -> bool {
+        let Ok(given) = URL_SAFE_NO_PAD.decode(mac.trim().as_bytes()) else {
+            return false;
+        };
+        let Ok(mut check) = HmacSha256::new_from_slice(self.context.as_ref()) else {
+            return false;
+        };
+        check.update(bytes);
+        check.verify_slice(&given).is_ok()
     }
 
     /// Signs `msg` in place (its `signature` field), over [`job_signing_bytes`].

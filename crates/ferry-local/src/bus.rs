@@ -124,6 +124,7 @@ mod tests {
             repository: Repository::new("shop/web").unwrap(),
             digest: Digest::new(format!("sha256:{}", "a".repeat(64))).unwrap(),
             release_id: None,
+            context: None,
         }))
     }
 

@@ -12,11 +12,24 @@ use ferry_core::id::{AppName, Digest, InstallId, ReleaseId};
 use ferry_core::ports::{Page, PageRequest, StoreError, WriteError};
 use ferry_core::release::{Release, ReleaseStore, ReleaseTarget};
 
-use crate::db::to_i64;
+use crate::db::{to_i64, DbError};
 use crate::store::{
     conflict_or_ok, encode, get_body, insert_if_absent, paginate, query_bodies, read_cursor,
     store_err, update_if, CursorKey, SqliteStore,
 };
+
+/// Why an all-or-nothing batch wrote nothing.
+enum AllOrNone {
+    /// A target was not at its expected version.
+    Stale,
+    Db(DbError),
+}
+
+impl From<DbError> for AllOrNone {
+    fn from(e: DbError) -> Self {
+        AllOrNone::Db(e)
+    }
+}
 
 const SELECT_RELEASE: &str = "SELECT body FROM releases WHERE id = ?1";
 const SELECT_TARGET: &str = "SELECT body FROM release_targets WHERE key = ?1";
@@ -178,6 +191,36 @@ impl ReleaseStore for SqliteStore {
             })
             .await;
         conflict_or_ok(out)
+    }
+
+    /// One transaction: every target at its expected version is written, or none is.
+    async fn update_targets(&self, writes: &[(ReleaseTarget, u64)]) -> Result<bool, StoreError> {
+        let writes = writes.to_vec();
+        let out: Result<(), AllOrNone> = self
+            .db()
+            .write(move |tx| {
+                for (t, expected) in &writes {
+                    let key = target_key(&t.release_id, &t.install_id);
+                    let n = tx
+                        .execute(
+                            "UPDATE release_targets SET version = ?1, body = ?2
+                             WHERE key = ?3 AND version = ?4",
+                            params![to_i64(t.version), encode(&key, t)?, key, to_i64(*expected)],
+                        )
+                        .map_err(DbError::from)?;
+                    if n != 1 {
+                        // Dropping the transaction uncommitted rolls back the earlier writes.
+                        return Err(AllOrNone::Stale);
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        match out {
+            Ok(()) => Ok(true),
+            Err(AllOrNone::Stale) => Ok(false),
+            Err(AllOrNone::Db(e)) => Err(store_err(e)),
+        }
     }
 
     async fn targets_by_step(

@@ -62,3 +62,9 @@ async fn sqlite_store_keeps_the_release_store_contract() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sqlite_store_writes_target_batches_at_once() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    ferry_core::release_contract::release_batch_contract(&store, true).await;
+}

@@ -7,7 +7,8 @@
 //!
 //! Read here: `FERRY_TABLE`, `FERRY_EVENT_BUS`, `FERRY_BUILD_PROJECT`, `FERRY_PULL_ROLE_ARN`,
 //! `FERRY_VENDOR_REGISTRY`,
-//! `FERRY_MAX_RECEIVE_COUNT` (the queues' maxReceiveCount), and
+//! `FERRY_MAX_RECEIVE_COUNT` (the queues' maxReceiveCount), `FERRY_MINT_RATE_PER_SECOND` and
+//! `FERRY_MINT_CONCURRENCY` (optional: the pacing of grant minting), and
 //! `FERRY_VENDOR_KEY_SECRET` (the Secrets Manager secret holding the vendor key, read once at
 //! cold start; its value is never logged, its public half is). The handlers do
 //! not need `FERRY_REPORT_QUEUE_URL`, `FERRY_INSTALL_QUEUE_PREFIX` or
@@ -15,6 +16,7 @@
 //! repository.
 
 use ferry_aws::{DynamoStore, EcrGrantSettings, EventBridgeBus, SqsQueue};
+use ferry_core::fanout::MintPacer;
 use ferry_core::id::QueueName;
 use ferry_core::ports::Backend;
 use ferry_core::trust::VendorKey;
@@ -42,6 +44,12 @@ pub const RELEASE_QUEUE_URL_ENV: &str = "FERRY_RELEASE_QUEUE_URL";
 /// subscribed install (an implicit release, `Config::fan_out_on_build`). `false` leaves every
 /// rollout to `ferry release create`. Read by build-completed (template.yaml: FanOutOnBuild).
 pub const FAN_OUT_ON_BUILD_ENV: &str = "FERRY_FAN_OUT_ON_BUILD";
+/// Optional: grants minted per second across the whole stack (template.yaml:
+/// MintRatePerSecond), paced by a token bucket in each sync-requested instance.
+pub const MINT_RATE_ENV: &str = "FERRY_MINT_RATE_PER_SECOND";
+/// How many sync-requested instances share [`MINT_RATE_ENV`] (template.yaml: SyncConcurrency,
+/// the trigger's MaximumConcurrency); 1 when unset.
+pub const MINT_CONCURRENCY_ENV: &str = "FERRY_MINT_CONCURRENCY";
 /// The release queue's name when [`RELEASE_QUEUE_URL_ENV`] is not set.
 pub const RELEASE_QUEUE_DEFAULT: &str = "ferry-release";
 
@@ -78,6 +86,8 @@ pub struct Settings {
     pub release_queue_url: Option<String>,
     /// Whether a successful build fans out to every subscribed install at once.
     pub fan_out_on_build: bool,
+    /// (grants per second across the stack, instances sharing them), when minting is paced.
+    pub mint_pace: Option<(u32, u32)>,
 }
 
 fn required(
@@ -195,7 +205,30 @@ impl Settings {
                 })
             }
         };
+        let whole = |name: &'static str, v: String| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or(ConfigError::Invalid {
+                    name,
+                    value: v.chars().take(20).collect(),
+                    reason: "expected a whole number of at least 1",
+                })
+        };
+        let mint_pace = match get(MINT_RATE_ENV).filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(rate) => {
+                let rate = whole(MINT_RATE_ENV, rate)?;
+                let share = match get(MINT_CONCURRENCY_ENV).filter(|v| !v.trim().is_empty()) {
+                    None => 1,
+                    Some(c) => whole(MINT_CONCURRENCY_ENV, c)?,
+                };
+                Some((rate, share))
+            }
+        };
         Ok(Settings {
+            mint_pace,
             release_queue_url,
             fan_out_on_build,
             vendor_key_secret,
@@ -263,6 +296,8 @@ pub struct Deps {
     pub ids: RandomIds,
     /// The queues' `maxReceiveCount`: a record failing on this receive is dead-lettered.
     pub max_receive_count: u32,
+    /// This instance's share of the stack's mint rate, when minting is paced.
+    pub pacer: Option<Arc<MintPacer>>,
 }
 
 impl Deps {
@@ -304,7 +339,11 @@ impl Deps {
         let release_queue = match &settings.release_queue_url {
             Some(url) => {
                 let name = release_queue_name(url)?;
-                queue = queue.with_url(name.clone(), url.clone());
+                // Every queue a function sends to (the install queues too) is in the stack's
+                // account and region: their URLs are derived, never looked up (issue 12).
+                queue = queue
+                    .with_url(name.clone(), url.clone())
+                    .with_derived_urls(url);
                 name
             }
             None => QueueName::new(RELEASE_QUEUE_DEFAULT).map_err(|_| ConfigError::Invalid {
@@ -343,6 +382,16 @@ impl Deps {
             },
             ids: RandomIds,
             max_receive_count: settings.max_receive_count,
+            pacer: match settings.mint_pace {
+                None => None,
+                Some((rate, share)) => Some(Arc::new(MintPacer::for_share(rate, share).map_err(
+                    |_| ConfigError::Invalid {
+                        name: MINT_RATE_ENV,
+                        value: rate.to_string(),
+                        reason: "expected a whole number of at least 1",
+                    },
+                )?)),
+            },
         })
     }
 }

@@ -106,6 +106,10 @@ pub enum RecordError {
     },
     #[error(transparent)]
     Handler(#[from] HandlerError),
+    #[error(
+        "grant minting is paced (FERRY_MINT_RATE_PER_SECOND) and the next grant is due in {wait_ms} ms, after this invocation's deadline; SQS will redeliver the record"
+    )]
+    Paced { wait_ms: u64 },
 }
 
 impl RecordError {
@@ -113,6 +117,7 @@ impl RecordError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RecordError::Handler(e) => e.is_retryable(),
+            RecordError::Paced { .. } => true,
             _ => false,
         }
     }
@@ -258,9 +263,14 @@ pub async fn process_records_until(
             event_type = Empty,
             job_id = Empty,
         );
-        let result = handle_one(deps, ports, kind, record, receive_count)
-            .instrument(span.clone())
-            .await;
+        let result = match pace(deps, kind, deadline_ms).await {
+            Ok(()) => {
+                handle_one(deps, ports, kind, record, receive_count)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let _entered = span.enter();
         match result {
             Ok(Some(outcome)) => tracing::info!(?outcome, "record handled"),
@@ -282,6 +292,28 @@ pub async fn process_records_until(
         }
     }
     failures
+}
+
+/// Waits for the mint pacer's next token before a sync-requested record (issue 12: grants stay
+/// under the STS and ECR quotas), or refuses the record (redelivered) when the token would
+/// come after the invocation's deadline less a margin. Other functions are not paced.
+async fn pace(deps: &Deps, kind: Kind, deadline_ms: Option<u64>) -> Result<(), RecordError> {
+    const MARGIN_MS: u64 = 5_000;
+    let Some(pacer) = deps.pacer.as_ref().filter(|_| kind == Kind::SyncRequested) else {
+        return Ok(());
+    };
+    loop {
+        let now = ferry_core::ports::Clock::now_ms(&deps.ports.clock);
+        let wait_ms = match pacer.try_take(now) {
+            Ok(()) => return Ok(()),
+            Err(wait_ms) => wait_ms,
+        };
+        if deadline_ms.is_some_and(|d| now + wait_ms + MARGIN_MS > d) {
+            return Err(RecordError::Paced { wait_ms });
+        }
+        tracing::debug!(wait_ms, "mint paced");
+        tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+    }
 }
 
 /// The Lambda handler body shared by the five functions.

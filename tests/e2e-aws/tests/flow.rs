@@ -338,6 +338,7 @@ async fn a_build_reaches_every_install_through_aws() {
         max_receive_count: 5,
         release_queue_url: Some(sqs.url(&q("release")).await.unwrap()),
         fan_out_on_build: true,
+        mint_pace: None,
     };
     ferry_testkit::create_secret(
         &moto.endpoint(),

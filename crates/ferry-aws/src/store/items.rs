@@ -13,7 +13,10 @@ use ferry_core::telemetry::InstallTelemetry;
 
 use crate::error::Failure;
 
-use super::{Item, GSI1_PK, GSI1_SK, GSI2_PK, GSI2_SK, GSI3_PK, GSI3_SK, OPEN_SYNC_SHARDS, PK, SK};
+use super::{
+    Item, BUILD_SYNC_SHARDS, GSI1_PK, GSI1_SK, GSI2_PK, GSI2_SK, GSI3_PK, GSI3_SK,
+    OPEN_SYNC_SHARDS, PK, SK,
+};
 
 pub(crate) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
@@ -153,7 +156,7 @@ pub(super) fn sync_item(j: &SyncJob) -> Result<Item, StoreError> {
         GSI1_SK.into(),
         s(format!("SYNC#{}#{}", ts(j.state.created_at), j.id)),
     );
-    item.insert(GSI2_PK.into(), s(build_pk(&j.build_id)));
+    item.insert(GSI2_PK.into(), s(build_sync_pk(&j.build_id, &j.install_id)));
     item.insert(GSI2_SK.into(), s(format!("SYNC#{}#{}", j.install_id, j.id)));
     if !j.status().is_terminal() {
         item.insert(GSI3_PK.into(), s(open_sync_pk(open_sync_shard(&j.id))));
@@ -165,13 +168,27 @@ pub(super) fn sync_item(j: &SyncJob) -> Result<Item, StoreError> {
     Ok(item)
 }
 
-/// The index partition of open sync `id` (FNV-1a of the id, so it never changes).
-pub(super) fn open_sync_shard(id: &SyncId) -> u32 {
+/// FNV-1a of `text`: a stable spread over index shards.
+fn fnv1a(text: &str) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in id.as_str().bytes() {
+    for b in text.bytes() {
         h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    h % OPEN_SYNC_SHARDS
+    h
+}
+
+/// The index partition of open sync `id` (FNV-1a of the id, so it never changes).
+pub(super) fn open_sync_shard(id: &SyncId) -> u32 {
+    fnv1a(id.as_str()) % OPEN_SYNC_SHARDS
+}
+
+/// The GSI2 partition of a sync of `build` into `install`: one of [`BUILD_SYNC_SHARDS`].
+pub(super) fn build_sync_pk(build: &BuildId, install: &InstallId) -> String {
+    format!(
+        "{}#{}",
+        build_pk(build),
+        fnv1a(install.as_str()) % BUILD_SYNC_SHARDS
+    )
 }
 
 pub(super) fn open_sync_pk(shard: u32) -> String {

@@ -19,8 +19,8 @@ use super::items::{
 };
 use super::pagination::{decode_cursor, encode_cursor, foreign_cursor, Put, QuerySpec};
 use super::{
-    DynamoStore, COMPLETED, GSI1, GSI1_PK, GSI1_SK, GSI2, GSI2_PK, GSI2_SK, GSI3, GSI3_PK, GSI3_SK,
-    IN_PROGRESS, OPEN_SYNC_SHARDS, PK, SK, TTL,
+    DynamoStore, BUILD_SYNC_SHARDS, COMPLETED, GSI1, GSI1_PK, GSI1_SK, GSI2, GSI2_PK, GSI2_SK,
+    GSI3, GSI3_PK, GSI3_SK, IN_PROGRESS, OPEN_SYNC_SHARDS, PK, SK, TTL,
 };
 
 impl JobStore for DynamoStore {
@@ -81,6 +81,14 @@ impl JobStore for DynamoStore {
 
     async fn get_install(&self, id: &InstallId) -> Result<Option<Install>, StoreError> {
         self.get_decoded(install_pk(id), "INSTALL").await
+    }
+
+    async fn get_installs(&self, ids: &[InstallId]) -> Result<Vec<Install>, StoreError> {
+        let keys = ids
+            .iter()
+            .map(|id| (install_pk(id), "INSTALL".to_owned()))
+            .collect();
+        self.batch_get(keys).await?.iter().map(decode).collect()
     }
 
     async fn create_build(&self, build: &Build) -> Result<(), WriteError<Build>> {
@@ -205,29 +213,45 @@ impl JobStore for DynamoStore {
     }
 
     async fn count_security_event(&self, kind: &str, now: u64) -> Result<u64, StoreError> {
-        // One item per kind, updated atomically: the set of items never grows with input.
-        let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, s(security_pk(kind)))
-            .key(SK, s("SECURITY"))
-            .update_expression("ADD #count :one SET last_at = :now, kind = :kind")
-            .expression_attribute_names("#count", "count")
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":kind", s("security"))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::UpdatedNew)
-            .send()
-            .await
-            .map_err(|e| unavailable(describe("DynamoDB", "UpdateItem", &e)))?;
-        Ok(out
-            .attributes
-            .as_ref()
-            .and_then(|a| a.get("count"))
-            .and_then(|v| v.as_n().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        // One item per kind: the set of items never grows with input. A read and a put
+        // conditional on the count read (the function roles allow GetItem and PutItem, not
+        // UpdateItem), again on a lost race.
+        const TRIES: usize = 8;
+        let pk = security_pk(kind);
+        for _ in 0..TRIES {
+            let current = self.get(pk.clone(), "SECURITY").await?;
+            let count = match &current {
+                Some(item) => num_attr(item, "count")?,
+                None => 0,
+            };
+            let mut item = record_item(pk.clone(), "SECURITY", "security", String::new());
+            item.remove("data");
+            item.insert("count".into(), n(count + 1));
+            item.insert("last_at".into(), n(now));
+            let put = match current {
+                None => {
+                    self.put_if(item, "attribute_not_exists(#pk)", &[("#pk", PK)], vec![])
+                        .await?
+                }
+                Some(_) => {
+                    self.put_if(
+                        item,
+                        "#count = :count",
+                        &[("#count", "count")],
+                        vec![(":count", n(count))],
+                    )
+                    .await?
+                }
+            };
+            if let Put::Written = put {
+                return Ok(count + 1);
+            }
+        }
+        Err(StoreError::Unavailable {
+            message: format!(
+                "security counter {kind} kept changing under concurrent writers ({TRIES} tries)"
+            ),
+        })
     }
 
     async fn security_event_count(&self, kind: &str) -> Result<(u64, Option<u64>), StoreError> {
@@ -409,16 +433,70 @@ impl JobStore for DynamoStore {
         build: &BuildId,
         page: &PageRequest,
     ) -> Result<Page<SyncJob>, StoreError> {
-        let spec = QuerySpec {
-            name: "syncs_by_build",
-            index: Some(GSI2),
-            pk_attr: GSI2_PK,
-            sk_attr: GSI2_SK,
-            partition: build_pk(build),
-            sk_prefix: Some("SYNC#"),
-            forward: true,
+        // Every shard (and the unsharded partition of older syncs) from just after the last
+        // sort key returned, merged by sort key (`SYNC#<install>#<sync>`: install id order).
+        // The cursor is that sort key.
+        const Q: &str = "syncs_by_build";
+        let base = build_pk(build);
+        let after = match &page.cursor {
+            None => None,
+            Some(c) => Some(str_attr(&decode_cursor(Q, &base, c)?, GSI2_SK)?.to_owned()),
         };
-        self.query(spec, page).await
+        let limit = page.limit() as usize;
+        let partitions = (0..BUILD_SYNC_SHARDS)
+            .map(|n| format!("{base}#{n}"))
+            .chain(std::iter::once(base.clone()));
+        let mut found: Vec<(String, SyncJob)> = Vec::new();
+        let mut more = false;
+        for partition in partitions {
+            let req = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI2)
+                .expression_attribute_names("#pk", GSI2_PK)
+                .expression_attribute_names("#sk", GSI2_SK)
+                .expression_attribute_values(":pk", s(partition))
+                .limit(i32::try_from(limit).unwrap_or(i32::MAX));
+            let req = match &after {
+                Some(a) => req
+                    .key_condition_expression("#pk = :pk AND #sk > :after")
+                    .expression_attribute_values(":after", s(a.clone())),
+                None => req
+                    .key_condition_expression("#pk = :pk AND begins_with(#sk, :prefix)")
+                    .expression_attribute_values(":prefix", s("SYNC#")),
+            };
+            let out = req
+                .send()
+                .await
+                .map_err(|e| unavailable(describe("DynamoDB", "Query", &e)))?;
+            more |= out
+                .last_evaluated_key
+                .as_ref()
+                .is_some_and(|k| !k.is_empty());
+            for item in out.items.unwrap_or_default() {
+                let sk = str_attr(&item, GSI2_SK)?.to_owned();
+                if sk.starts_with("SYNC#") {
+                    found.push((sk, decode(&item)?));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        if found.len() > limit {
+            found.truncate(limit);
+            more = true;
+        }
+        let next = match found.last() {
+            Some((sk, _)) if more => {
+                let key = std::collections::HashMap::from([(GSI2_SK.to_owned(), s(sk.clone()))]);
+                Some(encode_cursor(Q, &base, &key)?)
+            }
+            _ => None,
+        };
+        Ok(Page {
+            items: found.into_iter().map(|(_, j)| j).collect(),
+            next,
+        })
     }
 
     async fn installs_by_component(

@@ -29,11 +29,13 @@ use self::items::{revoked_pk, str_attr, unavailable};
 
 // The handle, its settings and table creation live here; attribute and key helpers, cursors
 // and queries, the catalog and the `JobStore` implementation each have a file.
+mod batch;
 mod catalog;
 mod items;
 mod jobs;
 mod pagination;
 
+pub(crate) use batch::{CondPut, MAX_TRANSACT};
 pub(crate) use items::{
     decode, encode_err, install_pk, lineage_pk, n, num_attr, record_item, s, ts,
 };
@@ -59,6 +61,11 @@ pub const GSI3_SK: &str = "gsi3sk";
 /// Open syncs are spread over this many index partitions, so a fan-out of thousands of syncs
 /// does not write one hot index key.
 pub const OPEN_SYNC_SHARDS: u32 = 8;
+/// The syncs of one build are spread over this many GSI2 partitions `BUILD#<id>#<n>` (by a
+/// hash of the install id), so a fan-out of one build to thousands of installs does not write
+/// one hot index key (issue 12); `syncs_by_build` merges them (and the unsharded `BUILD#<id>`
+/// that syncs written before the shards sit in).
+pub const BUILD_SYNC_SHARDS: u32 = 8;
 /// The index partition of running releases.
 pub(crate) const RUNNING_RELEASES_PK: &str = "RUNNING#RELEASE";
 /// The table's TTL attribute, in unix seconds.

@@ -301,6 +301,7 @@ fn sync_request_event(
             repository: artifact.repository.clone(),
             digest: artifact.digest.clone(),
             release_id: None,
+            context: None,
         }),
     ))
 }

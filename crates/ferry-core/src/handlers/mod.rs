@@ -1,7 +1,8 @@
 //! The IMS handlers: build.requested, build.completed, sync.requested, sync.reported.
 //!
 //! Each is a plain async function over the ports, wrapped in an idempotency record keyed by the
-//! event's identity, and written so that a crash at any await leaves a state the same event can
+//! event's identity (sync.requested's claim is its job's own conditional create instead: see
+//! `sync.rs`), and written so that a crash at any await leaves a state the same event can
 //! resume from: ids are derived (never random), creates are put-if-absent, and every state change
 //! is a conditional write on (status, version). A replayed event returns `Outcome::Replayed` and
 //! changes nothing. This module must never read a clock or do I/O except through the ports, and

@@ -1,6 +1,7 @@
 //! Crate-level tests: event parsing against events/, and the handlers over the fakes.
 
 mod events;
+mod fanout;
 mod flow;
 mod reconcile;
 mod releases;
