@@ -158,7 +158,7 @@ pub struct SyncRequested {
     /// MAC'd with the vendor key, so sync-requested reads nothing (`crate::fanout`). Absent
     /// from the implicit fan-out of a build and from older events: the handler reads the store.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub context: Option<crate::fanout::DispatchContext>,
+    pub context: Option<Box<crate::fanout::DispatchContext>>,
 }
 
 /// `release.step`: start (or continue) step `step` of round `round` of a release. Sent with a

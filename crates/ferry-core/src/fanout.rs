@@ -222,7 +222,7 @@ mod tests {
     fn a_context_verifies_only_unaltered_and_under_the_vendor_key() {
         let key = VendorKey::generate().unwrap();
         let mut ev = event();
-        ev.context = Some(seal_context(&key, &ev, install("i-1"), None));
+        ev.context = Some(Box::new(seal_context(&key, &ev, install("i-1"), None)));
         let (got, verify) = open_context(&key, &ev).unwrap();
         assert_eq!(got.queue.as_str(), "q-1");
         assert!(verify.is_none());
@@ -244,7 +244,7 @@ mod tests {
         assert!(open_context(&key, &moved).is_none());
         // A context about another install.
         let mut other = event();
-        other.context = Some(seal_context(&key, &other, install("i-2"), None));
+        other.context = Some(Box::new(seal_context(&key, &other, install("i-2"), None)));
         assert!(open_context(&key, &other).is_none());
         // Garbage MAC.
         let mut junk = ev;

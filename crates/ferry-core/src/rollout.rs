@@ -595,12 +595,12 @@ async fn page_requests<P: Backend>(
             }
         };
         if let Payload::SyncRequested(ev) = &mut event.payload {
-            ev.context = Some(crate::fanout::seal_context(
+            ev.context = Some(Box::new(crate::fanout::seal_context(
                 &ports.vendor_key,
                 ev,
                 install.clone(),
                 policy,
-            ));
+            )));
         }
         events.push(event);
     }

@@ -132,12 +132,12 @@ async fn a_carried_context_is_used_only_when_it_verifies() {
     let moved = QueueName::new("agent-moved").unwrap();
     p.queue.create_queue(&moved);
     // The install record changes after the step read it (its queue moved).
-    for i in 0..2 {
+    for (i, ev) in evs.iter().enumerate() {
         let mut install = p.store.get_install(&install_id(i)).await.unwrap().unwrap();
         let read = install.clone();
         install.queue = moved.clone();
         p.store.put_install(&install).await.unwrap();
-        let mut ev = evs[i].clone();
+        let mut ev = ev.clone();
         if let Payload::SyncRequested(s) = &mut ev.payload {
             // Install 0: sealed with the vendor key, so the handler trusts it and reads
             // nothing. Install 1: sealed with another key, so it is ignored.
@@ -146,7 +146,7 @@ async fn a_carried_context_is_used_only_when_it_verifies() {
             } else {
                 std::sync::Arc::new(VendorKey::generate().unwrap())
             };
-            s.context = Some(crate::fanout::seal_context(&key, s, read, None));
+            s.context = Some(Box::new(crate::fanout::seal_context(&key, s, read, None)));
         }
         dispatch(&p, &ev).await.unwrap();
     }
