@@ -469,14 +469,15 @@ async fn fan_out_counts_calls_per_install() {
 }
 
 /// The moto run of "a fan-out interrupted at a random point resumes and enqueues every install
-/// exactly once": every 9th AWS call the functions make fails (throttled or unavailable), so
+/// exactly once": every 2nd AWS call the functions make fails (throttled or unavailable), so
 /// calls of every kind fail somewhere (PutEvents, the batch reads and writes, the job's
 /// create, AssumeRole, GetAuthorizationToken, SendMessage); the SDK retries some, the rest
-/// fail their record, which SQS redelivers. Every install still gets exactly one job (checked
-/// in `fan_out`).
+/// fail their record mid-handler (before or after the job's create), which SQS redelivers
+/// (measured: 168 faults, 12 records redelivered). Every install still gets exactly one job
+/// (checked in `fan_out`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_with_failing_calls_enqueues_every_install_once() {
-    let m = fan_out(20, 9).await;
+    let m = fan_out(20, 2).await;
     m.print();
     assert!(m.faults > 0, "the proxy failed no call");
     println!("faults injected: {}", m.faults);
