@@ -424,6 +424,42 @@ mod tests {
     ];
 
     #[test]
+    fn mint_pacing_is_read_when_set_and_refused_when_nonsense() {
+        assert_eq!(Settings::from_lookup(env(FULL)).unwrap().mint_pace, None);
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut all = FULL.to_vec();
+            all.extend_from_slice(pairs);
+            Settings::from_lookup(env(&all))
+        };
+        let s = with(&[
+            ("FERRY_MINT_RATE_PER_SECOND", "50"),
+            ("FERRY_MINT_CONCURRENCY", "10"),
+        ])
+        .unwrap();
+        assert_eq!(s.mint_pace, Some((50, 10)));
+        let s = with(&[("FERRY_MINT_RATE_PER_SECOND", "7")]).unwrap();
+        assert_eq!(
+            s.mint_pace,
+            Some((7, 1)),
+            "one instance when the concurrency is unset"
+        );
+        for (k, v) in [
+            ("FERRY_MINT_RATE_PER_SECOND", "0"),
+            ("FERRY_MINT_RATE_PER_SECOND", "fast"),
+        ] {
+            let err = with(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.starts_with("FERRY_MINT_RATE_PER_SECOND is"), "{err}");
+        }
+        let err = with(&[
+            ("FERRY_MINT_RATE_PER_SECOND", "5"),
+            ("FERRY_MINT_CONCURRENCY", "-1"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("FERRY_MINT_CONCURRENCY is"), "{err}");
+    }
+
+    #[test]
     fn reads_the_template_contract() {
         let s = Settings::from_lookup(env(FULL)).unwrap();
         assert_eq!(s.table, "ferry-jobs");
