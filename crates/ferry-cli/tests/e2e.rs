@@ -450,3 +450,383 @@ async fn e2e_load_200_syncs_across_20_installs_each_exactly_once() {
     assert_eq!(logged(&state, "install-%").len(), 200);
     assert_eq!(logged(&state, "sync-reported").len(), 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A release halted by an install whose registry refuses pushes, with real agents
+
+/// Runs `ferry ARGS --state-dir STATE` and returns its stdout; panics with stderr on failure.
+fn ferry_ok(state: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .current_dir(workspace_root())
+        .output()
+        .expect("run ferry");
+    assert!(
+        out.status.success(),
+        "ferry {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A child process killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real CNCF registry (`docker-registry`) on `addr`, storing under `root`; with `readonly`
+/// its maintenance mode refuses every push (uploads and manifest PUTs answer 405) while
+/// reads still work: an install registry that refuses pushes.
+fn docker_registry(dir: &Path, addr: &str, readonly: bool) -> Killed {
+    let config = dir.join(format!("config-{readonly}.yml"));
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    readonly:\n      enabled: {readonly}\nhttp:\n  addr: {addr}\n  secret: ferry-test-secret\n",
+            dir.join("root").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("stderr-{readonly}.log"))).unwrap())
+        .spawn()
+        .expect("spawn docker-registry");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "docker-registry exited with {status}: {}",
+                std::fs::read_to_string(dir.join(format!("stderr-{readonly}.log")))
+                    .unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Killed(child);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "docker-registry on {addr} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `GET http://addr/path` over plain HTTP/1.0: (status, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// `ferry release show ID --json`, polled until the release's status is `want`.
+fn release_until(state: &Path, id: &str, want: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let shown: serde_json::Value =
+            serde_json::from_str(&ferry_ok(state, &["release", "show", id, "--json"])).unwrap();
+        if shown["release"]["status"] == want {
+            return shown;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "release {id} not {want} within {limit:?}: {shown}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Each target's install, state and sync ids, from a `release show --json`.
+fn targets_of(shown: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
+    shown["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let syncs = t["syncs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["sync_id"].as_str().unwrap_or("").to_string())
+                .collect();
+            (
+                t["install"].as_str().unwrap().to_string(),
+                t["state"].as_str().unwrap().to_string(),
+                syncs,
+            )
+        })
+        .collect()
+}
+
+/// Issue 12: `--per-step 2 --max-failures 1` over six installs, every one with a real agent
+/// (five run by `ferry dev` into its embedded registry, one `ferry-agent run` process into
+/// its own docker-registry in read-only mode). The release halts after the step holding the
+/// refusing install; `release show` names it and why; the installs synced before the halt
+/// keep their syncs; `resume` after the registry accepts pushes again finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_release_halts_on_a_registry_refusing_pushes_and_resume_finishes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two small OpenTofu modules: quick builds, two syncs per install.
+    let app = dir.path().join("app");
+    let mut components = Vec::new();
+    for n in 0..2 {
+        let m = app.join(format!("m{n}"));
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(
+            m.join("main.tf"),
+            format!("output \"n\" {{\n  value = {n}\n}}\n"),
+        )
+        .unwrap();
+        components.push(
+            serde_json::json!({"name": format!("m{n}"), "kind": "opentofu-module",
+            "dir": format!("m{n}"), "repository": format!("halt/m{n}")}),
+        );
+    }
+    std::fs::write(
+        app.join("ferry.json"),
+        serde_json::json!({"app": "halt", "components": components}).to_string(),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let dev = start_dev(
+        &state,
+        &app,
+        5,
+        &["--releases", "--no-console", "--timeout", "900"],
+    );
+
+    // The sixth install: its agent runs outside `ferry dev`, into a registry refusing pushes.
+    let reg_dir = dir.path().join("refusing");
+    std::fs::create_dir_all(&reg_dir).unwrap();
+    let reg_addr = format!("127.0.0.1:{}", ferry_testkit::free_port());
+    let refusing = docker_registry(&reg_dir, &reg_addr, true);
+    let agent_bin =
+        ferry_testkit::workspace_bin("ferry-agent", "ferry-agent", env!("CARGO_BIN_EXE_ferry"));
+    let key_file = dir.path().join("dev-3x.key");
+    let out = Command::new(&agent_bin)
+        .arg("keygen")
+        .arg("--out")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = String::from_utf8(out.stdout).unwrap();
+    let key_of = |label: &str| {
+        keys.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let added: serde_json::Value = serde_json::from_str(&ferry_ok(
+        &state,
+        &[
+            "install",
+            "add",
+            "dev-3x",
+            "--app",
+            "halt",
+            "--public-key",
+            &key_of("public key:"),
+            "--report-key",
+            &key_of("report key:"),
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let _agent = Killed(
+        Command::new(&agent_bin)
+            .args(["run", "--install", "dev-3x", "--keep-last", "0"])
+            .args(["--wait-seconds", "1", "--grace-seconds", "1"])
+            .arg("--queue-db")
+            .arg(state.join("ferry.db"))
+            .args(["--queue", added["install"]["queue"].as_str().unwrap()])
+            .args([
+                "--vendor-registry",
+                added["vendor_registry"].as_str().unwrap(),
+            ])
+            .args([
+                "--vendor-public-key",
+                added["vendor_public_key"].as_str().unwrap(),
+            ])
+            .args(["--install-registry", &reg_addr])
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg("--identity-secret-file")
+            .arg(added["identity_secret_file"].as_str().unwrap())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("agent-dev-3x.log")).unwrap())
+            .spawn()
+            .expect("spawn ferry-agent"),
+    );
+
+    // Both builds done (with --releases nothing syncs until a release says so).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let builds: Vec<String> = loop {
+        let all: serde_json::Value =
+            serde_json::from_str(&ferry_ok(&state, &["builds", "--json"])).unwrap();
+        let all = all.as_array().cloned().unwrap_or_default();
+        if all.len() == 2 && all.iter().all(|b| b["state"]["status"] == "succeeded") {
+            break all
+                .iter()
+                .map(|b| b["id"].as_str().unwrap().to_string())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "builds not done: {all:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // Steps (installs by id): dev-1 dev-2 | dev-3 dev-3x | dev-4 dev-5.
+    let created: serde_json::Value = serde_json::from_str(&ferry_ok(
+        &state,
+        &[
+            "release",
+            "create",
+            "halt",
+            "--build",
+            &builds.join(","),
+            "--all",
+            "--per-step",
+            "2",
+            "--max-failures",
+            "1",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let halted = release_until(&state, &id, "halted", Duration::from_secs(300));
+    assert_eq!(halted["release"]["step"], 1, "halted in step 2: {halted}");
+    let reason = halted["release"]["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("ferry release resume"), "{reason}");
+    let before = targets_of(&halted);
+    let states: Vec<(&str, &str)> = before
+        .iter()
+        .map(|(i, s, _)| (i.as_str(), s.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("dev-1", "succeeded"),
+            ("dev-2", "succeeded"),
+            ("dev-3", "succeeded"),
+            ("dev-3x", "failed"),
+            ("dev-4", "pending"),
+            ("dev-5", "pending"),
+        ],
+        "{halted}"
+    );
+    // Why: the install registry's own refusal, as the agent reported it.
+    let failed = halted["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["install"] == "dev-3x")
+        .unwrap();
+    let errors: Vec<&str> = failed["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["error"]["message"].as_str())
+        .collect();
+    assert!(!errors.is_empty(), "{failed}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains(&reg_addr) && e.contains("405")),
+        "each failed sync names the refusing registry and its answer: {errors:?}"
+    );
+    // The table a vendor reads says the same.
+    let table = ferry_ok(&state, &["release", "show", &id]);
+    let row = table
+        .lines()
+        .find(|l| l.contains("dev-3x"))
+        .unwrap_or_else(|| panic!("no dev-3x row: {table}"));
+    assert!(row.contains("failed") && row.contains("405"), "{row}");
+    // Nothing reached the refusing registry; the installs before the halt hold their copies.
+    let (_, catalog) = http_get(&reg_addr, "/v2/_catalog");
+    assert!(!catalog.contains("installs/dev-3x"), "{catalog}");
+    let creds = format!("agent:dev-1:{}", dev.secret("agent-dev-1.secret"));
+    let all: serde_json::Value =
+        serde_json::from_str(&ferry_ok(&state, &["builds", "--json"])).unwrap();
+    let artifacts: Vec<(String, String)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["artifact"]["repository"].as_str().unwrap().to_string(),
+                b["artifact"]["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let dev1_holds = || {
+        for (repo, digest) in &artifacts {
+            let dest = repo.strip_prefix("vendor/").unwrap();
+            let raw = skopeo_raw(
+                &creds,
+                &format!("{}/installs/dev-1/{dest}@{digest}", dev.host),
+            );
+            assert_eq!(
+                format!("sha256:{}", hex::encode(sha2::Sha256::digest(&raw))),
+                *digest
+            );
+        }
+    };
+    dev1_holds();
+
+    // The fix: the same registry, same storage, accepting pushes again. Then resume.
+    drop(refusing);
+    let _fixed = docker_registry(&reg_dir, &reg_addr, false);
+    ferry_ok(&state, &["release", "resume", &id]);
+    let done = release_until(&state, &id, "completed", Duration::from_secs(300));
+    let after = targets_of(&done);
+    assert!(
+        after.iter().all(|(_, s, _)| s == "succeeded"),
+        "every install synced: {done}"
+    );
+    // Installs synced before the halt were not synced again: same sync ids, still held.
+    for (b, a) in before.iter().zip(&after) {
+        if b.1 == "succeeded" {
+            assert_eq!(b, a, "{} kept its syncs", b.0);
+        }
+    }
+    dev1_holds();
+    let (status, catalog) = http_get(&reg_addr, "/v2/_catalog");
+    assert_eq!(status, 200);
+    for n in 0..2 {
+        assert!(
+            catalog.contains(&format!("installs/dev-3x/halt/m{n}")),
+            "dev-3x holds m{n} after the resume: {catalog}"
+        );
+    }
+    let syncs: Vec<serde_json::Value> = table_bodies(&state, "SELECT body FROM syncs")
+        .iter()
+        .map(|s| serde_json::from_str(s).unwrap())
+        .collect();
+    // Two syncs per install, plus dev-3x's two failed ones retried in round 1.
+    assert_eq!(syncs.len(), 14, "{syncs:?}");
+}
