@@ -2,6 +2,7 @@
 
 mod events;
 mod flow;
+mod receipts;
 mod reconcile;
 mod releases;
 mod trust;
