@@ -116,7 +116,8 @@ pub async fn import_bundle(
     let reader = BundleReader::open(path, &[BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE])
         .await
         .map_err(refused)?;
-    let manifest = verified_manifest(&config.vendor_public_key, &config.install_id, &reader).await?;
+    let manifest =
+        verified_manifest(&config.vendor_public_key, &config.install_id, &reader).await?;
     check_entries(&reader, &manifest)?;
 
     std::fs::create_dir_all(&config.work_dir).map_err(|e| {

@@ -102,7 +102,9 @@ pub async fn take_inventory(config: &InventoryConfig<'_>) -> Result<Inventory, I
     for r in &config.repositories {
         let r = r.trim_matches('/');
         Repository::new(r).map_err(|e| {
-            InventoryError::Config(format!("repository {r:?}: {e}; name it as the install registry does ({namespace}/…)"))
+            InventoryError::Config(format!(
+                "repository {r:?}: {e}; name it as the install registry does ({namespace}/…)"
+            ))
         })?;
         if !r.starts_with(&format!("{namespace}/")) {
             return Err(InventoryError::Config(format!(

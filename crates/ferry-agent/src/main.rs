@@ -559,8 +559,9 @@ async fn inventory(args: InventoryArgs) -> anyhow::Result<()> {
     let mut repositories = args.repositories;
     for b in &args.bundles {
         let key = args.vendor_public_key.as_deref().unwrap_or_default();
-        repositories
-            .extend(repositories_of_bundle(key, &install, &args.vendor_prefix, &namespace, b).await?);
+        repositories.extend(
+            repositories_of_bundle(key, &install, &args.vendor_prefix, &namespace, b).await?,
+        );
     }
     let access = static_identity(&install, &args.identity_secret_file)?;
     let inv = take_inventory(&InventoryConfig {
@@ -621,8 +622,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let install = InstallId::new(args.install.as_str())?;
     // The push access and the key: the embedded registry's identity and a key file, or (ECR
     // mode) the agent role's ECR login and a key file or secret, as the agent's AWS mode.
-    let (access, keypair, keep_last): (Box<dyn InstallAccess>, AgentKeypair, usize) = if args.ecr
-    {
+    let (access, keypair, keep_last): (Box<dyn InstallAccess>, AgentKeypair, usize) = if args.ecr {
         ecr_import_access(&args).await?
     } else {
         let Some(identity) = &args.identity_secret_file else {

@@ -32,7 +32,9 @@ fn stream(bytes: Vec<u8>) -> ByteStream {
 /// A signed one-image bundle for install `acme`: vendor/shop/web, one config, one layer.
 async fn write_bundle(path: &Path, key: &VendorKey) -> Digest {
     let layer = b"an air-gapped layer\n".repeat(64);
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#
+            .to_vec();
     let (layer_d, config_d) = (Digest::of(&layer), Digest::of(&config));
     let manifest_bytes = serde_json::json!({
         "schemaVersion": 2,
@@ -122,12 +124,13 @@ fn get_manifest(addr: &str, repo: &str, reference: &str) -> Option<Vec<u8>> {
         .args(["-sS", "--fail", "--noproxy", "*"])
         .args([
             "-u",
-            &format!("{}:{}", ferry_testkit::ECR_USER, ferry_testkit::ECR_PASSWORD),
+            &format!(
+                "{}:{}",
+                ferry_testkit::ECR_USER,
+                ferry_testkit::ECR_PASSWORD
+            ),
         ])
-        .args([
-            "-H",
-            "Accept: application/vnd.oci.image.manifest.v1+json",
-        ])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
         .arg(format!("http://{addr}/v2/{repo}/manifests/{reference}"))
         .output()
         .unwrap();

@@ -185,7 +185,8 @@ fn push_blob(addr: &str, repo: &str, dir: &Path, bytes: &[u8]) -> String {
 /// A one-layer OCI image in `repo`; returns its manifest digest.
 fn push_image(addr: &str, repo: &str, dir: &Path) -> (String, Vec<String>) {
     let layer = b"ferry air-gapped layer\n".repeat(100);
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let layer_digest = push_blob(addr, repo, dir, &layer);
     let config_digest = push_blob(addr, repo, dir, config);
     let manifest = serde_json::json!({
@@ -603,5 +604,10 @@ async fn an_air_gapped_install_on_a_deployed_stack_is_released_by_bundle_and_rec
         .syncs_by_build(&build_id, &ferry_core::ports::PageRequest::first(100))
         .await
         .unwrap();
-    assert_eq!(syncs.items.len(), 2, "one sync per install: {:?}", syncs.items);
+    assert_eq!(
+        syncs.items.len(),
+        2,
+        "one sync per install: {:?}",
+        syncs.items
+    );
 }

@@ -429,7 +429,10 @@ async fn finish_existing<D: Desk>(
     if current.status().is_terminal() {
         return Ok((current, false));
     }
-    Ok((record_success(desk, config, current, stats, now).await?, true))
+    Ok((
+        record_success(desk, config, current, stats, now).await?,
+        true,
+    ))
 }
 
 #[cfg(test)]
@@ -598,8 +601,8 @@ mod tests {
         sign_receipt(&test_agent_key(&air).report_key(), &mut wrong_digest);
         for bad in [by_other, for_other, wrong_digest] {
             let out = {
-            p.clock.set(300);
-            record_receipt(&p, &vendor, &bad).await.unwrap()
+                p.clock.set(300);
+                record_receipt(&p, &vendor, &bad).await.unwrap()
             };
             assert!(matches!(out, ReceiptOutcome::Refused { .. }), "{out:?}");
         }

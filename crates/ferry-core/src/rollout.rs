@@ -657,10 +657,7 @@ async fn tally_step<D: Desk>(
 /// handler's, so the event that made the sync terminal is retried and this is sent again.
 /// Over any [`Desk`]: a bundle receipt (`crate::bundle::record_receipt`) tells the release
 /// the same way.
-pub(crate) async fn sync_finished<D: Desk>(
-    ports: &D,
-    job: &SyncJob,
-) -> Result<(), HandlerError> {
+pub(crate) async fn sync_finished<D: Desk>(ports: &D, job: &SyncJob) -> Result<(), HandlerError> {
     let Some(release_id) = &job.release_id else {
         return Ok(());
     };

@@ -446,16 +446,12 @@ pub async fn import_receipts<D: Desk>(
 ) -> Result<Vec<ReceiptOutcome>> {
     let mut out = Vec::with_capacity(receipts.len());
     for r in receipts {
-        out.push(
-            record_receipt(desk, vendor_key, r)
-                .await
-                .with_context(|| {
-                    format!(
-                        "recording the receipt of install {} for build {}",
-                        r.install_id, r.build_id
-                    )
-                })?,
-        );
+        out.push(record_receipt(desk, vendor_key, r).await.with_context(|| {
+            format!(
+                "recording the receipt of install {} for build {}",
+                r.install_id, r.build_id
+            )
+        })?);
     }
     Ok(out)
 }

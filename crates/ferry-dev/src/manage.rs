@@ -26,7 +26,6 @@ use ferry_local::store::SqliteStore;
 
 use crate::state::{self, AgentPublicKeys, StateDir};
 
-
 /// The local backend of the management port.
 #[derive(Debug, Clone)]
 pub struct LocalManagement {
@@ -89,9 +88,8 @@ impl LocalManagement {
     pub fn release_desk(
         &self,
     ) -> crate::Result<ReleaseDesk<SqliteStore, SqliteQueue, SystemClock>> {
-        let release_queue = QueueName::new(RELEASE_QUEUE).map_err(|e| {
-            crate::DevError::Failed(format!("release queue {RELEASE_QUEUE}: {e}"))
-        })?;
+        let release_queue = QueueName::new(RELEASE_QUEUE)
+            .map_err(|e| crate::DevError::Failed(format!("release queue {RELEASE_QUEUE}: {e}")))?;
         Ok(ReleaseDesk {
             store: self.store.clone(),
             queue: self.queue.clone(),

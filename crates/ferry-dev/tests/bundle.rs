@@ -375,10 +375,12 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         .await
         .unwrap();
     let have_manifest = manifest_of(&have_bundle.out);
-    let have_reader =
-        BundleReader::open(&have_bundle.out, &[BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE])
-            .await
-            .unwrap();
+    let have_reader = BundleReader::open(
+        &have_bundle.out,
+        &[BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE],
+    )
+    .await
+    .unwrap();
     let mut carried_held = 0;
     for b in &have_manifest.blobs {
         let d = &b.digest;
@@ -517,9 +519,7 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
     let read = read_receipts(&receipts_file).unwrap();
     assert_eq!(read, receipts);
     let desk = m.release_desk().unwrap();
-    let outcomes = import_receipts(&desk, &vendor_key, &read)
-        .await
-        .unwrap();
+    let outcomes = import_receipts(&desk, &vendor_key, &read).await.unwrap();
     let recorded = outcomes
         .iter()
         .filter(|o| matches!(o, ReceiptOutcome::Recorded { .. }))
@@ -544,9 +544,7 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         "current versions: {status:?}"
     );
     // Replays are no-ops.
-    let again = import_receipts(&desk, &vendor_key, &read)
-        .await
-        .unwrap();
+    let again = import_receipts(&desk, &vendor_key, &read).await.unwrap();
     assert!(again
         .iter()
         .all(|o| matches!(o, ReceiptOutcome::Replayed { .. })));
