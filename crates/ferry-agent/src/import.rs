@@ -116,7 +116,8 @@ pub async fn import_bundle(
     let reader = BundleReader::open(path, &[BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE])
         .await
         .map_err(refused)?;
-    let manifest = verified_manifest(config, &reader).await?;
+    let manifest =
+        verified_manifest(&config.vendor_public_key, &config.install_id, &reader).await?;
     check_entries(&reader, &manifest)?;
 
     std::fs::create_dir_all(&config.work_dir).map_err(|e| {
@@ -142,7 +143,12 @@ pub async fn import_bundle(
             .map_err(|e| refused(format!("blob {} does not verify: {e}", b.digest)))?;
     }
 
-    let client = install_client(config).await?;
+    let client = install_client(
+        &config.install_registry,
+        &config.install_namespace,
+        config.access,
+    )
+    .await?;
     let mut targets = Vec::with_capacity(manifest.artifacts.len());
     for a in &manifest.artifacts {
         let dst = a
@@ -258,8 +264,9 @@ pub async fn import_bundle(
 }
 
 /// Reads and verifies the signed manifest; it must be for this install or for any.
-async fn verified_manifest(
-    config: &ImportConfig<'_>,
+pub(crate) async fn verified_manifest(
+    vendor_public_key: &str,
+    install_id: &InstallId,
     reader: &BundleReader,
 ) -> Result<BundleManifest, ImportError> {
     let bytes = reader
@@ -271,7 +278,7 @@ async fn verified_manifest(
         .await
         .map_err(refused)?;
     let sig = String::from_utf8_lossy(&sig);
-    verify_bundle(&config.vendor_public_key, &bytes, sig.trim()).map_err(|e| {
+    verify_bundle(vendor_public_key, &bytes, sig.trim()).map_err(|e| {
         refused(format!(
             "{e}; ask the vendor for a bundle signed with the key this agent pins \
              (--vendor-public-key)"
@@ -279,11 +286,11 @@ async fn verified_manifest(
     })?;
     let manifest = BundleManifest::parse(&bytes).map_err(refused)?;
     if let Some(for_install) = &manifest.install {
-        if for_install != &config.install_id {
+        if for_install != install_id {
             return Err(refused(format!(
                 "bundle {} was exported for install {for_install}, not {}; ask the vendor for \
                  one exported with --install {}",
-                manifest.bundle_id, config.install_id, config.install_id
+                manifest.bundle_id, install_id, install_id
             )));
         }
     }
@@ -312,16 +319,21 @@ fn check_entries(reader: &BundleReader, manifest: &BundleManifest) -> Result<(),
     Ok(())
 }
 
-async fn install_client(config: &ImportConfig<'_>) -> Result<RegistryClient, ImportError> {
-    let push = config
-        .access
+/// A client of the install registry holding the agent's credential for its namespace (one
+/// definition for the import and `ferry-agent inventory`).
+pub(crate) async fn install_client(
+    install_registry: &str,
+    install_namespace: &str,
+    access: &dyn InstallAccess,
+) -> Result<RegistryClient, ImportError> {
+    let push = access
         .credential()
         .await
         .map_err(|e| ImportError::Config(format!("install registry login: {e}")))?;
     let mut credentials = CredentialStore::new();
-    let namespace = config.install_namespace.trim_end_matches('/');
+    let namespace = install_namespace.trim_end_matches('/');
     credentials.insert(
-        &config.install_registry,
+        install_registry,
         (!namespace.is_empty()).then_some(namespace),
         push,
     );

@@ -13,6 +13,7 @@ pub mod aws;
 pub mod config;
 pub mod import;
 pub mod in_use;
+pub mod inventory;
 pub mod report;
 
 pub use access::{AccessError, InstallAccess, StaticIdentity};

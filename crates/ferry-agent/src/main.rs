@@ -38,6 +38,40 @@ enum Command {
     /// signed receipts for the vendor (`ferry receipts import`). Nothing is tagged unless every
     /// check passed.
     Import(Box<ImportArgs>),
+    /// Air-gapped installs: writes the digests the install registry already holds (every tag
+    /// of the named repositories, each whole graph), read with the agent's identity, as the
+    /// file `ferry bundle export --have` reads, so the next bundle carries only new blobs.
+    Inventory(Box<InventoryArgs>),
+}
+
+#[derive(clap::Args)]
+struct InventoryArgs {
+    /// The `--have` file to write (one `sha256:…` a line).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, env = "FERRY_INSTALL")]
+    install: String,
+    #[arg(long, env = "FERRY_INSTALL_REGISTRY")]
+    install_registry: String,
+    /// Repository prefix in the install registry (default `installs/<install>`).
+    #[arg(long, env = "FERRY_INSTALL_NAMESPACE")]
+    install_namespace: Option<String>,
+    /// File holding the secret of identity `agent:<install>`.
+    #[arg(long, env = "FERRY_AGENT_IDENTITY_SECRET_FILE")]
+    identity_secret_file: PathBuf,
+    /// A repository of the install registry to read (`installs/<install>/…`; repeatable).
+    #[arg(long = "repository")]
+    repositories: Vec<String>,
+    /// Also read every repository this earlier bundle wrote (its signed manifest names them;
+    /// checked against --vendor-public-key).
+    #[arg(long = "bundle", requires = "vendor_public_key")]
+    bundles: Vec<PathBuf>,
+    /// The vendor's public key (`ferry-vendor-ed25519:…`), to check --bundle.
+    #[arg(long, env = "FERRY_VENDOR_PUBLIC_KEY")]
+    vendor_public_key: Option<String>,
+    /// The vendor registry's repository prefix, replaced by the install namespace.
+    #[arg(long, env = "FERRY_VENDOR_REPOSITORY_PREFIX", default_value = ferry_agent::config::DEFAULT_VENDOR_PREFIX)]
+    vendor_prefix: String,
 }
 
 #[derive(clap::Args)]
@@ -63,12 +97,27 @@ struct ImportArgs {
     vendor_public_key: String,
     /// The agent key: receipts are signed with its report key.
     #[arg(long, env = "FERRY_AGENT_KEY_FILE")]
-    key_file: PathBuf,
-    /// File holding the secret of identity `agent:<install>`.
+    key_file: Option<PathBuf>,
+    /// ECR mode: the Secrets Manager secret holding the agent key (instead of --key-file).
+    #[arg(long, env = "FERRY_AGENT_KEY_SECRET_ARN", conflicts_with = "key_file")]
+    key_secret_arn: Option<String>,
+    /// File holding the secret of identity `agent:<install>` (the embedded install registry).
     #[arg(long, env = "FERRY_AGENT_IDENTITY_SECRET_FILE")]
-    identity_secret_file: PathBuf,
+    identity_secret_file: Option<PathBuf>,
+    /// The install registry is the install's ECR: push with the ambient AWS credentials' ECR
+    /// login (the agent role), creating repositories with the stack's protections, as the
+    /// agent's AWS mode does. Retention is then ECR's lifecycle policy (--keep-last is not
+    /// used).
+    #[arg(long, conflicts_with = "identity_secret_file")]
+    ecr: bool,
+    /// ECR mode: the repository policy (JSON) applied to every repository written.
+    #[arg(long, env = "FERRY_REPOSITORY_POLICY", requires = "ecr")]
+    repository_policy: Option<String>,
+    /// ECR mode: the lifecycle policy (JSON) applied to every repository written.
+    #[arg(long, env = "FERRY_LIFECYCLE_POLICY", requires = "ecr")]
+    lifecycle_policy: Option<String>,
     /// After each artifact keep the N most recent versions of its repository plus everything
-    /// marked in use; 0 turns it off.
+    /// marked in use; 0 turns it off (embedded registry only).
     #[arg(long, env = "FERRY_KEEP_LAST", default_value_t = ferry_agent::DEFAULT_KEEP_LAST)]
     keep_last: usize,
     /// Where the bundle is unpacked while it is checked (needs room for its blobs).
@@ -201,6 +250,11 @@ fn main() -> anyhow::Result<()> {
         Command::InUse { action } => {
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(in_use(action))
+        }
+        Command::Inventory(args) => {
+            init_logs();
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(inventory(*args))
         }
         Command::Import(args) => {
             init_logs();
@@ -490,41 +544,112 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// `ferry-agent import`: reads the keys, calls the library, writes the receipts, prints.
-async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    use ferry_agent::import::{import_bundle, write_receipts, ImportConfig};
+/// `ferry-agent inventory`: reads the identity secret, names the repositories, calls the
+/// library, writes the `--have` file, prints.
+async fn inventory(args: InventoryArgs) -> anyhow::Result<()> {
+    use ferry_agent::inventory::{
+        repositories_of_bundle, take_inventory, write_have, InventoryConfig,
+    };
     use ferry_core::id::InstallId;
 
     let install = InstallId::new(args.install.as_str())?;
-    let key_text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&args.key_file)
-            .with_context(|| format!("reading the agent key {}", args.key_file.display()))?,
+    let namespace = args
+        .install_namespace
+        .unwrap_or_else(|| format!("installs/{install}"));
+    let mut repositories = args.repositories;
+    for b in &args.bundles {
+        let key = args.vendor_public_key.as_deref().unwrap_or_default();
+        repositories.extend(
+            repositories_of_bundle(key, &install, &args.vendor_prefix, &namespace, b).await?,
+        );
+    }
+    let access = static_identity(&install, &args.identity_secret_file)?;
+    let inv = take_inventory(&InventoryConfig {
+        install_registry: args.install_registry,
+        install_namespace: namespace,
+        access: &access,
+        repositories,
+    })
+    .await?;
+    write_have(&args.out, install.as_str(), &inv)?;
+    for m in &inv.missing {
+        println!("{m}: not in the install registry yet (nothing imported there)");
+    }
+    println!(
+        "{} digests of {} artifacts in {} repositories written to {}",
+        inv.digests.len(),
+        inv.artifacts,
+        inv.repositories.len(),
+        args.out.display()
     );
-    let keypair = AgentKeypair::from_secret_string(&key_text)?;
+    Ok(())
+}
+
+/// Reads a key file's text into a key pair (zeroized once parsed).
+fn keypair_from_file(path: &Path) -> anyhow::Result<AgentKeypair> {
+    let key_text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the agent key {}", path.display()))?,
+    );
+    Ok(AgentKeypair::from_secret_string(&key_text)?)
+}
+
+/// The embedded install registry's `agent:<install>` identity, from its secret file.
+fn static_identity(
+    install: &ferry_core::id::InstallId,
+    identity_secret_file: &Path,
+) -> anyhow::Result<ferry_agent::StaticIdentity> {
     let secret = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&args.identity_secret_file).with_context(|| {
+        std::fs::read_to_string(identity_secret_file).with_context(|| {
             format!(
                 "reading the identity secret {}",
-                args.identity_secret_file.display()
+                identity_secret_file.display()
             )
         })?,
     );
-    let access = ferry_agent::StaticIdentity {
+    Ok(ferry_agent::StaticIdentity {
         username: format!("agent:{install}"),
         password: ferry_oci::Secret::new(secret.trim()),
+    })
+}
+
+/// `ferry-agent import`: reads the keys, calls the library, writes the receipts, prints.
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use ferry_agent::import::{import_bundle, write_receipts, ImportConfig};
+    use ferry_agent::InstallAccess;
+    use ferry_core::id::InstallId;
+
+    let install = InstallId::new(args.install.as_str())?;
+    // The push access and the key: the embedded registry's identity and a key file, or (ECR
+    // mode) the agent role's ECR login and a key file or secret, as the agent's AWS mode.
+    let (access, keypair, keep_last): (Box<dyn InstallAccess>, AgentKeypair, usize) = if args.ecr {
+        ecr_import_access(&args).await?
+    } else {
+        let Some(identity) = &args.identity_secret_file else {
+            bail!("say how to write to the install registry: --identity-secret-file FILE (embedded registry) or --ecr (the install's ECR)");
+        };
+        let Some(key_file) = &args.key_file else {
+            bail!("the embedded registry mode needs the agent key: --key-file FILE (FERRY_AGENT_KEY_FILE)");
+        };
+        (
+            Box::new(static_identity(&install, identity)?),
+            keypair_from_file(key_file)?,
+            args.keep_last,
+        )
     };
     let config = ImportConfig {
         install_namespace: args
             .install_namespace
+            .clone()
             .unwrap_or_else(|| format!("installs/{install}")),
         install_id: install,
-        vendor_public_key: args.vendor_public_key,
-        install_registry: args.install_registry,
-        vendor_prefix: args.vendor_prefix,
-        access: &access,
+        vendor_public_key: args.vendor_public_key.clone(),
+        install_registry: args.install_registry.clone(),
+        vendor_prefix: args.vendor_prefix.clone(),
+        access: access.as_ref(),
         keypair: &keypair,
-        keep_last: (args.keep_last > 0).then_some(args.keep_last),
-        work_dir: args.work_dir.unwrap_or_else(std::env::temp_dir),
+        keep_last: (keep_last > 0).then_some(keep_last),
+        work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         now_ms: ferry_clock::unix_ms,
     };
     let summary = import_bundle(&config, &args.bundle).await?;
@@ -543,4 +668,36 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         args.receipts.display()
     );
     Ok(())
+}
+
+/// ECR mode of `ferry-agent import`: the agent role's ECR login (ambient credentials) with the
+/// stack's repository protections, the key from its file or secret; no --keep-last (ECR's
+/// lifecycle policy retains).
+#[cfg(feature = "aws")]
+async fn ecr_import_access(
+    args: &ImportArgs,
+) -> anyhow::Result<(Box<dyn ferry_agent::InstallAccess>, AgentKeypair, usize)> {
+    use ferry_agent::aws::{load_keypair, EcrPushAccess, KeySource};
+    let source = match (&args.key_file, &args.key_secret_arn) {
+        (Some(f), None) => KeySource::File(f.clone()),
+        (None, Some(arn)) => KeySource::SecretArn(arn.clone()),
+        _ => bail!("--ecr needs the agent key: --key-secret-arn ARN (FERRY_AGENT_KEY_SECRET_ARN) or --key-file FILE"),
+    };
+    let config = ferry_aws::config::from_env().await;
+    let keypair = load_keypair(&config, &source).await?;
+    let access = EcrPushAccess::new(
+        &config,
+        ferry_aws::agent::RepositoryProtections {
+            policy: args.repository_policy.clone(),
+            lifecycle: args.lifecycle_policy.clone(),
+        },
+    );
+    Ok((Box::new(access), keypair, 0))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn ecr_import_access(
+    _args: &ImportArgs,
+) -> anyhow::Result<(Box<dyn ferry_agent::InstallAccess>, AgentKeypair, usize)> {
+    bail!("--ecr needs a ferry-agent built with the `aws` feature")
 }

@@ -151,6 +151,20 @@ pub async fn open(name: Option<&str>, state_dir: Option<&Path>) -> Result<Backen
     }
 }
 
+/// The AWS context [`open`] picks without `--state-dir` (`name`, else the current one), if it
+/// is an AWS context: for commands that need more of it than the management port (the stack's
+/// vendor key secret, an ECR login).
+pub fn selected_aws(name: Option<&str>) -> Result<Option<AwsContext>> {
+    let contexts = Contexts::load()?;
+    let chosen = name.map(str::to_owned).or_else(|| contexts.current.clone());
+    Ok(
+        match chosen.and_then(|c| contexts.contexts.get(&c).cloned()) {
+            Some(ContextTarget::Aws(a)) => Some(*a),
+            _ => None,
+        },
+    )
+}
+
 fn open_local(dir: &Path) -> Result<Backend> {
     Ok(Backend::Local(LocalManagement::open(&StateDir::new(dir))?))
 }
@@ -180,7 +194,7 @@ async fn open_aws(aws: &AwsContext) -> Result<Backend> {
 }
 
 #[cfg(feature = "aws")]
-async fn sdk_config(aws: &AwsContext) -> ferry_aws::SdkConfig {
+pub(crate) async fn sdk_config(aws: &AwsContext) -> ferry_aws::SdkConfig {
     let mut loader = ferry_aws::config::loader();
     if let Some(r) = &aws.region {
         loader = loader.region(ferry_aws::config::Region::new(r.clone()));
@@ -449,7 +463,7 @@ mod out {
 
 /// The stack's outputs (CloudFormation DescribeStacks, once).
 #[cfg(feature = "aws")]
-async fn stack_outputs(ctx: &AwsContext) -> Result<BTreeMap<String, String>> {
+pub(crate) async fn stack_outputs(ctx: &AwsContext) -> Result<BTreeMap<String, String>> {
     let config = sdk_config(ctx).await;
     ferry_aws::stack::describe_outputs(&config, &ctx.stack)
         .await

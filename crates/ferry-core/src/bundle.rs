@@ -11,18 +11,21 @@
 //!   install agent's report key, like its online reports ([`sign_receipt`]).
 //! - **Recording** ([`record_receipt`]): the vendor authenticates a receipt against the report
 //!   key of the install it names, checks it against the build's recorded artifact, and marks the
-//!   (build, install) sync succeeded with its lineage, exactly as an online `sync.reported`
-//!   would. A replay changes nothing.
+//!   (build, install) syncs succeeded with their lineage through the rule an online
+//!   `sync.reported` uses, so a release waiting on the install advances exactly as it would
+//!   online. A replay changes nothing.
 //!
-//! This module must never do I/O, never accept a receipt before its signature verified, and
+//! This module must never do I/O except through the ports it is given, never accept a receipt before its signature verified, and
 //! never let a receipt change another install's sync or lineage.
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{LineageRecord, SyncJob, SyncStats};
-use crate::handlers::{HandlerError, SecurityEvent};
+use crate::handlers::{record_success, Config, HandlerError, SecurityEvent};
 use crate::id::{AppName, BuildId, ComponentName, Digest, InstallId, Repository, SyncId};
-use crate::ports::{JobStore, WriteError};
+use crate::ports::{Clock as _, JobStore, PageRequest, WriteError, MAX_PAGE};
+use crate::release_port::Desk;
+use crate::state::JobStatus;
 use crate::trust::{
     parse_verifying_key, put, verify, ReportKey, TrustError, VendorKey, AGENT_REPORT_KEY_PREFIX,
     VENDOR_PUBLIC_KEY_PREFIX,
@@ -45,8 +48,6 @@ pub const MAX_BUNDLE_BLOBS: usize = 100_000;
 
 const BUNDLE_CONTEXT: &[u8] = b"ferry-bundle-manifest-v1";
 const RECEIPT_CONTEXT: &[u8] = b"ferry-bundle-receipt-v1";
-/// Writes of one sync job tried before giving up on contention.
-const MAX_WRITE_TRIES: usize = 5;
 
 /// One file under `blobs/` in the bundle: a blob or a manifest, by digest and size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,16 +243,27 @@ pub enum ReceiptOutcome {
 }
 
 /// Records one receipt as if the install's agent had reported the sync online: authenticates
-/// it against the report key of the install it names, checks it names the build's recorded
-/// artifact, then marks sync `vendor_key.sync_id(build, install)` succeeded (creating it if the
-/// build never fanned out to the install) and records the lineage (put-if-absent). `now` is the
-/// vendor's clock; the receipt's `imported_at` is used for the time only when it is earlier.
-pub async fn record_receipt<S: JobStore>(
-    store: &S,
+/// it against the report key of the install it names and checks it names the build's recorded
+/// artifact; then, through the same rule as an online `sync.reported`
+/// (`handlers::record_success`):
+///
+/// - every sync of (build, install) still queued or running (an online fan-out or a release
+///   step the air-gapped agent never received) becomes Succeeded, its lineage is recorded and
+///   its release, if any, is told (`release.synced` on the desk's release queue), so the
+///   release's step tallies and advances exactly as for an online report;
+/// - otherwise, when one already succeeded, nothing changes ([`ReceiptOutcome::Replayed`]);
+/// - otherwise sync `vendor_key.sync_id(build, install)` is created Succeeded (the build never
+///   fanned out to the install, or its syncs failed) with its lineage.
+///
+/// The time is the desk's clock; a created sync is stamped with the receipt's `imported_at`
+/// when that is earlier.
+pub async fn record_receipt<D: Desk>(
+    desk: &D,
     vendor_key: &VendorKey,
-    now: u64,
     receipt: &BundleReceipt,
 ) -> Result<ReceiptOutcome, HandlerError> {
+    let store = desk.store();
+    let now = desk.clock().now_ms();
     let refuse = |reason: String| Ok(ReceiptOutcome::Refused { reason });
     let Some(install) = store.get_install(&receipt.install_id).await? else {
         let reason = format!(
@@ -292,12 +304,33 @@ pub async fn record_receipt<S: JobStore>(
             receipt.install_id, receipt.build_id, receipt.repository, receipt.digest
         ));
     }
-    let at = receipt.imported_at.min(now);
     let stats = SyncStats {
         bytes_copied: receipt.bytes_copied,
         bytes_skipped: receipt.bytes_skipped,
         duration_ms: receipt.duration_ms,
     };
+    let config = Config {
+        max_write_tries: desk.max_write_tries(),
+        ..Config::default()
+    };
+    let syncs = syncs_of(store, &build.id, &install.id).await?;
+    let mut recorded = Vec::new();
+    for job in syncs.iter().filter(|j| !j.status().is_terminal()) {
+        let stored = record_success(desk, &config, job.clone(), stats, now).await?;
+        recorded.push(stored.id);
+    }
+    if let Some(sync_id) = recorded.first() {
+        tracing::info!(%sync_id, install_id = %install.id, syncs = recorded.len(), "bundle receipt completed open syncs");
+        return Ok(ReceiptOutcome::Recorded {
+            sync_id: sync_id.clone(),
+        });
+    }
+    if let Some(done) = syncs.iter().find(|j| j.status() == JobStatus::Succeeded) {
+        return Ok(ReceiptOutcome::Replayed {
+            sync_id: done.id.clone(),
+        });
+    }
+    let at = receipt.imported_at.min(now);
     let sync_id = vendor_key.sync_id(&build.id, &install.id);
     let fresh = SyncJob::new(
         sync_id.clone(),
@@ -311,7 +344,7 @@ pub async fn record_receipt<S: JobStore>(
     let (stored, recorded) = match store.create_sync(&done).await {
         Ok(()) => (done, true),
         Err(WriteError::Conflict(c)) => match c.current {
-            Some(existing) => finish_existing(store, existing, receipt, now, stats).await?,
+            Some(existing) => finish_existing(desk, &config, existing, receipt, now, stats).await?,
             None => {
                 return Err(HandlerError::Vanished {
                     what: "sync job",
@@ -339,6 +372,24 @@ pub async fn record_receipt<S: JobStore>(
     })
 }
 
+/// Every sync job of `build` into `install` (all pages of the build's syncs).
+async fn syncs_of<S: JobStore>(
+    store: &S,
+    build: &BuildId,
+    install: &InstallId,
+) -> Result<Vec<SyncJob>, HandlerError> {
+    let mut out = Vec::new();
+    let mut page = PageRequest::first(MAX_PAGE);
+    loop {
+        let got = store.syncs_by_build(build, &page).await?;
+        out.extend(got.items.into_iter().filter(|j| &j.install_id == install));
+        match got.next {
+            Some(c) => page = PageRequest::after(MAX_PAGE, c),
+            None => return Ok(out),
+        }
+    }
+}
+
 async fn count<S: JobStore>(
     store: &S,
     now: u64,
@@ -350,12 +401,13 @@ async fn count<S: JobStore>(
     Ok(())
 }
 
-/// The sync already exists: a finished one stays as it is (a replay); a queued or running one
-/// (an online fan-out the air-gapped agent never received) is marked succeeded. Returns the
+/// The receipt's sync already exists (created meanwhile): a finished one stays as it is (a
+/// replay); a queued or running one is completed by the online report's rule. Returns the
 /// stored job and whether this call changed it.
-async fn finish_existing<S: JobStore>(
-    store: &S,
-    mut current: SyncJob,
+async fn finish_existing<D: Desk>(
+    desk: &D,
+    config: &Config,
+    current: SyncJob,
     receipt: &BundleReceipt,
     now: u64,
     stats: SyncStats,
@@ -374,29 +426,13 @@ async fn finish_existing<S: JobStore>(
             ),
         });
     }
-    for _ in 0..MAX_WRITE_TRIES {
-        if current.status().is_terminal() {
-            return Ok((current, false));
-        }
-        let next = current.succeed(now, stats)?;
-        match store.update_sync(&next, current.state.expected()).await {
-            Ok(()) => return Ok((next, true)),
-            Err(WriteError::Conflict(c)) => match c.current {
-                Some(latest) => current = latest,
-                None => {
-                    return Err(HandlerError::Vanished {
-                        what: "sync job",
-                        id: current.id.to_string(),
-                    })
-                }
-            },
-            Err(WriteError::Store(e)) => return Err(e.into()),
-        }
+    if current.status().is_terminal() {
+        return Ok((current, false));
     }
-    Err(HandlerError::Contention {
-        what: "sync job",
-        id: current.id.to_string(),
-    })
+    Ok((
+        record_success(desk, config, current, stats, now).await?,
+        true,
+    ))
 }
 
 #[cfg(test)]
@@ -477,9 +513,10 @@ mod tests {
     async fn receipts_record_a_sync_and_lineage_once_and_only_for_their_install() {
         use crate::domain::{Artifact, Build, Install, RegistryTarget};
         use crate::id::QueueName;
-        use crate::testing::{test_agent_key, test_vendor_key, MemStore};
+        use crate::testing::{fake_ports, test_agent_key, test_vendor_key};
 
-        let store = MemStore::new();
+        let p = fake_ports(100);
+        let store = &p.store;
         let vendor = test_vendor_key();
         let app = AppName::new("demo").unwrap();
         for id in ["air", "other"] {
@@ -526,7 +563,10 @@ mod tests {
         let air = InstallId::new("air").unwrap();
         let mut good = r0.clone();
         sign_receipt(&test_agent_key(&air).report_key(), &mut good);
-        let first = record_receipt(&store, &vendor, 100, &good).await.unwrap();
+        let first = {
+            p.clock.set(100);
+            record_receipt(&p, &vendor, &good).await.unwrap()
+        };
         let sync_id = vendor.sync_id(&good.build_id, &air);
         assert_eq!(
             first,
@@ -534,7 +574,10 @@ mod tests {
                 sync_id: sync_id.clone()
             }
         );
-        let again = record_receipt(&store, &vendor, 200, &good).await.unwrap();
+        let again = {
+            p.clock.set(200);
+            record_receipt(&p, &vendor, &good).await.unwrap()
+        };
         assert_eq!(again, ReceiptOutcome::Replayed { sync_id });
         assert_eq!(store.lineage().len(), 1);
         assert_eq!(
@@ -557,7 +600,10 @@ mod tests {
         wrong_digest.digest = Digest::new(format!("sha256:{}", "f".repeat(64))).unwrap();
         sign_receipt(&test_agent_key(&air).report_key(), &mut wrong_digest);
         for bad in [by_other, for_other, wrong_digest] {
-            let out = record_receipt(&store, &vendor, 300, &bad).await.unwrap();
+            let out = {
+                p.clock.set(300);
+                record_receipt(&p, &vendor, &bad).await.unwrap()
+            };
             assert!(matches!(out, ReceiptOutcome::Refused { .. }), "{out:?}");
         }
         assert_eq!(store.syncs().len(), 1);

@@ -752,10 +752,9 @@ async fn tally_step<D: Desk>(
 /// Tells the sync's release, if any, that the sync is terminal (a `release.synced` on the
 /// release queue). Called by the sync handlers after every terminal write; a failure is the
 /// handler's, so the event that made the sync terminal is retried and this is sent again.
-pub(crate) async fn sync_finished<P: Backend>(
-    ports: &Ports<P>,
-    job: &SyncJob,
-) -> Result<(), HandlerError> {
+/// Over any [`Desk`]: a bundle receipt (`crate::bundle::record_receipt`) tells the release
+/// the same way.
+pub(crate) async fn sync_finished<D: Desk>(ports: &D, job: &SyncJob) -> Result<(), HandlerError> {
     let Some(release_id) = &job.release_id else {
         return Ok(());
     };

@@ -6,8 +6,9 @@
 //! which blobs the install already holds (`--since` a previous bundle, whose signed manifest
 //! is verified first, or `--have` a list of digests), signs the manifest with the vendor key
 //! and streams the tar. Receipts go through ferry-core's `bundle::record_receipt`, which
-//! authenticates each against its install's report key. Both are generic over the job store,
-//! so they work on any backend.
+//! authenticates each against its install's report key and records it by the online report's
+//! rule (releases advance). Both are generic over the store (and, for receipts, the release
+//! desk), so they work on any backend.
 //!
 //! This module must never hold a blob in memory, never write a bundle whose manifest is not
 //! signed, and never record a receipt that did not verify.
@@ -24,6 +25,7 @@ use ferry_core::bundle::{
 use ferry_core::id::{BuildId, Digest, InstallId, ReleaseId, Repository};
 use ferry_core::ports::JobStore;
 use ferry_core::release::ReleaseStore;
+use ferry_core::release_port::Desk;
 use ferry_core::state::JobStatus;
 use ferry_core::trust::VendorKey;
 use ferry_oci::bundle::{resolve_graph, BundleReader, BundleWriter};
@@ -434,26 +436,22 @@ pub fn read_receipts(path: &Path) -> Result<Vec<BundleReceipt>> {
     Ok(out)
 }
 
-/// Records every receipt (see `ferry_core::bundle::record_receipt`); one refused receipt does
-/// not stop the others.
-pub async fn import_receipts<S: JobStore>(
-    store: &S,
+/// Records every receipt (see `ferry_core::bundle::record_receipt`: the rule of an online
+/// report, so a release waiting on the install hears of it through `desk`'s release queue);
+/// one refused receipt does not stop the others.
+pub async fn import_receipts<D: Desk>(
+    desk: &D,
     vendor_key: &VendorKey,
-    now_ms: u64,
     receipts: &[BundleReceipt],
 ) -> Result<Vec<ReceiptOutcome>> {
     let mut out = Vec::with_capacity(receipts.len());
     for r in receipts {
-        out.push(
-            record_receipt(store, vendor_key, now_ms, r)
-                .await
-                .with_context(|| {
-                    format!(
-                        "recording the receipt of install {} for build {}",
-                        r.install_id, r.build_id
-                    )
-                })?,
-        );
+        out.push(record_receipt(desk, vendor_key, r).await.with_context(|| {
+            format!(
+                "recording the receipt of install {} for build {}",
+                r.install_id, r.build_id
+            )
+        })?);
     }
     Ok(out)
 }

@@ -16,9 +16,10 @@ use ferry_core::manage::{
     ManageError, Management, Registration, Removal, SyncFilter, MAX_DEAD_LETTERS,
 };
 use ferry_core::ports::{JobStore as _, QueueError};
-use ferry_local::bus::LocalBus;
+use ferry_core::release_port::ReleaseDesk;
+use ferry_local::bus::{LocalBus, RELEASE_QUEUE};
 use ferry_local::catalog::SqliteCatalog;
-use ferry_local::clock::RandomIds;
+use ferry_local::clock::{RandomIds, SystemClock};
 use ferry_local::db::Db;
 use ferry_local::queue::SqliteQueue;
 use ferry_local::store::SqliteStore;
@@ -80,6 +81,22 @@ impl LocalManagement {
     /// The queues (for tests and the dev system).
     pub fn queue(&self) -> &SqliteQueue {
         &self.queue
+    }
+
+    /// The release port of this state dir: its store, its queues and the release queue the
+    /// running `ferry dev`'s worker drains (`ferry receipts import` tells releases through it).
+    pub fn release_desk(
+        &self,
+    ) -> crate::Result<ReleaseDesk<SqliteStore, SqliteQueue, SystemClock>> {
+        let release_queue = QueueName::new(RELEASE_QUEUE)
+            .map_err(|e| crate::DevError::Failed(format!("release queue {RELEASE_QUEUE}: {e}")))?;
+        Ok(ReleaseDesk {
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            clock: SystemClock,
+            release_queue,
+            max_write_tries: ferry_core::Config::default().max_write_tries,
+        })
     }
 
     /// The registry installs sync into by default: the one the running `ferry dev` serves.

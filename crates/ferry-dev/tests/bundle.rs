@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_agent::import::{import_bundle, write_receipts, ImportConfig, ImportError};
+use ferry_agent::inventory::{repositories_of_bundle, take_inventory, write_have, InventoryConfig};
 use ferry_agent::StaticIdentity;
 use ferry_core::bundle::{
     sign_bundle, sign_receipt, BundleManifest, ReceiptOutcome, BUNDLE_MANIFEST_FILE,
@@ -339,6 +340,67 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
     let one = import_bundle(&air.config(), &first.out).await.unwrap();
     assert_eq!(one.artifacts.len(), 2);
 
+    // 3b. The install's inventory (read with agent:air) as a --have file: an export of every
+    // build with it carries no blob the install holds (manifests always travel), and imports.
+    let inventory = take_inventory(&InventoryConfig {
+        install_registry: air_host.clone(),
+        install_namespace: format!("installs/{AIR}"),
+        access: &air.access,
+        repositories: repositories_of_bundle(
+            &air.vendor_public_key,
+            &InstallId::new(AIR).unwrap(),
+            "vendor",
+            &format!("installs/{AIR}"),
+            &first.out,
+        )
+        .await
+        .unwrap(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(inventory.repositories.len(), 2, "{inventory:?}");
+    assert!(inventory.missing.is_empty());
+    for b in &first_manifest.blobs {
+        assert!(
+            inventory.digests.contains(&b.digest),
+            "{} was imported but is not in the inventory",
+            b.digest
+        );
+    }
+    let have_file = dir.path().join("have.txt");
+    write_have(&have_file, AIR, &inventory).unwrap();
+    let mut with_have = export(all.clone(), "have.tar", None);
+    with_have.have = Some(have_file.clone());
+    let have_bundle = export_bundle(m.store(), &vendor_key, &source, &with_have, now_ms())
+        .await
+        .unwrap();
+    let have_manifest = manifest_of(&have_bundle.out);
+    let have_reader = BundleReader::open(
+        &have_bundle.out,
+        &[BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE],
+    )
+    .await
+    .unwrap();
+    let mut carried_held = 0;
+    for b in &have_manifest.blobs {
+        let d = &b.digest;
+        if inventory.digests.contains(d) {
+            let bytes = have_reader.read_file(&blob_path(d), 4 << 20).await.unwrap();
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .is_ok_and(|v| v.get("schemaVersion").is_some()),
+                "{d} is held by the install but was carried, and is not a manifest"
+            );
+            carried_held += 1;
+        }
+    }
+    assert!(carried_held > 0, "the held manifests travel again");
+    assert!(have_bundle.blobs_left_out > 0, "{have_bundle:?}");
+    let have_import = import_bundle(&air.config(), &have_bundle.out)
+        .await
+        .unwrap();
+    assert_eq!(have_import.artifacts.len(), all.len());
+
     // 4. An incremental bundle of all four builds holds no blob the first carried for the same repository.
     let second = export_bundle(
         m.store(),
@@ -456,10 +518,8 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
     write_receipts(&receipts_file, &receipts).unwrap();
     let read = read_receipts(&receipts_file).unwrap();
     assert_eq!(read, receipts);
-    let now = now_ms();
-    let outcomes = import_receipts(m.store(), &vendor_key, now, &read)
-        .await
-        .unwrap();
+    let desk = m.release_desk().unwrap();
+    let outcomes = import_receipts(&desk, &vendor_key, &read).await.unwrap();
     let recorded = outcomes
         .iter()
         .filter(|o| matches!(o, ReceiptOutcome::Recorded { .. }))
@@ -484,9 +544,7 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         "current versions: {status:?}"
     );
     // Replays are no-ops.
-    let again = import_receipts(m.store(), &vendor_key, now + 1, &read)
-        .await
-        .unwrap();
+    let again = import_receipts(&desk, &vendor_key, &read).await.unwrap();
     assert!(again
         .iter()
         .all(|o| matches!(o, ReceiptOutcome::Replayed { .. })));
@@ -497,7 +555,7 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
     let mut other_install = read[0].clone();
     other_install.install_id = InstallId::new("dev-1").unwrap();
     sign_receipt(&keypair.report_key(), &mut other_install);
-    let refused = import_receipts(m.store(), &vendor_key, now, &[forged, other_install])
+    let refused = import_receipts(&desk, &vendor_key, &[forged, other_install])
         .await
         .unwrap();
     assert!(

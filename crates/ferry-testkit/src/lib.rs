@@ -1,6 +1,7 @@
 //! Test harness shared by ferry-aws, ferry-lambda and the AWS end-to-end suite: a moto server
 //! on a free loopback port (readiness polled, killed on drop), the forwarding half and the
-//! serving task of a fault-injecting proxy, raw IAM calls, unique names and a log sink.
+//! serving task of a fault-injecting proxy, raw IAM calls, unique names, a log sink, and a
+//! docker-registry standing in for an ECR registry endpoint behind moto's ECR login.
 //!
 //! Nothing here touches the process environment (beyond reading `MOTO_SERVER`), so tests run
 //! in parallel. This crate is a dev-dependency only and names no AWS SDK type.
@@ -100,6 +101,75 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The Basic user moto's ECR GetAuthorizationToken hands out.
+pub const ECR_USER: &str = "AWS";
+/// The password moto's ECR GetAuthorizationToken hands out for [`ACCOUNT`].
+pub const ECR_PASSWORD: &str = "123456789012-auth-token";
+/// `AWS:<bcrypt of ECR_PASSWORD>`, the htpasswd line of [`EcrStandIn`].
+const ECR_HTPASSWD: &str = "AWS:$2b$12$lGIEkplK2Z8nK0QfstjDdOfxV1mIjOMaapo/yBva6QVludcF4bhdi\n";
+
+/// A CNCF distribution registry (`/usr/bin/docker-registry`) standing in for an ECR registry
+/// endpoint (moto serves ECR's API, not its registry): loopback, a free port, temp storage,
+/// and Basic auth that accepts only moto's ECR login ([`ECR_USER`]:[`ECR_PASSWORD`]), so a
+/// client that did not log in with GetAuthorizationToken is refused. Killed (and its storage
+/// removed) on drop.
+pub struct EcrStandIn {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub addr: String,
+    dir: std::path::PathBuf,
+}
+
+impl EcrStandIn {
+    /// Starts one and waits up to 20 s for it to answer.
+    pub async fn start() -> EcrStandIn {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let dir = std::env::temp_dir().join(unique("ferry-ecr-stand-in"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let htpasswd = dir.join("htpasswd");
+            std::fs::write(&htpasswd, ECR_HTPASSWD).unwrap();
+            let addr = format!("127.0.0.1:{}", free_port());
+            let config = format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n  secret: ferry-test-secret\n\
+                 auth:\n  htpasswd:\n    realm: ecr\n    path: {}\n",
+                dir.join("root").display(),
+                htpasswd.display()
+            );
+            let config_path = dir.join("config.yml");
+            std::fs::write(&config_path, config).unwrap();
+            let mut child = Command::new("/usr/bin/docker-registry")
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn /usr/bin/docker-registry");
+            let url = format!("http://{addr}/v2/");
+            match wait_http(&mut child, &url, "docker-registry", Duration::from_secs(20)).await {
+                Ok(()) => return EcrStandIn { child, addr, dir },
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let _ = std::fs::remove_dir_all(&dir);
+                    last = e;
+                }
+            }
+        }
+        panic!("docker-registry did not come up: {last}")
+    }
+}
+
+impl Drop for EcrStandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

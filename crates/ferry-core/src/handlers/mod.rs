@@ -43,7 +43,7 @@ mod sync;
 
 pub use build::{handle_build_completed, handle_build_requested};
 pub use report::handle_sync_reported;
-pub(crate) use report::revoke_quietly;
+pub(crate) use report::{record_success, revoke_quietly};
 pub(crate) use sync::dispatch_sync;
 pub use sync::handle_sync_requested;
 

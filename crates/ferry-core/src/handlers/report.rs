@@ -9,6 +9,7 @@ use tracing::Instrument as _;
 use crate::domain::{Install, LineageRecord, SyncJob, SyncStats};
 use crate::event::{SyncReportStatus, SyncReported};
 use crate::ports::{Backend, Clock, GrantId, GrantMinter, JobStore};
+use crate::release_port::Desk;
 use crate::state::{JobError, JobStatus};
 use crate::trust::verify_report;
 
@@ -203,8 +204,30 @@ async fn report_succeeded<P: Backend>(
     grant: &GrantId,
     stats: SyncStats,
 ) -> Result<Outcome, HandlerError> {
-    let (store, now) = (&ports.store, ports.clock.now_ms());
-    let stored = apply(store, &ports.config, job, |j| match j.status() {
+    let stored = record_success(ports, &ports.config, job, stats, ports.clock.now_ms()).await?;
+    revoke_quietly(&ports.minter, grant).await;
+    tracing::info!(bytes_copied = stats.bytes_copied, "sync succeeded");
+    Ok(Outcome::SyncRecorded {
+        sync_id: stored.id,
+        status: JobStatus::Succeeded,
+    })
+}
+
+/// The one rule for "the install's agent proved it holds the sync's digest", whether it said
+/// so online (`sync.reported`) or in a bundle receipt (`crate::bundle::record_receipt`): the
+/// job becomes Succeeded (from any non-terminal state; an already succeeded one is kept, another
+/// terminal one is a conflict), the lineage is recorded put-if-absent, and the sync's release,
+/// if any, is told (`release.synced`), so its step tallies and advances. Returns the job as
+/// stored.
+pub(crate) async fn record_success<D: Desk>(
+    desk: &D,
+    config: &Config,
+    job: SyncJob,
+    stats: SyncStats,
+    now: u64,
+) -> Result<SyncJob, HandlerError> {
+    let store = desk.store();
+    let stored = apply(store, config, job, |j| match j.status() {
         JobStatus::Succeeded => Ok(Decision::Keep),
         s if s.is_terminal() => Err(finished_conflict(j, s, "succeeded")),
         _ => Ok(Decision::Write(j.succeed(now, stats)?)),
@@ -221,13 +244,8 @@ async fn report_succeeded<P: Backend>(
             since,
         })
         .await?;
-    revoke_quietly(&ports.minter, grant).await;
-    crate::rollout::sync_finished(ports, &stored).await?;
-    tracing::info!(bytes_copied = stats.bytes_copied, "sync succeeded");
-    Ok(Outcome::SyncRecorded {
-        sync_id: stored.id,
-        status: JobStatus::Succeeded,
-    })
+    crate::rollout::sync_finished(desk, &stored).await?;
+    Ok(stored)
 }
 
 /// Failed (current, unrevoked attempt only), then the attempt's grant revoked.

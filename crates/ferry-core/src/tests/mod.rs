@@ -3,6 +3,7 @@
 mod events;
 mod fanout;
 mod flow;
+mod receipts;
 mod reconcile;
 mod releases;
 mod trust;

@@ -22,7 +22,7 @@ use crate::testing::{FakePorts, FAKE_RELEASE_QUEUE};
 const MINUTE: u64 = 60_000;
 
 /// A completed build `b` of shop/web with digest `d`, and no implicit fan-out.
-async fn ready(n: usize, build: &str, d: u8) -> FakePorts {
+pub(super) async fn ready(n: usize, build: &str, d: u8) -> FakePorts {
     let mut p = setup(n).await;
     p.config.fan_out_on_build = false;
     built(&p, build, d).await;
@@ -36,7 +36,13 @@ async fn built(p: &FakePorts, build: &str, d: u8) {
         .unwrap();
 }
 
-fn request(id: &str, build: &str, per_step: u32, delay_ms: u64, budget: &str) -> ReleaseRequest {
+pub(super) fn request(
+    id: &str,
+    build: &str,
+    per_step: u32,
+    delay_ms: u64,
+    budget: &str,
+) -> ReleaseRequest {
     ReleaseRequest {
         id: ReleaseId::new(id).unwrap(),
         app: AppName::new("shop").unwrap(),
@@ -54,20 +60,20 @@ fn request(id: &str, build: &str, per_step: u32, delay_ms: u64, budget: &str) ->
 /// Runs the system until nothing moves: bus events, release timers that are due, and every
 /// install agent (which reports failure when `fails` names its install). Returns how many job
 /// messages each install received.
-struct Pump {
+pub(super) struct Pump {
     bus_seen: usize,
     jobs: BTreeMap<InstallId, usize>,
 }
 
 impl Pump {
-    fn new() -> Pump {
+    pub(super) fn new() -> Pump {
         Pump {
             bus_seen: 0,
             jobs: BTreeMap::new(),
         }
     }
 
-    async fn run(&mut self, p: &FakePorts, n: usize, fails: &BTreeSet<InstallId>) {
+    pub(super) async fn run(&mut self, p: &FakePorts, n: usize, fails: &BTreeSet<InstallId>) {
         let opts = ReceiveOptions::new(10, 0, 30).unwrap();
         let release_q = QueueName::new(FAKE_RELEASE_QUEUE).unwrap();
         loop {
@@ -109,7 +115,7 @@ impl Pump {
     }
 }
 
-async fn release(p: &FakePorts, id: &str) -> Release {
+pub(super) async fn release(p: &FakePorts, id: &str) -> Release {
     p.store
         .get_release(&ReleaseId::new(id).unwrap())
         .await
@@ -117,7 +123,7 @@ async fn release(p: &FakePorts, id: &str) -> Release {
         .unwrap()
 }
 
-async fn states(p: &FakePorts, r: &Release) -> Vec<(String, TargetState)> {
+pub(super) async fn states(p: &FakePorts, r: &Release) -> Vec<(String, TargetState)> {
     release_targets(p, r)
         .await
         .unwrap()
