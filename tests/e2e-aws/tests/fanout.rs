@@ -210,6 +210,7 @@ async fn fan_out(installs: usize) -> Measured {
         },
         repository: Repository::new("shop/web").unwrap(),
         verify: None,
+        credentials: None,
     };
     store.put_component(&component).await.unwrap();
     let mut ids = Vec::new();
