@@ -84,10 +84,28 @@ pub async fn checkout(
         if !is_commit_id(reference) {
             return Err(shallow_err);
         }
-        git_with(component, dir, &["fetch", "-q", "--no-tags", "--", url], &auth).await?;
-        git_with(component, dir, &["checkout", "-q", "--detach", reference], &auth).await?;
+        git_with(
+            component,
+            dir,
+            &["fetch", "-q", "--no-tags", "--", url],
+            &auth,
+        )
+        .await?;
+        git_with(
+            component,
+            dir,
+            &["checkout", "-q", "--detach", reference],
+            &auth,
+        )
+        .await?;
     } else {
-        git_with(component, dir, &["checkout", "-q", "--detach", "FETCH_HEAD"], &auth).await?;
+        git_with(
+            component,
+            dir,
+            &["checkout", "-q", "--detach", "FETCH_HEAD"],
+            &auth,
+        )
+        .await?;
     }
     let commit = git_with(component, dir, &["rev-parse", "HEAD"], &auth).await?;
     Ok(Checkout {
@@ -194,12 +212,11 @@ async fn git_with(
         .env_remove("GIT_CURL_VERBOSE")
         .stdin(Stdio::null());
     auth.apply(&mut cmd);
-    let out = cmd.output().await
-        .map_err(|_| BuildError::ToolMissing {
-            component: component.to_string(),
-            tool: "git",
-            package: "git",
-        })?;
+    let out = cmd.output().await.map_err(|_| BuildError::ToolMissing {
+        component: component.to_string(),
+        tool: "git",
+        package: "git",
+    })?;
     if !out.status.success() {
         return Err(git_failed(
             component,

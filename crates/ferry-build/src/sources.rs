@@ -125,7 +125,11 @@ struct RawEntry {
 impl RawEntry {
     fn into_credential(self) -> Result<SourceCredential, &'static str> {
         let username = self.username.filter(|u| !u.is_empty());
-        match (username, self.password.filter(|p| !p.is_empty()), self.token.filter(|t| !t.is_empty())) {
+        match (
+            username,
+            self.password.filter(|p| !p.is_empty()),
+            self.token.filter(|t| !t.is_empty()),
+        ) {
             (Some(username), Some(password), None) => Ok(SourceCredential::Basic {
                 username,
                 password: Secret::new(password),
@@ -185,7 +189,11 @@ impl SourceCredentials {
     /// The local credentials file (see the module docs for the lookup order); `None` when no
     /// home directory is known.
     pub fn local_default() -> SourceCredentials {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let path = env(ENV_CREDENTIALS_FILE)
             .or_else(|| env("FERRY_CONFIG_DIR").map(|d| d.join("credentials.json")))
             .or_else(|| env("XDG_CONFIG_HOME").map(|d| d.join("ferry/credentials.json")))
@@ -219,9 +227,10 @@ impl SourceCredentials {
                  ~/.config/ferry/credentials.json (mode 0600) or set FERRY_CREDENTIALS_FILE"
                     .into(),
             )),
-            SourceCredentials::Fixed { origin, entries } => entries.get(name).cloned().ok_or_else(|| {
-                fail(format!("{origin} does not hold it; add it there"))
-            }),
+            SourceCredentials::Fixed { origin, entries } => entries
+                .get(name)
+                .cloned()
+                .ok_or_else(|| fail(format!("{origin} does not hold it; add it there"))),
             SourceCredentials::File(path) => {
                 let mut entries = read_file(path).map_err(fail)?;
                 let raw = entries.remove(name).ok_or_else(|| {
@@ -389,7 +398,11 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("hunter2"), "{err}");
-        write(dir.path(), 0o600, r#"{"credentials": {"acme": {"password": "z-hunter2" "#);
+        write(
+            dir.path(),
+            0o600,
+            r#"{"credentials": {"acme": {"password": "z-hunter2" "#,
+        );
         let err = store.resolve("web", "acme").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");

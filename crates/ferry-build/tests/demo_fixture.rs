@@ -86,7 +86,10 @@ async fn the_signed_demo_image_verifies_with_its_committed_key() {
     let pem = std::fs::read_to_string(dir.join("cosign.pub")).unwrap();
     let app = common::demo();
     let component = app.component("signed").unwrap();
-    let policy = component.verify.as_ref().expect("the demo's signed image has a policy");
+    let policy = component
+        .verify
+        .as_ref()
+        .expect("the demo's signed image has a policy");
     assert_eq!(policy.keys, vec![pem.clone()], "ferry.json pins cosign.pub");
     let layout = ferry_oci::OciLayout::open(&dir).await.unwrap();
     let subject = layout.resolve(Some("v1")).await.unwrap().digest;

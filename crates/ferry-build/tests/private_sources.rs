@@ -57,7 +57,11 @@ fn spec(component: Component, build_id: &str) -> BuildSpec {
 fn credentials_file(dir: &Path, entries: serde_json::Value) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join("credentials.json");
-    std::fs::write(&path, serde_json::json!({ "credentials": entries }).to_string()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::json!({ "credentials": entries }).to_string(),
+    )
+    .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
@@ -112,11 +116,7 @@ async fn push_private_image(reg: &PrivateRegistry) -> String {
         digest: None,
     });
     let report = engine
-        .copy(
-            &source,
-            &[dest],
-            Arc::new(ferry_oci::progress::NoProgress),
-        )
+        .copy(&source, &[dest], Arc::new(ferry_oci::progress::NoProgress))
         .await
         .unwrap();
     report.digest.unwrap().to_string()
@@ -150,7 +150,10 @@ async fn a_private_image_builds_with_its_named_credential_only() {
     );
     let from_file = builder(&env, SourceCredentials::File(file.clone()));
     let err = from_file
-        .build(&spec(component("private", image.clone(), Some("acme")), "p-2"))
+        .build(&spec(
+            component("private", image.clone(), Some("acme")),
+            "p-2",
+        ))
         .await
         .unwrap_err();
     let missing = err.to_string();
@@ -166,7 +169,10 @@ async fn a_private_image_builds_with_its_named_credential_only() {
         serde_json::json!({"acme": {"username": USER, "password": "not-the-password"}}),
     );
     let refused = from_file
-        .build(&spec(component("private", image.clone(), Some("acme")), "p-3"))
+        .build(&spec(
+            component("private", image.clone(), Some("acme")),
+            "p-3",
+        ))
         .await
         .unwrap_err()
         .to_string();
@@ -223,8 +229,7 @@ async fn auth_chart_repo() -> AuthChartRepo {
         None,
     );
     let package =
-        ferry_build::package_chart(&chart, &common::demo_root().join("chart"), dir.path())
-            .unwrap();
+        ferry_build::package_chart(&chart, &common::demo_root().join("chart"), dir.path()).unwrap();
     let archive = std::fs::read(&package.archive).unwrap();
     let hex = package
         .archive_digest
@@ -240,8 +245,12 @@ async fn auth_chart_repo() -> AuthChartRepo {
     let counter = refused.clone();
     let app = axum::Router::new().fallback(
         move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
-            let (index, archive, want, counter) =
-                (index.clone(), archive.clone(), want.clone(), counter.clone());
+            let (index, archive, want, counter) = (
+                index.clone(),
+                archive.clone(),
+                want.clone(),
+                counter.clone(),
+            );
             async move {
                 use axum::http::StatusCode;
                 use axum::response::IntoResponse;
@@ -345,9 +354,10 @@ async fn git_server(root: &Path, want: &str) -> GitServer {
         .read_line(&mut line)
         .await
         .unwrap();
-    let port = line.trim().parse().unwrap_or_else(|_| {
-        panic!("the git test server printed {line:?} instead of its port")
-    });
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the git test server printed {line:?} instead of its port"));
     GitServer { child, port }
 }
 

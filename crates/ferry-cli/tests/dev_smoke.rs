@@ -76,9 +76,9 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{shown}");
     assert!(
-        shown
-            .lines()
-            .any(|l| l.contains("signature") && l.contains("signed") && l.contains("verified (key ")),
+        shown.lines().any(|l| l.contains("signature")
+            && l.contains("signed")
+            && l.contains("verified (key ")),
         "{shown}"
     );
     let out = ferry(&["syncs", "--json", "--state-dir", state]);

@@ -715,7 +715,10 @@ mod tests {
         };
         let err = leaky.check().unwrap_err();
         assert!(err.contains("name a credential"), "{err}");
-        assert!(!err.contains("hunter2"), "the error never repeats the secret: {err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the error never repeats the secret: {err}"
+        );
         assert!(url_has_secret("https://tok@git.example/a.git"));
         assert!(!url_has_secret("ssh://git@git.example/a.git"));
         assert!(!url_has_secret("git@git.example:a.git"));
@@ -723,7 +726,10 @@ mod tests {
         // Without credentials, the record does not name the field at all.
         let mut plain = c.clone();
         plain.credentials = None;
-        assert!(serde_json::to_value(&plain).unwrap().get("credentials").is_none());
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("credentials")
+            .is_none());
     }
 
     #[test]

@@ -447,7 +447,10 @@ pub async fn verify_layout(
         let payload = read_layout_payload(layout, &layer.digest)
             .await
             .map_err(read)?;
-        tally.record(&m.digest, verify_payload(&policy.keys, &payload, &sig, subject));
+        tally.record(
+            &m.digest,
+            verify_payload(&policy.keys, &payload, &sig, subject),
+        );
     }
     tally.judge(policy, target)
 }

@@ -345,11 +345,18 @@ async fn an_identity_token_is_exchanged_by_post_for_an_access_token() {
         .expect("manifest with the exchanged token");
     assert_eq!(m.media_type, media::OCI_MANIFEST);
     for s in server.seen() {
-        assert!(!s.uri.contains("Hunter2"), "the refresh token in a URL: {}", s.uri);
+        assert!(
+            !s.uri.contains("Hunter2"),
+            "the refresh token in a URL: {}",
+            s.uri
+        );
         if !s.uri.starts_with("/token") {
             assert!(
                 !String::from_utf8_lossy(&s.body).contains("Hunter2")
-                    && !s.header("authorization").unwrap_or_default().contains("Hunter2"),
+                    && !s
+                        .header("authorization")
+                        .unwrap_or_default()
+                        .contains("Hunter2"),
                 "the refresh token went to the registry"
             );
         }

@@ -259,7 +259,10 @@ impl RegistryClient {
             ("grant_type".into(), "refresh_token".into()),
             ("client_id".into(), "ferry".into()),
         ];
-        form.extend(url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())));
+        form.extend(
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned())),
+        );
         let mut body = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &form {
             body.append_pair(k, v);
