@@ -753,7 +753,7 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
             })?;
             let comps =
                 with_backend!(&backend, m => m.list_components(Some(&st.install.app)).await)?;
-            let signatures = verified_signatures(&comps, &versions);
+            let signatures = verified_signatures(&comps, &st.holds);
             if common.json {
                 let mut out = serde_json::to_value(&st)?;
                 out["versions"] = serde_json::to_value(&versions)?;
@@ -1135,21 +1135,26 @@ struct SignatureVerified {
 /// For each component with a verification policy that the install holds: its digest passed
 /// that policy, since the build verifies before importing and the agent verifies again before
 /// it tags anything into the install (a failure ends the sync `policy_failed`, holding nothing).
+/// Holds name the vendor repository (`vendor/<component repository>` locally).
 fn verified_signatures(
     components: &[Component],
-    versions: &[ferry_core::release_port::ComponentVersions],
+    holds: &[ferry_core::manage::Held],
 ) -> Vec<SignatureVerified> {
-    versions
+    components
         .iter()
-        .filter_map(|v| {
-            let held = v.current.as_ref()?;
-            let c = components.iter().find(|c| c.name == v.component)?;
-            let keys = c.verify.as_ref()?.keys.iter().map(|pem| {
+        .filter_map(|c| {
+            let policy = c.verify.as_ref()?;
+            let repo = c.repository.as_str();
+            let held = holds.iter().find(|h| {
+                let r = h.repository.as_str();
+                r == repo || r.strip_suffix(repo).is_some_and(|p| p.ends_with('/'))
+            })?;
+            let keys = policy.keys.iter().map(|pem| {
                 ferry_oci::cosign::PublicKey::from_pem(pem)
                     .map_or_else(|_| "(unreadable key)".to_string(), |k| k.id().to_string())
             });
             Some(SignatureVerified {
-                component: v.component.clone(),
+                component: c.name.clone(),
                 digest: held.digest.clone(),
                 keys: keys.collect(),
             })

@@ -74,7 +74,11 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     // A second process reads what the first left; `install show` names the verified signature.
     let out = ferry(&["install", "show", "dev-2", "--state-dir", state]);
     let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         shown.lines().any(|l| l.contains("signature")
             && l.contains("signed")
