@@ -435,10 +435,6 @@ async fn e2e_a_private_source_builds_and_its_secret_stays_out_of_logs_queues_and
         .collect::<Vec<_>>()
         .join("\n");
     let export = store(&state).await.export_json().await.unwrap();
-    assert!(
-        export.contains("\"credentials\":\"acme\""),
-        "the component record holds the credential's name only"
-    );
     let db = std::fs::read(state.join("ferry.db")).unwrap();
     let db = String::from_utf8_lossy(&db);
     let stdout = dev.stdout();
