@@ -947,11 +947,35 @@ def test_only_the_ims_functions_read_the_vendor_key(vendor):
     for name, where, st in statements(vendor):
         actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
         if st["Effect"] == "Allow" and "secretsmanager:GetSecretValue" in actions:
+            if refs(st["Resource"]) >= {"SourceSecretPrefix"}:
+                continue  # the source credentials: test_only_the_build_role_reads_source_credentials
             assert refs(st["Resource"]) == {"VendorKeySecret"}, (name, st)
             readers.append(name)
     assert sorted(readers) == sorted(f"{f}Policy" for f in
                                      ["BuildRequested", "BuildCompleted", "SyncRequested", "SyncReported",
                                       "Release", "Reconcile"])
+
+
+def test_only_the_build_role_reads_source_credentials(vendor):
+    """The credentials components name for their private sources live under
+    SourceSecretPrefix: the build role reads them (ferry-build), scoped to that prefix and to
+    GetSecretValue; no other role may read a secret but the vendor key."""
+    readers = []
+    for name, _where, st in statements(vendor):
+        actions = as_list(st["Action"]) if "Action" in st else []
+        if st["Effect"] != "Allow" or not any(a.startswith("secretsmanager:") for a in actions):
+            continue
+        if refs(st["Resource"]) == {"VendorKeySecret"}:
+            continue
+        readers.append(name)
+        assert actions == ["secretsmanager:GetSecretValue"], st
+        res = st["Resource"]["Fn::Sub"]
+        assert res.endswith(":secret:${SourceSecretPrefix}*"), res
+    assert readers == ["BuildRole"]
+    env = {e["Name"]: e["Value"] for e in
+           resources(vendor)["BuildProject"]["Properties"]["Environment"]["EnvironmentVariables"]}
+    assert env["FERRY_SOURCE_SECRET_PREFIX"] == {"Ref": "SourceSecretPrefix"}
+    assert vendor["Parameters"]["SourceSecretPrefix"]["Default"] == "ferry/sources/"
 
 
 def test_release_queue_is_fed_by_the_functions_and_the_operator_only(vendor):

@@ -129,9 +129,14 @@ pub fn environment(spec: &BuildSpec) -> Result<Vec<(&'static str, String)>, Buil
 /// A component's own git repository as a CodeBuild secondary source override: the source
 /// type for its host, its URL, and the ref to build (the request's, else the component's).
 /// `None` for components without a git source, and for hosts CodeBuild has no source type for
-/// (those `ferry-build` checks out itself with the git CLI inside the build).
+/// (those `ferry-build` checks out itself with the git CLI inside the build), and for
+/// components that name a credential: `ferry-build` fetches those itself with the named
+/// secret, since CodeBuild would use its own account-wide source credential instead.
 #[cfg(feature = "codebuild")]
 pub fn source_override(spec: &BuildSpec) -> Option<(SourceType, String, String)> {
+    if spec.component.credentials.is_some() {
+        return None;
+    }
     let git = spec.component.kind.git_source()?;
     let url = git.git.trim();
     let host = url

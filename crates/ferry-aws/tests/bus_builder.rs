@@ -100,6 +100,7 @@ fn spec(build: &str) -> BuildSpec {
             },
             repository: Repository::new("shop/web").unwrap(),
             verify: None,
+            credentials: None,
         },
         source_ref: "3.20".into(),
     }

@@ -61,6 +61,11 @@ pub(crate) async fn build(
         reason,
     };
     let base = repository_base(url).map_err(&bad)?;
+    let auth = match b.source_credential() {
+        None => None,
+        Some(c) => Some(RepoAuth::new(&base, c).map_err(&bad)?),
+    };
+    let auth = auth.as_ref();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
@@ -69,7 +74,7 @@ pub(crate) async fn build(
     let index_url = base
         .join("index.yaml")
         .map_err(|e| bad(format!("index URL: {e}")))?;
-    let index = get_bytes(&http, &index_url, MAX_INDEX_BYTES)
+    let index = get_bytes(&http, &index_url, MAX_INDEX_BYTES, auth)
         .await
         .map_err(&bad)?
         .ok_or_else(|| {
@@ -90,7 +95,7 @@ pub(crate) async fn build(
 
     let tmp = b.temp_dir("ferry-chart-repo-")?;
     let archive = tmp.path().join(format!("{chart}-{}.tgz", entry.version));
-    let (digest, size) = download(&http, &archive_url, &archive, MAX_CHART_BYTES)
+    let (digest, size) = download(&http, &archive_url, &archive, MAX_CHART_BYTES, auth)
         .await
         .map_err(&bad)?
         .ok_or_else(|| {
@@ -105,7 +110,7 @@ pub(crate) async fn build(
             entry.digest
         )));
     }
-    let provenance = fetch_provenance(&http, &archive_url, tmp.path())
+    let provenance = fetch_provenance(&http, &archive_url, tmp.path(), auth)
         .await
         .map_err(&bad)?;
     let package = {
@@ -148,6 +153,8 @@ async fn build_oci(
     // Helm pushes version `1.0.0+build` under the tag `1.0.0_build`.
     let tag = version.replace('+', "_");
     let repo = RepoRef::new(host, format!("{path}/{chart}"));
+    let b = b.with_registry_source(&repo.registry, &repo.repository)?;
+    let b = &b;
     let manifest = b
         .inner
         .client
@@ -301,8 +308,13 @@ fn listing(versions: &[Yaml]) -> String {
 }
 
 /// A small body, bounded; `None` on 404.
-async fn get_bytes(http: &reqwest::Client, url: &Url, max: u64) -> Result<Option<Vec<u8>>, String> {
-    let resp = send(http, url).await?;
+async fn get_bytes(
+    http: &reqwest::Client,
+    url: &Url,
+    max: u64,
+    auth: Option<&RepoAuth>,
+) -> Result<Option<Vec<u8>>, String> {
+    let resp = send(http, url, auth).await?;
     let Some(resp) = resp else { return Ok(None) };
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
@@ -324,8 +336,9 @@ async fn download(
     url: &Url,
     path: &Path,
     max: u64,
+    auth: Option<&RepoAuth>,
 ) -> Result<Option<(ferry_oci::Digest, u64)>, String> {
-    let Some(resp) = send(http, url).await? else {
+    let Some(resp) = send(http, url, auth).await? else {
         return Ok(None);
     };
     if resp.content_length().is_some_and(|n| n > max) {
@@ -360,25 +373,82 @@ async fn fetch_provenance(
     http: &reqwest::Client,
     archive_url: &Url,
     dir: &Path,
+    auth: Option<&RepoAuth>,
 ) -> Result<Option<Provenance>, String> {
     let url =
         Url::parse(&format!("{archive_url}.prov")).map_err(|e| format!("provenance URL: {e}"))?;
     let path = dir.join("chart.prov");
-    Ok(download(http, &url, &path, MAX_PROVENANCE_BYTES)
+    Ok(download(http, &url, &path, MAX_PROVENANCE_BYTES, auth)
         .await?
         .map(|(digest, size)| Provenance { path, digest, size }))
 }
 
+/// The component's credential for its chart repository: sent only to the repository's own
+/// origin (an index may point archives at another host; like Helm without
+/// `--pass-credentials`, they get none), and only over https or to loopback.
+pub(crate) struct RepoAuth {
+    base: Url,
+    header: reqwest::header::HeaderValue,
+}
+
+impl RepoAuth {
+    fn new(base: &Url, credential: &crate::sources::SourceCredential) -> Result<RepoAuth, String> {
+        let host = base.host_str().unwrap_or("");
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if base.scheme() != "https" && !loopback {
+            return Err(
+                "the component names a credential, which is sent only over https (or to a \
+                 loopback test server); use the repository's https URL"
+                    .into(),
+            );
+        }
+        let mut header =
+            reqwest::header::HeaderValue::from_str(credential.http_authorization().expose())
+                .map_err(|_| "the credential holds characters an HTTP header cannot".to_string())?;
+        header.set_sensitive(true);
+        Ok(RepoAuth {
+            base: base.clone(),
+            header,
+        })
+    }
+
+    /// The header for `url`, when it is on the repository's origin.
+    fn header_for(&self, url: &Url) -> Option<&reqwest::header::HeaderValue> {
+        (url.origin() == self.base.origin()).then_some(&self.header)
+    }
+}
+
 /// GET with a clear error for anything but 2xx and 404.
-async fn send(http: &reqwest::Client, url: &Url) -> Result<Option<reqwest::Response>, String> {
-    let resp = http
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
+async fn send(
+    http: &reqwest::Client,
+    url: &Url,
+    auth: Option<&RepoAuth>,
+) -> Result<Option<reqwest::Response>, String> {
+    let mut rb = http.get(url.clone());
+    let header = auth.and_then(|a| a.header_for(url));
+    if let Some(h) = header {
+        rb = rb.header(reqwest::header::AUTHORIZATION, h.clone());
+    }
+    let resp = rb.send().await.map_err(|e| format!("GET {url}: {e}"))?;
     match resp.status() {
         s if s.is_success() => Ok(Some(resp)),
         reqwest::StatusCode::NOT_FOUND => Ok(None),
+        s @ (reqwest::StatusCode::UNAUTHORIZED | reqwest::StatusCode::FORBIDDEN) => {
+            Err(match header {
+                Some(_) => format!(
+                    "GET {url} answered {s}: the repository refused the component's credential; \
+                     check its user and password (or token)"
+                ),
+                None => format!(
+                    "GET {url} answered {s}: the repository is private; name a credential in \
+                     the component (\"credentials\": NAME, see docs/design/build.md)"
+                ),
+            })
+        }
         s => Err(format!("GET {url} answered {s}")),
     }
 }

@@ -64,6 +64,15 @@ pub enum BuildError {
     #[error("component {component}: signature policy not met: {reason}; nothing was imported")]
     PolicyFailed { component: String, reason: String },
 
+    /// The component's named credential is missing, unreadable or malformed. The reason names
+    /// the file or secret and what to fix, never the secret.
+    #[error("component {component}: credential {name:?}: {reason}")]
+    Credentials {
+        component: String,
+        name: String,
+        reason: String,
+    },
+
     #[error("component {component}: chart repository {url}: {reason}")]
     ChartRepository {
         component: String,

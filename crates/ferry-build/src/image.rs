@@ -23,26 +23,42 @@ pub(crate) async fn build(
         None => None,
         Some(p) => Some(policy_of(&spec.component, p, &reference)?),
     };
-    build_verified(b, spec, reference, repository, policy.as_ref()).await
+    let b = with_source_credential(b, &spec.component, &reference)?;
+    build_verified(&b, spec, reference, repository, policy.as_ref()).await
 }
 
-/// The component's policy as ferry-oci checks it; refused for a layout source (its signatures
-/// are checked where they live: in a registry).
+/// The builder that reads `reference` with the component's named credential (scoped to that
+/// one repository); refused for a layout source, which is read from disk.
+pub(crate) fn with_source_credential(
+    b: &ArtifactBuilder,
+    component: &ferry_core::domain::Component,
+    reference: &Reference,
+) -> Result<ArtifactBuilder, BuildError> {
+    match reference {
+        _ if b.source_credential().is_none() => Ok(b.clone()),
+        Reference::Registry(r) => b.with_registry_source(&r.repo.registry, &r.repo.repository),
+        Reference::Layout(_) => Err(BuildError::InvalidComponent {
+            component: component.name.to_string(),
+            reason: format!(
+                "component {}: {reference} is a local OCI layout, so \"credentials\" has \
+                 nothing to unlock; drop it",
+                component.name
+            ),
+        }),
+    }
+}
+
+/// The component's policy as ferry-oci checks it (for a registry source, or an OCI layout
+/// holding the image and its `sha256-<hex>.sig` signature manifest).
 fn policy_of(
     component: &ferry_core::domain::Component,
     policy: &ferry_core::domain::VerifyPolicy,
-    reference: &Reference,
+    _reference: &Reference,
 ) -> Result<ferry_oci::cosign::Policy, BuildError> {
     let failed = |reason: String| BuildError::PolicyFailed {
         component: component.name.to_string(),
         reason,
     };
-    if matches!(reference, Reference::Layout(_)) {
-        return Err(failed(format!(
-            "{reference} is an OCI layout; signatures are verified on registry sources only: \
-             push the image (with its signature) to a registry and name it in \"source\""
-        )));
-    }
     ferry_oci::cosign::Policy::from_pems(
         policy.keys.iter().map(String::as_str),
         policy.require == ferry_core::domain::KeyRequirement::All,

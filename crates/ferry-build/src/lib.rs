@@ -23,6 +23,7 @@ pub mod inprocess;
 mod package;
 pub mod scratch;
 mod signatures;
+pub mod sources;
 mod tofu;
 
 use std::path::{Component as PathComponent, Path, PathBuf};
@@ -43,6 +44,7 @@ pub use chart_images::ChartRenderer;
 pub use error::BuildError;
 pub use helm::{package_chart, ChartPackage};
 pub use inprocess::InProcessBuilder;
+pub use sources::{SourceCredential, SourceCredentials};
 pub use tofu::package_module;
 
 /// The OCI annotation naming the commit a packaged artifact was built from.
@@ -76,6 +78,8 @@ pub struct BuildConfig {
     /// checked it out as a source override): the commit it is at. The build then records this
     /// commit instead of fetching the repository itself.
     pub checked_out: Option<String>,
+    /// Where the credentials that components name (`"credentials": NAME`) are found.
+    pub sources: SourceCredentials,
 }
 
 impl BuildConfig {
@@ -89,6 +93,7 @@ impl BuildConfig {
             work_dir: None,
             chart_renderer: ChartRenderer::default(),
             checked_out: None,
+            sources: SourceCredentials::local_default(),
         }
     }
 
@@ -99,6 +104,12 @@ impl BuildConfig {
 
     pub fn with_credentials(mut self, credentials: CredentialStore) -> BuildConfig {
         self.credentials = credentials;
+        self
+    }
+
+    /// Where the credentials components name come from.
+    pub fn with_sources(mut self, sources: SourceCredentials) -> BuildConfig {
+        self.sources = sources;
         self
     }
 }
@@ -172,6 +183,8 @@ struct Inner {
     /// Annotations every packaged manifest of this build carries (the git revision and
     /// source of a build from git); empty otherwise.
     annotations: std::collections::BTreeMap<String, String>,
+    /// The credential the component being built names, once resolved for its build.
+    source_credential: Option<SourceCredential>,
 }
 
 impl std::fmt::Debug for ArtifactBuilder {
@@ -209,6 +222,7 @@ impl ArtifactBuilder {
                 config,
                 client,
                 annotations: Default::default(),
+                source_credential: None,
             }),
         })
     }
@@ -227,8 +241,69 @@ impl ArtifactBuilder {
                 config,
                 client: self.inner.client.clone(),
                 annotations,
+                source_credential: self.inner.source_credential.clone(),
             }),
         }
+    }
+
+    /// The same builder holding the credential `component` names (resolved from
+    /// [`BuildConfig::sources`]); itself when it names none.
+    fn for_component(&self, component: &Component) -> Result<ArtifactBuilder, BuildError> {
+        let Some(name) = &component.credentials else {
+            return Ok(self.clone());
+        };
+        let credential = self
+            .inner
+            .config
+            .sources
+            .resolve(component.name.as_str(), name)?;
+        tracing::info!(component = %component.name, credential = %name,
+            "source credential resolved");
+        Ok(ArtifactBuilder {
+            inner: Arc::new(Inner {
+                config: self.inner.config.clone(),
+                client: self.inner.client.clone(),
+                annotations: self.inner.annotations.clone(),
+                source_credential: Some(credential),
+            }),
+        })
+    }
+
+    /// The credential of the component being built, if it names one.
+    pub(crate) fn source_credential(&self) -> Option<&SourceCredential> {
+        self.inner.source_credential.as_ref()
+    }
+
+    /// The same builder whose registry client also authenticates to exactly `repository` of
+    /// `registry` (the component's private source) with its credential; itself when the
+    /// component names none. Other repositories, the vendor registry's included, keep their
+    /// own credentials.
+    pub(crate) fn with_registry_source(
+        &self,
+        registry: &str,
+        repository: &str,
+    ) -> Result<ArtifactBuilder, BuildError> {
+        let Some(credential) = self.source_credential() else {
+            return Ok(self.clone());
+        };
+        let mut config = self.inner.config.clone();
+        config
+            .credentials
+            .insert_repository(registry, repository, credential.registry());
+        let client = RegistryClient::new(ClientConfig {
+            insecure: config.insecure,
+            credentials: config.credentials.clone(),
+            ..ClientConfig::default()
+        })
+        .map_err(|e| BuildError::Config(format!("registry client: {e}")))?;
+        Ok(ArtifactBuilder {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                annotations: self.inner.annotations.clone(),
+                source_credential: Some(credential.clone()),
+            }),
+        })
     }
 
     /// Annotations every packaged manifest of this build carries.
@@ -262,9 +337,12 @@ impl ArtifactBuilder {
                 component: component.name.to_string(),
                 reason,
             }),
-            Ok(()) => match component.kind.git_source() {
-                Some(git) => self.build_from_git(spec, git, &repository).await,
-                None => self.build_kind(spec, &repository).await,
+            Ok(()) => match self.for_component(component) {
+                Err(e) => Err(e),
+                Ok(b) => match component.kind.git_source() {
+                    Some(git) => b.build_from_git(spec, git, &repository).await,
+                    None => b.build_kind(spec, &repository).await,
+                },
             },
         };
         match &result {
@@ -341,6 +419,7 @@ impl ArtifactBuilder {
                     &git_source.git,
                     reference,
                     &dir.path().join("src"),
+                    self.source_credential(),
                 )
                 .await?;
                 tracing::info!(build_id = %spec.build_id, reference, commit = %checkout.commit,

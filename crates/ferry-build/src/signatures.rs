@@ -15,26 +15,48 @@
 use ferry_core::domain::Component;
 use ferry_core::id::Repository;
 use ferry_oci::cosign::{self, Policy};
-use ferry_oci::{CopyEngine, CopyOptions, Digest, Reference, RegistryRef, RepoRef};
+use ferry_oci::{
+    CopyEngine, CopyOptions, Digest, LayoutRef, OciLayout, Reference, RegistryRef, RepoRef,
+};
 
 use crate::error::BuildError;
 use crate::ArtifactBuilder;
 
-/// Resolves a registry `source` to its digest and verifies it against `policy`; returns the
-/// source pinned to that digest. A layout source is verified the same way once pushed (the
-/// caller does that); here only registry sources are resolved.
+/// Resolves `source` (a registry reference, or an OCI layout holding the image and its
+/// signature manifest under `sha256-<hex>.sig`) to its digest and verifies it against `policy`;
+/// returns the source pinned to that digest.
 pub(crate) async fn verify_source(
     b: &ArtifactBuilder,
     component: &Component,
     source: &Reference,
     policy: &Policy,
 ) -> Result<Reference, BuildError> {
-    let Reference::Registry(r) = source else {
-        return Ok(source.clone());
-    };
     let oci = |e| BuildError::Oci {
         component: component.name.to_string(),
         source: e,
+    };
+    let r = match source {
+        Reference::Registry(r) => r,
+        Reference::Layout(l) => {
+            let layout = OciLayout::open(&l.dir).await.map_err(oci)?;
+            let digest = match &l.digest {
+                Some(d) => d.clone(),
+                None => layout.resolve(l.tag.as_deref()).await.map_err(oci)?.digest,
+            };
+            let verified = cosign::verify_layout(&layout, &digest, policy)
+                .await
+                .map_err(|e| BuildError::PolicyFailed {
+                    component: component.name.to_string(),
+                    reason: e.to_string(),
+                })?;
+            tracing::info!(component = %component.name, %digest, keys = ?verified.keys,
+                "source signature verified");
+            return Ok(Reference::Layout(LayoutRef {
+                dir: l.dir.clone(),
+                tag: None,
+                digest: Some(digest),
+            }));
+        }
     };
     let digest = match &r.digest {
         Some(d) => d.clone(),
@@ -79,15 +101,64 @@ pub(crate) async fn copy_cosign_tags(
     repository: &Repository,
     digest: &Digest,
 ) -> Result<Vec<String>, BuildError> {
-    let Reference::Registry(r) = source else {
-        return Ok(Vec::new());
-    };
     let dest_repo = RepoRef::new(b.inner.config.registry.clone(), repository.as_str());
     let engine = CopyEngine::new(b.inner.client.clone(), CopyOptions::default());
+    let r = match source {
+        Reference::Registry(r) => r,
+        Reference::Layout(l) => {
+            return copy_layout_tags(&engine, component, &l.dir, &dest_repo, digest).await
+        }
+    };
     cosign::copy_tag_scheme(&engine, &b.inner.client, &r.repo, &dest_repo, digest)
         .await
         .map_err(|e| BuildError::Oci {
             component: component.name.to_string(),
             source: e,
         })
+}
+
+/// [`copy_cosign_tags`] from an OCI layout: each `sha256-<hex>.sig/.att/.sbom` its index
+/// tags is copied to the same tag in `dest`.
+async fn copy_layout_tags(
+    engine: &CopyEngine,
+    component: &Component,
+    dir: &std::path::Path,
+    dest: &RepoRef,
+    digest: &Digest,
+) -> Result<Vec<String>, BuildError> {
+    let oci = |e| BuildError::Oci {
+        component: component.name.to_string(),
+        source: e,
+    };
+    let layout = OciLayout::open(dir).await.map_err(oci)?;
+    let stem = digest.as_str().replacen(':', "-", 1);
+    let mut copied = Vec::new();
+    for suffix in cosign::TAG_SUFFIXES {
+        let tag = format!("{stem}.{suffix}");
+        match layout.resolve(Some(&tag)).await {
+            Ok(_) => {}
+            Err(ferry_oci::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(oci(e)),
+        }
+        let from = Reference::Layout(LayoutRef {
+            dir: dir.to_path_buf(),
+            tag: Some(tag.clone()),
+            digest: None,
+        });
+        let to = Reference::Registry(RegistryRef {
+            repo: dest.clone(),
+            tag: Some(tag.clone()),
+            digest: None,
+        });
+        engine
+            .copy(
+                &from,
+                &[to],
+                std::sync::Arc::new(ferry_oci::progress::NoProgress),
+            )
+            .await
+            .map_err(oci)?;
+        copied.push(tag);
+    }
+    Ok(copied)
 }

@@ -83,6 +83,7 @@ fn component() -> Component {
         kind: ComponentKind::helm_chart(ChartSource::Dir { path: "c".into() }),
         repository: Repository::new("t/chart").unwrap(),
         verify: None,
+        credentials: None,
     }
 }
 

@@ -515,7 +515,7 @@ async fn a_git_source_is_fetched_at_a_ref_and_names_its_commit() {
     ] {
         let dir = tmp.path().join(format!("co-{}", reference.len()));
         let _ = std::fs::remove_dir_all(&dir);
-        let c = ferry_build::git::checkout("web", &url, reference, &dir)
+        let c = ferry_build::git::checkout("web", &url, reference, &dir, None)
             .await
             .unwrap();
         assert_eq!(&c.commit, commit, "ref {reference:?}");
@@ -524,7 +524,7 @@ async fn a_git_source_is_fetched_at_a_ref_and_names_its_commit() {
             content
         );
     }
-    let e = ferry_build::git::checkout("web", &url, "no-such-ref", &tmp.path().join("x"))
+    let e = ferry_build::git::checkout("web", &url, "no-such-ref", &tmp.path().join("x"), None)
         .await
         .unwrap_err()
         .to_string();
@@ -534,12 +534,13 @@ async fn a_git_source_is_fetched_at_a_ref_and_names_its_commit() {
         "ext::sh -c touch% /tmp/pwned",
         "main",
         &tmp.path().join("y"),
+        None,
     )
     .await
     .unwrap_err()
     .to_string();
     assert!(e.contains("git fetch"), "{e}");
-    let e = ferry_build::git::checkout("web", &url, "--upload-pack=x", &tmp.path().join("z"))
+    let e = ferry_build::git::checkout("web", &url, "--upload-pack=x", &tmp.path().join("z"), None)
         .await
         .unwrap_err()
         .to_string();

@@ -258,7 +258,7 @@ impl View {
                 let val = s.status().to_string();
                 if self.seen.get(&key) != Some(&val) {
                     self.seen.insert(key, val);
-                    out.sync_line(b, s);
+                    out.sync_line(b, s, snap.verified_by(b, s));
                 }
             }
         }
@@ -334,13 +334,15 @@ impl Output {
         );
     }
 
-    fn sync_line(&self, b: &Build, s: &SyncJob) {
+    /// One sync's change; `verified_by` names the keys whose signature the install's agent
+    /// verified before it tagged the artifact (components with a policy).
+    fn sync_line(&self, b: &Build, s: &SyncJob, verified_by: Option<&[String]>) {
         if self.json {
             println!(
                 "{}",
                 json!({"event": "sync", "sync_id": s.id, "install_id": s.install_id,
                     "component": b.component, "status": s.status(), "digest": s.digest,
-                    "error": s.state.error})
+                    "error": s.state.error, "signature_verified_by": verified_by})
             );
             return;
         }
@@ -350,8 +352,11 @@ impl Output {
             .as_ref()
             .map(|e| e.message.clone())
             .unwrap_or_default();
+        let verified = verified_by
+            .map(|keys| format!("signature verified (key {})", keys.join(", ")))
+            .unwrap_or_default();
         println!(
-            "sync   {:<10} {:<9} → {} {err}",
+            "sync   {:<10} {:<9} → {} {err}{verified}",
             b.component.as_str(),
             s.status().as_str(),
             s.install_id
@@ -397,7 +402,9 @@ impl Output {
                         "error": b.state.error,
                         "syncs": snap.syncs_of(&b.id).iter().map(|s| json!({
                             "sync_id": s.id, "install_id": s.install_id, "status": s.status(),
-                            "error": s.state.error})).collect::<Vec<_>>()})
+                            "error": s.state.error,
+                            "signature_verified_by": snap.verified_by(b, s)}))
+                            .collect::<Vec<_>>()})
                 })
                 .collect();
             println!(
@@ -435,6 +442,24 @@ impl Output {
             })
             .collect();
         state::print_table(&["COMPONENT", "KIND", "BUILD", "DIGEST", "SYNCED"], &rows);
+        // A signed external image: which installs verified its signature, and by which keys.
+        for b in &snap.builds {
+            let verified: Vec<(&str, &[String])> = snap
+                .syncs_of(&b.id)
+                .iter()
+                .filter_map(|s| Some((s.install_id.as_str(), snap.verified_by(b, s)?)))
+                .collect();
+            if let Some((_, keys)) = verified.first() {
+                let installs: Vec<&str> = verified.iter().map(|(i, _)| *i).collect();
+                println!(
+                    "\n  {}: cosign signature by key {} verified at the build and again by each \
+                     install's agent before it tagged anything: {}",
+                    b.component,
+                    keys.join(", "),
+                    installs.join(", ")
+                );
+            }
+        }
         // A chart bundle (a helm-chart built as an index): the chart and its images, as one.
         for b in &snap.builds {
             let kind = snap.kinds.get(&(b.app.clone(), b.component.clone()));

@@ -89,7 +89,7 @@ pub enum ComponentCommand {
         #[arg(long, value_enum)]
         kind: Kind,
         /// image: the image to copy (a reference, or oci:DIR[:tag] under the app root).
-        #[arg(long)]
+        #[arg(long, visible_alias = "image", value_name = "REF")]
         source: Option<String>,
         /// docker-build: the build context directory (`--context` is the global context).
         #[arg(long)]
@@ -141,6 +141,12 @@ pub struct ComponentExtras {
     /// With --verify-key: whether a signature by any one key suffices, or every key must sign.
     #[arg(long, value_enum, default_value = "any", requires = "verify_keys")]
     verify_require: Require,
+    /// The credential the build reads the private source with (image registry, chart
+    /// repository, https git): its name only. The secret is in the builder's credentials file
+    /// (~/.config/ferry/credentials.json, mode 0600) locally, and in the Secrets Manager secret
+    /// ferry/sources/NAME on AWS. See docs/design/build.md.
+    #[arg(long, value_name = "NAME")]
+    credentials: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, Default)]
@@ -499,6 +505,7 @@ pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
         kind,
         repository,
         verify: extras.policy()?,
+        credentials: extras.credentials.clone(),
     };
     component.check().map_err(anyhow::Error::msg)?;
     let subscribed =
@@ -744,9 +751,13 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
             let versions = with_backend!(&backend, m => {
                 ferry_core::release_port::install_versions(m.store(), &st.install, &st.holds).await
             })?;
+            let comps =
+                with_backend!(&backend, m => m.list_components(Some(&st.install.app)).await)?;
+            let signatures = verified_signatures(&comps, &st.holds);
             if common.json {
                 let mut out = serde_json::to_value(&st)?;
                 out["versions"] = serde_json::to_value(&versions)?;
+                out["signatures_verified"] = serde_json::to_value(&signatures)?;
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(());
             }
@@ -845,6 +856,14 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                 .collect();
             println!("  versions:");
             print_table(&["COMPONENT", "DESIRED", "CURRENT", "IN SYNC"], &rows);
+            for v in &signatures {
+                println!(
+                    "  signature        {} {}: verified (key {}) at the build and by its agent",
+                    v.component,
+                    short_digest(v.digest.as_str()),
+                    v.keys.join(", ")
+                );
+            }
             // How the install's nodes pull: a pull-only identity whose secret stays in its file.
             match &backend {
                 Backend::Local(m) => {
@@ -1100,4 +1119,45 @@ pub async fn dlq(cmd: DlqCommand, ctx: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ---- install show: verified signatures (issue 13) ---------------------------------------------
+
+/// A component the install holds whose signature policy it passed.
+#[derive(Debug, serde::Serialize)]
+struct SignatureVerified {
+    component: ferry_core::id::ComponentName,
+    digest: ferry_core::id::Digest,
+    /// Ids of the policy's keys (`ferry_oci::cosign::PublicKey::id`).
+    keys: Vec<String>,
+}
+
+/// For each component with a verification policy that the install holds: its digest passed
+/// that policy, since the build verifies before importing and the agent verifies again before
+/// it tags anything into the install (a failure ends the sync `policy_failed`, holding nothing).
+/// Holds name the vendor repository (`vendor/<component repository>` locally).
+fn verified_signatures(
+    components: &[Component],
+    holds: &[ferry_core::manage::Held],
+) -> Vec<SignatureVerified> {
+    components
+        .iter()
+        .filter_map(|c| {
+            let policy = c.verify.as_ref()?;
+            let repo = c.repository.as_str();
+            let held = holds.iter().find(|h| {
+                let r = h.repository.as_str();
+                r == repo || r.strip_suffix(repo).is_some_and(|p| p.ends_with('/'))
+            })?;
+            let keys = policy.keys.iter().map(|pem| {
+                ferry_oci::cosign::PublicKey::from_pem(pem)
+                    .map_or_else(|_| "(unreadable key)".to_string(), |k| k.id().to_string())
+            });
+            Some(SignatureVerified {
+                component: c.name.clone(),
+                digest: held.digest.clone(),
+                keys: keys.collect(),
+            })
+        })
+        .collect()
 }

@@ -54,10 +54,37 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
             "the {who} secret must not be printed"
         );
     }
+    // The signed external image: each install's sync shows the signature it verified.
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("signed") && l.contains("signature verified (key "))
+            .count(),
+        3,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("signed: cosign signature by key")
+            && stdout.contains("dev-1, dev-2, dev-3"),
+        "{stdout}"
+    );
     // The closing hint pulls as the install's nodes do, with the secret read from its file.
     assert!(stdout.contains("keys/node-dev-1.secret"), "{stdout}");
 
-    // A second process reads what the first left.
+    // A second process reads what the first left; `install show` names the verified signature.
+    let out = ferry(&["install", "show", "dev-2", "--state-dir", state]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.lines().any(|l| l.contains("signature")
+            && l.contains("signed")
+            && l.contains("verified (key ")),
+        "{shown}"
+    );
     let out = ferry(&["syncs", "--json", "--state-dir", state]);
     assert!(
         out.status.success(),
@@ -66,7 +93,7 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
     );
     let syncs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let syncs = syncs.as_array().unwrap();
-    assert_eq!(syncs.len(), 15, "5 components × 3 installs");
+    assert_eq!(syncs.len(), 18, "6 components × 3 installs");
     assert!(
         syncs.iter().all(|s| s["state"]["status"] == "succeeded"),
         "{syncs:?}"

@@ -62,8 +62,19 @@ fn prepare_db(state: &Path) {
 }
 
 fn start_dev(state: &Path, app: &Path, installs: u32, extra: &[&str]) -> Dev {
+    start_dev_with_env(state, app, installs, extra, &[])
+}
+
+fn start_dev_with_env(
+    state: &Path,
+    app: &Path,
+    installs: u32,
+    extra: &[&str],
+    envs: &[(&str, &Path)],
+) -> Dev {
     prepare_db(state);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .envs(envs.iter().copied())
         .args(["dev", "--json", "--installs", &installs.to_string()])
         .arg("--state-dir")
         .arg(state)
@@ -216,7 +227,7 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
     assert_eq!(summary["verified_installs"], 3, "{summary}");
 
     let builds = table_bodies(&state, "SELECT body FROM builds");
-    assert_eq!(builds.len(), 5, "one build per component");
+    assert_eq!(builds.len(), 6, "one build per component");
     let vendor = format!("vendor:{}", dev.secret("vendor.secret"));
     let mut kinds_seen = Vec::new();
     for b in &builds {
@@ -264,6 +275,16 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
             }
             "web" => kinds_seen.push("docker-build"),
             "base" => kinds_seen.push("image"),
+            "signed" => {
+                // The signed external image: its signature travelled into every install.
+                let digest: ferry_oci::Digest = digest.parse().unwrap();
+                let tag = ferry_oci::cosign::signature_tag(&digest);
+                for i in ["dev-1", "dev-2", "dev-3"] {
+                    let creds = format!("agent:{i}:{}", dev.secret(&format!("agent-{i}.secret")));
+                    skopeo_raw(&creds, &format!("{}/installs/{i}/{dest}:{tag}", dev.host));
+                }
+                kinds_seen.push("image");
+            }
             other => panic!("unexpected component {other}"),
         }
     }
@@ -274,6 +295,7 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
             "docker-build",
             "helm-chart",
             "helm-chart",
+            "image",
             "image",
             "opentofu-module"
         ]
@@ -303,7 +325,7 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
             ClearGrant::open(&key, job.grant.ciphertext(), &job.install_id, &job.sync_id).unwrap();
         tokens.push(grant.token.clone());
     }
-    assert_eq!(tokens.len(), 15, "one grant per sync job");
+    assert_eq!(tokens.len(), 18, "one grant per sync job");
     let mut secrets: Vec<String> = tokens;
     secrets.push(dev.secret("vendor.secret"));
     for i in ["dev-1", "dev-2", "dev-3"] {
@@ -336,6 +358,99 @@ async fn e2e_every_kind_reaches_three_installs_verified_and_no_secret_leaks() {
     }
 }
 
+/// Source-credential hygiene: an app whose one image sits in a private registry (htpasswd)
+/// and names the credential `acme`, held in a 0600 credentials file. The build and the syncs
+/// succeed, and the secret (and its Basic form) is in no log line, queue body, store item or
+/// line of output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_a_private_source_builds_and_its_secret_stays_out_of_logs_queues_and_store() {
+    use ferry_testkit::private_registry::{PrivateRegistry, PASSWORD, USER};
+    use std::os::unix::fs::PermissionsExt as _;
+    let reg = PrivateRegistry::start().await;
+    let out = Command::new("skopeo")
+        .args(["copy", "--all", "--dest-tls-verify=false", "--dest-creds"])
+        .arg(format!("{USER}:{PASSWORD}"))
+        .arg(format!(
+            "oci:{}:v1",
+            workspace_root().join("examples/demo/base-image").display()
+        ))
+        .arg(format!("docker://{}/acme/private:v1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(
+        app.join("ferry.json"),
+        serde_json::json!({"app": "acme", "components": [{
+            "name": "private", "kind": "image", "repository": "acme/private",
+            "source": format!("{}/acme/private:v1", reg.addr), "credentials": "acme"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let creds = dir.path().join("credentials.json");
+    std::fs::write(
+        &creds,
+        serde_json::json!({"credentials": {"acme": {"username": USER, "password": PASSWORD}}})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let state = dir.path().join("state");
+    let mut dev = start_dev_with_env(
+        &state,
+        &app,
+        2,
+        &[],
+        &[("FERRY_CREDENTIALS_FILE", creds.as_path())],
+    );
+    let summary = dev.wait_event("summary", Duration::from_secs(300));
+    assert_eq!(summary["synced"], true, "{summary}");
+    assert_eq!(summary["verified_installs"], 2, "{summary}");
+    let builds = table_bodies(&state, "SELECT body FROM builds");
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert!(builds[0].contains("succeeded"), "{}", builds[0]);
+
+    // Every form the secret could take on a wire (the password, the Basic header's base64).
+    let forms = ferry_build::SourceCredential::Basic {
+        username: USER.into(),
+        password: ferry_oci::Secret::new(PASSWORD),
+    }
+    .secret_forms();
+    assert_eq!(forms.len(), 2);
+    let logs = std::fs::read_to_string(state.join("logs/ferry-dev.log")).unwrap();
+    assert!(
+        logs.contains("source credential resolved"),
+        "the logs cover the credential's use (by name)"
+    );
+    let queue_bodies: String = logged(&state, "%")
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let export = store(&state).await.export_json().await.unwrap();
+    let db = std::fs::read(state.join("ferry.db")).unwrap();
+    let db = String::from_utf8_lossy(&db);
+    let stdout = dev.stdout();
+    for s in &forms {
+        for (what, hay) in [
+            ("the logs", &logs),
+            ("a queue body", &queue_bodies),
+            ("the store", &export),
+            ("the database file", &db.to_string()),
+            ("stdout", &stdout),
+        ] {
+            assert!(!hay.contains(s.as_str()), "the source secret is in {what}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_replaying_every_event_three_times_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -348,7 +463,7 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
     let before = store(&state).await.export_json().await.unwrap();
     let jobs_before = logged(&state, "install-%").len();
     let reports_before = logged(&state, "sync-reported").len();
-    assert_eq!(jobs_before, 15);
+    assert_eq!(jobs_before, 18);
 
     let ims: Vec<String> = ims_queues().iter().map(|q| q.to_string()).collect();
     let events: Vec<String> = logged(&state, "%")
@@ -356,8 +471,8 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
         .filter(|(q, _)| ims.contains(q))
         .map(|(_, b)| b)
         .collect();
-    // build.requested ×5, build.completed ×5, sync.requested ×15, sync.reported ×15.
-    assert_eq!(events.len(), 40, "{events:?}");
+    // build.requested ×6, build.completed ×6, sync.requested ×18, sync.reported ×18.
+    assert_eq!(events.len(), 48, "{events:?}");
     let bus = LocalBus::new(SqliteQueue::open(state.join("ferry.db")).unwrap());
     for _ in 0..3 {
         for body in &events {
@@ -369,13 +484,13 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
             assert!(r[0].is_ok(), "{r:?}");
         }
     }
-    // 120 replays were sent; wait for the workers to drain them all.
+    // 144 replays were sent; wait for the workers to drain them all.
     assert_eq!(
         logged(&state, "%")
             .into_iter()
             .filter(|(q, _)| ims.contains(q))
             .count(),
-        40 * 4
+        48 * 4
     );
     wait_queues_empty(&state, Duration::from_secs(120)).await;
 
@@ -388,7 +503,7 @@ async fn e2e_replaying_every_event_three_times_changes_nothing() {
     );
     assert_eq!(
         logged(&state, "sync-reported").len(),
-        reports_before + 15 * 3,
+        reports_before + 18 * 3,
         "only the replayed reports themselves, no new agent reports"
     );
 }

@@ -288,6 +288,7 @@ async fn store_catalog<S: JobStore>(s: &S) {
         },
         repository: repo("shop/web"),
         verify: None,
+        credentials: None,
     };
     assert_eq!(
         ok(s.get_component(&c.app, &c.name).await, "get_component"),

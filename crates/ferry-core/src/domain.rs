@@ -248,6 +248,49 @@ pub struct Component {
     /// it into an install (`image` components only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyPolicy>,
+    /// The name of the credential the build uses to read this component's private source (the
+    /// image's registry, the chart repository, the git repository). Only the name: the secret
+    /// lives in the builder's credentials file locally and in the Secrets Manager secret
+    /// `ferry/sources/<name>` on AWS, never in this record (docs/design/build.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+}
+
+/// Longest credential name.
+pub const MAX_CREDENTIAL_NAME: usize = 64;
+
+/// Checks a credential name: 1 to [`MAX_CREDENTIAL_NAME`] characters of `a-z`, `0-9`, `.`,
+/// `_` and `-`, starting with a letter or digit (it becomes part of a secret name on AWS).
+pub fn check_credential_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CREDENTIAL_NAME
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "credential name {name:?} is not valid: use 1 to {MAX_CREDENTIAL_NAME} characters of \
+             a-z, 0-9, '.', '_' and '-', starting with a letter or digit (e.g. \"acme-registry\")"
+        ))
+    }
+}
+
+/// Whether `url` carries a password or token in its user part (`https://user:pw@host/…`,
+/// `https://token@host/…` over http(s)): secrets belong in a named credential, not in a URL
+/// that is stored, shown and recorded.
+pub fn url_has_secret(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    match authority.rsplit_once('@') {
+        None => false,
+        // ssh://git@host is a user name, not a secret; a password after ':' is.
+        Some((user, _)) => user.contains(':') || matches!(scheme, "http" | "https"),
+    }
 }
 
 impl Component {
@@ -286,6 +329,35 @@ impl Component {
                     self.name, g.git
                 ));
             }
+        }
+        let url = match &self.kind {
+            ComponentKind::Image { source } => Some(source.as_str()),
+            ComponentKind::HelmChart {
+                chart: ChartSource::Repo { url, .. },
+                ..
+            } => Some(url.as_str()),
+            kind => kind.git_source().map(|g| g.git.as_str()),
+        };
+        if let Some(name) = &self.credentials {
+            check_credential_name(name).map_err(|e| format!("component {}: {e}", self.name))?;
+            if url.is_none() {
+                return Err(format!(
+                    "component {}: \"credentials\" is for a private source (an image, a chart \
+                     repository or a git source), and this {} is built from the local source \
+                     tree; drop \"credentials\" or give it a git source",
+                    self.name,
+                    self.kind.name()
+                ));
+            }
+        }
+        if url.is_some_and(url_has_secret) {
+            // The URL itself is not repeated: it holds the secret.
+            return Err(format!(
+                "component {}: its source URL carries a password or token; remove it from the \
+                 URL and name a credential instead (\"credentials\": NAME, see \
+                 docs/design/build.md)",
+                self.name
+            ));
         }
         Ok(())
     }
@@ -631,12 +703,56 @@ mod tests {
             },
             repository: Repository::new("shop/chart").unwrap(),
             verify: None,
+            credentials: None,
         };
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["kind"], "helm-chart");
         let back: Component = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
         assert_eq!(back.kind.name(), "helm-chart");
+    }
+
+    #[test]
+    fn credential_names_are_checked_and_secrets_stay_out_of_urls() {
+        let v = serde_json::json!({"app": "shop", "name": "web", "kind": "image",
+            "source": "registry.example/acme/web", "repository": "shop/web",
+            "credentials": "acme-registry"});
+        let c: Component = serde_json::from_value(v).unwrap();
+        assert_eq!(c.credentials.as_deref(), Some("acme-registry"));
+        assert_eq!(c.check(), Ok(()));
+        for bad in ["", "Acme", "-x", "a/b", &"x".repeat(65)] {
+            let mut c = c.clone();
+            c.credentials = Some(bad.to_string());
+            let err = c.check().unwrap_err();
+            assert!(err.contains("credential name"), "{bad:?}: {err}");
+        }
+        let mut leaky = c.clone();
+        leaky.kind = ComponentKind::DockerBuild {
+            context: ".".into(),
+            dockerfile: "Dockerfile".into(),
+            source: Some(GitSource {
+                git: "https://x-access-token:ghp-hunter2@git.example/acme/app.git".into(),
+                reference: None,
+                path: None,
+            }),
+        };
+        let err = leaky.check().unwrap_err();
+        assert!(err.contains("name a credential"), "{err}");
+        assert!(
+            !err.contains("hunter2"),
+            "the error never repeats the secret: {err}"
+        );
+        assert!(url_has_secret("https://tok@git.example/a.git"));
+        assert!(!url_has_secret("ssh://git@git.example/a.git"));
+        assert!(!url_has_secret("git@git.example:a.git"));
+        assert!(!url_has_secret("registry.example/acme/web@sha256:00"));
+        // Without credentials, the record does not name the field at all.
+        let mut plain = c.clone();
+        plain.credentials = None;
+        assert!(serde_json::to_value(&plain)
+            .unwrap()
+            .get("credentials")
+            .is_none());
     }
 
     #[test]

@@ -59,6 +59,7 @@ fn component(app: &str, name: &str) -> Component {
         },
         repository: id(Repository::new(format!("{app}/{name}"))),
         verify: None,
+        credentials: None,
     }
 }
 

@@ -63,6 +63,7 @@ pub async fn reconcile_scenario<P: Backend>(f: ReconcileFixture<'_, P>) {
                 },
                 repository: must(Repository::new("vendor/shop/web"), "repository"),
                 verify: None,
+                credentials: None,
             })
             .await,
         "put_component",

@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub expected: HashMap<(AppName, ComponentName), BTreeSet<InstallId>>,
     /// The kind of each component (`image`, `docker-build`, ...).
     pub kinds: HashMap<(AppName, ComponentName), &'static str>,
+    /// The ids of the keys of each component's verification policy (components with one only).
+    pub policies: HashMap<(AppName, ComponentName), Vec<String>>,
 }
 
 impl Snapshot {
@@ -48,8 +50,18 @@ impl Snapshot {
                     .insert(i.id.clone());
             }
         }
-        let kinds = state::all_components(db)
-            .await?
+        let components = state::all_components(db).await?;
+        let policies = components
+            .iter()
+            .filter_map(|c| {
+                let keys = c.verify.as_ref()?.keys.iter().map(|pem| {
+                    ferry_oci::cosign::PublicKey::from_pem(pem)
+                        .map_or_else(|_| "(unreadable key)".to_string(), |k| k.id().to_string())
+                });
+                Some(((c.app.clone(), c.name.clone()), keys.collect()))
+            })
+            .collect();
+        let kinds = components
             .into_iter()
             .map(|c| ((c.app, c.name), c.kind.name()))
             .collect();
@@ -58,7 +70,21 @@ impl Snapshot {
             syncs,
             expected,
             kinds,
+            policies,
         })
+    }
+
+    /// The keys whose signature was verified for sync `s` of build `b`: the component's policy
+    /// keys when the sync succeeded (the build verified the source, and the install's agent
+    /// verified again before it tagged anything: a failed check ends the sync `policy_failed`);
+    /// `None` when the component has no policy or the sync did not succeed.
+    pub fn verified_by(&self, b: &Build, s: &SyncJob) -> Option<&[String]> {
+        if s.status() != JobStatus::Succeeded {
+            return None;
+        }
+        self.policies
+            .get(&(b.app.clone(), b.component.clone()))
+            .map(Vec::as_slice)
     }
 
     /// The syncs of build `b`.

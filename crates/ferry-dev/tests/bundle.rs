@@ -194,9 +194,9 @@ async fn bundles_carry_the_demo_app_into_an_air_gapped_install_and_receipts_come
         .unwrap()
         .clone();
     let all: Vec<BuildId> = snap.builds.iter().map(|b| b.id.clone()).collect();
-    // The demo app: image, docker-build, helm-chart (twice: a plain chart and one with its
-    // images), opentofu-module.
-    assert_eq!(all.len(), 5, "all four kinds");
+    // The demo app: image (twice: a plain one and a signed one), docker-build, helm-chart
+    // (twice: a plain chart and one with its images), opentofu-module.
+    assert_eq!(all.len(), 6, "all four kinds");
 
     // The vendor registers the air-gapped install (its agent's public keys only).
     let m = LocalManagement::open(system.state()).unwrap();

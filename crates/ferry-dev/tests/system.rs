@@ -31,7 +31,7 @@ async fn starts_in_process_builds_and_syncs_every_install() {
     );
 
     let requested = system.request_builds("test").await.unwrap();
-    assert_eq!(requested.len(), 5, "one build per demo component");
+    assert_eq!(requested.len(), 6, "one build per demo component");
     let snap = system
         .wait_until_done(&requested, Duration::from_secs(300))
         .await

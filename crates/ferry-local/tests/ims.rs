@@ -100,6 +100,7 @@ async fn env_with(
             },
             repository: Repository::new("shop/web").unwrap(),
             verify: None,
+            credentials: None,
         })
         .await
         .unwrap();

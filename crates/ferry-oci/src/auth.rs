@@ -1,7 +1,8 @@
 //! Credentials and the registry auth flows: anonymous, basic, bearer token (with a
-//! `WWW-Authenticate` challenge, per-repository scope and a cache until expiry), a pre-issued
-//! bearer token (Ferry's one-time grants), docker `config.json`, and a caller-supplied ECR
-//! basic credential (`AWS:<token>`).
+//! `WWW-Authenticate` challenge, per-repository scope and a cache until expiry), an OAuth2
+//! refresh token exchanged at the token service (docker `config.json`'s `identitytoken`), a
+//! pre-issued bearer token (Ferry's one-time grants), docker `config.json`, and a
+//! caller-supplied ECR basic credential (`AWS:<token>`).
 //!
 //! It must never print a secret: [`Secret`] redacts itself in `Debug` and `Display`, and no
 //! error built here contains a password, a token or an Authorization header.
@@ -52,6 +53,10 @@ pub enum Credential {
     /// A registry token issued elsewhere (a Ferry grant): sent as `Authorization: Bearer`
     /// and never exchanged.
     Bearer(Secret),
+    /// An OAuth2 refresh token (docker `config.json`'s `identitytoken`, what `docker login`
+    /// stores for registries such as ACR): exchanged at the registry's token service with
+    /// `POST grant_type=refresh_token` for an access token; never sent to the registry itself.
+    IdentityToken(Secret),
 }
 
 impl Credential {
@@ -73,6 +78,9 @@ impl Credential {
                 format!("basic:{}", hash(&[username, password.expose()]))
             }
             Credential::Bearer(token) => format!("bearer:{}", hash(&[token.expose()])),
+            Credential::IdentityToken(token) => {
+                format!("identity:{}", hash(&[token.expose()]))
+            }
         }
     }
 }
@@ -164,8 +172,9 @@ impl CredentialStore {
 }
 
 impl CredentialStore {
-    /// Reads the `auths` of a docker `config.json`: each entry's base64 `auth`
-    /// (`user:password`) or its `username`/`password`. Keys may be `https://host/...` or
+    /// Reads the `auths` of a docker `config.json`: each entry's `identitytoken` (an OAuth2
+    /// refresh token, preferred as docker does), else its base64 `auth` (`user:password`) or its
+    /// `username`/`password`. Keys may be `https://host/...` or
     /// `host`; Docker Hub's keys map to `registry-1.docker.io`. Credential helpers
     /// (`credsStore`, `credHelpers`) are not run; such entries are skipped.
     pub fn from_docker_config(path: &Path) -> Result<CredentialStore> {
@@ -208,7 +217,9 @@ impl CredentialStore {
                     .and_then(|v| v.as_str())
                     .filter(|s| !s.is_empty())
             };
-            let credential = if let Some(encoded) = field("auth") {
+            let credential = if let Some(token) = field("identitytoken") {
+                Credential::IdentityToken(Secret::new(token))
+            } else if let Some(encoded) = field("auth") {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(encoded.trim())
                     .ok()
@@ -271,7 +282,9 @@ impl CredentialStore {
                     out.push(password.expose().to_string());
                     out.push(basic_token(username, password));
                 }
-                Credential::Bearer(s) => out.push(s.expose().to_string()),
+                Credential::Bearer(s) | Credential::IdentityToken(s) => {
+                    out.push(s.expose().to_string())
+                }
             }
         }
         out
@@ -632,6 +645,20 @@ mod tests {
             from_file.lookup("localhost:5000", "r"),
             Credential::Basic { .. }
         ));
+    }
+
+    #[test]
+    fn docker_config_identity_tokens_are_refresh_tokens() {
+        let auth = base64::engine::general_purpose::STANDARD.encode("00000000:unused");
+        let json = format!(
+            r#"{{"auths":{{"acr.example":{{"auth":"{auth}","identitytoken":"refresh-hunter2"}}}}}}"#
+        );
+        let store = CredentialStore::from_docker_config_bytes(json.as_bytes(), "t").unwrap();
+        let c = store.lookup("acr.example", "r");
+        assert_eq!(c, Credential::IdentityToken(Secret::new("refresh-hunter2")));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(c.identity_key().starts_with("identity:"));
+        assert!(store.secrets().contains(&"refresh-hunter2".to_string()));
     }
 
     #[test]

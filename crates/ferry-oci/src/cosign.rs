@@ -293,20 +293,31 @@ impl Tally {
         m: &Manifest,
         keys: &[PublicKey],
     ) -> Result<(), Error> {
+        for (layer, sig) in self.signed_layers(m) {
+            let payload = read_payload(client, repo, &layer.digest, layer.size).await?;
+            self.record(&m.digest, verify_payload(keys, &payload, &sig, subject));
+        }
+        Ok(())
+    }
+
+    /// The simple-signing layers of `m` small enough to read, with their signatures; every
+    /// other payload is recorded as a refusal.
+    fn signed_layers(&mut self, m: &Manifest) -> Vec<(crate::Descriptor, String)> {
         let parsed: SignatureManifest = match serde_json::from_slice(&m.bytes) {
             Ok(p) => p,
             Err(e) => {
                 self.refusals
                     .push(format!("{}: not a manifest: {e}", m.digest));
-                return Ok(());
+                return Vec::new();
             }
         };
+        let mut out = Vec::new();
         for layer in parsed
             .layers
-            .iter()
+            .into_iter()
             .filter(|l| l.media_type == SIMPLE_SIGNING)
         {
-            let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION) else {
+            let Some(sig) = layer.annotations.get(SIGNATURE_ANNOTATION).cloned() else {
                 self.refusals
                     .push(format!("{}: a payload without a signature", m.digest));
                 continue;
@@ -318,22 +329,26 @@ impl Tally {
                 ));
                 continue;
             }
-            let payload = read_payload(client, repo, &layer.digest, layer.size).await?;
-            match verify_payload(keys, &payload, sig, subject) {
-                Ok(signers) => {
-                    for k in signers {
-                        if !self.signed_by.contains(&k) {
-                            self.signed_by.push(k);
-                        }
-                    }
-                    if !self.from.contains(&m.digest) {
-                        self.from.push(m.digest.clone());
+            out.push((layer, sig));
+        }
+        out
+    }
+
+    /// Records one payload's verdict, from the signature manifest `from`.
+    fn record(&mut self, from: &Digest, verdict: Result<Vec<String>, String>) {
+        match verdict {
+            Ok(signers) => {
+                for k in signers {
+                    if !self.signed_by.contains(&k) {
+                        self.signed_by.push(k);
                     }
                 }
-                Err(reason) => self.refusals.push(format!("{}: {reason}", m.digest)),
+                if !self.from.contains(from) {
+                    self.from.push(from.clone());
+                }
             }
+            Err(reason) => self.refusals.push(format!("{from}: {reason}")),
         }
-        Ok(())
     }
 
     /// Whether the signatures found satisfy `policy`'s requirement.
@@ -397,6 +412,72 @@ pub async fn verify(
             .map_err(registry)?;
     }
     tally.judge(policy, target)
+}
+
+/// Finds the signature of `subject` in an OCI layout (the manifest its index tags
+/// `sha256-<hex>.sig`, as `cosign save` and `skopeo copy` of the signature tag leave it) and
+/// checks it against `policy`, exactly as [`verify`] does in a registry.
+pub async fn verify_layout(
+    layout: &crate::OciLayout,
+    subject: &Digest,
+    policy: &Policy,
+) -> Result<Verified, VerifyError> {
+    let target = format!("{}@{subject}", layout.root().display());
+    if policy.keys.is_empty() {
+        return Err(VerifyError::BadKey(
+            "the policy lists no key; add at least one cosign public key".into(),
+        ));
+    }
+    let read = |source| VerifyError::Registry {
+        target: target.clone(),
+        source,
+    };
+    let tag = signature_tag(subject);
+    let desc = match layout.resolve(Some(&tag)).await {
+        Ok(d) => d,
+        Err(Error::NotFound { .. }) => return Err(VerifyError::Unsigned { target, tag }),
+        Err(e) => return Err(read(e)),
+    };
+    let m = layout
+        .read_manifest(&desc.digest, &desc.media_type)
+        .await
+        .map_err(read)?;
+    let mut tally = Tally::default();
+    for (layer, sig) in tally.signed_layers(&m) {
+        let payload = read_layout_payload(layout, &layer.digest)
+            .await
+            .map_err(read)?;
+        tally.record(
+            &m.digest,
+            verify_payload(&policy.keys, &payload, &sig, subject),
+        );
+    }
+    tally.judge(policy, target)
+}
+
+/// A payload blob of a layout, bounded by [`MAX_PAYLOAD`] and checked against its digest.
+async fn read_layout_payload(layout: &crate::OciLayout, digest: &Digest) -> Result<Vec<u8>, Error> {
+    let mut stream = layout.read_blob(digest).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if out.len() as u64 + chunk.len() as u64 > MAX_PAYLOAD {
+            return Err(Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: MAX_PAYLOAD,
+                actual: out.len() as u64 + chunk.len() as u64,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    let actual = Digest::of(&out);
+    if &actual != digest {
+        return Err(Error::DigestMismatch {
+            expected: digest.clone(),
+            actual,
+        });
+    }
+    Ok(out)
 }
 
 /// Cosign's tag-scheme suffixes that travel with an artifact: signatures, attestations, SBOMs.

@@ -18,6 +18,8 @@ use axum::body::Bytes;
 use axum::http::request::Parts;
 use axum::response::Response;
 
+pub mod private_registry;
+
 /// The account moto answers for.
 pub const ACCOUNT: &str = "123456789012";
 /// The region the harnesses sign for.

@@ -31,6 +31,7 @@ fn component() -> Component {
         },
         repository: Repository::new("shop/web").unwrap(),
         verify: None,
+        credentials: None,
     }
 }
 

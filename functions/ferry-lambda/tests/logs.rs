@@ -24,6 +24,7 @@ fn component() -> Component {
         },
         repository: Repository::new("shop/web").unwrap(),
         verify: None,
+        credentials: None,
     }
 }
 

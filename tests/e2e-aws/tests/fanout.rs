@@ -213,6 +213,7 @@ async fn fan_out(installs: usize, faults_every: usize) -> Measured {
         },
         repository: Repository::new("shop/web").unwrap(),
         verify: None,
+        credentials: None,
     };
     store.put_component(&component).await.unwrap();
     let mut ids = Vec::new();

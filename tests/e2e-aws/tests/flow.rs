@@ -266,6 +266,7 @@ async fn a_build_reaches_every_install_through_aws() {
         },
         repository: repository.clone(),
         verify: None,
+        credentials: None,
     };
     store.put_component(&component).await.unwrap();
 

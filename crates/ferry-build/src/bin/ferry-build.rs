@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use ferry_build::completion;
-use ferry_build::{ArtifactBuilder, BuildConfig};
+use ferry_build::{sources, ArtifactBuilder, BuildConfig, BuildError, SourceCredentials};
 use ferry_core::domain::Component;
 use ferry_core::id::BuildId;
 use ferry_core::ports::BuildSpec;
@@ -62,6 +62,11 @@ struct Args {
     /// AWS credentials (in CodeBuild, the build role). Without it the event is only printed.
     #[arg(long, env = "FERRY_EVENT_BUS")]
     event_bus: Option<String>,
+    /// Read the credential a component names (`"credentials": NAME`) from the Secrets Manager
+    /// secret `<prefix><NAME>` (the vendor stack sets `ferry/sources/`; only the build role may
+    /// read those). Without it, from the local credentials file (`FERRY_CREDENTIALS_FILE`).
+    #[arg(long, env = "FERRY_SOURCE_SECRET_PREFIX")]
+    source_secret_prefix: Option<String>,
     /// The app root already is the checkout of the component's git source, at this commit
     /// (CodeBuild checked it out as a source override); the build does not fetch it again.
     #[arg(long, env = "FERRY_SOURCE_REVISION")]
@@ -79,6 +84,10 @@ fn main() -> ExitCode {
         .init();
     let args = Args::parse();
     let event_bus = args.event_bus.clone().filter(|b| !b.trim().is_empty());
+    let secret_prefix = args
+        .source_secret_prefix
+        .clone()
+        .filter(|p| !p.trim().is_empty());
     let (builder, spec) = match setup(args) {
         Ok(x) => x,
         Err(e) => {
@@ -93,7 +102,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(builder.build(&spec));
+    let result = runtime.block_on(async {
+        let builder = match &secret_prefix {
+            Some(prefix) => with_secret_sources(builder, &spec, prefix).await?,
+            None => builder,
+        };
+        builder.build(&spec).await
+    });
     let event = completion::completion_event(&spec.build_id, &result);
     match event.to_json() {
         Ok(json) => println!("{json}"),
@@ -122,6 +137,28 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The builder with the credential the component names, read from Secrets Manager (the build
+/// role's ambient credentials); the same builder when it names none. A failure here is the
+/// build's failure (reported like any other), never the secret.
+async fn with_secret_sources(
+    builder: ArtifactBuilder,
+    spec: &BuildSpec,
+    prefix: &str,
+) -> Result<ArtifactBuilder, BuildError> {
+    let Some(name) = &spec.component.credentials else {
+        return Ok(builder);
+    };
+    let config = ferry_aws::config::from_env().await;
+    let component = spec.component.name.as_str();
+    let credential = sources::from_secrets_manager(&config, prefix, component, name).await?;
+    let sources = SourceCredentials::single(
+        format!("the Secrets Manager secret {prefix}{name}"),
+        name,
+        credential,
+    );
+    ArtifactBuilder::new(builder.config().clone().with_sources(sources))
 }
 
 fn setup(args: Args) -> Result<(ArtifactBuilder, BuildSpec)> {

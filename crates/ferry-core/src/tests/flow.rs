@@ -40,6 +40,7 @@ pub(super) async fn setup(n: usize) -> FakePorts {
             },
             repository: Repository::new("shop/web").unwrap(),
             verify: None,
+            credentials: None,
         })
         .await
         .unwrap();

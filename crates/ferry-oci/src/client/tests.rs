@@ -296,6 +296,87 @@ async fn bearer_token_is_fetched_once_cached_and_reused() {
     assert_eq!(token_calls.load(Ordering::SeqCst), 3);
 }
 
+/// docker's `identitytoken`: the refresh token goes only in a POST body to the token
+/// service (grant_type=refresh_token with the service and scope), never to the registry or
+/// in a URL, and the access token it returns reads the manifest.
+#[tokio::test]
+async fn an_identity_token_is_exchanged_by_post_for_an_access_token() {
+    let server = serve(|req: Seen| async move {
+        if req.uri.starts_with("/token") {
+            let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
+                .into_owned()
+                .collect();
+            let has = |k: &str, v: &str| form.iter().any(|(a, b)| a == k && b == v);
+            if req.method == "POST"
+                && has("grant_type", "refresh_token")
+                && has("refresh_token", "refresh-Hunter2")
+                && has("service", "test-registry")
+                && has("scope", "repository:team/app:pull")
+            {
+                return reply(
+                    200,
+                    &[("content-type", "application/json")],
+                    r#"{"access_token":"acc-1","expires_in":300}"#,
+                );
+            }
+            return reply(401, &[], "bad refresh token");
+        }
+        if req.header("authorization").as_deref() != Some("Bearer acc-1") {
+            let challenge = format!(
+                r#"Bearer realm="{}/token",service="test-registry""#,
+                req.base()
+            );
+            return reply(401, &[("www-authenticate", challenge.as_str())], "");
+        }
+        let m = sample_manifest(b"layer");
+        reply(200, &[("content-type", media::OCI_MANIFEST)], m.bytes)
+    })
+    .await;
+    let mut store = CredentialStore::new();
+    store.insert(
+        &server.registry(),
+        None,
+        Credential::IdentityToken(Secret::new("refresh-Hunter2")),
+    );
+    let client = client_with(store);
+    let m = client
+        .get_manifest(&server.repo("team/app"), "v1")
+        .await
+        .expect("manifest with the exchanged token");
+    assert_eq!(m.media_type, media::OCI_MANIFEST);
+    for s in server.seen() {
+        assert!(
+            !s.uri.contains("Hunter2"),
+            "the refresh token in a URL: {}",
+            s.uri
+        );
+        if !s.uri.starts_with("/token") {
+            assert!(
+                !String::from_utf8_lossy(&s.body).contains("Hunter2")
+                    && !s
+                        .header("authorization")
+                        .unwrap_or_default()
+                        .contains("Hunter2"),
+                "the refresh token went to the registry"
+            );
+        }
+    }
+    // A refused refresh token: the error says so and never repeats it.
+    let mut bad = CredentialStore::new();
+    bad.insert(
+        &server.registry(),
+        None,
+        Credential::IdentityToken(Secret::new("stale-Hunter2")),
+    );
+    let err = client_with(bad)
+        .get_manifest(&server.repo("team/app"), "v1")
+        .await
+        .expect_err("refused");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains("identity token"), "{text}");
+    assert!(!text.contains("Hunter2"), "{text}");
+}
+
 #[tokio::test]
 async fn concurrent_first_contact_fetches_one_token() {
     let token_calls = Arc::new(AtomicU64::new(0));

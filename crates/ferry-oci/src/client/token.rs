@@ -126,6 +126,11 @@ impl RegistryClient {
                 Credential::Basic { username, .. } => {
                     format!("the credentials of user {username:?} were refused")
                 }
+                Credential::IdentityToken(_) => {
+                    "the identity token (docker config.json `identitytoken`) was refused; log \
+                     in again"
+                        .to_string()
+                }
                 _ => "anonymous access was refused (the repository may be private or missing)"
                     .to_string(),
             };
@@ -173,7 +178,11 @@ impl RegistryClient {
     ) -> Result<Url> {
         let mut url = Url::parse(realm)
             .map_err(|_| auth_err(format!("the registry's token realm {realm:?} is not a URL")))?;
-        let sends_basic = matches!(credential, Credential::Basic { .. });
+        // Both carry a long-lived secret: the realm policy treats them alike.
+        let sends_basic = matches!(
+            credential,
+            Credential::Basic { .. } | Credential::IdentityToken(_)
+        );
         if let Some(reason) = realm_refusal(&self.registry_url(&repo.registry)?, &url, sends_basic)
         {
             return Err(auth_err(reason));
@@ -202,7 +211,10 @@ impl RegistryClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut rb = self.inner.http.get(url.clone());
+            let mut rb = match credential {
+                Credential::IdentityToken(refresh) => self.refresh_token_request(url, refresh)?,
+                _ => self.inner.http.get(url.clone()),
+            };
             if let Credential::Basic { username, password } = credential {
                 rb = rb.header(
                     AUTHORIZATION,
@@ -233,6 +245,40 @@ impl RegistryClient {
                 }
             }
         }
+    }
+
+    /// The OAuth2 token request for a refresh token (the docker `identitytoken` flow): a POST
+    /// to the realm with `grant_type=refresh_token`, the service and scopes in the form body
+    /// (where token services read them), the token never in the URL.
+    fn refresh_token_request(
+        &self,
+        url: &Url,
+        refresh: &crate::auth::Secret,
+    ) -> Result<reqwest::RequestBuilder> {
+        let mut form: Vec<(String, String)> = vec![
+            ("grant_type".into(), "refresh_token".into()),
+            ("client_id".into(), "ferry".into()),
+        ];
+        form.extend(
+            url.query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned())),
+        );
+        let mut body = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &form {
+            body.append_pair(k, v);
+        }
+        body.append_pair("refresh_token", refresh.expose());
+        let mut bare = url.clone();
+        bare.set_query(None);
+        Ok(self
+            .inner
+            .http
+            .post(bare)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body.finish()))
     }
 
     /// Reacts to a 401: learn the registry's scheme from its challenge, so that the next
