@@ -111,6 +111,7 @@ async fn run(n: usize) {
             },
             repository: repository.clone(),
             verify: None,
+            credentials: None,
         })
         .await
         .unwrap();
