@@ -136,40 +136,8 @@ impl ComponentExtras {
 }
 
 pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
-    let (
-        app,
-        name,
-        kind,
-        source,
-        context,
-        dockerfile,
-        dir,
-        repository,
-        subscribe_all,
-        extras,
-        common,
-    ) = match cmd {
-        ComponentCommand::List { app, common } => {
-            let backend = common.open(ctx).await?;
-            let app = app.as_deref().map(app_name).transpose()?;
-            let comps = with_backend!(&backend, m => m.list_components(app.as_ref()).await)?;
-            if common.json {
-                println!("{}", serde_json::to_string_pretty(&comps)?);
-            } else {
-                let rows: Vec<Vec<String>> = comps
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            format!("{}/{}", c.app, c.name),
-                            c.kind.name().to_string(),
-                            c.repository.to_string(),
-                        ]
-                    })
-                    .collect();
-                print_table(&["COMPONENT", "KIND", "REPOSITORY"], &rows);
-            }
-            return Ok(());
-        }
+    match cmd {
+        ComponentCommand::List { app, common } => list(app.as_deref(), &common, ctx).await,
         ComponentCommand::Add {
             app,
             name,
@@ -182,27 +150,84 @@ pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
             subscribe_all,
             extras,
             common,
-        } => (
-            app,
-            name,
-            kind,
-            source,
-            build_context,
-            dockerfile,
-            dir,
-            repository,
-            subscribe_all,
-            extras,
-            common,
-        ),
-    };
+        } => {
+            let backend = common.open(ctx).await?;
+            let app = app_name(&app)?;
+            let cname = component_name(&name)?;
+            let kind = component_kind(kind, source, build_context, dockerfile, dir, &extras)?;
+            let repo_text = repository.unwrap_or_else(|| format!("{app}/{cname}").to_lowercase());
+            let repository = Repository::new(repo_text.as_str())
+                .with_context(|| format!("repository {repo_text:?}; pass a valid --repository"))?;
+            if extras.git.is_some() && matches!(kind, ComponentKind::Image { .. }) {
+                bail!("--git is for components built from files; an image's --source names its registry");
+            }
+            let component = Component {
+                app: app.clone(),
+                name: cname.clone(),
+                kind,
+                repository,
+                verify: extras.policy()?,
+            };
+            component.check().map_err(anyhow::Error::msg)?;
+            let subscribed =
+                with_backend!(&backend, m => m.put_component(&component, subscribe_all).await)?;
+            if common.json {
+                println!(
+                    "{}",
+                    json!({"component": component, "subscribed": subscribed})
+                );
+            } else {
+                println!(
+                    "component {app}/{cname} ({}) → vendor/{}",
+                    component.kind.name(),
+                    component.repository
+                );
+                if !subscribed.is_empty() {
+                    let ids: Vec<&str> = subscribed.iter().map(|i| i.as_str()).collect();
+                    println!("subscribed: {}", ids.join(", "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `component list`: the components (of one app, or all), as a table or JSON.
+async fn list(app: Option<&str>, common: &StateArgs, ctx: Option<&str>) -> Result<()> {
     let backend = common.open(ctx).await?;
-    let app = app_name(&app)?;
-    let cname = component_name(&name)?;
+    let app = app.map(app_name).transpose()?;
+    let comps = with_backend!(&backend, m => m.list_components(app.as_ref()).await)?;
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&comps)?);
+    } else {
+        let rows: Vec<Vec<String>> = comps
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("{}/{}", c.app, c.name),
+                    c.kind.name().to_string(),
+                    c.repository.to_string(),
+                ]
+            })
+            .collect();
+        print_table(&["COMPONENT", "KIND", "REPOSITORY"], &rows);
+    }
+    Ok(())
+}
+
+/// The component's kind from the flags; each kind names the flag it needs when it is missing.
+fn component_kind(
+    kind: Kind,
+    source: Option<String>,
+    context: Option<String>,
+    dockerfile: String,
+    dir: Option<String>,
+    extras: &ComponentExtras,
+) -> Result<ComponentKind> {
     let need = |v: Option<String>, flag: &str| {
         v.ok_or_else(|| anyhow::anyhow!("a {kind:?} component needs {flag}"))
     };
-    let kind = match kind {
+    Ok(match kind {
         Kind::Image => ComponentKind::Image {
             source: need(source, "--source")?,
         },
@@ -224,38 +249,5 @@ pub async fn component(cmd: ComponentCommand, ctx: Option<&str>) -> Result<()> {
             dir: need(dir, "--dir")?,
             source: extras.git_source(),
         },
-    };
-    let repo_text = repository.unwrap_or_else(|| format!("{app}/{cname}").to_lowercase());
-    let repository = Repository::new(repo_text.as_str())
-        .with_context(|| format!("repository {repo_text:?}; pass a valid --repository"))?;
-    if extras.git.is_some() && matches!(kind, ComponentKind::Image { .. }) {
-        bail!("--git is for components built from files; an image's --source names its registry");
-    }
-    let component = Component {
-        app: app.clone(),
-        name: cname.clone(),
-        kind,
-        repository,
-        verify: extras.policy()?,
-    };
-    component.check().map_err(anyhow::Error::msg)?;
-    let subscribed =
-        with_backend!(&backend, m => m.put_component(&component, subscribe_all).await)?;
-    if common.json {
-        println!(
-            "{}",
-            json!({"component": component, "subscribed": subscribed})
-        );
-    } else {
-        println!(
-            "component {app}/{cname} ({}) → vendor/{}",
-            component.kind.name(),
-            component.repository
-        );
-        if !subscribed.is_empty() {
-            let ids: Vec<&str> = subscribed.iter().map(|i| i.as_str()).collect();
-            println!("subscribed: {}", ids.join(", "));
-        }
-    }
-    Ok(())
+    })
 }

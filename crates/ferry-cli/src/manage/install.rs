@@ -165,50 +165,7 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
                 registry: None,
             };
             let r = m.register_install(&registration).await?;
-            let state = m.state();
-            let vendor_public_key = r
-                .agent_settings
-                .get("vendor-public-key")
-                .cloned()
-                .unwrap_or_default();
-            let vendor_registry = r
-                .agent_settings
-                .get("vendor-registry")
-                .cloned()
-                .unwrap_or_default();
-            if common.json {
-                println!(
-                    "{}",
-                    json!({"install": r.install, "outcome": r.outcome,
-                        "identity": format!("agent:{id}"),
-                        "identity_secret_file": state.agent_secret_path(&id),
-                        "agent_key_file": if external { None } else { Some(state.agent_key_path(&id)) },
-                        "vendor_registry": vendor_registry, "vendor_public_key": vendor_public_key})
-                );
-            } else {
-                let comps: Vec<&str> = r.install.components.iter().map(|c| c.as_str()).collect();
-                println!(
-                    "install {id} added: app {}, components {}",
-                    r.install.app,
-                    comps.join(", ")
-                );
-                println!("  queue            {}", r.install.queue);
-                println!("  public key       {}", r.install.agent_public_key);
-                println!("  report key       {}", r.install.agent_report_key);
-                println!(
-                    "  identity         agent:{id}, secret in {} (0600)",
-                    state.agent_secret_path(&id).display()
-                );
-                if external {
-                    println!("  agent            runs elsewhere (its key was given); run it with");
-                    println!("                   --vendor-registry {vendor_registry} --vendor-public-key {vendor_public_key}");
-                } else {
-                    println!(
-                        "  agent key        {} (0600); a running `ferry dev` starts its agent",
-                        state.agent_key_path(&id).display()
-                    );
-                }
-            }
+            print_added(m.state(), &r, &id, external, common.json);
         }
         InstallCommand::Register {
             id,
@@ -239,186 +196,10 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
             print_registration(&r, common.json, json!({}))?;
         }
         InstallCommand::List { common } => {
-            let backend = common.open(ctx).await?;
-            let installs = with_backend!(&backend, m => m.list_installs().await)?;
-            let now = crate::console::now_ms();
-            let stale_after = crate::console::STALE_AFTER.as_millis() as u64;
-            let mut statuses = Vec::with_capacity(installs.len());
-            for i in &installs {
-                statuses.push(with_backend!(&backend, m => m.install_status(&i.id).await)?);
-            }
-            if common.json {
-                let rows: Vec<serde_json::Value> = statuses
-                    .iter()
-                    .map(|st| {
-                        let mut v = serde_json::to_value(&st.install).unwrap_or_default();
-                        v["last_seen"] = json!(st.last_seen);
-                        v["liveness"] = json!(st.liveness(now, stale_after).as_str());
-                        v
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                let rows: Vec<Vec<String>> = statuses
-                    .iter()
-                    .map(|st| {
-                        let i = &st.install;
-                        let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
-                        let liveness = st.liveness(now, stale_after);
-                        vec![
-                            i.id.to_string(),
-                            i.app.to_string(),
-                            comps.join(","),
-                            if liveness.is_stale() { "STALE" } else { "" }.to_string(),
-                            st.last_seen
-                                .map(|t| ferry_core::telemetry::ago(t, now))
-                                .unwrap_or_else(|| "never".into()),
-                            i.queue.to_string(),
-                            format!("{}/{}", i.registry.endpoint, i.registry.namespace),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &[
-                        "INSTALL",
-                        "APP",
-                        "COMPONENTS",
-                        "STALE",
-                        "LAST SEEN",
-                        "QUEUE",
-                        "REGISTRY",
-                    ],
-                    &rows,
-                );
-            }
+            list(&common, ctx).await?;
         }
         InstallCommand::Show { id, common } => {
-            let backend = common.open(ctx).await?;
-            let id = install_id(&id)?;
-            let st = with_backend!(&backend, m => m.install_status(&id).await)?;
-            let versions = with_backend!(&backend, m => {
-                ferry_core::release_port::install_versions(m.store(), &st.install, &st.holds).await
-            })?;
-            if common.json {
-                let mut out = serde_json::to_value(&st)?;
-                out["versions"] = serde_json::to_value(&versions)?;
-                println!("{}", serde_json::to_string_pretty(&out)?);
-                return Ok(());
-            }
-            let i = &st.install;
-            let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
-            println!("install {}", i.id);
-            println!("  app              {}", i.app);
-            println!("  components       {}", comps.join(", "));
-            println!("  queue            {}", i.queue);
-            println!(
-                "  registry         {}/{}",
-                i.registry.endpoint, i.registry.namespace
-            );
-            let now = crate::console::now_ms();
-            let liveness = st.liveness(now, crate::console::STALE_AFTER.as_millis() as u64);
-            println!(
-                "  last seen        {}{}",
-                st.last_seen
-                    .map(|t| format!("{} ({})", time(t), ferry_core::telemetry::ago(t, now)))
-                    .unwrap_or_else(|| "never".into()),
-                if liveness.is_stale() { "  STALE" } else { "" }
-            );
-            match &st.telemetry {
-                Some(t) => {
-                    println!("  agent version    {}", t.agent_version);
-                    println!(
-                        "  last poll        {}",
-                        t.last_poll_at.map(time).unwrap_or_else(|| "never".into())
-                    );
-                    println!(
-                        "  last agent sync  {}",
-                        t.last_sync_at
-                            .map(time)
-                            .unwrap_or_else(|| "none yet".into())
-                    );
-                    println!("  health           {}", t.health);
-                }
-                None => println!("  heartbeat        none received"),
-            }
-            match &st.last_sync {
-                Some(s) => println!(
-                    "  last sync        {} {} {} ({})",
-                    s.id,
-                    s.repository,
-                    short_digest(s.digest.as_str()),
-                    s.status()
-                ),
-                None => println!("  last sync        none"),
-            }
-            if st.holds.is_empty() {
-                println!("  holds            nothing yet");
-            } else {
-                let rows: Vec<Vec<String>> = st
-                    .holds
-                    .iter()
-                    .map(|h| {
-                        vec![
-                            h.repository.to_string(),
-                            h.digest.to_string(),
-                            time(h.since),
-                            h.build_id.to_string(),
-                        ]
-                    })
-                    .collect();
-                println!("  holds:");
-                print_table(&["REPOSITORY", "DIGEST", "SINCE", "BUILD"], &rows);
-            }
-            // Desired (the newest release naming the install) vs current (what its agent verified).
-            let rows: Vec<Vec<String>> = versions
-                .iter()
-                .map(|v| {
-                    let desired = v.desired.as_ref().map_or_else(
-                        || "no release yet".to_string(),
-                        |d| {
-                            format!(
-                                "{} {} ({} in {})",
-                                d.build_id,
-                                short_digest(d.digest.as_str()),
-                                d.state.as_str(),
-                                d.release_id
-                            )
-                        },
-                    );
-                    let current = v.current.as_ref().map_or_else(
-                        || "nothing".to_string(),
-                        |c| format!("{} {}", c.build_id, short_digest(c.digest.as_str())),
-                    );
-                    let in_sync = if v.in_sync { "yes" } else { "no" };
-                    vec![
-                        v.component.to_string(),
-                        desired,
-                        current,
-                        in_sync.to_string(),
-                    ]
-                })
-                .collect();
-            println!("  versions:");
-            print_table(&["COMPONENT", "DESIRED", "CURRENT", "IN SYNC"], &rows);
-            // How the install's nodes pull: a pull-only identity whose secret stays in its file.
-            match &backend {
-                Backend::Local(m) => {
-                    match ferry_dev::state::node_pull_recipe(m.state(), &id, &i.registry.endpoint)
-                    {
-                        Ok(recipe) => {
-                            println!("  nodes pull with:");
-                            for line in recipe.render().lines() {
-                                println!("    {line}");
-                            }
-                        }
-                        Err(e) => println!("  nodes pull with  (no node identity: {e:#})"),
-                    }
-                }
-                #[cfg(feature = "aws")]
-                Backend::Aws(_) => println!(
-                    "  nodes pull with  the customer stack's PullPrincipalArns (docs/install-side.md)"
-                ),
-            }
+            show(&id, &common, ctx).await?;
         }
         InstallCommand::Remove { id, common } => {
             let backend = common.open(ctx).await?;
@@ -435,4 +216,260 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `install add` prints: the new install, where its identity secret and agent key are
+/// (named, never shown), and how to run an agent that runs elsewhere.
+fn print_added(
+    state: &ferry_dev::state::StateDir,
+    r: &Registration,
+    id: &InstallId,
+    external: bool,
+    json_out: bool,
+) {
+    let vendor_public_key = r
+        .agent_settings
+        .get("vendor-public-key")
+        .cloned()
+        .unwrap_or_default();
+    let vendor_registry = r
+        .agent_settings
+        .get("vendor-registry")
+        .cloned()
+        .unwrap_or_default();
+    if json_out {
+        println!(
+            "{}",
+            json!({"install": r.install, "outcome": r.outcome,
+                "identity": format!("agent:{id}"),
+                "identity_secret_file": state.agent_secret_path(id),
+                "agent_key_file": if external { None } else { Some(state.agent_key_path(id)) },
+                "vendor_registry": vendor_registry, "vendor_public_key": vendor_public_key})
+        );
+    } else {
+        let comps: Vec<&str> = r.install.components.iter().map(|c| c.as_str()).collect();
+        println!(
+            "install {id} added: app {}, components {}",
+            r.install.app,
+            comps.join(", ")
+        );
+        println!("  queue            {}", r.install.queue);
+        println!("  public key       {}", r.install.agent_public_key);
+        println!("  report key       {}", r.install.agent_report_key);
+        println!(
+            "  identity         agent:{id}, secret in {} (0600)",
+            state.agent_secret_path(id).display()
+        );
+        if external {
+            println!("  agent            runs elsewhere (its key was given); run it with");
+            println!("                   --vendor-registry {vendor_registry} --vendor-public-key {vendor_public_key}");
+        } else {
+            println!(
+                "  agent key        {} (0600); a running `ferry dev` starts its agent",
+                state.agent_key_path(id).display()
+            );
+        }
+    }
+}
+
+/// `install list`: every install with its liveness, as a table or JSON.
+async fn list(common: &StateArgs, ctx: Option<&str>) -> Result<()> {
+    let backend = common.open(ctx).await?;
+    let installs = with_backend!(&backend, m => m.list_installs().await)?;
+    let now = crate::console::now_ms();
+    let stale_after = crate::console::STALE_AFTER.as_millis() as u64;
+    let mut statuses = Vec::with_capacity(installs.len());
+    for i in &installs {
+        statuses.push(with_backend!(&backend, m => m.install_status(&i.id).await)?);
+    }
+    if common.json {
+        let rows: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|st| {
+                let mut v = serde_json::to_value(&st.install).unwrap_or_default();
+                v["last_seen"] = json!(st.last_seen);
+                v["liveness"] = json!(st.liveness(now, stale_after).as_str());
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let rows: Vec<Vec<String>> = statuses
+            .iter()
+            .map(|st| {
+                let i = &st.install;
+                let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+                let liveness = st.liveness(now, stale_after);
+                vec![
+                    i.id.to_string(),
+                    i.app.to_string(),
+                    comps.join(","),
+                    if liveness.is_stale() { "STALE" } else { "" }.to_string(),
+                    st.last_seen
+                        .map(|t| ferry_core::telemetry::ago(t, now))
+                        .unwrap_or_else(|| "never".into()),
+                    i.queue.to_string(),
+                    format!("{}/{}", i.registry.endpoint, i.registry.namespace),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "INSTALL",
+                "APP",
+                "COMPONENTS",
+                "STALE",
+                "LAST SEEN",
+                "QUEUE",
+                "REGISTRY",
+            ],
+            &rows,
+        );
+    }
+    Ok(())
+}
+
+/// `install show`: the install's status, versions (desired vs current) and how its nodes pull.
+async fn show(id: &str, common: &StateArgs, ctx: Option<&str>) -> Result<()> {
+    let backend = common.open(ctx).await?;
+    let id = install_id(id)?;
+    let st = with_backend!(&backend, m => m.install_status(&id).await)?;
+    let versions = with_backend!(&backend, m => {
+        ferry_core::release_port::install_versions(m.store(), &st.install, &st.holds).await
+    })?;
+    if common.json {
+        let mut out = serde_json::to_value(&st)?;
+        out["versions"] = serde_json::to_value(&versions)?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let i = &st.install;
+    print_status(&st);
+    print_versions(&versions);
+    print_node_pull(&backend, &id, &i.registry.endpoint);
+    Ok(())
+}
+
+/// The install's registry, liveness, last heartbeat, last sync and what it holds.
+fn print_status(st: &ferry_core::manage::InstallStatus) {
+    let i = &st.install;
+    let comps: Vec<&str> = i.components.iter().map(|c| c.as_str()).collect();
+    println!("install {}", i.id);
+    println!("  app              {}", i.app);
+    println!("  components       {}", comps.join(", "));
+    println!("  queue            {}", i.queue);
+    println!(
+        "  registry         {}/{}",
+        i.registry.endpoint, i.registry.namespace
+    );
+    let now = crate::console::now_ms();
+    let liveness = st.liveness(now, crate::console::STALE_AFTER.as_millis() as u64);
+    println!(
+        "  last seen        {}{}",
+        st.last_seen
+            .map(|t| format!("{} ({})", time(t), ferry_core::telemetry::ago(t, now)))
+            .unwrap_or_else(|| "never".into()),
+        if liveness.is_stale() { "  STALE" } else { "" }
+    );
+    match &st.telemetry {
+        Some(t) => {
+            println!("  agent version    {}", t.agent_version);
+            println!(
+                "  last poll        {}",
+                t.last_poll_at.map(time).unwrap_or_else(|| "never".into())
+            );
+            println!(
+                "  last agent sync  {}",
+                t.last_sync_at
+                    .map(time)
+                    .unwrap_or_else(|| "none yet".into())
+            );
+            println!("  health           {}", t.health);
+        }
+        None => println!("  heartbeat        none received"),
+    }
+    match &st.last_sync {
+        Some(s) => println!(
+            "  last sync        {} {} {} ({})",
+            s.id,
+            s.repository,
+            short_digest(s.digest.as_str()),
+            s.status()
+        ),
+        None => println!("  last sync        none"),
+    }
+    if st.holds.is_empty() {
+        println!("  holds            nothing yet");
+    } else {
+        let rows: Vec<Vec<String>> = st
+            .holds
+            .iter()
+            .map(|h| {
+                vec![
+                    h.repository.to_string(),
+                    h.digest.to_string(),
+                    time(h.since),
+                    h.build_id.to_string(),
+                ]
+            })
+            .collect();
+        println!("  holds:");
+        print_table(&["REPOSITORY", "DIGEST", "SINCE", "BUILD"], &rows);
+    }
+}
+
+/// One row per component: the desired build (the newest release naming the install) and the
+/// current one (what its agent verified).
+fn print_versions(versions: &[ferry_core::release_port::ComponentVersions]) {
+    // Desired (the newest release naming the install) vs current (what its agent verified).
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            let desired = v.desired.as_ref().map_or_else(
+                || "no release yet".to_string(),
+                |d| {
+                    format!(
+                        "{} {} ({} in {})",
+                        d.build_id,
+                        short_digest(d.digest.as_str()),
+                        d.state.as_str(),
+                        d.release_id
+                    )
+                },
+            );
+            let current = v.current.as_ref().map_or_else(
+                || "nothing".to_string(),
+                |c| format!("{} {}", c.build_id, short_digest(c.digest.as_str())),
+            );
+            let in_sync = if v.in_sync { "yes" } else { "no" };
+            vec![
+                v.component.to_string(),
+                desired,
+                current,
+                in_sync.to_string(),
+            ]
+        })
+        .collect();
+    println!("  versions:");
+    print_table(&["COMPONENT", "DESIRED", "CURRENT", "IN SYNC"], &rows);
+}
+
+/// How the install's nodes pull: a pull-only identity whose secret stays in its file.
+fn print_node_pull(backend: &Backend, id: &InstallId, endpoint: &str) {
+    // How the install's nodes pull: a pull-only identity whose secret stays in its file.
+    match backend {
+        Backend::Local(m) => match ferry_dev::state::node_pull_recipe(m.state(), id, endpoint) {
+            Ok(recipe) => {
+                println!("  nodes pull with:");
+                for line in recipe.render().lines() {
+                    println!("    {line}");
+                }
+            }
+            Err(e) => println!("  nodes pull with  (no node identity: {e:#})"),
+        },
+        #[cfg(feature = "aws")]
+        Backend::Aws(_) => println!(
+            "  nodes pull with  the customer stack's PullPrincipalArns (docs/install-side.md)"
+        ),
+    }
 }
