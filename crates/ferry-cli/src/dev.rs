@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use ferry_core::domain::{Build, SyncJob};
-use ferry_core::id::{AppName, InstallId};
+use ferry_core::id::{AppName, BuildId, InstallId};
 use ferry_core::state::JobStatus;
 use ferry_dev::{error_text, DevOptions, DevSystem, Snapshot, POLL};
 use serde_json::json;
@@ -92,31 +92,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let out = Output { json: args.json };
     let signal = CancellationToken::new();
     // The vendor console, on loopback, over this state dir's management and release ports.
-    let mut console_url = None;
-    if !args.no_console {
-        let listener = console_listener(args.console_addr).await;
-        let source = crate::context::open(None, Some(&args.state_dir))
-            .await
-            .and_then(crate::console::BackendSource::new);
-        match (listener, source) {
-            (Some(listener), Ok(source)) => {
-                if let Ok(local) = listener.local_addr() {
-                    console_url = Some(format!("http://{local}/"));
-                }
-                let config = ferry_console::ConsoleConfig::new(args.console_addr);
-                let stop = signal.clone();
-                tokio::spawn(async move {
-                    let shutdown = async move { stop.cancelled().await };
-                    if let Err(e) = ferry_console::serve(listener, source, &config, shutdown).await
-                    {
-                        tracing::warn!(error = %e, "the console stopped");
-                    }
-                });
-            }
-            (None, _) => tracing::warn!("no loopback port for the console"),
-            (_, Err(e)) => tracing::warn!(error = %e, "the console could not open the state"),
-        }
-    }
+    let console_url = if args.no_console {
+        None
+    } else {
+        spawn_console(&args, &signal).await
+    };
     out.banner(
         &state,
         &host,
@@ -133,6 +113,52 @@ pub async fn run(args: DevArgs) -> Result<()> {
             s.cancel();
         });
     }
+    let result = watch(&system, &requested, &args, &out, &state, &host, &signal).await;
+
+    // Clean shutdown: agents finish or release their job, workers stop, the registry stops.
+    system.shutdown().await;
+    result
+}
+
+/// Serves the vendor console on loopback over this state dir's ports until `signal`; its URL,
+/// or `None` (logged) when it cannot start.
+async fn spawn_console(args: &DevArgs, signal: &CancellationToken) -> Option<String> {
+    let mut console_url = None;
+    let listener = console_listener(args.console_addr).await;
+    let source = crate::context::open(None, Some(&args.state_dir))
+        .await
+        .and_then(crate::console::BackendSource::new);
+    match (listener, source) {
+        (Some(listener), Ok(source)) => {
+            if let Ok(local) = listener.local_addr() {
+                console_url = Some(format!("http://{local}/"));
+            }
+            let config = ferry_console::ConsoleConfig::new(args.console_addr);
+            let stop = signal.clone();
+            tokio::spawn(async move {
+                let shutdown = async move { stop.cancelled().await };
+                if let Err(e) = ferry_console::serve(listener, source, &config, shutdown).await {
+                    tracing::warn!(error = %e, "the console stopped");
+                }
+            });
+        }
+        (None, _) => tracing::warn!("no loopback port for the console"),
+        (_, Err(e)) => tracing::warn!(error = %e, "the console could not open the state"),
+    }
+    console_url
+}
+
+/// Prints what changed every [`POLL`] until the signal, the deadline, or (with
+/// `--exit-when-synced`) everything done; the verdict is the command's result.
+async fn watch(
+    system: &DevSystem,
+    requested: &[BuildId],
+    args: &DevArgs,
+    out: &Output,
+    state: &StateDir,
+    host: &str,
+    signal: &CancellationToken,
+) -> Result<()> {
     let deadline = args
         .timeout
         .map(|s| Instant::now() + Duration::from_secs(s));
@@ -150,17 +176,17 @@ pub async fn run(args: DevArgs) -> Result<()> {
         if let Err(e) = system.refresh_agents().await {
             tracing::warn!(error = %e, "could not refresh the installs");
         }
-        let snap = match system.snapshot(&requested).await {
+        let snap = match system.snapshot(requested).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the store");
                 continue;
             }
         };
-        view.print_changes(&snap, &out);
+        view.print_changes(&snap, out);
         if snap.all_done() {
             if !announced {
-                out.closing(&snap, &state, &host);
+                out.closing(&snap, state, host);
                 announced = true;
             }
             if args.exit_when_synced {
@@ -171,7 +197,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
             announced = false;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            out.closing(&snap, &state, &host);
+            out.closing(&snap, state, host);
             result = Err(anyhow::anyhow!(
                 "not everything was done within {}s: {}",
                 args.timeout.unwrap_or(0),
@@ -180,9 +206,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
             break;
         }
     }
-
-    // Clean shutdown: agents finish or release their job, workers stop, the registry stops.
-    system.shutdown().await;
     result
 }
 
@@ -359,125 +382,15 @@ impl Output {
     }
 
     fn closing(&self, snap: &Snapshot, state: &StateDir, host: &str) {
-        let mut verified_installs: BTreeSet<&InstallId> = BTreeSet::new();
-        let mut all_installs: BTreeSet<&InstallId> = BTreeSet::new();
-        let mut failed = Vec::new();
-        for b in &snap.builds {
-            if b.status() != JobStatus::Succeeded {
-                failed.push(b);
-            }
-            for s in snap.syncs_of(&b.id) {
-                all_installs.insert(&s.install_id);
-            }
-        }
-        // An install is verified when every succeeded build reached it.
-        for i in &all_installs {
-            let ok = snap
-                .builds
-                .iter()
-                .filter(|b| b.status() == JobStatus::Succeeded)
-                .all(|b| {
-                    snap.syncs_of(&b.id)
-                        .iter()
-                        .any(|s| &&s.install_id == i && s.status() == JobStatus::Succeeded)
-                });
-            if ok {
-                verified_installs.insert(i);
-            }
-        }
+        let verified_installs = verified_installs(snap);
         let synced = snap.failures().is_empty();
         if self.json {
-            let builds: Vec<_> = snap
-                .builds
-                .iter()
-                .map(|b| {
-                    json!({"build_id": b.id, "component": b.component, "status": b.status(),
-                        "digest": b.artifact.as_ref().map(|a| &a.digest),
-                        "repository": b.artifact.as_ref().map(|a| &a.repository),
-                        "error": b.state.error,
-                        "syncs": snap.syncs_of(&b.id).iter().map(|s| json!({
-                            "sync_id": s.id, "install_id": s.install_id, "status": s.status(),
-                            "error": s.state.error})).collect::<Vec<_>>()})
-                })
-                .collect();
-            println!(
-                "{}",
-                json!({"event": "summary", "synced": synced,
-                    "verified_installs": verified_installs.len(), "builds": builds})
-            );
+            print_summary_json(snap, synced, &verified_installs);
             return;
         }
         println!();
-        let rows: Vec<Vec<String>> = snap
-            .builds
-            .iter()
-            .map(|b| {
-                let kind = snap
-                    .kinds
-                    .get(&(b.app.clone(), b.component.clone()))
-                    .copied()
-                    .unwrap_or("?");
-                let syncs = snap.syncs_of(&b.id);
-                let ok = syncs
-                    .iter()
-                    .filter(|s| s.status() == JobStatus::Succeeded)
-                    .count();
-                vec![
-                    b.component.to_string(),
-                    kind.to_string(),
-                    b.status().to_string(),
-                    b.artifact
-                        .as_ref()
-                        .map(|a| a.digest.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    format!("{ok}/{}", snap.expected_of(b)),
-                ]
-            })
-            .collect();
-        state::print_table(&["COMPONENT", "KIND", "BUILD", "DIGEST", "SYNCED"], &rows);
-        // A chart bundle (a helm-chart built as an index): the chart and its images, as one.
-        for b in &snap.builds {
-            let kind = snap.kinds.get(&(b.app.clone(), b.component.clone()));
-            if let (Some(&"helm-chart"), Some(a)) = (kind, &b.artifact) {
-                if a.media_type == ferry_oci::media::OCI_INDEX {
-                    let repo = a.repository.as_str();
-                    let repo = repo.strip_prefix("vendor/").unwrap_or(repo);
-                    println!(
-                        "\n  {}: the chart and the images it runs, synced as one; each install's \
-                         values override (images at its own registry, by digest): \
-                         installs/<install>/{repo}:{}",
-                        b.component,
-                        ferry_oci::chart_bundle::values_tag(&a.digest)
-                    );
-                }
-            }
-        }
-        for b in &failed {
-            println!(
-                "\n  build of {} {}: {}",
-                b.component,
-                b.status(),
-                error_text(&b.state.error)
-            );
-            if snap.kinds.get(&(b.app.clone(), b.component.clone())) == Some(&"docker-build")
-                && error_text(&b.state.error).contains("buildah")
-            {
-                println!("  (docker-build components need buildah: scripts/dev.sh installs it; the other components still synced)");
-            }
-        }
-        for b in &snap.builds {
-            for s in snap.syncs_of(&b.id) {
-                if s.status() != JobStatus::Succeeded {
-                    println!(
-                        "\n  sync of {} to {} {}: {}",
-                        b.component,
-                        s.install_id,
-                        s.status(),
-                        error_text(&s.state.error)
-                    );
-                }
-            }
-        }
+        print_build_table(snap);
+        print_failures(snap);
         if verified_installs.is_empty() {
             println!("\nno artifact was verified in any install");
             return;
@@ -491,31 +404,173 @@ impl Output {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if let (Some(i), Some(b)) = (
-            verified_installs.iter().next(),
-            snap.builds
+        print_pull_hint(snap, &verified_installs, state, host);
+    }
+}
+
+/// The installs every succeeded build reached.
+fn verified_installs(snap: &Snapshot) -> BTreeSet<&InstallId> {
+    let mut verified_installs: BTreeSet<&InstallId> = BTreeSet::new();
+    let mut all_installs: BTreeSet<&InstallId> = BTreeSet::new();
+    for b in &snap.builds {
+        for s in snap.syncs_of(&b.id) {
+            all_installs.insert(&s.install_id);
+        }
+    }
+    // An install is verified when every succeeded build reached it.
+    for i in &all_installs {
+        let ok = snap
+            .builds
+            .iter()
+            .filter(|b| b.status() == JobStatus::Succeeded)
+            .all(|b| {
+                snap.syncs_of(&b.id)
+                    .iter()
+                    .any(|s| &&s.install_id == i && s.status() == JobStatus::Succeeded)
+            });
+        if ok {
+            verified_installs.insert(i);
+        }
+    }
+    verified_installs
+}
+
+/// The closing summary as one JSON line (`--json`).
+fn print_summary_json(snap: &Snapshot, synced: bool, verified_installs: &BTreeSet<&InstallId>) {
+    let builds: Vec<_> = snap
+        .builds
+        .iter()
+        .map(|b| {
+            json!({"build_id": b.id, "component": b.component, "status": b.status(),
+                "digest": b.artifact.as_ref().map(|a| &a.digest),
+                "repository": b.artifact.as_ref().map(|a| &a.repository),
+                "error": b.state.error,
+                "syncs": snap.syncs_of(&b.id).iter().map(|s| json!({
+                    "sync_id": s.id, "install_id": s.install_id, "status": s.status(),
+                    "error": s.state.error})).collect::<Vec<_>>()})
+        })
+        .collect();
+    println!(
+        "{}",
+        json!({"event": "summary", "synced": synced,
+            "verified_installs": verified_installs.len(), "builds": builds})
+    );
+}
+
+/// One row per build (component, kind, status, digest, syncs), and a note per chart bundle.
+fn print_build_table(snap: &Snapshot) {
+    let rows: Vec<Vec<String>> = snap
+        .builds
+        .iter()
+        .map(|b| {
+            let kind = snap
+                .kinds
+                .get(&(b.app.clone(), b.component.clone()))
+                .copied()
+                .unwrap_or("?");
+            let syncs = snap.syncs_of(&b.id);
+            let ok = syncs
                 .iter()
-                .find(|b| b.status() == JobStatus::Succeeded),
-        ) {
-            if let Some(a) = &b.artifact {
-                let repo = a
-                    .repository
-                    .as_str()
-                    .strip_prefix("vendor/")
-                    .unwrap_or(a.repository.as_str());
-                // As the install's nodes pull: their pull-only identity, not the agent's.
-                if let Ok(recipe) = ferry_dev::state::node_pull_recipe(state, i, host) {
-                    println!(
-                        "pull it as {i}'s nodes do ({}, pull only; the secret stays in its 0600 file):",
-                        recipe.identity
-                    );
-                    println!(
-                        "  skopeo inspect --tls-verify=false --creds {} docker://{host}/installs/{i}/{repo}@{}",
-                        recipe.creds_expr(),
-                        a.digest
-                    );
-                    println!("  {}", recipe.ctr_pull(repo, &format!("@{}", a.digest)));
-                }
+                .filter(|s| s.status() == JobStatus::Succeeded)
+                .count();
+            vec![
+                b.component.to_string(),
+                kind.to_string(),
+                b.status().to_string(),
+                b.artifact
+                    .as_ref()
+                    .map(|a| a.digest.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                format!("{ok}/{}", snap.expected_of(b)),
+            ]
+        })
+        .collect();
+    state::print_table(&["COMPONENT", "KIND", "BUILD", "DIGEST", "SYNCED"], &rows);
+    // A chart bundle (a helm-chart built as an index): the chart and its images, as one.
+    for b in &snap.builds {
+        let kind = snap.kinds.get(&(b.app.clone(), b.component.clone()));
+        if let (Some(&"helm-chart"), Some(a)) = (kind, &b.artifact) {
+            if a.media_type == ferry_oci::media::OCI_INDEX {
+                let repo = a.repository.as_str();
+                let repo = repo.strip_prefix("vendor/").unwrap_or(repo);
+                println!(
+                    "\n  {}: the chart and the images it runs, synced as one; each install's \
+                     values override (images at its own registry, by digest): \
+                     installs/<install>/{repo}:{}",
+                    b.component,
+                    ferry_oci::chart_bundle::values_tag(&a.digest)
+                );
+            }
+        }
+    }
+}
+
+/// Why each failed build and each unsucceeded sync did not get there.
+fn print_failures(snap: &Snapshot) {
+    let failed: Vec<&Build> = snap
+        .builds
+        .iter()
+        .filter(|b| b.status() != JobStatus::Succeeded)
+        .collect();
+    for b in &failed {
+        println!(
+            "\n  build of {} {}: {}",
+            b.component,
+            b.status(),
+            error_text(&b.state.error)
+        );
+        if snap.kinds.get(&(b.app.clone(), b.component.clone())) == Some(&"docker-build")
+            && error_text(&b.state.error).contains("buildah")
+        {
+            println!("  (docker-build components need buildah: scripts/dev.sh installs it; the other components still synced)");
+        }
+    }
+    for b in &snap.builds {
+        for s in snap.syncs_of(&b.id) {
+            if s.status() != JobStatus::Succeeded {
+                println!(
+                    "\n  sync of {} to {} {}: {}",
+                    b.component,
+                    s.install_id,
+                    s.status(),
+                    error_text(&s.state.error)
+                );
+            }
+        }
+    }
+}
+
+/// How to pull the first succeeded artifact as the first verified install's nodes do.
+fn print_pull_hint(
+    snap: &Snapshot,
+    verified_installs: &BTreeSet<&InstallId>,
+    state: &StateDir,
+    host: &str,
+) {
+    if let (Some(i), Some(b)) = (
+        verified_installs.iter().next(),
+        snap.builds
+            .iter()
+            .find(|b| b.status() == JobStatus::Succeeded),
+    ) {
+        if let Some(a) = &b.artifact {
+            let repo = a
+                .repository
+                .as_str()
+                .strip_prefix("vendor/")
+                .unwrap_or(a.repository.as_str());
+            // As the install's nodes pull: their pull-only identity, not the agent's.
+            if let Ok(recipe) = ferry_dev::state::node_pull_recipe(state, i, host) {
+                println!(
+                    "pull it as {i}'s nodes do ({}, pull only; the secret stays in its 0600 file):",
+                    recipe.identity
+                );
+                println!(
+                    "  skopeo inspect --tls-verify=false --creds {} docker://{host}/installs/{i}/{repo}@{}",
+                    recipe.creds_expr(),
+                    a.digest
+                );
+                println!("  {}", recipe.ctr_pull(repo, &format!("@{}", a.digest)));
             }
         }
     }
