@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_core::bundle::{
-    sign_receipt, verify_bundle, BundleManifest, BundleReceipt, BUNDLE_MANIFEST_FILE,
-    BUNDLE_SIGNATURE_FILE, MAX_BUNDLE_MANIFEST_BYTES, RECEIPT_SCHEMA,
+    sign_receipt, verify_bundle, BundleArtifact, BundleManifest, BundleReceipt,
+    BUNDLE_MANIFEST_FILE, BUNDLE_SIGNATURE_FILE, MAX_BUNDLE_MANIFEST_BYTES, RECEIPT_SCHEMA,
 };
 use ferry_core::id::InstallId;
 use ferry_core::seal::AgentKeypair;
@@ -119,64 +119,11 @@ pub async fn import_bundle(
     let manifest = verified_manifest(config, &reader).await?;
     check_entries(&reader, &manifest)?;
 
-    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
-        ImportError::Config(format!(
-            "cannot create the work dir {}: {e}",
-            config.work_dir.display()
-        ))
-    })?;
-    let work = tempfile::Builder::new()
-        .prefix("ferry-import-")
-        .tempdir_in(&config.work_dir)
-        .map_err(|e| {
-            ImportError::Config(format!(
-                "cannot create a temporary directory in {}: {e}",
-                config.work_dir.display()
-            ))
-        })?;
-    let layout = OciLayout::create(work.path()).await.map_err(refused)?;
-    for b in &manifest.blobs {
-        reader
-            .extract_blob(&b.digest, b.size, &layout)
-            .await
-            .map_err(|e| refused(format!("blob {} does not verify: {e}", b.digest)))?;
-    }
+    let (work, layout) = unpack(config, &reader, &manifest).await?;
 
     let client = install_client(config).await?;
-    let mut targets = Vec::with_capacity(manifest.artifacts.len());
-    for a in &manifest.artifacts {
-        let dst = a
-            .repository
-            .in_install(&config.vendor_prefix, &config.install_namespace)
-            .map_err(refused)?;
-        targets.push(RepoRef::new(
-            config.install_registry.clone(),
-            dst.as_str().to_string(),
-        ));
-    }
-    for (a, dst) in manifest.artifacts.iter().zip(&targets) {
-        config
-            .access
-            .prepare_repository(&dst.repository)
-            .await
-            .map_err(|e| ImportError::Config(format!("install repository {dst}: {e}")))?;
-        check_graph(&layout, &client, dst, &targets, &a.digest).await?;
-        layout
-            .tag(None, &root_descriptor(&layout, &a.digest).await?)
-            .await
-            .map_err(refused)?;
-        for r in &a.referrers {
-            let desc = Descriptor {
-                media_type: r.media_type.clone(),
-                digest: r.digest.clone(),
-                size: r.size,
-                platform: None,
-                artifact_type: None,
-                annotations: BTreeMap::new(),
-            };
-            layout.tag(None, &desc).await.map_err(refused)?;
-        }
-    }
+    let targets = install_targets(config, &manifest)?;
+    check_and_tag(config, &layout, &client, &manifest, &targets).await?;
 
     // Every check passed: copy, as a sync does.
     let engine = CopyEngine::new(
@@ -224,27 +171,8 @@ pub async fn import_bundle(
                 a.digest
             )));
         }
-        if let Some(keep_last) = config.keep_last {
-            match client.apply_retention(dst, keep_last).await {
-                Ok(r) => tracing::info!(repository = %dst, keep_last,
-                    tags_removed = r.tags_removed.len(), "retention applied"),
-                Err(e) => tracing::warn!(repository = %dst, error = %e,
-                    "retention not applied; the next sync or import of this repository tries again"),
-            }
-        }
-        let mut receipt = BundleReceipt {
-            schema: RECEIPT_SCHEMA,
-            install_id: config.install_id.clone(),
-            bundle_id: manifest.bundle_id.clone(),
-            build_id: a.build_id.clone(),
-            repository: a.repository.clone(),
-            digest: a.digest.clone(),
-            imported_at: (config.now_ms)(),
-            bytes_copied: report.bytes_copied,
-            bytes_skipped: report.bytes_skipped,
-            duration_ms: started.elapsed().as_millis() as u64,
-            signature: String::new(),
-        };
+        apply_retention(&client, dst, config.keep_last).await;
+        let mut receipt = receipt(config, &manifest.bundle_id, a, &report, started);
         sign_receipt(&report_key, &mut receipt);
         tracing::info!(repository = %dst, digest = %a.digest, build_id = %a.build_id, "artifact imported");
         summary.receipts.push(receipt);
@@ -255,6 +183,129 @@ pub async fn import_bundle(
         });
     }
     Ok(summary)
+}
+
+/// Extracts every blob of the bundle into an OCI layout in a fresh temporary directory under
+/// the work dir, each verified against its digest; the directory goes when the guard drops.
+async fn unpack(
+    config: &ImportConfig<'_>,
+    reader: &BundleReader,
+    manifest: &BundleManifest,
+) -> Result<(tempfile::TempDir, OciLayout), ImportError> {
+    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
+        ImportError::Config(format!(
+            "cannot create the work dir {}: {e}",
+            config.work_dir.display()
+        ))
+    })?;
+    let work = tempfile::Builder::new()
+        .prefix("ferry-import-")
+        .tempdir_in(&config.work_dir)
+        .map_err(|e| {
+            ImportError::Config(format!(
+                "cannot create a temporary directory in {}: {e}",
+                config.work_dir.display()
+            ))
+        })?;
+    let layout = OciLayout::create(work.path()).await.map_err(refused)?;
+    for b in &manifest.blobs {
+        reader
+            .extract_blob(&b.digest, b.size, &layout)
+            .await
+            .map_err(|e| refused(format!("blob {} does not verify: {e}", b.digest)))?;
+    }
+    Ok((work, layout))
+}
+
+/// Where each artifact goes: its repository under the install's namespace, in the install
+/// registry (refused when it is not under the vendor prefix).
+fn install_targets(
+    config: &ImportConfig<'_>,
+    manifest: &BundleManifest,
+) -> Result<Vec<RepoRef>, ImportError> {
+    let mut targets = Vec::with_capacity(manifest.artifacts.len());
+    for a in &manifest.artifacts {
+        let dst = a
+            .repository
+            .in_install(&config.vendor_prefix, &config.install_namespace)
+            .map_err(refused)?;
+        targets.push(RepoRef::new(
+            config.install_registry.clone(),
+            dst.as_str().to_string(),
+        ));
+    }
+    Ok(targets)
+}
+
+/// Before anything is copied: each install repository exists, each artifact's graph checks
+/// against what the install holds, and each root and referrer is tagged in the layout.
+async fn check_and_tag(
+    config: &ImportConfig<'_>,
+    layout: &OciLayout,
+    client: &RegistryClient,
+    manifest: &BundleManifest,
+    targets: &[RepoRef],
+) -> Result<(), ImportError> {
+    for (a, dst) in manifest.artifacts.iter().zip(targets) {
+        config
+            .access
+            .prepare_repository(&dst.repository)
+            .await
+            .map_err(|e| ImportError::Config(format!("install repository {dst}: {e}")))?;
+        check_graph(layout, client, dst, targets, &a.digest).await?;
+        layout
+            .tag(None, &root_descriptor(layout, &a.digest).await?)
+            .await
+            .map_err(refused)?;
+        for r in &a.referrers {
+            let desc = Descriptor {
+                media_type: r.media_type.clone(),
+                digest: r.digest.clone(),
+                size: r.size,
+                platform: None,
+                artifact_type: None,
+                annotations: BTreeMap::new(),
+            };
+            layout.tag(None, &desc).await.map_err(refused)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the configured retention after an import; a failure is logged, not fatal (the next
+/// sync or import of the repository tries again).
+async fn apply_retention(client: &RegistryClient, dst: &RepoRef, keep_last: Option<usize>) {
+    if let Some(keep_last) = keep_last {
+        match client.apply_retention(dst, keep_last).await {
+            Ok(r) => tracing::info!(repository = %dst, keep_last,
+                tags_removed = r.tags_removed.len(), "retention applied"),
+            Err(e) => tracing::warn!(repository = %dst, error = %e,
+                "retention not applied; the next sync or import of this repository tries again"),
+        }
+    }
+}
+
+/// The receipt of one imported artifact, unsigned.
+fn receipt(
+    config: &ImportConfig<'_>,
+    bundle_id: &str,
+    a: &BundleArtifact,
+    report: &CopyReport,
+    started: Instant,
+) -> BundleReceipt {
+    BundleReceipt {
+        schema: RECEIPT_SCHEMA,
+        install_id: config.install_id.clone(),
+        bundle_id: bundle_id.to_string(),
+        build_id: a.build_id.clone(),
+        repository: a.repository.clone(),
+        digest: a.digest.clone(),
+        imported_at: (config.now_ms)(),
+        bytes_copied: report.bytes_copied,
+        bytes_skipped: report.bytes_skipped,
+        duration_ms: started.elapsed().as_millis() as u64,
+        signature: String::new(),
+    }
 }
 
 /// Reads and verifies the signed manifest; it must be for this install or for any.
