@@ -148,22 +148,8 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
             };
             let id = install_id(&id)?;
             let external = public_key.is_some();
-            let keys = match (public_key, report_key) {
-                (Some(public_key), Some(report_key)) => ferry_dev::state::AgentPublicKeys {
-                    public_key,
-                    report_key,
-                },
-                _ => m.dev_agent_keys(&id)?,
-            };
-            let registration = InstallRegistration {
-                id: id.clone(),
-                app: app_name(&app)?,
-                components: component_names(&components)?,
-                agent_public_key: keys.public_key,
-                agent_report_key: keys.report_key,
-                agent_role_arn: None,
-                registry: None,
-            };
+            let registration =
+                local_registration(m, &id, &app, &components, public_key, report_key)?;
             let r = m.register_install(&registration).await?;
             print_added(m.state(), &r, &id, external, common.json);
         }
@@ -216,6 +202,34 @@ pub async fn install(cmd: InstallCommand, ctx: Option<&str>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The registration `install add` makes: the given agent keys, or ones `ferry dev` generates
+/// for the install (into 0600 files).
+fn local_registration(
+    m: &ferry_dev::manage::LocalManagement,
+    id: &InstallId,
+    app: &str,
+    components: &[String],
+    public_key: Option<String>,
+    report_key: Option<String>,
+) -> Result<InstallRegistration> {
+    let keys = match (public_key, report_key) {
+        (Some(public_key), Some(report_key)) => ferry_dev::state::AgentPublicKeys {
+            public_key,
+            report_key,
+        },
+        _ => m.dev_agent_keys(id)?,
+    };
+    Ok(InstallRegistration {
+        id: id.clone(),
+        app: app_name(app)?,
+        components: component_names(components)?,
+        agent_public_key: keys.public_key,
+        agent_report_key: keys.report_key,
+        agent_role_arn: None,
+        registry: None,
+    })
 }
 
 /// What `install add` prints: the new install, where its identity secret and agent key are
