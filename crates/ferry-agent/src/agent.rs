@@ -449,8 +449,21 @@ where
             .await?;
         self.copy_attachments(&client, &source, &src_repo, &dst_ref, msg, receive_count)
             .await?;
-        // A chart bundle gets its values override next to it, before the sync is reported.
-        match ferry_oci::chart_bundle::write_values_override(&client, &dst_ref, &digest).await {
+        self.write_values_override(&client, &dst_ref, &digest, receive_count)
+            .await?;
+        self.apply_retention(&client, &dst_ref).await;
+        Ok(report)
+    }
+
+    /// A chart bundle gets its values override next to it, before the sync is reported.
+    async fn write_values_override(
+        &self,
+        client: &RegistryClient,
+        dst_ref: &RepoRef,
+        digest: &Digest,
+        receive_count: u32,
+    ) -> Result<(), CopyFailure> {
+        match ferry_oci::chart_bundle::write_values_override(client, dst_ref, digest).await {
             Ok(Some(w)) => tracing::info!(chart = %w.chart, values = %w.manifest,
                 images = w.images, "values override written"),
             Ok(None) => {}
@@ -462,10 +475,15 @@ where
                 ))
             }
         }
+        Ok(())
+    }
+
+    /// Applies the configured retention to the destination repository, if any. The sync has
+    /// succeeded whatever retention does: a failure is logged, and the next successful sync of
+    /// the repository applies retention again.
+    async fn apply_retention(&self, client: &RegistryClient, dst_ref: &RepoRef) {
         if let Some(keep_last) = self.config.keep_last {
-            // The sync has succeeded whatever retention does: a failure is logged, and the
-            // next successful sync of the repository applies retention again.
-            match client.apply_retention(&dst_ref, keep_last).await {
+            match client.apply_retention(dst_ref, keep_last).await {
                 Ok(r) => tracing::info!(repository = %dst_ref, keep_last,
                     in_use = r.in_use.len(), tags_removed = r.tags_removed.len(),
                     manifests_unlinked = r.manifests_unlinked.len(),
@@ -474,7 +492,6 @@ where
                     "retention not applied; the next sync of this repository tries again"),
             }
         }
-        Ok(report)
     }
 
     /// What travels with the artifact, once it is in the install: its referrers (signatures,

@@ -278,7 +278,7 @@ fn entry_of(chart: &str, version: &str, v: &Yaml) -> Result<IndexEntry, String> 
         .as_str()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if ferry_oci::Digest::new(format!("sha256:{digest}")).is_err() {
         return Err(format!(
             "chart {chart:?} version {version:?} has no sha256 digest in the index; Ferry \
              checks every archive against its index, so it cannot take this one"

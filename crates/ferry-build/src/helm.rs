@@ -92,8 +92,8 @@ pub(crate) struct Provenance {
     pub size: u64,
 }
 
-/// The provenance layer's media type, as Helm's OCI push writes it.
-pub const HELM_PROVENANCE_LAYER: &str = "application/vnd.cncf.helm.chart.provenance.v1.prov";
+/// The provenance layer's media type, as Helm's OCI push writes it (defined in ferry-spec).
+pub use ferry_oci::media::HELM_PROVENANCE_LAYER;
 
 /// Writes `chart` (and its provenance, if any) as Helm's OCI chart artifact into a layout under
 /// `tmp`, and pushes it to `repository` tagged with the build id and the chart version.

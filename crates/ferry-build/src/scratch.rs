@@ -29,10 +29,10 @@ use crate::error::{io_err, BuildError};
 use crate::package::HashingWriter;
 use crate::package::{add_file_blob, add_small_blob, blocking, descriptor, put_manifest};
 
-/// Media type of a gzip-compressed tar layer.
-pub const LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-/// Media type of an image config.
-pub const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Media types of a gzip-compressed tar layer and of an image config (defined in ferry-spec).
+pub use ferry_oci::media::{
+    OCI_IMAGE_CONFIG as IMAGE_CONFIG, OCI_LAYER_TAR_GZIP as LAYER_TAR_GZIP,
+};
 /// Where the CA bundle lands in the image (the path rustls-native-certs and OpenSSL read).
 pub const CA_BUNDLE_PATH: &str = "etc/ssl/certs/ca-certificates.crt";
 

@@ -304,119 +304,8 @@ fn all_required_flags(a: &AddArgs) -> bool {
 pub async fn run(cmd: ContextCommand) -> Result<()> {
     let mut contexts = Contexts::load()?;
     match cmd {
-        ContextCommand::Add(a) => {
-            let a = *a;
-            let target = if a.local {
-                let dir = a
-                    .state_dir
-                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-                let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-                ContextTarget::Local { state_dir: dir }
-            } else if a.aws {
-                let stack = match a.stack.clone() {
-                    Some(s) if !s.trim().is_empty() => s,
-                    _ => bail!("--aws needs --stack NAME (the vendor stack `sam deploy` created)"),
-                };
-                let mut ctx = AwsContext {
-                    region: a.region.clone(),
-                    profile: a.profile.clone(),
-                    endpoint_url: a.endpoint_url.clone(),
-                    table: String::new(),
-                    bus: String::new(),
-                    install_queue_prefix: String::new(),
-                    report_queue_url: String::new(),
-                    vendor_registry: String::new(),
-                    vendor_public_key: None,
-                    pull_role_arn: None,
-                    stack,
-                };
-                // The stack's outputs, read once, unless every needed one came as a flag.
-                let outputs = if all_required_flags(&a) {
-                    BTreeMap::new()
-                } else {
-                    stack_outputs(&ctx).await?
-                };
-                ctx.table = need(a.table, &outputs, "--table", out::TABLE)?;
-                ctx.bus = need(a.bus, &outputs, "--bus", out::BUS)?;
-                ctx.install_queue_prefix = need(
-                    a.queue_prefix,
-                    &outputs,
-                    "--queue-prefix",
-                    out::QUEUE_PREFIX,
-                )?;
-                ctx.report_queue_url = need(
-                    a.report_queue_url,
-                    &outputs,
-                    "--report-queue-url",
-                    out::REPORT_QUEUE_URL,
-                )?;
-                ctx.vendor_registry = need(
-                    a.vendor_registry,
-                    &outputs,
-                    "--vendor-registry",
-                    out::VENDOR_REGISTRY,
-                )?;
-                ctx.pull_role_arn = a
-                    .pull_role_arn
-                    .or_else(|| outputs.get(out::PULL_ROLE_ARN).cloned());
-                if let Some(k) = &a.vendor_public_key {
-                    ferry_core::trust::check_vendor_public_key(k)
-                        .context("--vendor-public-key is not a vendor public key")?;
-                    ctx.vendor_public_key = Some(k.clone());
-                } else if let Some(arn) = a
-                    .vendor_key_secret_arn
-                    .or_else(|| outputs.get(out::VENDOR_KEY_SECRET_ARN).cloned())
-                {
-                    ctx.vendor_public_key = Some(vendor_public_key(&ctx, &arn).await?);
-                }
-                ContextTarget::Aws(Box::new(ctx))
-            } else {
-                bail!("say where the context points: --local --state-dir DIR, or --aws --stack NAME …");
-            };
-            contexts.contexts.insert(a.name.clone(), target);
-            contexts.current = Some(a.name.clone());
-            contexts.save()?;
-            println!(
-                "context {} added and in use ({})",
-                a.name,
-                contexts_path()?.display()
-            );
-        }
-        ContextCommand::List { json } => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&contexts)?);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = contexts
-                .contexts
-                .iter()
-                .map(|(n, t)| {
-                    let mark = if contexts.current.as_deref() == Some(n) {
-                        "*"
-                    } else {
-                        ""
-                    };
-                    let (kind, at) = match t {
-                        ContextTarget::Local { state_dir } => {
-                            ("local", state_dir.display().to_string())
-                        }
-                        ContextTarget::Aws(a) => (
-                            "aws",
-                            format!(
-                                "stack {} {}",
-                                a.stack,
-                                a.region.as_deref().unwrap_or("(default region)")
-                            ),
-                        ),
-                    };
-                    vec![mark.into(), n.clone(), kind.into(), at]
-                })
-                .collect();
-            print_table(&["", "CONTEXT", "KIND", "WHERE"], &rows);
-            if contexts.current.is_none() {
-                println!("(no current context: commands use {DEFAULT_STATE_DIR})");
-            }
-        }
+        ContextCommand::Add(a) => add(&mut contexts, *a).await?,
+        ContextCommand::List { json } => list(&contexts, json)?,
         ContextCommand::Use { name } => {
             if !contexts.contexts.contains_key(&name) {
                 bail!("unknown context {name}; see `ferry context list`");
@@ -435,6 +324,129 @@ pub async fn run(cmd: ContextCommand) -> Result<()> {
             contexts.save()?;
             println!("context {name} removed");
         }
+    }
+    Ok(())
+}
+
+/// `context add`: a local state dir or a deployed stack; the new context becomes current.
+async fn add(contexts: &mut Contexts, a: AddArgs) -> Result<()> {
+    let name = a.name.clone();
+    let target = if a.local {
+        let dir = a
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        ContextTarget::Local { state_dir: dir }
+    } else if a.aws {
+        ContextTarget::Aws(Box::new(aws_context(a).await?))
+    } else {
+        bail!("say where the context points: --local --state-dir DIR, or --aws --stack NAME …");
+    };
+    contexts.contexts.insert(name.clone(), target);
+    contexts.current = Some(name.clone());
+    contexts.save()?;
+    println!(
+        "context {} added and in use ({})",
+        name,
+        contexts_path()?.display()
+    );
+    Ok(())
+}
+
+/// An AWS context from the flags, and the stack's outputs for what the flags leave out (read
+/// once, unless every needed one came as a flag).
+async fn aws_context(a: AddArgs) -> Result<AwsContext> {
+    let stack = match a.stack.clone() {
+        Some(s) if !s.trim().is_empty() => s,
+        _ => bail!("--aws needs --stack NAME (the vendor stack `sam deploy` created)"),
+    };
+    let mut ctx = AwsContext {
+        region: a.region.clone(),
+        profile: a.profile.clone(),
+        endpoint_url: a.endpoint_url.clone(),
+        table: String::new(),
+        bus: String::new(),
+        install_queue_prefix: String::new(),
+        report_queue_url: String::new(),
+        vendor_registry: String::new(),
+        vendor_public_key: None,
+        pull_role_arn: None,
+        stack,
+    };
+    // The stack's outputs, read once, unless every needed one came as a flag.
+    let outputs = if all_required_flags(&a) {
+        BTreeMap::new()
+    } else {
+        stack_outputs(&ctx).await?
+    };
+    ctx.table = need(a.table, &outputs, "--table", out::TABLE)?;
+    ctx.bus = need(a.bus, &outputs, "--bus", out::BUS)?;
+    ctx.install_queue_prefix = need(
+        a.queue_prefix,
+        &outputs,
+        "--queue-prefix",
+        out::QUEUE_PREFIX,
+    )?;
+    ctx.report_queue_url = need(
+        a.report_queue_url,
+        &outputs,
+        "--report-queue-url",
+        out::REPORT_QUEUE_URL,
+    )?;
+    ctx.vendor_registry = need(
+        a.vendor_registry,
+        &outputs,
+        "--vendor-registry",
+        out::VENDOR_REGISTRY,
+    )?;
+    ctx.pull_role_arn = a
+        .pull_role_arn
+        .or_else(|| outputs.get(out::PULL_ROLE_ARN).cloned());
+    if let Some(k) = &a.vendor_public_key {
+        ferry_core::trust::check_vendor_public_key(k)
+            .context("--vendor-public-key is not a vendor public key")?;
+        ctx.vendor_public_key = Some(k.clone());
+    } else if let Some(arn) = a
+        .vendor_key_secret_arn
+        .or_else(|| outputs.get(out::VENDOR_KEY_SECRET_ARN).cloned())
+    {
+        ctx.vendor_public_key = Some(vendor_public_key(&ctx, &arn).await?);
+    }
+    Ok(ctx)
+}
+
+/// `context list`: a table (* marks the current context), or JSON.
+fn list(contexts: &Contexts, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(contexts)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = contexts
+        .contexts
+        .iter()
+        .map(|(n, t)| {
+            let mark = if contexts.current.as_deref() == Some(n) {
+                "*"
+            } else {
+                ""
+            };
+            let (kind, at) = match t {
+                ContextTarget::Local { state_dir } => ("local", state_dir.display().to_string()),
+                ContextTarget::Aws(a) => (
+                    "aws",
+                    format!(
+                        "stack {} {}",
+                        a.stack,
+                        a.region.as_deref().unwrap_or("(default region)")
+                    ),
+                ),
+            };
+            vec![mark.into(), n.clone(), kind.into(), at]
+        })
+        .collect();
+    print_table(&["", "CONTEXT", "KIND", "WHERE"], &rows);
+    if contexts.current.is_none() {
+        println!("(no current context: commands use {DEFAULT_STATE_DIR})");
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::id::{
 use crate::state::{JobError, JobState, JobStatus, TransitionError};
 
 /// The media type recorded when a builder does not report one.
-pub const OCI_MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_MANIFEST_MEDIA_TYPE: &str = ferry_spec::media::OCI_MANIFEST;
 
 /// A vendor product: a name and its components.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

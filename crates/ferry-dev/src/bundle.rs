@@ -103,90 +103,19 @@ pub async fn export_bundle<S: JobStore + ReleaseStore>(
     let builds = resolve_builds(store, request).await?;
     let held = held(vendor_key, request).await?;
 
-    let mut artifacts = Vec::with_capacity(builds.len());
-    let mut manifests = Vec::new();
-    let mut blob_sources: BTreeMap<Digest, (RepoRef, u64)> = BTreeMap::new();
-    let mut left_out = BTreeSet::new();
-    let mut index = Vec::new();
+    let mut contents = Contents::default();
     for (build, artifact) in &builds {
         let repo = RepoRef::new(source.registry.clone(), artifact.repository.as_str());
         let graph = resolve_graph(source.client, &repo, &artifact.digest)
             .await
             .with_context(|| format!("reading {repo}@{} (build {})", artifact.digest, build.id))?;
-        let mut requires = Vec::new();
-        for m in &graph.manifests {
-            requires.push(BundleBlob {
-                digest: m.digest.clone(),
-                size: m.bytes.len() as u64,
-            });
-        }
-        for (digest, size) in &graph.blobs {
-            requires.push(BundleBlob {
-                digest: digest.clone(),
-                size: *size,
-            });
-            if held.holds(&artifact.repository, digest) {
-                left_out.insert(digest.clone());
-            } else {
-                blob_sources
-                    .entry(digest.clone())
-                    .or_insert_with(|| (repo.clone(), *size));
-            }
-        }
-        let mut root = graph.root.descriptor();
-        root.annotations
-            .insert(REF_NAME.to_string(), build.id.to_string());
-        index.push(root);
-        let referrers = graph
-            .referrers
-            .iter()
-            .map(|(subject, d)| BundleReferrer {
-                digest: d.digest.clone(),
-                media_type: d.media_type.clone(),
-                size: d.size,
-                subject: subject.clone(),
-            })
-            .collect::<Vec<_>>();
-        for (_, d) in &graph.referrers {
-            index.push(Descriptor {
-                annotations: BTreeMap::new(),
-                ..d.clone()
-            });
-        }
-        artifacts.push(BundleArtifact {
-            build_id: build.id.clone(),
-            app: build.app.clone(),
-            component: build.component.clone(),
-            repository: artifact.repository.clone(),
-            digest: artifact.digest.clone(),
-            media_type: graph.root.media_type.clone(),
-            size: graph.root.bytes.len() as u64,
-            referrers,
-            requires,
-        });
-        manifests.extend(graph.manifests);
+        contents.add(build, artifact, &repo, graph, &held);
     }
     // A blob carried for one artifact is carried, whatever another artifact's install holds.
-    left_out.retain(|d| !blob_sources.contains_key(d));
+    let blob_sources = &contents.blob_sources;
+    contents.left_out.retain(|d| !blob_sources.contains_key(d));
 
-    let mut seen = HashSet::new();
-    manifests.retain(|m| seen.insert(m.digest.clone()));
-    let mut listed: Vec<BundleBlob> = manifests
-        .iter()
-        .map(|m| BundleBlob {
-            digest: m.digest.clone(),
-            size: m.bytes.len() as u64,
-        })
-        .collect();
-    listed.extend(
-        blob_sources
-            .iter()
-            .filter(|(d, _)| !seen.contains(*d))
-            .map(|(d, (_, size))| BundleBlob {
-                digest: d.clone(),
-                size: *size,
-            }),
-    );
+    let (seen, listed) = contents.list_blobs();
     if listed.len() > MAX_BUNDLE_BLOBS {
         bail!(
             "the bundle would hold {} files, more than {MAX_BUNDLE_BLOBS}; export fewer builds at once",
@@ -200,7 +129,7 @@ pub async fn export_bundle<S: JobStore + ReleaseStore>(
         created_at: now_ms,
         install: request.install.clone(),
         since: since_id(vendor_key, request).await?,
-        artifacts,
+        artifacts: std::mem::take(&mut contents.artifacts),
         blobs: listed,
     };
     let bytes = manifest
@@ -208,42 +137,163 @@ pub async fn export_bundle<S: JobStore + ReleaseStore>(
         .context("encoding the bundle manifest")?;
     let signature = sign_bundle(vendor_key, &bytes);
 
-    let mut writer = BundleWriter::create(&request.out)
-        .await
-        .with_context(|| format!("creating {}", request.out.display()))?;
-    writer.add_file(BUNDLE_MANIFEST_FILE, &bytes).await?;
-    writer
-        .add_file(BUNDLE_SIGNATURE_FILE, signature.as_bytes())
+    let (bytes, blobs_included) = contents
+        .write(source, request, &bytes, &signature, &seen)
         .await?;
-    for m in &manifests {
-        writer.add_manifest(m).await?;
-    }
-    let mut blobs_included = 0;
-    for (digest, (repo, size)) in &blob_sources {
-        if seen.contains(digest) {
-            continue;
-        }
-        let body = source
-            .client
-            .get_blob(repo, digest, Some(*size))
-            .await
-            .with_context(|| format!("reading blob {digest} of {repo}"))?;
-        writer
-            .add_blob(digest, *size, body)
-            .await
-            .with_context(|| format!("writing blob {digest} of {repo} into the bundle"))?;
-        blobs_included += 1;
-    }
-    let bytes = writer.finish(&index).await?;
     Ok(ExportSummary {
         bundle_id,
         out: request.out.clone(),
         artifacts: manifest.artifacts.len(),
-        manifests: manifests.len(),
+        manifests: contents.manifests.len(),
         blobs_included,
-        blobs_left_out: left_out.len(),
+        blobs_left_out: contents.left_out.len(),
         bytes,
     })
+}
+
+/// What goes into a bundle, gathered artifact by artifact from their graphs.
+#[derive(Default)]
+struct Contents {
+    artifacts: Vec<BundleArtifact>,
+    /// Every manifest of every graph (deduplicated by [`Contents::list_blobs`]).
+    manifests: Vec<ferry_oci::Manifest>,
+    /// The blobs the bundle carries, each with a repository it can be read from.
+    blob_sources: BTreeMap<Digest, (RepoRef, u64)>,
+    /// The blobs the install holds already.
+    left_out: BTreeSet<Digest>,
+    /// The tar's OCI index: each root (named by its build id) and each referrer.
+    index: Vec<Descriptor>,
+}
+
+impl Contents {
+    /// Adds the artifact of `build`, whose graph was read from `repo`; a blob `held` by the
+    /// install is left out.
+    fn add(
+        &mut self,
+        build: &ferry_core::domain::Build,
+        artifact: &ferry_core::domain::Artifact,
+        repo: &RepoRef,
+        graph: ferry_oci::bundle::ArtifactGraph,
+        held: &Held,
+    ) {
+        let mut requires = Vec::new();
+        for m in &graph.manifests {
+            requires.push(BundleBlob {
+                digest: m.digest.clone(),
+                size: m.bytes.len() as u64,
+            });
+        }
+        for (digest, size) in &graph.blobs {
+            requires.push(BundleBlob {
+                digest: digest.clone(),
+                size: *size,
+            });
+            if held.holds(&artifact.repository, digest) {
+                self.left_out.insert(digest.clone());
+            } else {
+                self.blob_sources
+                    .entry(digest.clone())
+                    .or_insert_with(|| (repo.clone(), *size));
+            }
+        }
+        let mut root = graph.root.descriptor();
+        root.annotations
+            .insert(REF_NAME.to_string(), build.id.to_string());
+        self.index.push(root);
+        let referrers = graph
+            .referrers
+            .iter()
+            .map(|(subject, d)| BundleReferrer {
+                digest: d.digest.clone(),
+                media_type: d.media_type.clone(),
+                size: d.size,
+                subject: subject.clone(),
+            })
+            .collect::<Vec<_>>();
+        for (_, d) in &graph.referrers {
+            self.index.push(Descriptor {
+                annotations: BTreeMap::new(),
+                ..d.clone()
+            });
+        }
+        self.artifacts.push(BundleArtifact {
+            build_id: build.id.clone(),
+            app: build.app.clone(),
+            component: build.component.clone(),
+            repository: artifact.repository.clone(),
+            digest: artifact.digest.clone(),
+            media_type: graph.root.media_type.clone(),
+            size: graph.root.bytes.len() as u64,
+            referrers,
+            requires,
+        });
+        self.manifests.extend(graph.manifests);
+    }
+
+    /// Drops repeated manifests; every file the bundle lists (manifests, then the carried
+    /// blobs that are not manifests), and the manifest digests.
+    fn list_blobs(&mut self) -> (HashSet<Digest>, Vec<BundleBlob>) {
+        let mut seen = HashSet::new();
+        self.manifests.retain(|m| seen.insert(m.digest.clone()));
+        let mut listed: Vec<BundleBlob> = self
+            .manifests
+            .iter()
+            .map(|m| BundleBlob {
+                digest: m.digest.clone(),
+                size: m.bytes.len() as u64,
+            })
+            .collect();
+        listed.extend(
+            self.blob_sources
+                .iter()
+                .filter(|(d, _)| !seen.contains(*d))
+                .map(|(d, (_, size))| BundleBlob {
+                    digest: d.clone(),
+                    size: *size,
+                }),
+        );
+        (seen, listed)
+    }
+
+    /// Streams the bundle tar: the signed manifest, the manifests, then each carried blob
+    /// read from the vendor registry (never held in memory). Its size, and the blobs written.
+    async fn write(
+        &self,
+        source: &VendorSource<'_>,
+        request: &ExportRequest,
+        manifest: &[u8],
+        signature: &str,
+        seen: &HashSet<Digest>,
+    ) -> Result<(u64, usize)> {
+        let mut writer = BundleWriter::create(&request.out)
+            .await
+            .with_context(|| format!("creating {}", request.out.display()))?;
+        writer.add_file(BUNDLE_MANIFEST_FILE, manifest).await?;
+        writer
+            .add_file(BUNDLE_SIGNATURE_FILE, signature.as_bytes())
+            .await?;
+        for m in &self.manifests {
+            writer.add_manifest(m).await?;
+        }
+        let mut blobs_included = 0;
+        for (digest, (repo, size)) in &self.blob_sources {
+            if seen.contains(digest) {
+                continue;
+            }
+            let body = source
+                .client
+                .get_blob(repo, digest, Some(*size))
+                .await
+                .with_context(|| format!("reading blob {digest} of {repo}"))?;
+            writer
+                .add_blob(digest, *size, body)
+                .await
+                .with_context(|| format!("writing blob {digest} of {repo} into the bundle"))?;
+            blobs_included += 1;
+        }
+        let bytes = writer.finish(&self.index).await?;
+        Ok((bytes, blobs_included))
+    }
 }
 
 fn rand_id() -> u64 {

@@ -99,68 +99,26 @@ impl DevSystem {
         // Registry with the real authorizer: the builder is `vendor`, each agent `agent:<id>`.
         let vendor_secret = state::load_or_create_secret(&state.vendor_secret_path())?;
         let vendor_key = Arc::new(state::load_or_create_vendor_key(&state.vendor_key_path())?);
-        let mut policy = AccessPolicy::new();
-        policy.add_identity(Identity::Vendor, &vendor_secret);
-        let listener = tokio::net::TcpListener::bind(options.registry_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", options.registry_addr))?;
-        let host = listener.local_addr()?.to_string();
-        std::fs::create_dir_all(state.registry_root())
-            .with_context(|| format!("creating {}", state.registry_root().display()))?;
-        let root_lock = ferry_registry::lock::RootLock::acquire(&state.registry_root()).context(
-            "another process (ferry dev, or ferry registry serve|gc) holds this registry",
-        )?;
-        let mut auth = AuthConfig::new("ferry-dev", state.registry_root().join("auth"));
-        auth.realm = format!("http://{host}/token");
-        let access = Arc::new(
-            AccessControl::open(auth, policy).context("opening the registry's signing key")?,
-        );
-        let server = RegistryServer::builder(state.registry_root())
-            .authorizer(access.clone())
-            .extra_routes(token_router(access.clone()))
-            .namespace("vendor")
-            // As on ECR (the customer stack's repositories are IMMUTABLE): a synced tag never
-            // moves.
-            .immutable_tags("installs/")
-            .build()
-            .with_context(|| format!("opening {}", state.registry_root().display()))?;
-        let registry = server.spawn_on(listener).context("starting the registry")?;
-        state.write_info(&DevInfo {
-            registry: host.clone(),
-            pid: std::process::id(),
-        })?;
+        let vendor_registry = start_registry(&state, options.registry_addr, &vendor_secret).await?;
 
         // The IMS: builder over the vendor namespace, minter over the registry's grants.
-        let mut creds = CredentialStore::new();
-        creds.insert(
-            &host,
-            Some("vendor"),
-            Credential::Basic {
-                username: "vendor".into(),
-                password: Secret::new(vendor_secret.as_str()),
-            },
-        );
-        let bus = Arc::new(LocalBus::new(SqliteQueue::new(db.clone())));
-        let builder = DevBuilder::new(state.clone(), catalog, host.clone(), creds, bus);
-        let minter = LocalGrantMinter::new(access.clone(), host.clone());
-        let ims = LocalIms::new(
-            db.clone(),
-            builder,
-            minter,
-            SystemClock,
-            RandomIds,
-            ImsOptions {
-                handlers: ferry_core::Config {
-                    fan_out_on_build: !options.manual_releases,
-                    ..ferry_core::Config::default()
-                },
-                ..ImsOptions::default()
-            },
+        let ims = start_ims(
+            &state,
+            &db,
+            catalog,
+            &vendor_registry,
+            &vendor_secret,
             vendor_key.clone(),
+            options.manual_releases,
         )
-        .await
-        .context("creating the IMS queues")?;
+        .await?;
         let workers = ims.spawn();
+        let VendorRegistry {
+            host,
+            root_lock,
+            access,
+            registry,
+        } = vendor_registry;
 
         // Seed: the app's components and N installs subscribed to all of them.
         for c in &app.components {
@@ -296,4 +254,99 @@ impl DevSystem {
         self.registry.shutdown().await;
         let _ = std::fs::remove_file(self.state.info_path());
     }
+}
+
+/// The embedded registry, running, and what the rest of the system needs of it.
+struct VendorRegistry {
+    host: String,
+    root_lock: ferry_registry::lock::RootLock,
+    access: Arc<AccessControl>,
+    registry: RunningRegistry,
+}
+
+/// Starts the registry on `addr` with the real authorizer (the builder is `vendor`, each agent
+/// `agent:<id>`), holding its root's lock, and records its address in the state dir.
+async fn start_registry(
+    state: &StateDir,
+    addr: SocketAddr,
+    vendor_secret: &str,
+) -> Result<VendorRegistry> {
+    let mut policy = AccessPolicy::new();
+    policy.add_identity(Identity::Vendor, vendor_secret);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let host = listener.local_addr()?.to_string();
+    std::fs::create_dir_all(state.registry_root())
+        .with_context(|| format!("creating {}", state.registry_root().display()))?;
+    let root_lock = ferry_registry::lock::RootLock::acquire(&state.registry_root())
+        .context("another process (ferry dev, or ferry registry serve|gc) holds this registry")?;
+    let mut auth = AuthConfig::new("ferry-dev", state.registry_root().join("auth"));
+    auth.realm = format!("http://{host}/token");
+    let access =
+        Arc::new(AccessControl::open(auth, policy).context("opening the registry's signing key")?);
+    let server = RegistryServer::builder(state.registry_root())
+        .authorizer(access.clone())
+        .extra_routes(token_router(access.clone()))
+        .namespace("vendor")
+        // As on ECR (the customer stack's repositories are IMMUTABLE): a synced tag never
+        // moves.
+        .immutable_tags("installs/")
+        .build()
+        .with_context(|| format!("opening {}", state.registry_root().display()))?;
+    let registry = server.spawn_on(listener).context("starting the registry")?;
+    state.write_info(&DevInfo {
+        registry: host.clone(),
+        pid: std::process::id(),
+    })?;
+    Ok(VendorRegistry {
+        host,
+        root_lock,
+        access,
+        registry,
+    })
+}
+
+/// The IMS over the state dir's database: the builder pushes to `vendor/` as the vendor
+/// identity, the minter mints grants on the registry's access control; with
+/// `manual_releases` builds are not fanned out.
+async fn start_ims(
+    state: &StateDir,
+    db: &Db,
+    catalog: ferry_local::catalog::SqliteCatalog,
+    registry: &VendorRegistry,
+    vendor_secret: &str,
+    vendor_key: Arc<ferry_core::trust::VendorKey>,
+    manual_releases: bool,
+) -> Result<LocalIms<DevBuilder, LocalGrantMinter>> {
+    let host = registry.host.as_str();
+    let mut creds = CredentialStore::new();
+    creds.insert(
+        host,
+        Some("vendor"),
+        Credential::Basic {
+            username: "vendor".into(),
+            password: Secret::new(vendor_secret),
+        },
+    );
+    let bus = Arc::new(LocalBus::new(SqliteQueue::new(db.clone())));
+    let builder = DevBuilder::new(state.clone(), catalog, host.to_string(), creds, bus);
+    let minter = LocalGrantMinter::new(registry.access.clone(), host.to_string());
+    LocalIms::new(
+        db.clone(),
+        builder,
+        minter,
+        SystemClock,
+        RandomIds,
+        ImsOptions {
+            handlers: ferry_core::Config {
+                fan_out_on_build: !manual_releases,
+                ..ferry_core::Config::default()
+            },
+            ..ImsOptions::default()
+        },
+        vendor_key,
+    )
+    .await
+    .context("creating the IMS queues")
 }

@@ -333,12 +333,8 @@ fn allowed(name: &str, named: &[&str]) -> bool {
     if name == "oci-layout" || name == "index.json" || named.contains(&name) {
         return true;
     }
-    name.strip_prefix("blobs/sha256/").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    name.strip_prefix("blobs/sha256/")
+        .is_some_and(ferry_spec::is_digest_hex)
 }
 
 fn checksum_ok(block: &[u8; BLOCK as usize]) -> bool {

@@ -14,8 +14,9 @@ use crate::error::{Error, Result};
 pub use ferry_spec::manifest::{Descriptor, ManifestDoc, Platform};
 pub use ferry_spec::media::{
     accept_header, is_index, is_manifest_type, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST,
-    HELM_CHART_LAYER, HELM_CONFIG, MANIFEST_MEDIA_TYPES, OCI_EMPTY_CONFIG, OCI_INDEX, OCI_MANIFEST,
-    OPENTOFU_MODULE_ARTIFACT, ZIP_LAYER,
+    HELM_CHART_LAYER, HELM_CONFIG, HELM_PROVENANCE_LAYER, MANIFEST_MEDIA_TYPES, OCI_EMPTY_CONFIG,
+    OCI_IMAGE_CONFIG, OCI_INDEX, OCI_LAYER_TAR_GZIP, OCI_MANIFEST, OPENTOFU_MODULE_ARTIFACT,
+    ZIP_LAYER,
 };
 
 /// A manifest or index: its exact bytes, its media type and its digest.

@@ -44,10 +44,7 @@ impl Digest {
                 ),
             ));
         }
-        if !hex_part
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !is_lower_hex(hex_part) {
             return Err(SpecError::new(
                 "digest",
                 &s,
@@ -77,6 +74,17 @@ impl Digest {
     pub fn algorithm(&self) -> &str {
         "sha256"
     }
+}
+
+/// Whether `hex` is the part of a valid [`Digest`] after `sha256:` (64 lowercase hex), as blob
+/// files are named on disk and in a bundle.
+pub fn is_digest_hex(hex: &str) -> bool {
+    hex.len() == 64 && is_lower_hex(hex)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Whether `s` is a valid [`Digest`].
@@ -190,6 +198,18 @@ mod tests {
             let err = bad.parse::<Digest>().expect_err(bad).to_string();
             assert!(err.contains(bad), "error must name the input: {err}");
         }
+    }
+
+    #[test]
+    fn digest_hex_is_the_part_after_the_prefix() {
+        let hex = &D["sha256:".len()..];
+        assert!(is_digest_hex(hex));
+        assert!(
+            !is_digest_hex(&hex.to_uppercase()),
+            "upper-case hex is refused"
+        );
+        assert!(!is_digest_hex(&hex[1..]), "63 characters are refused");
+        assert!(!is_digest_hex(D), "the prefix is not part of the hex");
     }
 
     #[test]

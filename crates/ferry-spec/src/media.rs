@@ -17,6 +17,12 @@ pub const OCI_EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
 /// Helm chart content layer.
 pub const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+/// Helm chart provenance layer, as Helm's OCI push writes it.
+pub const HELM_PROVENANCE_LAYER: &str = "application/vnd.cncf.helm.chart.provenance.v1.prov";
+/// OCI image config.
+pub const OCI_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// OCI gzip-compressed tar layer.
+pub const OCI_LAYER_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// OpenTofu module package (artifactType).
 pub const OPENTOFU_MODULE_ARTIFACT: &str = "application/vnd.opentofu.modulepkg";
 /// A zip layer (the one layer of an OpenTofu module).

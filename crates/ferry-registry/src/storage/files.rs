@@ -29,7 +29,7 @@ pub(super) fn list_hex_dir(dir: &Path) -> Result<Vec<String>> {
     Ok(entries
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|n| ferry_spec::is_digest_hex(n))
         .collect())
 }
 
