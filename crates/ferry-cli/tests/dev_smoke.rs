@@ -85,6 +85,21 @@ fn dev_syncs_three_installs_and_management_reads_the_state() {
             && l.contains("verified (key ")),
         "{shown}"
     );
+    // Every component's current version is what the install holds (holds name the vendor
+    // repository, `vendor/<component repository>`, locally).
+    let out = ferry(&["install", "show", "dev-2", "--json", "--state-dir", state]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let versions = shown["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 6, "{shown:#}");
+    assert!(
+        versions.iter().all(|v| v["current"]["digest"].is_string()),
+        "{shown:#}"
+    );
     let out = ferry(&["syncs", "--json", "--state-dir", state]);
     assert!(
         out.status.success(),

@@ -98,6 +98,21 @@ pub struct Held {
     pub since: u64,
 }
 
+impl Held {
+    /// Whether this is an artifact of the component stored at `repository`: the sync wrote the
+    /// component's repository itself, or the same path under the vendor registry's prefix
+    /// (locally builds land in `vendor/<component repository>`). Whole path segments only, so
+    /// `demo/x` never matches `demo/xy` or `otherdemo/x`.
+    pub fn is_of(&self, repository: &Repository) -> bool {
+        let held = self.repository.as_str();
+        let repo = repository.as_str();
+        held == repo
+            || held
+                .strip_suffix(repo)
+                .is_some_and(|prefix| prefix.ends_with('/'))
+    }
+}
+
 /// An install and what is known about it, for `ferry install list|show`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstallStatus {
@@ -615,4 +630,28 @@ pub async fn describe_dead_letter<S: JobStore>(
         job_error,
         receive_count,
     })
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+
+    fn held(repo: &str) -> Held {
+        Held {
+            repository: Repository::new(repo).unwrap(),
+            digest: Digest::new(format!("sha256:{}", "a".repeat(64))).unwrap(),
+            build_id: BuildId::new("b-1").unwrap(),
+            since: 0,
+        }
+    }
+
+    #[test]
+    fn a_hold_is_of_its_component_with_or_without_the_vendor_prefix() {
+        let component = Repository::new("demo/x").unwrap();
+        assert!(held("demo/x").is_of(&component));
+        assert!(held("vendor/demo/x").is_of(&component));
+        assert!(!held("vendor/demo/xy").is_of(&component));
+        assert!(!held("vendor/otherdemo/x").is_of(&component));
+        assert!(!held("demo/x/y").is_of(&component));
+    }
 }

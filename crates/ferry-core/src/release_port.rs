@@ -194,7 +194,7 @@ pub async fn install_versions<S: JobStore + ReleaseStore>(
             .await?
             .map(|c| c.repository);
         let current = repository
-            .and_then(|r| holds.iter().find(|h| h.repository == r))
+            .and_then(|r| holds.iter().find(|h| h.is_of(&r)))
             .cloned();
         rows.push(ComponentVersions {
             component: name.clone(),

@@ -522,11 +522,7 @@ fn verified_signatures(
         .iter()
         .filter_map(|c| {
             let policy = c.verify.as_ref()?;
-            let repo = c.repository.as_str();
-            let held = holds.iter().find(|h| {
-                let r = h.repository.as_str();
-                r == repo || r.strip_suffix(repo).is_some_and(|p| p.ends_with('/'))
-            })?;
+            let held = holds.iter().find(|h| h.is_of(&c.repository))?;
             let keys = policy.keys.iter().map(|pem| {
                 ferry_oci::cosign::PublicKey::from_pem(pem)
                     .map_or_else(|_| "(unreadable key)".to_string(), |k| k.id().to_string())

@@ -231,18 +231,7 @@ async fn dispatch<P: Backend>(
     let now = ports.clock.now_ms();
     let attempt = job.state.attempts;
     let grant_id = GrantId::new(job.id.clone(), attempt);
-    let minted = if first {
-        ports
-            .minter
-            .mint_first(install, &job.repository, &job.digest, &grant_id)
-            .await
-    } else {
-        ports
-            .minter
-            .mint(install, &job.repository, &job.digest, &grant_id)
-            .await
-    };
-    let grant: SealedGrant = match minted {
+    let grant: SealedGrant = match mint(ports, install, &job, &grant_id, first).await {
         Ok(g) => g,
         Err(GrantError::Refused { message }) => {
             let reason = format!(
@@ -301,6 +290,28 @@ async fn dispatch<P: Backend>(
         sync_id: job.id,
         attempt,
     })
+}
+
+/// Mints the job's grant; `first` when the job was just created, so the minter may skip its
+/// revocation lookup (nothing can have revoked a grant id that never existed).
+async fn mint<P: Backend>(
+    ports: &Ports<P>,
+    install: &Install,
+    job: &SyncJob,
+    grant_id: &GrantId,
+    first: bool,
+) -> Result<SealedGrant, GrantError> {
+    if first {
+        ports
+            .minter
+            .mint_first(install, &job.repository, &job.digest, grant_id)
+            .await
+    } else {
+        ports
+            .minter
+            .mint(install, &job.repository, &job.digest, grant_id)
+            .await
+    }
 }
 
 /// The verification policy of the component the job's build is of, for the agent to enforce.
