@@ -457,27 +457,7 @@ pub async fn verify_layout(
 
 /// A payload blob of a layout, bounded by [`MAX_PAYLOAD`] and checked against its digest.
 async fn read_layout_payload(layout: &crate::OciLayout, digest: &Digest) -> Result<Vec<u8>, Error> {
-    let mut stream = layout.read_blob(digest).await?;
-    let mut out = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if out.len() as u64 + chunk.len() as u64 > MAX_PAYLOAD {
-            return Err(Error::SizeMismatch {
-                digest: digest.clone(),
-                expected: MAX_PAYLOAD,
-                actual: out.len() as u64 + chunk.len() as u64,
-            });
-        }
-        out.extend_from_slice(&chunk);
-    }
-    let actual = Digest::of(&out);
-    if &actual != digest {
-        return Err(Error::DigestMismatch {
-            expected: digest.clone(),
-            actual,
-        });
-    }
-    Ok(out)
+    collect_payload(layout.read_blob(digest).await?, digest, MAX_PAYLOAD).await
 }
 
 /// Cosign's tag-scheme suffixes that travel with an artifact: signatures, attestations, SBOMs.
@@ -527,18 +507,38 @@ async fn read_payload(
     digest: &Digest,
     size: u64,
 ) -> Result<Vec<u8>, Error> {
-    let mut stream = client.get_blob(repo, digest, Some(size)).await?;
+    collect_payload(
+        client.get_blob(repo, digest, Some(size)).await?,
+        digest,
+        size,
+    )
+    .await
+}
+
+/// Reads a payload stream whole, refusing it past [`MAX_PAYLOAD`] (reported against
+/// `expected`) and unless it hashes to `digest`: the one rule for registry and layout payloads.
+async fn collect_payload<S, B, E>(
+    mut stream: S,
+    digest: &Digest,
+    expected: u64,
+) -> Result<Vec<u8>, Error>
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    Error: From<E>,
+{
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        let chunk = chunk.as_ref();
         if out.len() as u64 + chunk.len() as u64 > MAX_PAYLOAD {
             return Err(Error::SizeMismatch {
                 digest: digest.clone(),
-                expected: size,
+                expected,
                 actual: out.len() as u64 + chunk.len() as u64,
             });
         }
-        out.extend_from_slice(&chunk);
+        out.extend_from_slice(chunk);
     }
     let actual = Digest::of(&out);
     if &actual != digest {
