@@ -29,8 +29,10 @@ pub struct CopyArgs {
     /// Copy referrers (signatures, SBOMs, attestations) too.
     #[arg(long)]
     referrers: bool,
-    /// Concurrent blob transfers per registry host to start with; the limit then adapts
-    /// to the link (halved on 429/503, grown while saturated) up to --max-per-host-ceiling.
+    /// Concurrent blob transfers per registry host to start with on a short link; a host
+    /// whose fastest answer takes 10 ms or more starts at this many more per 10 ms of round
+    /// trip. The limit then adapts to the link (halved on 429/503, grown while saturated) up
+    /// to --max-per-host-ceiling.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     max_per_host: u16,
     /// The most concurrent requests per registry host the adaptive limit may reach.

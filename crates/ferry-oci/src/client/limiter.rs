@@ -8,6 +8,14 @@
 //! (slow start, so a long link gets its connections within a few round trips), then by one
 //! per `limit` successes (congestion avoidance).
 //!
+//! The start follows the link: the first time a host's fastest answer shows it is on a long
+//! link, a limit still in slow start is raised at once to [`HostLimits::start_for`] that
+//! round trip (one more `initial` per `long_link` of RTT, up to `max`). A connection whose
+//! window caps it at window / RTT carries less the longer the link, so the connections worth
+//! opening grow with the RTT; growing there one success at a time would spend most of a
+//! many-layer copy below what the link can carry. A short link keeps the configured start
+//! (and the memory bound that goes with it).
+//!
 //! The bound is the client's, not a copy's: manifest requests take a permit inside the client,
 //! and the copy engine takes one per blob transfer (its requests run under it), so concurrent
 //! copies over one client share it. It must never let more than `max` permits exist for a
@@ -68,6 +76,19 @@ impl Default for HostLimits {
 }
 
 impl HostLimits {
+    /// The starting limit for a host whose fastest answer took `rtt`: `initial` on a short
+    /// link, and `initial` more per `long_link` of round trip on a long one, never above
+    /// `max`.
+    pub fn start_for(&self, rtt: Duration) -> usize {
+        let n = self.normalised();
+        if n.long_link.is_zero() || rtt < n.long_link {
+            return n.initial;
+        }
+        let links = (rtt.as_nanos() / n.long_link.as_nanos()).max(1);
+        let links = usize::try_from(links).unwrap_or(usize::MAX);
+        n.initial.saturating_mul(links).clamp(n.initial, n.max)
+    }
+
     /// The limits with `min ≤ initial ≤ max` and `min ≥ 1` enforced.
     fn normalised(&self) -> HostLimits {
         let max = self.max.max(1);
@@ -105,6 +126,8 @@ struct HostState {
     last_decrease: Option<Instant>,
     /// The fastest exchange (request to answer headers) seen so far.
     fastest: Option<Duration>,
+    /// The start has been fitted to the link's round trip (done at most once).
+    fitted: bool,
 }
 
 struct Host {
@@ -182,6 +205,7 @@ impl HostLimiter {
                         slow_start: true,
                         last_decrease: None,
                         fastest: None,
+                        fitted: false,
                     }),
                 })
             })
@@ -272,11 +296,57 @@ impl HostLimiter {
         }
     }
 
-    /// Records how long one exchange with the host took.
+    /// Records how long one exchange with the host took; the first time that shows a long
+    /// link, the host's start is fitted to it ([`HostLimiter::fit_start`]).
     pub(crate) fn observe_latency(&self, key: &str, took: Duration) {
-        if let Ok(mut st) = self.host(key).state.lock() {
-            st.fastest = Some(st.fastest.map_or(took, |f| f.min(took)));
+        let fastest = {
+            let host = self.host(key);
+            let Ok(mut st) = host.state.lock() else {
+                return;
+            };
+            let fastest = st.fastest.map_or(took, |f| f.min(took));
+            st.fastest = Some(fastest);
+            fastest
+        };
+        if !self.limits.long_link.is_zero() && fastest >= self.limits.long_link {
+            self.fit_start(key, fastest);
         }
+    }
+
+    /// Raises a limit still in slow start to the start a link of round trip `rtt` calls for
+    /// ([`HostLimits::start_for`]), once per host: later round trips, and any host that has
+    /// throttled, are left to AIMD. Never lowers a limit, never above `max`.
+    pub(crate) fn fit_start(&self, key: &str, rtt: Duration) {
+        let host = self.host(key);
+        let Ok(mut st) = host.state.lock() else {
+            return;
+        };
+        if st.fitted || !st.slow_start {
+            return;
+        }
+        st.fitted = true;
+        let target = self.limits.start_for(rtt);
+        if target <= st.limit {
+            return;
+        }
+        let mut grow = target - st.limit;
+        st.limit = target;
+        // Permits still owed to an earlier decrease are cancelled before new ones are made.
+        let repaid = grow.min(st.debt);
+        st.debt -= repaid;
+        grow -= repaid;
+        host.sem.add_permits(grow);
+        tracing::debug!(
+            host = key,
+            limit = target,
+            rtt_ms = rtt.as_millis() as u64,
+            "concurrency starts from the link's round trip"
+        );
+    }
+
+    /// The host's fastest exchange so far, if it has been spoken to.
+    pub(crate) fn fastest(&self, key: &str) -> Option<Duration> {
+        self.host(key).state.lock().ok().and_then(|s| s.fastest)
     }
 
     /// Whether the host is on a long link (see [`HostLimits::long_link`]); a host not yet
@@ -404,6 +474,58 @@ mod tests {
         // Everything was given back: the current limit is fully available.
         let free: Vec<HostPermit> = (0..10).filter_map(|_| l.try_acquire("h")).collect();
         assert_eq!(free.len(), l.limit("h"));
+    }
+
+    #[test]
+    fn the_start_grows_with_the_round_trip_up_to_max() {
+        let l = HostLimits {
+            long_link: Duration::from_millis(10),
+            ..limits(4, 16)
+        };
+        assert_eq!(l.start_for(Duration::from_micros(300)), 4, "loopback");
+        assert_eq!(l.start_for(Duration::from_millis(9)), 4);
+        assert_eq!(l.start_for(Duration::from_millis(10)), 4);
+        assert_eq!(l.start_for(Duration::from_millis(20)), 8);
+        assert_eq!(l.start_for(Duration::from_millis(35)), 12);
+        assert_eq!(
+            l.start_for(Duration::from_millis(100)),
+            16,
+            "bounded by max"
+        );
+        assert_eq!(l.start_for(Duration::from_secs(3600)), 16);
+        // With no long-link threshold every host keeps the configured start.
+        assert_eq!(limits(4, 16).start_for(Duration::from_millis(100)), 4);
+    }
+
+    #[tokio::test]
+    async fn a_long_link_starts_wide_once_and_only_in_slow_start() {
+        let l = HostLimiter::new(&HostLimits {
+            long_link: Duration::from_millis(10),
+            ..limits(2, 8)
+        });
+        // A short link keeps its start.
+        l.observe_latency("near", Duration::from_millis(1));
+        assert_eq!(l.limit("near"), 2);
+        // A 40 ms link starts at 2 × 4 = 8, with the permits to match.
+        l.observe_latency("far", Duration::from_millis(40));
+        assert_eq!(l.limit("far"), 8);
+        let held: Vec<HostPermit> = (0..10).filter_map(|_| l.try_acquire("far")).collect();
+        assert_eq!(held.len(), 8, "never above max");
+        drop(held);
+        // After a throttle the fit is not repeated: AIMD owns the limit.
+        l.throttled("far");
+        assert_eq!(l.limit("far"), 4);
+        l.observe_latency("far", Duration::from_millis(40));
+        assert_eq!(l.limit("far"), 4);
+        // A near destination of a far source is fitted to the source's round trip, once.
+        l.fit_start("dst", Duration::from_millis(40));
+        assert_eq!(l.limit("dst"), 8);
+        l.fit_start("dst", Duration::from_millis(10));
+        assert_eq!(l.limit("dst"), 8, "never lowered, fitted once");
+        // A host that throttled before it was seen to be far is not widened either.
+        l.throttled("late");
+        l.observe_latency("late", Duration::from_millis(100));
+        assert_eq!(l.limit("late"), 1);
     }
 
     #[test]

@@ -226,6 +226,19 @@ impl RegistryClient {
         self.inner.limiter.long_link(registry)
     }
 
+    /// `registry`'s fastest answer so far (request to answer headers), if it has answered.
+    pub fn fastest_answer(&self, registry: &str) -> Option<Duration> {
+        self.inner.limiter.fastest(registry)
+    }
+
+    /// Starts `registry`'s concurrency as for a link of round trip `rtt`, if its limit is still
+    /// in slow start and has not been fitted yet ([`HostLimits::start_for`]). The copy engine
+    /// fits a near destination to its far source: each transfer holds a permit of both, and
+    /// its time there is mostly spent waiting on the source's link.
+    pub fn fit_host_start(&self, registry: &str, rtt: Duration) {
+        self.inner.limiter.fit_start(registry, rtt);
+    }
+
     /// The hard upper bound of every host's limit.
     pub fn host_max(&self) -> usize {
         self.inner.limiter.max()

@@ -124,10 +124,22 @@ impl BlobCtx {
     ) -> Self {
         let src_key = src.host_key();
         let dst_keys: Vec<String> = dsts.iter().map(Endpoint::host_key).collect();
-        let long = match &src {
-            Endpoint::Registry { client, r } => client.is_long_link(&r.repo.registry),
-            Endpoint::Layout { .. } => false,
+        let (long, src_rtt) = match &src {
+            Endpoint::Registry { client, r } => (
+                client.is_long_link(&r.repo.registry),
+                client.fastest_answer(&r.repo.registry),
+            ),
+            Endpoint::Layout { .. } => (false, None),
         };
+        // A transfer holds a permit of the source and of each destination, so near
+        // destinations start as wide as the far source they wait on.
+        if let (true, Some(rtt)) = (long, src_rtt) {
+            for d in &dsts {
+                if let Endpoint::Registry { client, r } = d {
+                    client.fit_host_start(&r.repo.registry, rtt);
+                }
+            }
+        }
         let mut hosts = HashMap::new();
         for (k, e) in std::iter::once((&src_key, &src)).chain(dst_keys.iter().zip(&dsts)) {
             hosts
