@@ -6,13 +6,7 @@ use std::io::Write as _;
 
 pub use ferry_dev::state::*;
 
-/// Short digest for tables: `sha256:` + 12 hex.
-pub fn short_digest(d: &str) -> String {
-    match d.strip_prefix("sha256:") {
-        Some(hex) if hex.len() > 12 => format!("sha256:{}", &hex[..12]),
-        _ => d.to_string(),
-    }
-}
+pub use ferry_spec::short_digest;
 
 /// Prints rows as aligned columns.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {

@@ -135,10 +135,7 @@ pub fn duration(secs: u64) -> String {
 
 /// A digest shortened for tables, full in the tooltip.
 pub fn digest(d: &str) -> String {
-    let short = match d.strip_prefix("sha256:") {
-        Some(hex) if hex.len() > 12 => format!("sha256:{}", &hex[..12]),
-        _ => d.to_string(),
-    };
+    let short = ferry_spec::short_digest(d);
     format!(
         "<a href=\"/lineage?digest={}\" title=\"{}\"><code>{}</code></a>",
         seg(d),

@@ -82,6 +82,17 @@ pub fn is_digest_hex(hex: &str) -> bool {
     hex.len() == 64 && is_lower_hex(hex)
 }
 
+/// A digest shortened for tables and pages, `sha256:` and its first 12 hex characters; any
+/// other string (a tag, a shorter value) is shown whole. For people, never for lookups.
+pub fn short_digest(d: &str) -> String {
+    match d.strip_prefix(PREFIX) {
+        Some(hex) if hex.len() > 12 && hex.is_char_boundary(12) => {
+            format!("{PREFIX}{}", &hex[..12])
+        }
+        _ => d.to_string(),
+    }
+}
+
 fn is_lower_hex(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -178,6 +189,16 @@ mod tests {
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn short_digests_keep_the_prefix_and_twelve_characters() {
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(short_digest(&d), "sha256:abababababab");
+        assert_eq!(short_digest("sha256:abc"), "sha256:abc");
+        assert_eq!(short_digest("latest"), "latest");
+        // Never panics on a multi-byte character at the cut.
+        assert_eq!(short_digest("sha256:aéééééé"), "sha256:aéééééé");
+    }
 
     #[test]
     fn accepts_sha256_only_and_says_why() {

@@ -19,7 +19,9 @@ pub mod manifest;
 pub mod media;
 pub mod names;
 
-pub use digest::{is_digest, is_digest_hex, is_digest_reference, Digest, DigestHasher};
+pub use digest::{
+    is_digest, is_digest_hex, is_digest_reference, short_digest, Digest, DigestHasher,
+};
 pub use error::SpecError;
 pub use manifest::{Descriptor, ManifestDoc, Platform};
 pub use names::{check_repository, check_tag, valid_repository, valid_tag, Repository};
