@@ -250,13 +250,20 @@ async fn build_completed<P: Backend>(
 }
 
 /// Publishes one `sync.requested` per install subscribed to the build's component; returns
-/// how many. Runs again on a resumed event: the derived sync ids make the re-sent requests
-/// no-ops.
+/// how many. Each carries its dispatch context (the install, read fresh in one batch per page,
+/// and the component's verification policy, read once), MAC'd with the vendor key, as a
+/// release step's do, so sync-requested reads neither again. Runs again on a resumed event:
+/// the derived sync ids make the re-sent requests no-ops.
 async fn fan_out<P: Backend>(
     ports: &Ports<P>,
     build: &Build,
     artifact: &Artifact,
 ) -> Result<usize, HandlerError> {
+    let policy = ports
+        .store
+        .get_component(&build.app, &build.component)
+        .await?
+        .and_then(|c| c.verify);
     let mut events = Vec::new();
     let mut page = PageRequest::first(MAX_PAGE);
     loop {
@@ -264,13 +271,27 @@ async fn fan_out<P: Backend>(
             .store
             .installs_by_component(&build.app, &build.component, &page)
             .await?;
-        for install in got.items {
-            events.push(sync_request_event(
-                &ports.vendor_key,
-                build,
-                artifact,
-                &install.id,
-            )?);
+        let ids: Vec<InstallId> = got.items.into_iter().map(|i| i.id).collect();
+        // The subscription lists who; the install records say where, as they are now.
+        let fresh: std::collections::HashMap<InstallId, crate::domain::Install> = ports
+            .store
+            .get_installs(&ids)
+            .await?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
+        for id in &ids {
+            let mut event = sync_request_event(&ports.vendor_key, build, artifact, id)?;
+            if let (Some(install), Payload::SyncRequested(ev)) = (fresh.get(id), &mut event.payload)
+            {
+                ev.context = Some(Box::new(crate::fanout::seal_context(
+                    &ports.vendor_key,
+                    ev,
+                    install.clone(),
+                    policy.clone(),
+                )));
+            }
+            events.push(event);
         }
         match got.next {
             Some(cursor) => page = PageRequest::after(MAX_PAGE, cursor),

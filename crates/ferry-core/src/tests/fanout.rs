@@ -14,8 +14,8 @@ use crate::state::JobStatus;
 use crate::testing::FakePorts;
 use crate::trust::VendorKey;
 
-/// `n` installs, a succeeded build with no implicit fan-out, and the sync.requested of each
-/// install (as the implicit fan-out would have sent them).
+/// `n` installs, a succeeded build, and the sync.requested the implicit fan-out sent each
+/// install (taken off the bus, not yet delivered).
 async fn requests(n: usize) -> (FakePorts, Vec<Event>) {
     let p = setup(n).await;
     dispatch(&p, &build_requested("b-1")).await.unwrap();
@@ -160,6 +160,31 @@ async fn a_carried_context_is_used_only_when_it_verifies() {
         1,
         "install 1's forged context was ignored: the store's queue was used"
     );
+}
+
+#[tokio::test]
+async fn the_implicit_fan_out_carries_a_context_that_verifies_and_is_used() {
+    let (p, evs) = requests(2).await;
+    for (i, ev) in evs.iter().enumerate() {
+        let s = sync_requested(ev);
+        let (install, _) = crate::fanout::open_context(&p.vendor_key, s)
+            .unwrap_or_else(|| panic!("install {i}'s request carries no verifying context"));
+        assert_eq!(install.id, s.install_id);
+    }
+    // The install's queue moves after the fan-out read it: the context, not the store, says
+    // where the job goes (the store was not read again).
+    let moved = QueueName::new("agent-moved").unwrap();
+    p.queue.create_queue(&moved);
+    let mut install = p.store.get_install(&install_id(0)).await.unwrap().unwrap();
+    install.queue = moved.clone();
+    p.store.put_install(&install).await.unwrap();
+    let first = evs
+        .iter()
+        .find(|e| sync_requested(e).install_id == install_id(0))
+        .unwrap();
+    dispatch(&p, first).await.unwrap();
+    assert_eq!(job_messages(&p, 1).len(), 1, "sent where the context said");
+    assert!(p.queue.bodies(&moved).is_empty());
 }
 
 /// `n` installs' sync.requested, each delivered until it succeeds, with one fault chosen per
