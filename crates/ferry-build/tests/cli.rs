@@ -87,6 +87,7 @@ async fn posts_its_completion_to_the_ferry_bus() {
     use ferry_aws::builder::BUILD_SOURCE;
     use ferry_core::id::QueueName;
     use ferry_core::ports::{Queue as _, ReceiveOptions};
+    use ferry_testkit::vendor_stack::{self, VendorStack};
 
     let env = env().await;
     let moto = ferry_testkit::Moto::start_within(std::time::Duration::from_secs(15)).await;
@@ -98,39 +99,16 @@ async fn posts_its_completion_to_the_ferry_bus() {
         .load()
         .await;
     // What the vendor stack holds: the Ferry bus, BuildCompletedRule -> build-completed queue.
-    let sqs = ferry_aws::SqsQueue::new(&config);
-    let queue = QueueName::new("ferry-build-completed").unwrap();
-    sqs.create_queue(&queue, Default::default()).await.unwrap();
-    let bus = ferry_aws::EventBridgeBus::new(&config, "ferry");
-    bus.client()
-        .create_event_bus()
-        .name("ferry")
-        .send()
-        .await
-        .unwrap();
-    let pattern = serde_json::json!({"source": [BUILD_SOURCE], "detail-type": ["build.completed"]});
-    bus.client()
-        .put_rule()
-        .name("ferry-build-completed")
-        .event_bus_name("ferry")
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_targets()
-        .rule("ferry-build-completed")
-        .event_bus_name("ferry")
-        .targets(
-            ferry_aws::manage::Target::builder()
-                .id("q")
-                .arn(sqs.arn(&queue).await.unwrap())
-                .build()
-                .unwrap(),
+    VendorStack::builder()
+        .route(
+            vendor_stack::BUILD_COMPLETED,
+            BUILD_SOURCE,
+            "build.completed",
         )
-        .send()
-        .await
-        .unwrap();
+        .create(&endpoint)
+        .await;
+    let sqs = ferry_aws::SqsQueue::new(&config);
+    let queue = QueueName::new(vendor_stack::BUILD_COMPLETED).unwrap();
 
     let app = common::demo();
     let component = serde_json::to_string(app.component("module").unwrap()).unwrap();

@@ -14,113 +14,24 @@
 #![cfg(feature = "aws")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod deployed;
+
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
+use deployed::{states, Cli, Deployed};
 use ferry_core::bundle::{
     sign_receipt, verify_bundle, BundleManifest, BundleReceipt, BUNDLE_MANIFEST_FILE,
     BUNDLE_SIGNATURE_FILE, RECEIPT_SCHEMA,
 };
 use ferry_core::domain::{Artifact, Build};
-use ferry_core::event::{parse_sync_job, Payload, SyncReportStatus, SyncReported};
 use ferry_core::id::{AppName, BuildId, ComponentName, Digest, InstallId, QueueName, Repository};
-use ferry_core::ports::{JobStore as _, Queue as _, ReceiveOptions};
-use ferry_core::{Event, Ports};
+use ferry_core::ports::JobStore as _;
+use ferry_testkit::vendor_stack;
 use sha2::Digest as _;
 
 const ONLINE: &str = "b0";
 const AIR: &str = "b1";
-
-struct MotoAws;
-
-impl ferry_core::ports::Backend for MotoAws {
-    type Store = ferry_aws::DynamoStore;
-    type Queue = ferry_aws::SqsQueue;
-    type Bus = ferry_aws::EventBridgeBus;
-    type Builder = ferry_aws::CodeBuildBuilder;
-    type Minter = ferry_aws::EcrGrantMinter;
-    type Clock = ferry_local::clock::SystemClock;
-}
-
-/// The stack's functions, in-process, and the online install's agent.
-struct Stack {
-    ports: Ports<MotoAws>,
-    sync_requested: QueueName,
-    release: QueueName,
-}
-
-impl Stack {
-    /// Drains `queue` once (short polls until empty), dispatching every message.
-    async fn drain(&self, queue: &QueueName) -> usize {
-        let opts = ReceiveOptions::new(10, 0, 30).unwrap();
-        let mut handled = 0;
-        loop {
-            let msgs = self.ports.queue.receive(queue, &opts).await.unwrap();
-            if msgs.is_empty() {
-                return handled;
-            }
-            for m in msgs {
-                let event = ferry_core::parse_event(m.body.as_bytes()).unwrap();
-                ferry_core::dispatch(&self.ports, &event)
-                    .await
-                    .unwrap_or_else(|e| panic!("{queue}: {e}"));
-                self.ports
-                    .queue
-                    .delete(queue, &m.receipt_handle)
-                    .await
-                    .unwrap();
-                handled += 1;
-            }
-        }
-    }
-
-    /// The online install's agent takes its jobs and reports success; the air-gapped one
-    /// never reads its queue.
-    async fn online_agent(&self) -> usize {
-        let opts = ReceiveOptions::new(10, 0, 30).unwrap();
-        let q = QueueName::new(format!("ferry-install-{ONLINE}")).unwrap();
-        let mut taken = 0;
-        for m in self.ports.queue.receive(&q, &opts).await.unwrap() {
-            let job = parse_sync_job(m.body.as_bytes()).unwrap();
-            let report = Event::new(Payload::SyncReported(
-                ferry_core::testing::signed_by_test_agent(SyncReported {
-                    sync_id: job.sync_id.clone(),
-                    install_id: job.install_id.clone(),
-                    status: SyncReportStatus::Succeeded,
-                    digest: job.digest.clone(),
-                    bytes_copied: 4096,
-                    bytes_skipped: 0,
-                    duration_ms: 10,
-                    error: None,
-                    attempt: job.attempt,
-                    signature: String::new(),
-                }),
-            ));
-            ferry_core::dispatch(&self.ports, &report).await.unwrap();
-            self.ports
-                .queue
-                .delete(&q, &m.receipt_handle)
-                .await
-                .unwrap();
-            taken += 1;
-        }
-        taken
-    }
-
-    /// Runs the functions and the online agent until nothing moves.
-    async fn settle(&self) {
-        for _ in 0..50 {
-            let moved = self.drain(&self.release).await
-                + self.drain(&self.sync_requested).await
-                + self.online_agent().await;
-            if moved == 0 {
-                return;
-            }
-        }
-        panic!("the stack did not settle in 50 rounds");
-    }
-}
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -213,140 +124,23 @@ fn push_image(addr: &str, repo: &str, dir: &Path) -> (String, Vec<String>) {
     (digest, vec![layer_digest, config_digest])
 }
 
-fn ferry(config_dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    c.env("FERRY_CONFIG_DIR", config_dir)
-        .env_remove("FERRY_CONTEXT")
-        .env_remove("FERRY_STATE_DIR")
-        .env_remove("RUST_LOG")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", ferry_testkit::REGION)
-        .env_remove("AWS_PROFILE");
-    c
-}
-
-/// Every install's state in `ferry release show ID --json`, by install id.
-fn states(show: &serde_json::Value) -> Vec<(String, String)> {
-    show["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["install"].as_str().unwrap().to_owned(),
-                t["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_air_gapped_install_on_a_deployed_stack_is_released_by_bundle_and_receipt() {
-    let moto = ferry_testkit::Moto::start_within(Duration::from_secs(15)).await;
-    let endpoint = moto.endpoint();
-    let config = ferry_aws::config::loader()
-        .endpoint_url(&endpoint)
-        .region(ferry_aws::config::Region::new(ferry_testkit::REGION))
-        .test_credentials()
-        .load()
-        .await;
     // ---- what `sam deploy` creates.
-    let table = "ferry-jobs";
-    let store = ferry_aws::DynamoStore::new(&config, table);
-    store.create_table().await.unwrap();
-    let sqs = ferry_aws::SqsQueue::new(&config);
-    let sr = QueueName::new("ferry-sync-requested").unwrap();
-    let rel = QueueName::new("ferry-release").unwrap();
-    let rep = QueueName::new("ferry-sync-reported").unwrap();
-    sqs.create_queue_with_dlq(&sr, 5, 30).await.unwrap();
-    let release_url = sqs
-        .create_queue_with_dlq(&rel, 5, 30)
-        .await
-        .unwrap()
-        .queue_url;
-    let report_url = sqs
-        .create_queue_with_dlq(&rep, 5, 30)
-        .await
-        .unwrap()
-        .queue_url;
-    let bus = ferry_aws::EventBridgeBus::new(&config, "ferry");
-    bus.client()
-        .create_event_bus()
-        .name("ferry")
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_rule()
-        .name("ferry-sync-requested")
-        .event_bus_name("ferry")
-        .event_pattern(r#"{"source":["ferry"],"detail-type":["sync.requested"]}"#)
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_targets()
-        .rule("ferry-sync-requested")
-        .event_bus_name("ferry")
-        .targets(
-            ferry_aws::manage::Target::builder()
-                .id("sr")
-                .arn(sqs.arn(&sr).await.unwrap())
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let pull_role = ferry_testkit::create_role(&endpoint, "ferry-pull").await;
-    let vendor_key = ferry_core::trust::VendorKey::generate().unwrap();
-    ferry_testkit::create_secret(
-        &endpoint,
-        "ferry-vendor-key",
-        &vendor_key.to_secret_string(),
-    )
-    .await;
+    let aws = Deployed::start(deployed::base_stack()).await;
+    let (store, vendor_key) = (&aws.store, &aws.vendor_key);
     // Another vendor's key, in a secret a careless flag could name.
     ferry_testkit::create_secret(
-        &endpoint,
+        &aws.endpoint,
         "not-our-vendor-key",
         &ferry_core::trust::VendorKey::generate()
             .unwrap()
             .to_secret_string(),
     )
     .await;
-    let vendor_registry = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
-    let stack = Stack {
-        ports: Ports {
-            store: store.clone(),
-            queue: ferry_aws::SqsQueue::new(&config).with_url(rel.clone(), release_url.clone()),
-            bus,
-            builder: ferry_aws::CodeBuildBuilder::new(&config, "ferry-build"),
-            minter: ferry_aws::EcrGrantMinter::new(
-                &config,
-                ferry_aws::EcrGrantSettings {
-                    pull_role_arn: pull_role.clone(),
-                    registry_account_id: "123456789012".into(),
-                    region: ferry_testkit::REGION.into(),
-                    registry_host: Some(vendor_registry.into()),
-                },
-                store.clone(),
-            ),
-            clock: ferry_local::clock::SystemClock,
-            config: ferry_core::Config {
-                fan_out_on_build: false,
-                ..ferry_core::Config::default()
-            },
-            vendor_key: std::sync::Arc::new(
-                ferry_core::trust::VendorKey::from_secret_string(&vendor_key.to_secret_string())
-                    .unwrap(),
-            ),
-            release_queue: rel.clone(),
-        },
-        sync_requested: sr.clone(),
-        release: rel.clone(),
-    };
+    let rel = QueueName::new(vendor_stack::RELEASE).unwrap();
+    // Only the online install's agent reads its queue.
+    let stack = aws.functions(vendor_stack::ECR_REGISTRY, &[ONLINE]);
 
     // ---- the vendor registry (ECR, stood in for) holds the build's image.
     let ecr = ferry_testkit::EcrStandIn::start().await;
@@ -354,86 +148,10 @@ async fn an_air_gapped_install_on_a_deployed_stack_is_released_by_bundle_and_rec
     let (image, blobs) = push_image(&ecr.addr, "shop/web", work.path());
 
     // ---- the vendor's CLI: context, app, component, an online and an air-gapped install.
-    let config_dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = ferry(config_dir.path())
-            .args(args)
-            .output()
-            .expect("run ferry");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
-    let ok = |args: &[&str]| {
-        let (code, stdout, stderr) = run(args);
-        assert_eq!(code, Some(0), "ferry {args:?}:\n{stdout}\n{stderr}");
-        stdout
-    };
-    let json = |args: &[&str]| -> serde_json::Value {
-        let out = ok(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ferry {args:?}: {e}: {out}"))
-    };
-    ok(&[
-        "context",
-        "add",
-        "prod",
-        "--aws",
-        "--stack",
-        "ferry",
-        "--endpoint-url",
-        &endpoint,
-        "--region",
-        ferry_testkit::REGION,
-        "--table",
-        table,
-        "--bus",
-        "ferry",
-        "--queue-prefix",
-        "ferry-install-",
-        "--report-queue-url",
-        &report_url,
-        "--vendor-registry",
-        vendor_registry,
-        "--vendor-public-key",
-        &vendor_key.public_key_string(),
-    ]);
-    ok(&[
-        "app",
-        "add",
-        "shop",
-        "--source",
-        "https://git.example/shop.git",
-    ]);
-    ok(&[
-        "component",
-        "add",
-        "shop",
-        "web",
-        "--kind",
-        "opentofu-module",
-        "--dir",
-        "module",
-    ]);
-    for (n, id) in [ONLINE, AIR].iter().enumerate() {
-        let key = ferry_core::testing::test_agent_key(&InstallId::new(*id).unwrap());
-        ok(&[
-            "install",
-            "register",
-            id,
-            "--app",
-            "shop",
-            "--public-key",
-            &key.public_key_string(),
-            "--report-key",
-            &key.report_key().public_key_string(),
-            "--agent-role-arn",
-            &format!("arn:aws:iam::2109876543{n:02}:role/ferry-agent-{id}"),
-            "--registry",
-            &format!("{id}.registry.test/ferry"),
-        ]);
-    }
+    let cli = Cli::new();
+    let run = |args: &[&str]| cli.run(args);
+    let json = |args: &[&str]| cli.json(args);
+    aws.onboard(&cli, vendor_stack::ECR_REGISTRY, &[ONLINE, AIR]);
     // The build, as build-completed records it.
     let build_id = BuildId::new("b-air-1").unwrap();
     let build = Build::new(

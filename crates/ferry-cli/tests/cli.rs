@@ -6,6 +6,8 @@
 #[path = "../../ferry-oci/tests/support/corpus.rs"]
 #[allow(dead_code)]
 mod corpus;
+#[cfg(feature = "aws")]
+mod deployed;
 
 use std::process::Command;
 
@@ -129,127 +131,37 @@ fn layout_to_layout_with_json_lines() {
 async fn onboarding_on_moto_through_the_cli() {
     use ferry_aws::manage::AGENT_QUEUE_ACTIONS;
     use ferry_core::id::QueueName;
+    use ferry_testkit::vendor_stack;
 
-    let moto = ferry_testkit::Moto::start_within(std::time::Duration::from_secs(15)).await;
-    let endpoint = moto.endpoint();
-    let config = ferry_aws::config::loader()
-        .endpoint_url(&endpoint)
-        .region(ferry_aws::config::Region::new(ferry_testkit::REGION))
-        .test_credentials()
-        .load()
-        .await;
-    // ---- what `sam deploy` creates: table, bus + build-requested rule/queue, report queue,
-    // the vendor key secret.
-    let table = "ferry-jobs";
-    ferry_aws::DynamoStore::new(&config, table)
-        .create_table()
-        .await
-        .unwrap();
-    let sqs = ferry_aws::SqsQueue::new(&config);
-    let br = QueueName::new("ferry-build-requested").unwrap();
-    let rep = QueueName::new("ferry-sync-reported").unwrap();
-    sqs.create_queue_with_dlq(&br, 5, 30).await.unwrap();
-    let report_url = sqs
-        .create_queue_with_dlq(&rep, 5, 30)
-        .await
-        .unwrap()
-        .queue_url;
-    let bus = ferry_aws::EventBridgeBus::new(&config, "ferry");
-    bus.client()
-        .create_event_bus()
-        .name("ferry")
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_rule()
-        .name("ferry-build-requested")
-        .event_bus_name("ferry")
-        .event_pattern(r#"{"source":["ferry"],"detail-type":["build.requested"]}"#)
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_targets()
-        .rule("ferry-build-requested")
-        .event_bus_name("ferry")
-        .targets(ferry_aws_types_target("br", &sqs.arn(&br).await.unwrap()))
-        .send()
-        .await
-        .unwrap();
-    // BuildCompletedRule: ferry-build's own completion (source ferry.build) -> build-completed.
-    let bc = QueueName::new("ferry-build-completed").unwrap();
-    sqs.create_queue_with_dlq(&bc, 5, 30).await.unwrap();
-    bus.client()
-        .put_rule()
-        .name("ferry-build-completed")
-        .event_bus_name("ferry")
-        .event_pattern(
-            serde_json::json!({"source": [ferry_aws::builder::BUILD_SOURCE],
-                "detail-type": ["build.completed"]})
-            .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_targets()
-        .rule("ferry-build-completed")
-        .event_bus_name("ferry")
-        .targets(ferry_aws_types_target("bc", &sqs.arn(&bc).await.unwrap()))
-        .send()
-        .await
-        .unwrap();
-    let sr = QueueName::new("ferry-sync-requested").unwrap();
-    sqs.create_queue_with_dlq(&sr, 5, 30).await.unwrap();
-    // The release queue (template.yaml's ReleaseQueue): no release runs here, but
-    // `ferry release list` on the context finds the stack's releases (none).
-    sqs.create_queue_with_dlq(&QueueName::new("ferry-release").unwrap(), 5, 30)
-        .await
-        .unwrap();
-    bus.client()
-        .put_rule()
-        .name("ferry-sync-requested")
-        .event_bus_name("ferry")
-        .event_pattern(r#"{"source":["ferry"],"detail-type":["sync.requested"]}"#)
-        .send()
-        .await
-        .unwrap();
-    bus.client()
-        .put_targets()
-        .rule("ferry-sync-requested")
-        .event_bus_name("ferry")
-        .targets(ferry_aws_types_target("sr", &sqs.arn(&sr).await.unwrap()))
-        .send()
-        .await
-        .unwrap();
-    ferry_testkit::aws_json(
-        &endpoint,
-        "codebuild",
-        "CodeBuild_20161006.CreateProject",
-        serde_json::json!({
-            "name": "ferry-build",
-            "source": {"type": "S3", "location": "ferry-sources/source.zip"},
-            "artifacts": {"type": "NO_ARTIFACTS"},
-            "environment": {"type": "ARM_CONTAINER", "computeType": "BUILD_GENERAL1_SMALL",
-                "image": "aws/codebuild/amazonlinux2-aarch64-standard:3.0"},
-            "serviceRole": "arn:aws:iam::123456789012:role/ferry-codebuild",
-        }),
+    // ---- what `sam deploy` creates: table, bus + build-requested, build-completed (ferry-build's
+    // own completion, source ferry.build) and sync-requested rules/queues, the release queue
+    // (no release runs here, but `ferry release list` on the context finds the stack's
+    // releases: none), the report queue, the CodeBuild project, the pull role, the vendor key
+    // secret.
+    let aws = deployed::Deployed::start(
+        deployed::base_stack()
+            .route(vendor_stack::BUILD_REQUESTED, "ferry", "build.requested")
+            .route(
+                vendor_stack::BUILD_COMPLETED,
+                ferry_aws::builder::BUILD_SOURCE,
+                "build.completed",
+            )
+            .codebuild_project(),
     )
     .await;
-    let pull_role = ferry_testkit::create_role(&endpoint, "ferry-pull").await;
+    let (endpoint, config, vendor_key) = (aws.endpoint.clone(), &aws.config, &aws.vendor_key);
+    let table = vendor_stack::TABLE;
+    let sqs = ferry_aws::SqsQueue::new(config);
+    let br = QueueName::new(vendor_stack::BUILD_REQUESTED).unwrap();
+    let sr = QueueName::new(vendor_stack::SYNC_REQUESTED).unwrap();
+    let rep = QueueName::new(vendor_stack::SYNC_REPORTED).unwrap();
+    let report_url = aws.stack.queue_url(vendor_stack::SYNC_REPORTED).to_owned();
+    let pull_role = aws.stack.pull_role_arn().to_owned();
     // moto has no registry API: the vendor registry and each install's are embedded Ferry
     // registries on loopback.
     let registries = tempfile::tempdir().unwrap();
     let vendor_registry = registry(&registries.path().join("vendor")).await;
     let vhost = vendor_registry.host();
-    let vendor_key = ferry_core::trust::VendorKey::generate().unwrap();
-    ferry_testkit::create_secret(
-        &endpoint,
-        "ferry-vendor-key",
-        &vendor_key.to_secret_string(),
-    )
-    .await;
 
     let config_dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
@@ -393,23 +305,7 @@ async fn onboarding_on_moto_through_the_cli() {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    ok(&[
-        "app",
-        "add",
-        "shop",
-        "--source",
-        "https://git.example/shop.git",
-    ]);
-    ok(&[
-        "component",
-        "add",
-        "shop",
-        "web",
-        "--kind",
-        "opentofu-module",
-        "--dir",
-        "module",
-    ]);
+    deployed::add_shop_web(&ok);
     let comps = json(&["component", "list", "--json"]);
     assert_eq!(comps.as_array().unwrap().len(), 1, "{comps}");
 
@@ -548,22 +444,8 @@ async fn onboarding_on_moto_through_the_cli() {
             "arn:aws:iam::2109876543{}:role/ferry-agent-{id}",
             roles.len() + 10
         );
-        let args = [
-            "install",
-            "register",
-            id,
-            "--app",
-            "shop",
-            "--public-key",
-            &public,
-            "--report-key",
-            &report,
-            "--agent-role-arn",
-            &role,
-            "--registry",
-            &install_target,
-            "--json",
-        ];
+        let mut args = deployed::register_args(id, &public, &report, &role, &install_target);
+        args.push("--json");
         let first = json(&args);
         assert_eq!(first["outcome"], "created", "{first}");
         assert_eq!(
@@ -624,7 +506,7 @@ async fn onboarding_on_moto_through_the_cli() {
 
     // ---- a build request reaches the bus; the functions and CodeBuild (stood in for
     // in-process) build it; both agents sync it.
-    let functions = Functions::connect(&config, table, &vhost, &pull_role, &vendor_key);
+    let functions = Functions::connect(&aws, &vhost);
     let app_root = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(app_root.path().join("module")).unwrap();
     std::fs::write(
@@ -680,7 +562,7 @@ async fn onboarding_on_moto_through_the_cli() {
     assert_eq!(removed["lineage_kept"], true);
     let gone = QueueName::new("ferry-install-globex").unwrap();
     assert!(
-        ferry_aws::SqsQueue::new(&config).url(&gone).await.is_err(),
+        ferry_aws::SqsQueue::new(config).url(&gone).await.is_err(),
         "the removed install's queue is deleted"
     );
     let installs = json(&["install", "list", "--json"]);
@@ -761,16 +643,6 @@ fn aws_sdk_sqs_attr(name: &str) -> ferry_aws::manage::QueueAttributeName {
     ferry_aws::manage::QueueAttributeName::from(name)
 }
 
-#[cfg(feature = "aws")]
-#[allow(clippy::unwrap_used)]
-fn ferry_aws_types_target(id: &str, arn: &str) -> ferry_aws::manage::Target {
-    ferry_aws::manage::Target::builder()
-        .id(id)
-        .arn(arn)
-        .build()
-        .unwrap()
-}
-
 /// An embedded Ferry registry on loopback with no access control (moto has no registry API).
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(feature = "aws")]
@@ -846,7 +718,7 @@ fn spawn_agent(
 /// registry and posts its completion to the Ferry bus, which the build-completed rule routes).
 #[cfg(feature = "aws")]
 struct Functions {
-    ports: ferry_core::Ports<MotoAws>,
+    ports: ferry_core::Ports<deployed::MotoAws>,
     vendor_registry: String,
     ecr: ferry_aws::EcrRepositories,
     /// The build role's view of AWS (ferry-build posts with it).
@@ -854,55 +726,21 @@ struct Functions {
     build_completed: ferry_core::id::QueueName,
 }
 
-#[cfg(feature = "aws")]
-struct MotoAws;
-
-#[cfg(feature = "aws")]
-impl ferry_core::ports::Backend for MotoAws {
-    type Store = ferry_aws::DynamoStore;
-    type Queue = ferry_aws::SqsQueue;
-    type Bus = ferry_aws::EventBridgeBus;
-    type Builder = ferry_aws::CodeBuildBuilder;
-    type Minter = ferry_aws::EcrGrantMinter;
-    type Clock = ferry_local::clock::SystemClock;
-}
-
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[cfg(feature = "aws")]
 impl Functions {
-    fn connect(
-        config: &ferry_aws::SdkConfig,
-        table: &str,
-        vendor_registry: &str,
-        pull_role: &str,
-        vendor_key: &ferry_core::trust::VendorKey,
-    ) -> Functions {
-        let store = ferry_aws::DynamoStore::new(config, table);
-        let grants = ferry_aws::EcrGrantSettings {
-            pull_role_arn: pull_role.to_owned(),
-            registry_account_id: "123456789012".into(),
-            region: ferry_testkit::REGION.into(),
-            registry_host: Some(vendor_registry.to_owned()),
-        };
-        let key = ferry_core::trust::VendorKey::from_secret_string(&vendor_key.to_secret_string())
-            .unwrap();
+    /// The stack's functions on `aws` (the default config: a build fans out), minting grants
+    /// for `vendor_registry`. No release runs in this test (tests/release_aws.rs runs them).
+    fn connect(aws: &deployed::Deployed, vendor_registry: &str) -> Functions {
         Functions {
-            ports: ferry_core::Ports {
-                store: store.clone(),
-                queue: ferry_aws::SqsQueue::new(config),
-                bus: ferry_aws::EventBridgeBus::new(config, "ferry"),
-                builder: ferry_aws::CodeBuildBuilder::new(config, "ferry-build"),
-                minter: ferry_aws::EcrGrantMinter::new(config, grants, store),
-                clock: ferry_local::clock::SystemClock,
-                config: ferry_core::Config::default(),
-                vendor_key: std::sync::Arc::new(key),
-                // No release runs in this test (tests/release_aws.rs runs them).
-                release_queue: ferry_core::id::QueueName::new("ferry-release").unwrap(),
-            },
+            ports: aws.ports(vendor_registry, ferry_core::Config::default()),
             vendor_registry: vendor_registry.to_owned(),
-            ecr: ferry_aws::EcrRepositories::new(config),
-            config: config.clone(),
-            build_completed: ferry_core::id::QueueName::new("ferry-build-completed").unwrap(),
+            ecr: ferry_aws::EcrRepositories::new(&aws.config),
+            config: aws.config.clone(),
+            build_completed: ferry_core::id::QueueName::new(
+                ferry_testkit::vendor_stack::BUILD_COMPLETED,
+            )
+            .unwrap(),
         }
     }
 
@@ -930,18 +768,8 @@ impl Functions {
                 "{queue}: {} of {want} events came",
                 handled.len()
             );
-            for m in msgs {
-                let event = ferry_core::parse_event(m.body.as_bytes())
-                    .unwrap_or_else(|e| panic!("{queue}: {e}: {}", m.body));
-                ferry_core::dispatch(&self.ports, &event)
-                    .await
-                    .unwrap_or_else(|e| panic!("{queue}: {e}"));
-                self.ports
-                    .queue
-                    .delete(queue, &m.receipt_handle)
-                    .await
-                    .unwrap();
-                handled.push(event);
+            for m in &msgs {
+                handled.push(deployed::handle(&self.ports, queue, m).await);
             }
         }
     }

@@ -19,6 +19,7 @@ use axum::http::request::Parts;
 use axum::response::Response;
 
 pub mod private_registry;
+pub mod vendor_stack;
 
 /// The account moto answers for.
 pub const ACCOUNT: &str = "123456789012";
