@@ -6,10 +6,12 @@ read at init. Each function is started RUNS times (default 5); prints size and m
 
     python3 scripts/lambda-cold-init.py [BOOTSTRAP ...]
 
-Default bootstraps: target/lambda/<function>/bootstrap for the five functions (what
+Default bootstraps: target/lambda/<function>/bootstrap for the six functions (what
 `cargo lambda build [--release] -p <function>` leaves). The binaries must run on this machine:
-an arm64 build needs an arm64 host; build natively (`cargo lambda build --release -p F`, x86_64
-here) to time init on x86_64. Needs: moto_server, boto3. Stops everything it started.
+build natively (`cargo lambda build --release -p F`) to time init on this host, or set
+COLD_INIT_WRAPPER to run each bootstrap through an emulator (COLD_INIT_WRAPPER=qemu-aarch64-static
+for arm64 builds on x86_64: emulated times, comparable with each other only).
+Needs: moto_server, boto3. Stops everything it started.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "release"]
+FUNCTIONS = ["build-requested", "build-completed", "sync-requested", "sync-reported", "release", "reconcile"]
 RUNS = int(os.environ.get("RUNS", "5"))
+WRAPPER = os.environ.get("COLD_INIT_WRAPPER", "").split()
 
 
 def free_port() -> int:
@@ -115,7 +118,7 @@ def main() -> int:
                 threading.Thread(target=stub.serve_forever, daemon=True).start()
                 env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{stub.server_address[1]}"
                 start = time.monotonic()
-                proc = subprocess.Popen([str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                proc = subprocess.Popen(WRAPPER + [str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 ok = stub.polled.wait(30)
                 proc.kill()
                 _, err = proc.communicate()

@@ -237,31 +237,42 @@ fn main() -> anyhow::Result<()> {
         Command::Keygen(args) => match (args.out, args.secret_arn) {
             (Some(out), _) => keygen(&out),
             (None, Some(arn)) => {
-                let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+                let rt = runtime()?;
                 rt.block_on(keygen_into_secret(&arn, args.rotate))
             }
             (None, None) => bail!("say where the private key goes: --out FILE or --secret-arn ARN"),
         },
         Command::Run(args) => {
             init_logs();
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rt = runtime()?;
             rt.block_on(run(*args))
         }
         Command::InUse { action } => {
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rt = runtime()?;
             rt.block_on(in_use(action))
         }
         Command::Inventory(args) => {
             init_logs();
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rt = runtime()?;
             rt.block_on(inventory(*args))
         }
         Command::Import(args) => {
             init_logs();
-            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rt = runtime()?;
             rt.block_on(import(*args))
         }
     }
+}
+
+/// The agent's runtime: one thread. Its work is long polls, one copy at a time (I/O plus
+/// sha256, which one core keeps up with on any link an install has) and small writes, so
+/// more worker threads buy nothing; each would bring its own malloc arena, and the agent's
+/// resident memory must stay small and flat in every customer account (as `ferry copy`).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn init_logs() {
