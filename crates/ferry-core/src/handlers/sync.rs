@@ -16,7 +16,9 @@ use tracing::Instrument as _;
 
 use crate::domain::{Install, SealedGrant, SyncJob, VerifyPolicy};
 use crate::event::{SyncJobMessage, SyncRequested};
-use crate::ports::{Backend, Clock, GrantError, GrantId, GrantMinter, JobStore, Queue, WriteError};
+use crate::ports::{
+    Backend, Clock, GrantError, GrantId, GrantMinter, JobStore, Queue, StoreError, WriteError,
+};
 use crate::state::{JobError, JobStatus};
 
 use super::{apply, Claim, Decision, HandlerError, Outcome, Ports};
@@ -209,6 +211,9 @@ async fn create_or_existing_sync<S: JobStore>(
     }
 }
 
+/// Tries of the write to Running once the job message is sent (see [`dispatch`]).
+const WRITES_AFTER_SEND: u32 = 4;
+
 /// Queued job → mint a sealed grant → enqueue the job message → Running.
 pub(crate) async fn dispatch_sync<P: Backend>(
     ports: &Ports<P>,
@@ -275,16 +280,36 @@ async fn dispatch<P: Backend>(
         message: e.to_string(),
     })?;
     ports.queue.send(&install.queue, &body).await?;
-    apply(&ports.store, &ports.config, job.clone(), |j| {
-        Ok(
-            if j.status() == JobStatus::Queued && j.state.attempts == attempt {
-                Decision::Write(j.dispatch(now, expires_at)?)
-            } else {
-                Decision::Keep
-            },
-        )
-    })
-    .await?;
+    // The message is out. A failed write to Running now would let a redelivery take the job
+    // over and send it a second time, so while the store is only unavailable (each try has
+    // had the SDK's own retries) and the invocation has time left, the write is tried again.
+    let mut tries = 0;
+    loop {
+        let written = apply(&ports.store, &ports.config, job.clone(), |j| {
+            Ok(
+                if j.status() == JobStatus::Queued && j.state.attempts == attempt {
+                    Decision::Write(j.dispatch(now, expires_at)?)
+                } else {
+                    Decision::Keep
+                },
+            )
+        })
+        .await;
+        match written {
+            Ok(_) => break,
+            Err(HandlerError::Store(StoreError::Unavailable { message }))
+                if tries + 1 < WRITES_AFTER_SEND
+                    && ports
+                        .config
+                        .deadline_ms
+                        .is_none_or(|d| ports.clock.now_ms() < d) =>
+            {
+                tries += 1;
+                tracing::warn!(sync_id = %job.id, error = %message, "job sent but not yet written Running; trying the write again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     tracing::info!(attempt, queue = %install.queue, "sync job enqueued");
     Ok(Outcome::SyncDispatched {
         sync_id: job.id,

@@ -126,6 +126,26 @@ async fn a_failed_dispatch_hands_the_job_back_at_once() {
     assert_eq!(job_messages(&p, 1).len(), 1);
 }
 
+/// Once the job message is sent, a store that fails the write to Running is tried again, so
+/// no redelivery takes the job over and sends it a second time.
+#[tokio::test]
+async fn a_sent_job_is_written_running_through_store_failures_and_sent_once() {
+    let (p, evs) = requests(1).await;
+    p.store.fail_next_sync_updates(2);
+    let out = dispatch(&p, &evs[0]).await.unwrap();
+    assert!(matches!(out, Outcome::SyncDispatched { .. }), "{out:?}");
+    let job = p
+        .store
+        .get_sync(&sync_requested(&evs[0]).sync_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.status(), JobStatus::Running);
+    // A redelivery is a replay: still one message.
+    dispatch(&p, &evs[0]).await.unwrap();
+    assert_eq!(job_messages(&p, 1).len(), 1);
+}
+
 #[tokio::test]
 async fn a_carried_context_is_used_only_when_it_verifies() {
     let (p, evs) = requests(2).await;

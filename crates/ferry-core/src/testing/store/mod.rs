@@ -42,6 +42,8 @@ struct StoreState {
     targets: BTreeMap<(ReleaseId, u32, InstallId), ReleaseTarget>,
     telemetry: BTreeMap<InstallId, crate::telemetry::InstallTelemetry>,
     writes: u64,
+    /// Sync updates still to refuse as unavailable (`fail_next_sync_updates`).
+    failing_sync_updates: u32,
 }
 
 /// A JobStore in memory, with DynamoDB-like conditional writes.
@@ -63,6 +65,12 @@ impl MemStore {
 
     pub fn lineage(&self) -> Vec<LineageRecord> {
         lock(&self.0).lineage.values().cloned().collect()
+    }
+
+    /// The next `n` sync job updates answer `Unavailable` (throttling, a lost connection) and
+    /// change nothing.
+    pub fn fail_next_sync_updates(&self, n: u32) {
+        lock(&self.0).failing_sync_updates = n;
     }
 
     /// Successful item writes so far (creates, updates, lineage), not counting reads.
@@ -227,6 +235,12 @@ impl JobStore for MemStore {
     ) -> Result<(), WriteError<SyncJob>> {
         yield_now().await;
         let mut s = lock(&self.0);
+        if s.failing_sync_updates > 0 {
+            s.failing_sync_updates -= 1;
+            return Err(WriteError::Store(StoreError::Unavailable {
+                message: "injected: sync update refused".into(),
+            }));
+        }
         conditional_update(&mut s.syncs, next.id.clone(), next, expected, |j| {
             j.state.expected()
         })?;
