@@ -44,7 +44,10 @@ done
 
 if [ "${AGENT_BENCH_NO_BUILD:-0}" != 1 ]; then
   echo "building ferry and ferry-agent (release)…" >&2
-  cargo build --release -q -p ferry-cli -p ferry-agent --bin ferry --bin ferry-agent
+  # Two commands: one would unify features, and the agent would link every SDK client the
+  # CLI links instead of the ones it ships with.
+  cargo build --release -q -p ferry-agent --bin ferry-agent
+  cargo build --release -q -p ferry-cli --bin ferry
 fi
 BIN=${AGENT_BENCH_BIN_DIR:-$PWD/target/release}
 FERRY="$BIN/ferry"

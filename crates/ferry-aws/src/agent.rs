@@ -11,17 +11,17 @@
 use std::fmt;
 
 use aws_config::SdkConfig;
-#[cfg(feature = "minter")]
+#[cfg(feature = "ecr")]
 use aws_sdk_ecr::types::{
     EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
 };
 use zeroize::Zeroizing;
 
 use crate::error::describe;
-#[cfg(feature = "minter")]
+#[cfg(feature = "ecr")]
 use crate::minter::split_basic;
 use crate::minter::RedactResponseBody;
-#[cfg(feature = "minter")]
+#[cfg(feature = "ecr")]
 use crate::token_vault::TokenVault;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -77,14 +77,14 @@ pub struct RepositoryProtections {
 
 /// ECR with the agent's own role: login and the install repositories.
 #[derive(Clone, Debug)]
-#[cfg(feature = "minter")]
+#[cfg(feature = "ecr")]
 pub struct InstallEcr {
     base: SdkConfig,
     client: aws_sdk_ecr::Client,
     protections: RepositoryProtections,
 }
 
-#[cfg(feature = "minter")]
+#[cfg(feature = "ecr")]
 impl InstallEcr {
     pub fn new(config: &SdkConfig) -> InstallEcr {
         InstallEcr {

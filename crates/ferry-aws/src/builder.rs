@@ -13,6 +13,7 @@
 //! This module must never pass a secret as a PLAINTEXT variable: the overrides hold ids, the
 //! component and the source ref; and never read an artifact digest from a state change.
 
+#[cfg(any(feature = "codebuild", feature = "bus"))]
 use aws_config::SdkConfig;
 #[cfg(feature = "codebuild")]
 use aws_sdk_codebuild::types::{
@@ -22,13 +23,18 @@ use aws_sdk_codebuild::types::{
 use aws_sdk_codebuild::Client;
 use serde::Deserialize;
 
-use ferry_core::event::{BuildCompleted, BuildOutcome, BUILD_COMPLETED};
+#[cfg(feature = "bus")]
+use ferry_core::event::BUILD_COMPLETED;
+use ferry_core::event::{BuildCompleted, BuildOutcome};
 use ferry_core::id::{BuildId, EventId};
 #[cfg(feature = "codebuild")]
 use ferry_core::ports::Builder;
-use ferry_core::ports::{Batch, BuildSpec, BuilderError, BusError, EventBus as _};
+#[cfg(feature = "bus")]
+use ferry_core::ports::{Batch, BusError, EventBus as _};
+use ferry_core::ports::{BuildSpec, BuilderError};
 use ferry_core::{Event, Payload};
 
+#[cfg(feature = "bus")]
 use crate::bus::EventBridgeBus;
 #[cfg(feature = "codebuild")]
 use crate::error::describe;
@@ -230,12 +236,14 @@ impl Builder for CodeBuildBuilder {
 // ---- ferry-build's own completion ---------------------------------------------------------
 
 /// Entry attempts for one completion (the SDK already retries the call itself).
+#[cfg(feature = "bus")]
 const POST_ATTEMPTS: u32 = 3;
 
 /// Posts `event` (a `build.completed`, as `ferry-build` prints it) to the Ferry bus `bus` under
 /// [`BUILD_SOURCE`], with the credentials in `config` (in CodeBuild: the build role). Returns
 /// EventBridge's event id. A retryable entry failure (throttling, internal) is tried again, up
 /// to 3 times in all, 200 ms then 400 ms apart.
+#[cfg(feature = "bus")]
 pub async fn post_completion(
     config: &SdkConfig,
     bus: &str,

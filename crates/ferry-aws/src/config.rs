@@ -46,6 +46,17 @@ pub fn timeout_config() -> TimeoutConfig {
         .build()
 }
 
+/// Timeouts for an emulator slower than AWS (benchmarks on moto at fleet size): each attempt
+/// and the whole call may take `limit`, with no retry budget beyond it. Never for AWS itself,
+/// where [`timeout_config`]'s bounds keep a call inside its Lambda invocation.
+pub fn slow_emulator_timeouts(limit: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .operation_attempt_timeout(limit)
+        .operation_timeout(limit)
+        .build()
+}
+
 /// Timeouts for a receive that may legitimately hang for `wait` seconds.
 pub fn long_poll_timeouts(wait_seconds: u32) -> TimeoutConfig {
     let budget = Duration::from_secs(u64::from(wait_seconds)) + LONG_POLL_SLACK;

@@ -7,19 +7,23 @@
 
 pub mod agent;
 pub mod builder;
+#[cfg(feature = "bus")]
 pub mod bus;
 pub mod config;
 mod error;
 #[cfg(feature = "iam")]
 pub mod grants;
+#[cfg(all(feature = "store", feature = "bus"))]
 pub mod manage;
 pub mod minter;
 pub mod queue;
+#[cfg(feature = "store")]
 pub mod releases;
 #[cfg(feature = "cloudformation")]
 pub mod stack;
+#[cfg(feature = "store")]
 pub mod store;
-#[cfg(feature = "minter")]
+#[cfg(feature = "ecr")]
 mod token_vault;
 
 /// Callers hold and pass SDK configs without depending on the SDK crates themselves.
@@ -27,9 +31,11 @@ pub use aws_config::SdkConfig;
 #[cfg(feature = "codebuild")]
 pub use builder::CodeBuildBuilder;
 pub use builder::CodeBuildStateChange;
+#[cfg(feature = "bus")]
 pub use bus::EventBridgeBus;
 pub use minter::EcrGrantSettings;
 #[cfg(feature = "minter")]
 pub use minter::{EcrGrantMinter, EcrRepositories};
 pub use queue::{QueueWithDlq, SqsQueue};
+#[cfg(feature = "store")]
 pub use store::DynamoStore;

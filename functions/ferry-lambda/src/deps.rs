@@ -254,6 +254,10 @@ pub struct AwsOverrides {
     pub region: Option<&'static str>,
     /// Sign with fixed dummy credentials (moto accepts any).
     pub test_credentials: bool,
+    /// One SDK call may take this long (each attempt and the whole call), instead of
+    /// [`ferry_core::timing`]'s bounds: only for an emulator slower than AWS (moto's
+    /// TransactWriteItems copies the whole table, 10 s at 3,000 items). Never set in a function.
+    pub call_timeout: Option<std::time::Duration>,
 }
 
 /// The system clock and random ids, written once in ferry-clock.
@@ -322,6 +326,9 @@ impl Deps {
         }
         if overrides.test_credentials {
             loader = loader.test_credentials();
+        }
+        if let Some(limit) = overrides.call_timeout {
+            loader = loader.timeout_config(ferry_aws::config::slow_emulator_timeouts(limit));
         }
         let config = loader.load().await;
         let vendor_key_error = |reason: String| ConfigError::VendorKey {

@@ -102,12 +102,22 @@ async fn poll(
     kind: Kind,
     stop: Arc<AtomicBool>,
     failures: Arc<AtomicUsize>,
+    invocation: Duration,
 ) {
-    // The template's rule at a smaller scale: an invocation has 20 s (so its locks last 25 s),
-    // and a message is hidden for 30 s.
-    let opts = ReceiveOptions::new(10, 1, 30).unwrap();
+    // The template's rule at a smaller scale: an invocation has `invocation` (20 s; its locks
+    // last 5 s longer), and a message is hidden for 10 s more than that.
+    let visibility = invocation.as_secs() as u32 + 10;
+    let opts = ReceiveOptions::new(10, 1, visibility).unwrap();
     while !stop.load(Ordering::SeqCst) {
-        let msgs = sqs.receive(&queue, &opts).await.unwrap();
+        let msgs = match sqs.receive(&queue, &opts).await {
+            Ok(msgs) => msgs,
+            // As Lambda's poller does: a receive that failed is tried again (moto stalls while
+            // it runs a transaction at fleet size).
+            Err(e) => {
+                eprintln!("{kind:?}: receive failed, polling again: {e}");
+                continue;
+            }
+        };
         if msgs.is_empty() {
             continue;
         }
@@ -125,8 +135,13 @@ async fn poll(
         let event: SqsEvent =
             serde_json::from_value(serde_json::json!({ "Records": records })).unwrap();
         // What handle_sqs_batch does with Lambda's deadline, keeping the errors to report.
-        let failed =
-            process_records_until(&deps, kind, &event.records, Some(now_ms() + 20_000)).await;
+        let failed = process_records_until(
+            &deps,
+            kind,
+            &event.records,
+            Some(now_ms() + invocation.as_millis() as u64),
+        )
+        .await;
         for f in &failed {
             eprintln!(
                 "{kind:?}: record {} failed (redelivered): {}",
@@ -152,33 +167,46 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// `faults_every`: the proxy fails every n-th call (429 or 503), 0 for none.
-async fn fan_out(installs: usize, faults_every: usize) -> Measured {
+/// `faults_every`: the proxy fails every n-th call (429 or 503), 0 for none. `moto_call_timeout`:
+/// let every SDK call take this long (an invocation three times it, a message's visibility
+/// 10 s more), for fleet sizes where moto is slower than Ferry's bounds allow (its
+/// TransactWriteItems copies the whole table: 10 s at 3,000 items, over the 10 s attempt bound).
+async fn fan_out(
+    installs: usize,
+    faults_every: usize,
+    moto_call_timeout: Option<Duration>,
+) -> Measured {
     let moto = Moto::start().await;
     let direct = moto.endpoint();
     let proxy = FaultProxy::start(direct.clone(), faults_every).await;
-    let direct_config = ferry_aws::config::loader()
+    let mut direct_config = ferry_aws::config::loader()
         .endpoint_url(&direct)
         .region(REGION)
-        .test_credentials()
-        .load()
-        .await;
+        .test_credentials();
+    if let Some(limit) = moto_call_timeout {
+        direct_config =
+            direct_config.timeout_config(ferry_aws::config::slow_emulator_timeouts(limit));
+    }
+    let direct_config = direct_config.load().await;
+    // An invocation's time: the template's rule at a smaller scale, or room for moto's calls.
+    let invocation = moto_call_timeout.map_or(Duration::from_secs(20), |t| 3 * t);
     // ---- the stack, made directly (not counted).
     let table = "ferry-jobs";
     let store = DynamoStore::new(&direct_config, table);
     store.create_table().await.unwrap();
     let sqs = SqsQueue::new(&direct_config);
+    let visibility = moto_call_timeout.map_or(60, |_| invocation.as_secs() as u32 + 10);
     let release_url = sqs
-        .create_queue_with_dlq(&q("ferry-release"), 5, 60)
+        .create_queue_with_dlq(&q("ferry-release"), 5, visibility)
         .await
         .unwrap()
         .queue_url;
     let report_url = sqs
-        .create_queue_with_dlq(&q("ferry-sync-reported"), 5, 60)
+        .create_queue_with_dlq(&q("ferry-sync-reported"), 5, visibility)
         .await
         .unwrap()
         .queue_url;
-    sqs.create_queue_with_dlq(&q("ferry-sync-requested"), 5, 60)
+    sqs.create_queue_with_dlq(&q("ferry-sync-requested"), 5, visibility)
         .await
         .unwrap();
     aws_json(
@@ -261,6 +289,7 @@ async fn fan_out(installs: usize, faults_every: usize) -> Measured {
         endpoint_url: Some(proxy.endpoint()),
         region: Some(REGION),
         test_credentials: true,
+        call_timeout: moto_call_timeout,
     };
     let deps = Arc::new(Deps::connect(&settings, &overrides).await.unwrap());
     // A succeeded build (no implicit release).
@@ -288,12 +317,14 @@ async fn fan_out(installs: usize, faults_every: usize) -> Measured {
             .unwrap();
     }
     // `ferry release create` on an AWS context: AwsManagement::release_desk, through the proxy.
-    let proxied = ferry_aws::config::loader()
+    let mut proxied = ferry_aws::config::loader()
         .endpoint_url(proxy.endpoint())
         .region(REGION)
-        .test_credentials()
-        .load()
-        .await;
+        .test_credentials();
+    if let Some(limit) = moto_call_timeout {
+        proxied = proxied.timeout_config(ferry_aws::config::slow_emulator_timeouts(limit));
+    }
+    let proxied = proxied.load().await;
     let desk = ReleaseDesk {
         store: DynamoStore::new(&proxied, table),
         queue: SqsQueue::new(&proxied).with_url(q("ferry-release"), release_url),
@@ -323,6 +354,7 @@ async fn fan_out(installs: usize, faults_every: usize) -> Measured {
                 kind,
                 stop.clone(),
                 failures.clone(),
+                invocation,
             )));
         }
     }
@@ -454,7 +486,7 @@ async fn fan_out(installs: usize, faults_every: usize) -> Measured {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_counts_calls_per_install() {
-    let m = fan_out(20, 0).await;
+    let m = fan_out(20, 0, None).await;
     m.print();
     // One PutEvents entry per install, in batches of 10.
     assert_eq!(m.put_events_entries, 20);
@@ -478,7 +510,7 @@ async fn fan_out_counts_calls_per_install() {
 /// (checked in `fan_out`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_with_failing_calls_enqueues_every_install_once() {
-    let m = fan_out(20, 2).await;
+    let m = fan_out(20, 2, None).await;
     m.print();
     assert!(m.faults > 0, "the proxy failed no call");
     println!("faults injected: {}", m.faults);
@@ -492,7 +524,8 @@ async fn bench_fan_out() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let m = fan_out(n, 0).await;
+    // Ferry's own bounds at 1,000 installs would measure moto's transactions timing out.
+    let m = fan_out(n, 0, Some(Duration::from_secs(300))).await;
     m.print();
     assert_eq!(m.put_events_entries, n);
 }

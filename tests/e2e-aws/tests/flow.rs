@@ -353,6 +353,7 @@ async fn a_build_reaches_every_install_through_aws() {
             endpoint_url: Some(proxy.endpoint()),
             region: Some(REGION),
             test_credentials: true,
+            ..AwsOverrides::default()
         },
     )
     .await

@@ -112,6 +112,7 @@ pub async fn deps(moto: &Moto) -> (Deps, Settings) {
         endpoint_url: Some(moto.endpoint()),
         region: Some(REGION),
         test_credentials: true,
+        ..AwsOverrides::default()
     };
     ferry_testkit::create_secret(
         &moto.endpoint(),
