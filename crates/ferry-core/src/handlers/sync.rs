@@ -280,9 +280,25 @@ async fn dispatch<P: Backend>(
         message: e.to_string(),
     })?;
     ports.queue.send(&install.queue, &body).await?;
-    // The message is out. A failed write to Running now would let a redelivery take the job
-    // over and send it a second time, so while the store is only unavailable (each try has
-    // had the SDK's own retries) and the invocation has time left, the write is tried again.
+    written_running(ports, &job, now, expires_at).await?;
+    tracing::info!(attempt, queue = %install.queue, "sync job enqueued");
+    Ok(Outcome::SyncDispatched {
+        sync_id: job.id,
+        attempt,
+    })
+}
+
+/// The job, whose message is sent, written Running. A failed write now would let a
+/// redelivery take the job over and send it a second time, so while the store is only
+/// unavailable (each try has had the SDK's own retries) and the invocation has time left, the
+/// write is tried again, up to [`WRITES_AFTER_SEND`] times.
+async fn written_running<P: Backend>(
+    ports: &Ports<P>,
+    job: &SyncJob,
+    now: u64,
+    expires_at: u64,
+) -> Result<(), HandlerError> {
+    let attempt = job.state.attempts;
     let mut tries = 0;
     loop {
         let written = apply(&ports.store, &ports.config, job.clone(), |j| {
@@ -296,7 +312,7 @@ async fn dispatch<P: Backend>(
         })
         .await;
         match written {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             Err(HandlerError::Store(StoreError::Unavailable { message }))
                 if tries + 1 < WRITES_AFTER_SEND
                     && ports
@@ -310,11 +326,6 @@ async fn dispatch<P: Backend>(
             Err(e) => return Err(e),
         }
     }
-    tracing::info!(attempt, queue = %install.queue, "sync job enqueued");
-    Ok(Outcome::SyncDispatched {
-        sync_id: job.id,
-        attempt,
-    })
 }
 
 /// Mints the job's grant; `first` when the job was just created, so the minter may skip its
