@@ -98,12 +98,7 @@ async fn a_dispatcher_killed_after_its_create_is_taken_over_once_its_lock_runs_o
     let out = dispatch(&p, &evs[0]).await.unwrap();
     assert!(matches!(out, Outcome::Replayed { .. }), "{out:?}");
     assert_eq!(job_messages(&p, 1).len(), 1);
-    let job = p
-        .store
-        .get_sync(&sync_requested(&evs[0]).sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let job = stored_job(&p, &evs[0]).await;
     assert_eq!(
         (job.status(), job.dispatch_until),
         (JobStatus::Running, None)
@@ -126,6 +121,15 @@ async fn a_failed_dispatch_hands_the_job_back_at_once() {
     assert_eq!(job_messages(&p, 1).len(), 1);
 }
 
+/// The sync job `ev` asked for, as stored.
+async fn stored_job(p: &FakePorts, ev: &Event) -> SyncJob {
+    p.store
+        .get_sync(&sync_requested(ev).sync_id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Once the job message is sent, a store that fails the write to Running is tried again, so
 /// no redelivery takes the job over and sends it a second time.
 #[tokio::test]
@@ -134,12 +138,7 @@ async fn a_sent_job_is_written_running_through_store_failures_and_sent_once() {
     p.store.fail_next_sync_updates(2);
     let out = dispatch(&p, &evs[0]).await.unwrap();
     assert!(matches!(out, Outcome::SyncDispatched { .. }), "{out:?}");
-    let job = p
-        .store
-        .get_sync(&sync_requested(&evs[0]).sync_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let job = stored_job(&p, &evs[0]).await;
     assert_eq!(job.status(), JobStatus::Running);
     // A redelivery is a replay: still one message.
     dispatch(&p, &evs[0]).await.unwrap();
